@@ -1,0 +1,207 @@
+//! Safe, namespaced keys: `{prefix}:{concern}:{scope}:{{hash}}`.
+//!
+//! Identifiers (API keys, IPs, cookies: any bytes, any length) are hashed with BLAKE3 and
+//! truncated to 128 bits, so keys hold no personal data, have a bounded length and cannot inject
+//! separators. The hash sits in a Redis Cluster hash tag (`{...}`), so every key a decision
+//! touches for one identifier lands in one slot. One prefix per deployment or environment.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What a key is for; its name appears in the key so operators can scan one concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Concern {
+    RateLimit,
+    Concurrency,
+    Session,
+    Marker,
+    Idempotency,
+    Verification,
+    ResponseCache,
+    Dedup,
+    Breaker,
+    Lock,
+    UpstreamAuth,
+    LoginFailures,
+    Instance,
+    Events,
+}
+
+impl Concern {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Concern::RateLimit => "rate",
+            Concern::Concurrency => "permits",
+            Concern::Session => "session",
+            Concern::Marker => "marker",
+            Concern::Idempotency => "idem",
+            Concern::Verification => "verify",
+            Concern::ResponseCache => "cache",
+            Concern::Dedup => "dedup",
+            Concern::Breaker => "breaker",
+            Concern::Lock => "lock",
+            Concern::UpstreamAuth => "auth",
+            Concern::LoginFailures => "login",
+            Concern::Instance => "instance",
+            Concern::Events => "events",
+        }
+    }
+}
+
+/// Why a prefix or scope was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is not accepted: use 1 to 64 characters from A-Z a-z 0-9 . _ - (no ':', braces or spaces)")]
+pub struct KeyError {
+    pub what: &'static str,
+    pub value: String,
+}
+
+fn check_segment(what: &'static str, value: &str) -> Result<(), KeyError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// A store key, with a 128-bit digest computed once so drivers can index it without rehashing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    text: Arc<str>,
+    digest: u128,
+}
+
+impl StoreKey {
+    /// Wraps a raw key. Prefer [`Keyspace::key`], which validates and hashes.
+    pub fn raw(text: impl Into<Arc<str>>) -> Self {
+        let text = text.into();
+        let digest = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+        StoreKey { text, digest }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Builds keys and channel names under one deployment prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: Arc<str>,
+}
+
+impl Keyspace {
+    pub fn new(prefix: &str) -> Result<Self, KeyError> {
+        check_segment("key prefix", prefix)?;
+        Ok(Keyspace {
+            prefix: prefix.into(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Checks a scope (route or limit name) once, at configuration time.
+    pub fn check_scope(scope: &str) -> Result<(), KeyError> {
+        check_segment("scope", scope)
+    }
+
+    /// The key for `identifier` under `concern` and `scope`. `scope` must have passed
+    /// [`check_scope`](Self::check_scope); an invalid one is hashed rather than trusted.
+    pub fn key(&self, concern: Concern, scope: &str, identifier: &[u8]) -> StoreKey {
+        let hash = identifier_hash(identifier);
+        let text = if check_segment("scope", scope).is_ok() {
+            format!(
+                "{}:{}:{}:{{{}}}",
+                self.prefix,
+                concern.as_str(),
+                scope,
+                hash
+            )
+        } else {
+            format!(
+                "{}:{}:{}:{{{}}}",
+                self.prefix,
+                concern.as_str(),
+                &identifier_hash(scope.as_bytes())[..16],
+                hash
+            )
+        };
+        StoreKey::raw(text)
+    }
+
+    /// The pub/sub channel for `topic` (a fixed name chosen by the code, e.g. `events`).
+    pub fn channel(&self, topic: &str) -> String {
+        format!("{}:chan:{}", self.prefix, topic)
+    }
+}
+
+/// BLAKE3 of the identifier, truncated to 128 bits, as 32 lowercase hex characters.
+pub fn identifier_hash(identifier: &[u8]) -> String {
+    let hash = blake3::hash(identifier);
+    let mut out = String::with_capacity(32);
+    for b in &hash.as_bytes()[..16] {
+        use fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn key_shape() {
+        let ks = Keyspace::new("prod-eu").unwrap();
+        let k = ks.key(Concern::RateLimit, "api.per-key", b"alice");
+        let parts: Vec<_> = k.as_str().split(':').collect();
+        assert_eq!(parts[..3], ["prod-eu", "rate", "api.per-key"]);
+        assert!(parts[3].starts_with('{') && parts[3].ends_with('}') && parts[3].len() == 34);
+        assert!(!k.as_str().contains("alice"));
+    }
+
+    #[test]
+    fn refuses_unsafe_prefixes_and_scopes() {
+        for bad in ["", "a:b", "{x}", "has space", &"x".repeat(65)] {
+            assert!(Keyspace::new(bad).is_err(), "{bad:?}");
+            assert!(Keyspace::check_scope(bad).is_err(), "{bad:?}");
+        }
+        let msg = Keyspace::new("a:b").unwrap_err().to_string();
+        assert!(msg.contains("A-Z a-z 0-9"), "{msg}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_identifier_gives_a_bounded_safe_key(id in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let ks = Keyspace::new("fg").unwrap();
+            let k = ks.key(Concern::Session, "s", &id);
+            prop_assert_eq!(k.as_str().len(), "fg:session:s:{}".len() + 32);
+            prop_assert!(k.as_str().is_ascii());
+            prop_assert_eq!(k.as_str().matches('{').count(), 1);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! # fleetgate-store
+//!
+//! The seam behind which fleetgate keeps every piece of state that must agree across gateway
+//! instances: rate-limit counters, concurrency permits, sessions, replay markers and
+//! idempotency keys, cached values, locks and live events.
+//!
+//! * [`StoreDriver`]: the operations, each one atomic decision.
+//! * [`algo`]: the rate-limit algorithms as pure functions, shared by every driver.
+//! * [`MemoryStore`]: the in-process driver (default). [`RedisStore`]: the shared driver.
+//! * [`Store`]: either driver behind one type, built from a URL.
+//! * [`Keyspace`]: safe, namespaced, hashed keys.
+#![forbid(unsafe_code)]
+
+pub mod algo;
+mod clock;
+mod error;
+mod keyspace;
+pub mod memory;
+mod rate;
+pub mod redis;
+mod seam;
+mod store;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use error::StoreError;
+pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, StoreKey};
+pub use memory::MemoryStore;
+pub use rate::{Algorithm, LimitError, Rate, RateDecision, RateLimit};
+pub use redis::{RedisOptions, RedisStore};
+pub use seam::*;
+pub use store::Store;

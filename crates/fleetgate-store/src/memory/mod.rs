@@ -1,0 +1,493 @@
+//! The in-process driver (the default): one binary, nothing else to run.
+//!
+//! Keys live in 64 shards, each a `parking_lot::Mutex` over a hash map keyed by the key's
+//! precomputed 128-bit digest, so a decision costs one uncontended lock and one probe. Every
+//! entry carries its expiry; a shard sweeps expired entries whenever it has doubled since its last
+//! sweep, so memory stays bounded under endless new keys without a background thread.
+
+mod entries;
+
+use crate::algo::{fixed_window, gcra, sliding_window};
+use crate::clock::{Clock, MonotonicClock};
+use crate::error::StoreError;
+use crate::keyspace::StoreKey;
+use crate::rate::{Algorithm, RateDecision, RateLimit};
+use crate::seam::*;
+use bytes::Bytes;
+use entries::{Entry, Shard, Value};
+use parking_lot::Mutex;
+use std::collections::hash_map::Entry as Slot;
+use std::collections::HashMap;
+use std::future::{ready, Future};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+const SHARDS: usize = 64;
+/// Messages a slow subscriber may fall behind before it loses the oldest.
+const CHANNEL_CAPACITY: usize = 4096;
+/// Fencing counters outlive their lock by this long, so tokens keep growing across holders.
+const FENCE_RETENTION_US: u64 = 7 * 24 * 3_600_000_000;
+
+/// The in-process store. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Shard]>,
+    clock: Arc<dyn Clock>,
+    channels: Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(MonotonicClock::default()))
+    }
+
+    /// A store that reads time from `clock` (tests pass a [`ManualClock`](crate::ManualClock)).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+                clock,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, key: &StoreKey) -> &Shard {
+        &self.inner.shards[(key.digest() >> 64) as usize % SHARDS]
+    }
+
+    /// Live (unexpired) entries; expired ones not yet swept are not counted.
+    pub fn len(&self) -> usize {
+        let now = self.inner.clock.now_us();
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().map.values().filter(|e| e.expires_at > now).count())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rate decision, synchronously: the in-process driver never waits.
+    #[inline]
+    pub fn rate_now(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        cost: u64,
+    ) -> Result<RateDecision, StoreError> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let wrong_type = || StoreError::WrongType(key.to_string());
+        match limit.algorithm() {
+            Algorithm::Gcra => {
+                let (tat, slot) = match shard.map.entry(key.digest()) {
+                    Slot::Occupied(o) if o.get().expires_at > now => match o.get().value {
+                        Value::Tat(t) => (Some(t), Some(o)),
+                        _ => return Err(wrong_type()),
+                    },
+                    Slot::Occupied(o) => (None, Some(o)),
+                    Slot::Vacant(_) => (None, None),
+                };
+                let (decision, new_tat) = gcra::decide(tat, now, limit, cost);
+                if let Some(t) = new_tat {
+                    let entry = Entry {
+                        expires_at: t,
+                        value: Value::Tat(t),
+                    };
+                    match slot {
+                        Some(mut o) => *o.get_mut() = entry,
+                        None => shard.insert(key.digest(), entry, now),
+                    }
+                }
+                Ok(decision)
+            }
+            Algorithm::FixedWindow => {
+                let state = match shard.live(key.digest(), now) {
+                    Some(Entry {
+                        value: Value::Window(w),
+                        ..
+                    }) => Some(*w),
+                    Some(_) => return Err(wrong_type()),
+                    None => None,
+                };
+                let (decision, new_state, ttl) = fixed_window::decide(state, now, limit, cost);
+                if let Some(w) = new_state {
+                    shard.insert(
+                        key.digest(),
+                        Entry {
+                            expires_at: now + ttl,
+                            value: Value::Window(w),
+                        },
+                        now,
+                    );
+                }
+                Ok(decision)
+            }
+            Algorithm::SlidingWindow => {
+                let mut log = match shard.live(key.digest(), now) {
+                    Some(Entry {
+                        value: Value::Log(l),
+                        ..
+                    }) => std::mem::take(&mut **l),
+                    Some(_) => return Err(wrong_type()),
+                    None => Default::default(),
+                };
+                let (decision, ttl) = sliding_window::decide(&mut log, now, limit, cost);
+                if ttl == 0 {
+                    shard.map.remove(&key.digest());
+                } else {
+                    shard.insert(
+                        key.digest(),
+                        Entry {
+                            expires_at: now + ttl,
+                            value: Value::Log(Box::new(log)),
+                        },
+                        now,
+                    );
+                }
+                Ok(decision)
+            }
+        }
+    }
+
+    fn acquire_permit_now(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+        max: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitDecision> {
+        let now = self.inner.clock.now_us();
+        let expiry = now + lease.as_micros() as u64;
+        let mut shard = self.shard(key).lock();
+        let mut leases = match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Permits(p),
+                ..
+            }) => std::mem::take(&mut **p),
+            Some(_) => return Err(StoreError::WrongType(key.to_string())),
+            None => Vec::new(),
+        };
+        leases.retain(|(_, until)| *until > now);
+        let granted = if let Some(held) = leases.iter_mut().find(|(id, _)| &**id == permit) {
+            held.1 = expiry;
+            true
+        } else if (leases.len() as u64) < max {
+            leases.push((permit.into(), expiry));
+            true
+        } else {
+            false
+        };
+        let in_use = leases.len() as u64;
+        match leases.iter().map(|l| l.1).max() {
+            Some(last) => shard.insert(
+                key.digest(),
+                Entry {
+                    expires_at: last,
+                    value: Value::Permits(Box::new(leases)),
+                },
+                now,
+            ),
+            None => {
+                shard.map.remove(&key.digest());
+            }
+        }
+        Ok(PermitDecision {
+            granted,
+            in_use,
+            max,
+        })
+    }
+
+    fn release_permit_now(&self, key: &StoreKey, permit: &str) -> StoreResult<bool> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Permits(p),
+                ..
+            }) => {
+                let before = p.len();
+                p.retain(|(id, until)| &**id != permit && *until > now);
+                let released = p.len() < before;
+                if p.is_empty() {
+                    shard.map.remove(&key.digest());
+                }
+                Ok(released)
+            }
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+            None => Ok(false),
+        }
+    }
+
+    fn claim_now(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Bytes(held),
+                ..
+            }) => Ok(ClaimOutcome::Held(Bytes::copy_from_slice(held))),
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+            None => {
+                let entry = Entry {
+                    expires_at: now + ttl_us(ttl),
+                    value: Value::Bytes(value.to_vec().into_boxed_slice()),
+                };
+                shard.insert(key.digest(), entry, now);
+                Ok(ClaimOutcome::Won)
+            }
+        }
+    }
+
+    fn get_now(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) => Ok(Some(Bytes::copy_from_slice(b))),
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    fn set_now(&self, key: &StoreKey, value: Bytes, ttl: Duration) {
+        let now = self.inner.clock.now_us();
+        let entry = Entry {
+            expires_at: now + ttl_us(ttl),
+            value: Value::Bytes(value.to_vec().into_boxed_slice()),
+        };
+        self.shard(key).lock().insert(key.digest(), entry, now);
+    }
+
+    fn delete_now(&self, key: &StoreKey) -> bool {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let live = shard.live(key.digest(), now).is_some();
+        shard.map.remove(&key.digest());
+        live
+    }
+
+    fn lock_now(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<LockGrant>> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let mut state = match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Lock(l),
+                ..
+            }) => std::mem::take(&mut **l),
+            Some(_) => return Err(StoreError::WrongType(key.to_string())),
+            None => Default::default(),
+        };
+        let held_by_other =
+            state.holder.as_deref().is_some_and(|h| h != owner) && state.held_until > now;
+        let grant = if held_by_other {
+            None
+        } else {
+            if state.holder.as_deref() != Some(owner) || state.held_until <= now {
+                state.fence += 1;
+                state.holder = Some(owner.into());
+            }
+            state.held_until = now + ttl_us(ttl);
+            Some(LockGrant { fence: state.fence })
+        };
+        let expires_at = state.held_until.max(now) + FENCE_RETENTION_US;
+        shard.insert(
+            key.digest(),
+            Entry {
+                expires_at,
+                value: Value::Lock(Box::new(state)),
+            },
+            now,
+        );
+        Ok(grant)
+    }
+
+    fn unlock_now(&self, key: &StoreKey, owner: &str) -> StoreResult<bool> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Lock(l),
+                ..
+            }) => {
+                let held = l.holder.as_deref() == Some(owner) && l.held_until > now;
+                if held {
+                    l.holder = None;
+                    l.held_until = 0;
+                }
+                Ok(held)
+            }
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+            None => Ok(false),
+        }
+    }
+
+    fn sender(&self, channel: &str) -> broadcast::Sender<Message> {
+        let mut channels = self.inner.channels.lock();
+        if let Some(tx) = channels.get(channel) {
+            return tx.clone();
+        }
+        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        channels.insert(channel.into(), tx.clone());
+        tx
+    }
+
+    /// Delivers to local subscribers only (also used by the Redis driver as its local bus).
+    pub fn publish_now(&self, channel: &str, payload: Bytes) {
+        let tx = self.inner.channels.lock().get(channel).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.send(Message {
+                channel: channel.into(),
+                payload,
+            });
+        }
+    }
+
+    pub fn subscribe_now(&self, channel: &str) -> Subscription {
+        Subscription::new(self.sender(channel).subscribe())
+    }
+}
+
+fn ttl_us(ttl: Duration) -> u64 {
+    (ttl.as_micros() as u64).max(1)
+}
+
+impl StoreDriver for MemoryStore {
+    fn rate(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        cost: u64,
+    ) -> impl Future<Output = StoreResult<RateDecision>> + Send {
+        ready(self.rate_now(key, limit, cost))
+    }
+    fn acquire_permit(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+        max: u64,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<PermitDecision>> + Send {
+        ready(self.acquire_permit_now(key, permit, max, lease))
+    }
+    fn release_permit(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.release_permit_now(key, permit))
+    }
+    fn claim(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send {
+        ready(self.claim_now(key, value, ttl))
+    }
+    fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
+        ready(self.get_now(key))
+    }
+    fn set(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        self.set_now(key, value, ttl);
+        ready(Ok(()))
+    }
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(Ok(self.delete_now(key)))
+    }
+    fn lock(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<Option<LockGrant>>> + Send {
+        ready(self.lock_now(key, owner, ttl))
+    }
+    fn unlock(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.unlock_now(key, owner))
+    }
+    fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        self.publish_now(channel, payload);
+        ready(Ok(()))
+    }
+    fn subscribe(&self, channel: &str) -> impl Future<Output = StoreResult<Subscription>> + Send {
+        ready(Ok(self.subscribe_now(channel)))
+    }
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send {
+        ready(StoreHealth::Off)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::keyspace::{Concern, Keyspace};
+
+    #[test]
+    fn expired_keys_are_reclaimed_under_endless_new_keys() {
+        let clock = ManualClock::new(1_000_000);
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let ks = Keyspace::new("t").unwrap();
+        let limit = RateLimit::gcra("10/1s").unwrap();
+        for round in 0..20u64 {
+            for i in 0..10_000u64 {
+                let key = ks.key(Concern::RateLimit, "r", &(round * 10_000 + i).to_le_bytes());
+                store.rate_now(&key, &limit, 1).unwrap();
+            }
+            clock.advance(Duration::from_secs(2));
+        }
+        let stored: usize = store.inner.shards.iter().map(|s| s.lock().map.len()).sum();
+        // 200,000 keys were created; only about the last two rounds' worth may remain.
+        assert!(stored <= 40_000, "{stored} entries kept");
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn wrong_type_leaves_state_untouched() {
+        let store = MemoryStore::new();
+        let key = StoreKey::raw("t:x");
+        store.set_now(&key, Bytes::from_static(b"v"), Duration::from_secs(10));
+        let err = store
+            .rate_now(&key, &RateLimit::gcra("1/s").unwrap(), 1)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::WrongType(_)));
+        assert_eq!(store.get_now(&key).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+}

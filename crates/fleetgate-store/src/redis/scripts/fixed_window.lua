@@ -1,0 +1,24 @@
+-- Fixed window: mirrors src/algo/fixed_window.rs. KEYS[1]: hash {w = window index, n = count}.
+-- ARGV: period_us, capacity, cost. Returns {allowed, remaining, reset_us, retry_us}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local period = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local window = math.floor(now / period)
+local vals = redis.call('HMGET', KEYS[1], 'w', 'n')
+local count = 0
+if tonumber(vals[1]) == window then
+  count = tonumber(vals[2]) or 0
+end
+local ends = (window + 1) * period - now
+if cost <= cap and count + cost <= cap then
+  if cost > 0 then
+    redis.call('HSET', KEYS[1], 'w', string.format('%.0f', window), 'n', string.format('%.0f', count + cost))
+    redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(ends / 1000)))
+  end
+  return {1, cap - count - cost, ends, 0}
+end
+local retry = ends
+if cost > cap then retry = period end
+return {0, cap - count, ends, retry}

@@ -1,0 +1,28 @@
+-- GCRA: mirrors src/algo/gcra.rs. KEYS[1]: the TAT in microseconds of server time.
+-- ARGV: interval_us, burst, cost, period_us. Returns {allowed, remaining, reset_us, retry_us}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local raw = redis.call('GET', KEYS[1])
+local tat = now
+if raw then
+  tat = tonumber(raw)
+  if not tat then
+    return redis.error_reply('WRONGTYPE fleetgate: gcra key holds a non-numeric value')
+  end
+  if tat < now then tat = now end
+end
+local horizon = now + interval * burst
+if cost > burst then
+  return {0, math.floor((horizon - tat) / interval), tat - now, tonumber(ARGV[4])}
+end
+local new_tat = tat + cost * interval
+if new_tat <= horizon then
+  if cost > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+  end
+  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0}
+end
+return {0, math.floor((horizon - tat) / interval), tat - now, new_tat - horizon}

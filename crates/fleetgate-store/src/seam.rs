@@ -1,0 +1,184 @@
+//! The seam: every operation any concern needs, each one atomic decision.
+//!
+//! A driver implements [`StoreDriver`]; the in-process driver with sharded locks, the Redis
+//! driver with one round trip (one command or one Lua script) per call. Nothing here reads and
+//! then writes across calls: a concern asks for a decision and gets one.
+//!
+//! | concern (DESIGN.md)                      | operations                         |
+//! |------------------------------------------|------------------------------------|
+//! | rate limits, outbound throttle, login-failure throttle | [`rate`](StoreDriver::rate) |
+//! | concurrency limits                       | [`acquire_permit`](StoreDriver::acquire_permit), [`release_permit`](StoreDriver::release_permit) |
+//! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
+//! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
+//! | locks (single flight across instances)   | [`lock`](StoreDriver::lock), [`unlock`](StoreDriver::unlock) |
+//! | live events, breaker trips               | [`publish`](StoreDriver::publish), [`subscribe`](StoreDriver::subscribe) |
+//! | health                                   | [`health`](StoreDriver::health) |
+
+use crate::error::StoreError;
+use crate::keyspace::StoreKey;
+use crate::rate::{RateDecision, RateLimit};
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Outcome of asking for one concurrency permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermitDecision {
+    pub granted: bool,
+    /// Permits held after this call (live leases only).
+    pub in_use: u64,
+    pub max: u64,
+}
+
+/// Outcome of a claim-once (set-if-absent) call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This caller set the marker: it is the first and only one within the TTL.
+    Won,
+    /// Someone already holds the marker; here is the value they stored (e.g. "pending" or a
+    /// completed response for idempotency keys).
+    Held(Bytes),
+}
+
+/// A held lock and its fencing token, which grows with every new holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockGrant {
+    pub fence: u64,
+}
+
+/// What `/healthz` reports for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreHealth {
+    /// A shared store answers.
+    Ok,
+    /// A shared store is configured but does not answer.
+    Down,
+    /// In-process only: there is no shared store.
+    Off,
+}
+
+impl StoreHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreHealth::Ok => "ok",
+            StoreHealth::Down => "down",
+            StoreHealth::Off => "off",
+        }
+    }
+}
+
+/// One message received on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub channel: Arc<str>,
+    pub payload: Bytes,
+}
+
+/// A live subscription to one channel. Messages published anywhere in the fleet after the
+/// subscription became active arrive here; a slow reader loses the oldest (counted in `lagged`).
+pub struct Subscription {
+    rx: broadcast::Receiver<Message>,
+    lagged: u64,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: broadcast::Receiver<Message>) -> Self {
+        Subscription { rx, lagged: 0 }
+    }
+
+    /// The next message, or `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.rx.recv().await {
+                Ok(m) => return Some(m),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged += n,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Messages this subscriber missed because it read too slowly.
+    pub fn lagged(&self) -> u64 {
+        self.lagged
+    }
+}
+
+/// The operations every driver implements. Each call is one atomic decision.
+pub trait StoreDriver: Send + Sync + 'static {
+    /// Decides one request of `cost` units against `limit` for `key`, and records it if admitted.
+    fn rate(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        cost: u64,
+    ) -> impl Future<Output = StoreResult<RateDecision>> + Send;
+
+    /// Takes (or renews) the permit `permit` under `key` if fewer than `max` live leases exist.
+    /// A lease lasts `lease`; leases of a crashed holder expire by themselves.
+    fn acquire_permit(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+        max: u64,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<PermitDecision>> + Send;
+
+    /// Gives a permit back. Returns whether it was still held.
+    fn release_permit(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Sets `key` to `value` for `ttl` only if it is absent (claim-once); otherwise returns the
+    /// value that holds it.
+    fn claim(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
+
+    fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send;
+
+    /// Sets a small value with a TTL (every key expires).
+    fn set(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Deletes a value. Returns whether it existed.
+    fn delete(&self, key: &StoreKey) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Takes a lease lock for `owner` (or extends it if `owner` holds it already), returning the
+    /// fencing token; `None` when another owner holds it.
+    fn lock(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<Option<LockGrant>>> + Send;
+
+    /// Releases the lock if `owner` still holds it.
+    fn unlock(&self, key: &StoreKey, owner: &str)
+        -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Publishes to every subscriber of `channel` across the fleet.
+    fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Subscribes to `channel`; the subscription is active when this returns.
+    fn subscribe(&self, channel: &str) -> impl Future<Output = StoreResult<Subscription>> + Send;
+
+    /// Whether the store answers now.
+    fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+}

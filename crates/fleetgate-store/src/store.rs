@@ -1,0 +1,113 @@
+//! [`Store`]: either driver behind one type, chosen by URL. Dispatch is a `match`, not a
+//! virtual call, so the in-process path stays as fast as calling [`MemoryStore`] directly.
+
+use crate::error::StoreError;
+use crate::keyspace::StoreKey;
+use crate::memory::MemoryStore;
+use crate::rate::{RateDecision, RateLimit};
+use crate::redis::{url::redact, RedisOptions, RedisStore};
+use crate::seam::*;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// The store a gateway runs on.
+#[derive(Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Builds the store for `url`: `memory://`, `redis://...` or `rediss://...`.
+    /// Redis connections are made lazily, so an unreachable server does not fail this call.
+    pub fn open(url: &str, options: RedisOptions) -> Result<Store, StoreError> {
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("memory") => Ok(Store::Memory(MemoryStore::new())),
+            Some("redis") | Some("rediss") => Ok(Store::Redis(RedisStore::open(url, options)?)),
+            Some("redis-sentinel") | Some("redis-cluster") => Err(StoreError::Config(format!(
+                "{}: this build does not support {}:// yet; accepted: memory://, redis://, rediss://",
+                redact(url),
+                scheme.unwrap_or_default()
+            ))),
+            _ => Err(StoreError::Config(format!(
+                "{}: unknown store URL scheme; accepted: memory://, redis://[user:pass@]host:port[/db], rediss://...",
+                redact(url)
+            ))),
+        }
+    }
+
+    /// Whether this is the in-process store (health `off`).
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $d:ident => $call:expr) => {
+        match $self {
+            Store::Memory($d) => $call.await,
+            Store::Redis($d) => $call.await,
+        }
+    };
+}
+
+impl StoreDriver for Store {
+    async fn rate(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        cost: u64,
+    ) -> StoreResult<RateDecision> {
+        dispatch!(self, d => d.rate(key, limit, cost))
+    }
+    async fn acquire_permit(
+        &self,
+        key: &StoreKey,
+        permit: &str,
+        max: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitDecision> {
+        dispatch!(self, d => d.acquire_permit(key, permit, max, lease))
+    }
+    async fn release_permit(&self, key: &StoreKey, permit: &str) -> StoreResult<bool> {
+        dispatch!(self, d => d.release_permit(key, permit))
+    }
+    async fn claim(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> StoreResult<ClaimOutcome> {
+        dispatch!(self, d => d.claim(key, value, ttl))
+    }
+    async fn get(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
+        dispatch!(self, d => d.get(key))
+    }
+    async fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<()> {
+        dispatch!(self, d => d.set(key, value, ttl))
+    }
+    async fn delete(&self, key: &StoreKey) -> StoreResult<bool> {
+        dispatch!(self, d => d.delete(key))
+    }
+    async fn lock(
+        &self,
+        key: &StoreKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<LockGrant>> {
+        dispatch!(self, d => d.lock(key, owner, ttl))
+    }
+    async fn unlock(&self, key: &StoreKey, owner: &str) -> StoreResult<bool> {
+        dispatch!(self, d => d.unlock(key, owner))
+    }
+    async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
+        dispatch!(self, d => d.publish(channel, payload))
+    }
+    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
+        dispatch!(self, d => d.subscribe(channel))
+    }
+    async fn health(&self) -> StoreHealth {
+        dispatch!(self, d => d.health())
+    }
+}

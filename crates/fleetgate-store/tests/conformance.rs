@@ -1,0 +1,441 @@
+//! One conformance suite, run against every driver: the same scenarios must give the same
+//! decisions on the in-process store and on a real redis-server started by the test.
+
+use bytes::Bytes;
+use fleetgate_store::*;
+use fleetgate_testkit::RedisServer;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Makes handles on one shared state: clones for the in-process store, separate connections for
+/// Redis (so concurrency crosses connections, as it crosses instances in a fleet).
+trait Fleet {
+    type S: StoreDriver + Clone;
+    fn handle(&self) -> Self::S;
+}
+
+struct MemoryFleet(MemoryStore);
+impl Fleet for MemoryFleet {
+    type S = MemoryStore;
+    fn handle(&self) -> MemoryStore {
+        self.0.clone()
+    }
+}
+
+struct RedisFleet(RedisServer);
+impl Fleet for RedisFleet {
+    type S = RedisStore;
+    fn handle(&self) -> RedisStore {
+        let options = RedisOptions {
+            timeout: Duration::from_secs(2),
+            pool_size: 1,
+            ..Default::default()
+        };
+        RedisStore::open(&self.0.url(), options).expect("open redis store")
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn key(scope: &str) -> StoreKey {
+    let ks = Keyspace::new("conf").unwrap();
+    ks.key(
+        Concern::RateLimit,
+        scope,
+        &NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes(),
+    )
+}
+
+async fn gcra_burst_then_denial<F: Fleet>(f: F) {
+    let s = f.handle();
+    let limit = RateLimit::parse(Algorithm::Gcra, "5/1s", Some(5)).unwrap();
+    let k = key("gcra");
+    for i in 0..5 {
+        let d = s.rate(&k, &limit, 1).await.unwrap();
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.limit, 5);
+        assert_eq!(d.remaining, 4 - i);
+        assert_eq!(d.retry_after, Duration::ZERO);
+    }
+    let d = s.rate(&k, &limit, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.remaining, 0);
+    assert!(
+        d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_millis(200),
+        "{d:?}"
+    );
+    assert!(
+        d.reset_after > Duration::from_millis(800) && d.reset_after <= Duration::from_secs(1),
+        "{d:?}"
+    );
+    tokio::time::sleep(d.retry_after + Duration::from_millis(5)).await;
+    assert!(s.rate(&k, &limit, 1).await.unwrap().allowed);
+}
+
+async fn cost_counts_units<F: Fleet>(f: F) {
+    let s = f.handle();
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    ] {
+        let limit = RateLimit::parse(algorithm, "5/1d", None).unwrap();
+        let k = key("cost");
+        let d = s.rate(&k, &limit, 3).await.unwrap();
+        assert!(d.allowed && d.remaining == 2, "{algorithm}: {d:?}");
+        let d = s.rate(&k, &limit, 3).await.unwrap();
+        assert!(!d.allowed && d.remaining == 2, "{algorithm}: {d:?}");
+        let d = s.rate(&k, &limit, 2).await.unwrap();
+        assert!(d.allowed && d.remaining == 0, "{algorithm}: {d:?}");
+        let d = s.rate(&k, &limit, 0).await.unwrap();
+        assert!(
+            d.allowed && d.remaining == 0,
+            "{algorithm}: zero cost peeks: {d:?}"
+        );
+        let d = s.rate(&k, &limit, 6).await.unwrap();
+        assert!(
+            !d.allowed,
+            "{algorithm}: a cost above the limit is never admitted"
+        );
+    }
+}
+
+async fn sliding_window_exact<F: Fleet>(f: F) {
+    let s = f.handle();
+    let limit = RateLimit::parse(Algorithm::SlidingWindow, "3/400ms", None).unwrap();
+    let k = key("sliding");
+    for _ in 0..3 {
+        assert!(s.rate(&k, &limit, 1).await.unwrap().allowed);
+    }
+    let d = s.rate(&k, &limit, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert!(
+        d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_millis(400),
+        "{d:?}"
+    );
+    tokio::time::sleep(d.retry_after + Duration::from_millis(5)).await;
+    let d = s.rate(&k, &limit, 1).await.unwrap();
+    assert!(d.allowed, "{d:?}");
+}
+
+async fn fixed_window_per_aligned_window<F: Fleet>(f: F) {
+    let s = f.handle();
+    let limit = RateLimit::parse(Algorithm::FixedWindow, "3/1d", None).unwrap();
+    let k = key("fixed");
+    for _ in 0..3 {
+        assert!(s.rate(&k, &limit, 1).await.unwrap().allowed);
+    }
+    let d = s.rate(&k, &limit, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, d.reset_after);
+    assert!(d.retry_after <= Duration::from_secs(86_400));
+}
+
+/// 16 tasks over several connections hammer one key: exactly the allowed count is admitted.
+async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: F) {
+    let handles: Vec<F::S> = (0..4).map(|_| f.handle()).collect();
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    ] {
+        let limit = RateLimit::parse(algorithm, "100/1d", None).unwrap();
+        let k = key("hammer");
+        let admitted = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let s = handles[t % handles.len()].clone();
+            let (k, admitted) = (k.clone(), admitted.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    if s.rate(&k, &limit, 1).await.unwrap().allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            admitted.load(Ordering::Relaxed),
+            100,
+            "{algorithm}: 400 tries on a limit of 100"
+        );
+    }
+}
+
+async fn values_expire<F: Fleet>(f: F) {
+    let s = f.handle();
+    let k = key("ttl");
+    s.set(
+        &k,
+        Bytes::from_static(b"session"),
+        Duration::from_millis(150),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"session"[..]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    // A rate key's state expires once it no longer matters: the full burst is back.
+    let limit = RateLimit::parse(Algorithm::Gcra, "2/200ms", None).unwrap();
+    let k = key("ttl-rate");
+    assert!(s.rate(&k, &limit, 2).await.unwrap().allowed);
+    assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(s.rate(&k, &limit, 2).await.unwrap().remaining, 0);
+    // Delete reports whether the key existed.
+    s.set(&k, Bytes::from_static(b"x"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(s.delete(&k).await.unwrap());
+    assert!(!s.delete(&k).await.unwrap());
+}
+
+/// Claim-once is won by exactly one of many concurrent claimants; the others see its value.
+async fn claim_once_has_one_winner<F: Fleet>(f: F) {
+    let k = key("claim");
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let s = f.handle();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            s.claim(
+                &k,
+                Bytes::from(format!("claimant-{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    let mut held = std::collections::HashSet::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            ClaimOutcome::Won => winners += 1,
+            ClaimOutcome::Held(v) => {
+                held.insert(v);
+            }
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(held.len(), 1, "every loser sees the winner's value");
+    let s = f.handle();
+    let stored = s.get(&k).await.unwrap().unwrap();
+    assert!(held.contains(&stored));
+    // After the TTL the marker can be claimed again.
+    let short = key("claim-short");
+    assert_eq!(
+        s.claim(&short, Bytes::from_static(b"a"), Duration::from_millis(100))
+            .await
+            .unwrap(),
+        ClaimOutcome::Won
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.claim(&short, Bytes::from_static(b"b"), Duration::from_millis(100))
+            .await
+            .unwrap(),
+        ClaimOutcome::Won
+    );
+}
+
+async fn permits_are_bounded_and_leased<F: Fleet>(f: F) {
+    let k = key("permits");
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = f.handle();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            s.acquire_permit(&k, &format!("p{i}"), 3, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .granted
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap() as u32;
+    }
+    assert_eq!(granted, 3);
+    let s = f.handle();
+    let d = s
+        .acquire_permit(&k, "late", 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!d.granted && d.in_use == 3);
+    // Renewing a held permit does not take a second slot.
+    let renew = key("permits-renew");
+    assert!(
+        s.acquire_permit(&renew, "a", 1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .granted
+    );
+    assert!(
+        s.acquire_permit(&renew, "a", 1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .granted
+    );
+    assert!(s.release_permit(&renew, "a").await.unwrap());
+    assert!(!s.release_permit(&renew, "a").await.unwrap());
+    assert!(
+        s.acquire_permit(&renew, "b", 1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .granted
+    );
+    // A crashed holder's lease expires by itself.
+    let lease = key("permits-lease");
+    assert!(
+        s.acquire_permit(&lease, "crashed", 1, Duration::from_millis(150))
+            .await
+            .unwrap()
+            .granted
+    );
+    assert!(
+        !s.acquire_permit(&lease, "next", 1, Duration::from_millis(150))
+            .await
+            .unwrap()
+            .granted
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let d = s
+        .acquire_permit(&lease, "next", 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(d.granted && d.in_use == 1, "{d:?}");
+}
+
+async fn locks_fence<F: Fleet>(f: F) {
+    let (a, b) = (f.handle(), f.handle());
+    let k = key("lock");
+    let first = a
+        .lock(&k, "a", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a locks");
+    assert_eq!(
+        b.lock(&k, "b", Duration::from_secs(10)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        a.lock(&k, "a", Duration::from_secs(10)).await.unwrap(),
+        Some(first),
+        "re-entry keeps the token"
+    );
+    assert!(!b.unlock(&k, "b").await.unwrap());
+    assert!(a.unlock(&k, "a").await.unwrap());
+    let second = b
+        .lock(&k, "b", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .expect("b locks");
+    assert!(second.fence > first.fence);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = a
+        .lock(&k, "a", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("b's lease expired");
+    assert!(third.fence > second.fence);
+}
+
+async fn pubsub_reaches_every_subscriber<F: Fleet>(f: F) {
+    let publisher = f.handle();
+    let channel = format!("conf:chan:{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut subs = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let h = f.handle();
+        subs.push(h.subscribe(&channel).await.unwrap());
+        handles.push(h);
+    }
+    for i in 0..5 {
+        publisher
+            .publish(&channel, Bytes::from(format!("event-{i}")))
+            .await
+            .unwrap();
+    }
+    for sub in &mut subs {
+        for i in 0..5 {
+            let m = tokio::time::timeout(Duration::from_secs(2), sub.next())
+                .await
+                .expect("message arrives")
+                .unwrap();
+            assert_eq!(&*m.channel, channel.as_str());
+            assert_eq!(m.payload, Bytes::from(format!("event-{i}")));
+        }
+    }
+}
+
+async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: F) {
+    let s = f.handle();
+    let k = key("wrongtype");
+    s.set(
+        &k,
+        Bytes::from_static(b"not a counter"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    ] {
+        let limit = RateLimit::parse(algorithm, "5/1s", None).unwrap();
+        let err = s.rate(&k, &limit, 1).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::WrongType(_)),
+            "{algorithm}: {err:?}"
+        );
+    }
+    assert!(matches!(
+        s.acquire_permit(&k, "p", 1, Duration::from_secs(1)).await,
+        Err(StoreError::WrongType(_))
+    ));
+    assert_eq!(
+        s.get(&k).await.unwrap().as_deref(),
+        Some(&b"not a counter"[..])
+    );
+}
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::MemoryFleet(fleetgate_store::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::RedisFleet(fleetgate_testkit::RedisServer::start())).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    gcra_burst_then_denial,
+    cost_counts_units,
+    sliding_window_exact,
+    fixed_window_per_aligned_window,
+    concurrent_hammer_admits_exactly_the_limit,
+    values_expire,
+    claim_once_has_one_winner,
+    permits_are_bounded_and_leased,
+    locks_fence,
+    pubsub_reaches_every_subscriber,
+    wrong_type_is_an_error_and_leaves_state,
+);
