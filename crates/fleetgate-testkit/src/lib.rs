@@ -84,10 +84,16 @@ impl RedisServer {
         self.wait_ready(Duration::from_secs(10));
     }
 
-    fn wait_ready(&self, limit: Duration) {
+    fn wait_ready(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         let password = self.password();
         while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "redis-server on port {} exited at start ({status}); arguments: {:?}",
+                    self.port, self.extra_args
+                );
+            }
             if ping(self.addr(), password.as_deref()) {
                 return;
             }
