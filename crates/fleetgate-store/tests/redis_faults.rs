@@ -193,3 +193,27 @@ fn unknown_store_scheme_names_what_is_accepted() {
         .unwrap()
         .is_memory());
 }
+
+#[tokio::test]
+async fn breaker_opens_on_a_stalled_server_then_closes_when_it_returns() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), options(50)).await.unwrap();
+    server.pause();
+    // The first calls each wait for the timeout; then the breaker opens and calls fail fast.
+    for _ in 0..3 {
+        assert!(matches!(store.rate(&key("f"), &limit(), 1).await, Err(StoreError::Timeout(_))));
+    }
+    assert!(store.breaker_open());
+    let started = Instant::now();
+    for _ in 0..20 {
+        let err = store.rate(&key("f"), &limit(), 1).await.unwrap_err();
+        if let StoreError::Unavailable(text) = &err {
+            assert!(text.contains("breaker"), "{text}");
+        }
+    }
+    // 20 calls while open cost far less than 20 timeouts (a ratio, not a wall-clock bound).
+    assert!(started.elapsed() < Duration::from_millis(50) * 20 / 4, "{:?}", started.elapsed());
+    server.resume();
+    until_ok(&store, Duration::from_secs(5)).await;
+    assert!(!store.breaker_open());
+}

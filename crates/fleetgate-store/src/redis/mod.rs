@@ -8,6 +8,7 @@
 //! * Timeouts: every call is bounded (default 50 ms) and fails with [`StoreError::Timeout`].
 //! * Pub/sub: one subscriber connection per store, resubscribing after a reconnect.
 
+mod breaker;
 mod pubsub;
 mod scripts;
 pub mod url;
@@ -19,6 +20,8 @@ use crate::seam::*;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, Value};
+pub use breaker::BreakerSettings;
+use breaker::{Admission, Breaker};
 use scripts::Scripts;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub struct RedisOptions {
     /// First and longest delay between reconnection attempts (defaults 50 ms and 2 s).
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// When to stop calling a failing store and how often to probe it.
+    pub breaker: BreakerSettings,
 }
 
 impl Default for RedisOptions {
@@ -45,7 +50,8 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(1),
             pool_size: 2,
             reconnect_min: Duration::from_millis(50),
-            reconnect_max: Duration::from_secs(2),
+            reconnect_max: Duration::from_millis(500),
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -65,6 +71,7 @@ struct Inner {
     options: RedisOptions,
     pubsub: pubsub::Hub,
     redacted_url: String,
+    breaker: Breaker,
 }
 
 impl RedisStore {
@@ -105,6 +112,7 @@ impl RedisStore {
                 scripts: Scripts::new(),
                 scripts_stale: AtomicBool::new(true),
                 pubsub: pubsub::Hub::new(client, options.clone()),
+                breaker: Breaker::new(options.breaker),
                 options,
                 redacted_url,
             }),
@@ -133,22 +141,32 @@ impl RedisStore {
         self.inner.pool[i].clone()
     }
 
-    /// Runs `fut` under the store timeout, mapping errors.
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, RedisError>>,
-    ) -> StoreResult<T> {
-        match tokio::time::timeout(self.inner.options.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let err = map_error(&e);
-                if err.is_connectivity() {
-                    self.inner.scripts_stale.store(true, Ordering::Relaxed);
-                }
-                Err(err)
-            }
-            Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
+    /// Runs `fut` under the breaker and the store timeout, mapping errors.
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, RedisError>>) -> StoreResult<T> {
+        let breaker = &self.inner.breaker;
+        let admission = breaker.admit();
+        if admission == Admission::Reject {
+            return Err(Breaker::rejection());
         }
+        let result = match tokio::time::timeout(self.inner.options.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(&e)),
+            Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
+        };
+        match &result {
+            Err(err) if err.is_connectivity() => {
+                self.inner.scripts_stale.store(true, Ordering::Relaxed);
+                breaker.on_failure(admission);
+            }
+            // Any answer, even an error reply, proves the store is reachable.
+            _ => breaker.on_success(),
+        }
+        result
+    }
+
+    /// Whether the breaker currently refuses calls.
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
     }
 
     async fn query(&self, cmd: &Cmd) -> StoreResult<Value> {
