@@ -1,1 +1,49 @@
-fn main() {}
+//! `fleetgate --config FILE` runs the gateway; `fleetgate check --config FILE` validates.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fleetgate", version, about = "HTTP API gateway: one budget across many instances")]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(long, short, global = true, default_value = "fleetgate.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration file and exit (0 when valid).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match fleetgate_config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        if let Err(e) = fleetgate::build::build_gateway(&config, "check", String::new()) {
+            eprintln!("error: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+        println!("{}: ok ({} routes, {} upstreams)", cli.config.display(), config.routes.len(), config.upstreams.len());
+        return ExitCode::SUCCESS;
+    }
+    let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str());
+    match fleetgate::run::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fleetgate could not start");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Turns a validated configuration into the runtime structures of the request path.
+//! This is the only module that reads configuration types.
+
+use crate::client_ip::TrustedProxies;
+use crate::gateway::Gateway;
+use crate::policy::{ConcurrencyLimiter, RateLimiter};
+use crate::route::{respond, Action, Route};
+use crate::telemetry::RouteMetrics;
+use crate::upstream::{HealthCheck, Upstream};
+use bytes::Bytes;
+use fleetgate_config::{Config, RouteTarget};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(String);
+
+fn rate_limiter(route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimiter {
+    RateLimiter::new(route, &l.name, l.key.clone(), l.limit, l.cost, l.on_store_error, l.on_missing_key)
+}
+
+pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
+    let mut upstreams = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (name, u) in &config.upstreams {
+        let mut targets = Vec::new();
+        for t in &u.targets {
+            let authority: Authority =
+                t.authority.parse().map_err(|e| BuildError(format!("upstream {name}: target {t}: {e}")))?;
+            targets.push((Scheme::HTTP, authority));
+        }
+        let health_check = u.health_check.as_ref().map(|h| HealthCheck {
+            path: h.path.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            unhealthy_threshold: h.unhealthy_threshold,
+            healthy_threshold: h.healthy_threshold,
+        });
+        index.insert(name.clone(), upstreams.len());
+        upstreams.push(Arc::new(Upstream::new(
+            name,
+            targets,
+            u.connect_timeout,
+            u.request_timeout,
+            u.idle_timeout,
+            health_check,
+            u.passive.failures,
+            u.passive.eject,
+        )));
+    }
+    let mut routes = Vec::new();
+    for r in &config.routes {
+        let action = match &r.target {
+            RouteTarget::Upstream(name) => Action::Proxy(*index.get(name).ok_or_else(|| BuildError(format!("route {}: unknown upstream {name}", r.name)))?),
+            RouteTarget::Respond { status, body, headers } => {
+                let mut map = HeaderMap::new();
+                for (k, v) in headers {
+                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| BuildError(format!("route {}: invalid header name {k:?}", r.name)))?;
+                    let value = HeaderValue::from_str(v).map_err(|_| BuildError(format!("route {}: invalid value for header {k}", r.name)))?;
+                    map.append(name, value);
+                }
+                Action::Respond { status: respond(*status), body: Bytes::from(body.clone()), headers: map }
+            }
+        };
+        routes.push(Route {
+            name: r.name.clone(),
+            config: r.clone(),
+            action,
+            rate_limits: r.rate_limits.iter().map(|l| rate_limiter(&r.name, l)).collect(),
+            concurrency_limits: r
+                .concurrency_limits
+                .iter()
+                .map(|c| ConcurrencyLimiter::new(&r.name, &c.name, c.key.clone(), c.max, c.lease, c.on_store_error, c.on_missing_key))
+                .collect(),
+            metrics: RouteMetrics::new(&r.name),
+        });
+    }
+    Ok(Gateway {
+        instance_id: instance_id.to_string(),
+        routes,
+        global_limits: config.global_rate_limits.iter().map(|l| rate_limiter("global", l)).collect(),
+        upstreams,
+        trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: config.server.request_timeout,
+        access_log: config.log.access_log,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        store_url_redacted,
+    })
+}

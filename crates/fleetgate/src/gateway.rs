@@ -1,0 +1,289 @@
+//! The request path: route, limits, then answer or proxy. One `Gateway` is shared by all
+//! workers; each worker has its own `Worker` (store connections and upstream client pools).
+
+use crate::body::{full, json_error, GatewayBody, Guarded};
+use crate::client_ip::TrustedProxies;
+use crate::policy::{PermitGuard, Rejection, StoreCtx};
+use crate::ratelimit_headers::{ceil_secs, RateHeaders};
+use crate::route::{Action, Route};
+use crate::upstream::Upstream;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type UpstreamClient = Client<HttpConnector, Limited<Incoming>>;
+
+/// Everything the request path needs that does not change after start-up.
+pub struct Gateway {
+    pub instance_id: String,
+    pub routes: Vec<Route>,
+    pub global_limits: Vec<crate::policy::RateLimiter>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub trusted: TrustedProxies,
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub access_log: bool,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    pub store_url_redacted: String,
+}
+
+/// Per-worker state: store handles and one pooled client per upstream.
+pub struct Worker {
+    pub ctx: StoreCtx,
+    pub clients: Vec<UpstreamClient>,
+}
+
+impl Worker {
+    pub fn new(gateway: &Gateway, ctx: StoreCtx) -> Self {
+        let clients = gateway
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(u.connect_timeout));
+                connector.set_nodelay(true);
+                Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(u.idle_timeout)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .build(connector)
+            })
+            .collect();
+        Worker { ctx, clients }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+impl Gateway {
+    fn route_for(&self, parts: &http::request::Parts) -> Option<&Route> {
+        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| parts.uri.host());
+        let path = parts.uri.path();
+        self.routes.iter().find(|r| r.matches(&parts.method, host, path))
+    }
+
+    /// Handles one request end to end. Never fails: every problem becomes a response.
+    pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let Some(route) = self.route_for(&parts) else {
+            let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
+            self.log(&parts, None, peer, resp.status(), started, None);
+            return resp;
+        };
+        let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
+        let mut rate_headers = RateHeaders::default();
+        let mut guards: Vec<PermitGuard> = Vec::new();
+        let mut upstream_target = None;
+        let outcome = async {
+            for limiter in self.global_limits.iter().chain(route.rate_limits.iter()) {
+                limiter.check(&worker.ctx, &parts, ip, &route.name, &mut rate_headers).await?;
+            }
+            for limiter in &route.concurrency_limits {
+                if let Some(g) = limiter.acquire(&worker.ctx, &self.instance_id, &parts, ip, &route.name).await? {
+                    guards.push(g);
+                }
+            }
+            Ok::<(), Rejection>(())
+        }
+        .await;
+        let mut resp = match outcome {
+            Err(rejection) => rejection_response(&route.name, rejection),
+            Ok(()) => match &route.action {
+                Action::Respond { status, body, headers } => {
+                    let mut resp = Response::new(full(body.clone()));
+                    *resp.status_mut() = *status;
+                    resp.headers_mut().extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    resp
+                }
+                Action::Proxy(idx) => {
+                    let upstream = &self.upstreams[*idx];
+                    let (resp, target) = self.proxy(worker, route, *idx, upstream, parts.clone(), body, peer, ip).await;
+                    upstream_target = target;
+                    resp
+                }
+            },
+        };
+        rate_headers.write(resp.headers_mut());
+        let status = resp.status();
+        route.metrics.request(status.as_u16());
+        self.log(&parts, Some(&route.name), peer, status, started, upstream_target);
+        if guards.is_empty() {
+            resp
+        } else {
+            resp.map(|b| Guarded::new(b, guards).boxed_unsync())
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn proxy(
+        &self,
+        worker: &Worker,
+        route: &Route,
+        idx: usize,
+        upstream: &Upstream,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        peer: SocketAddr,
+        ip: std::net::IpAddr,
+    ) -> (Response<GatewayBody>, Option<String>) {
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+            if len > self.max_body_bytes {
+                let msg = format!("request body of {len} bytes exceeds the limit of {} bytes", self.max_body_bytes);
+                return (json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]), None);
+            }
+        }
+        let t = upstream.pick();
+        let target = &upstream.targets[t];
+        let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let path = route.upstream_path(pq);
+        let uri = Uri::builder().scheme(target.scheme.clone()).authority(target.authority.clone()).path_and_query(path.as_ref()).build();
+        let Ok(uri) = uri else {
+            return (json_error(StatusCode::BAD_REQUEST, "bad_request", "request target cannot be forwarded", &[]), None);
+        };
+        let original_host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        self.set_forwarded(&mut parts.headers, peer, ip, original_host);
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
+        let timeout = upstream.request_timeout.min(self.request_timeout);
+        let result = tokio::time::timeout(timeout, worker.clients[idx].request(req)).await;
+        let target_url = Some(target.url());
+        match result {
+            Err(_) => {
+                let msg = format!("upstream {} did not answer within {} ms", upstream.name, timeout.as_millis());
+                (json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[]), target_url)
+            }
+            Ok(Err(e)) => {
+                if error_chain_has::<http_body_util::LengthLimitError>(&e) {
+                    let msg = format!("request body exceeds the limit of {} bytes", self.max_body_bytes);
+                    return (json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]), target_url);
+                }
+                if e.is_connect() {
+                    upstream.report_connect_failure(t);
+                }
+                tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");
+                let msg = format!("upstream {} is unreachable", upstream.name);
+                (json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]), target_url)
+            }
+            Ok(Ok(resp)) => {
+                upstream.report_success(t);
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
+                (Response::from_parts(parts, body), target_url)
+            }
+        }
+    }
+
+    fn set_forwarded(&self, headers: &mut HeaderMap, peer: SocketAddr, client: std::net::IpAddr, host: Option<HeaderValue>) {
+        let trusted = self.trusted.contains(peer.ip());
+        let xff = match (trusted, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
+            (true, Some(prior)) => format!("{prior}, {}", peer.ip()),
+            _ => client.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        if !(trusted && headers.contains_key("x-forwarded-proto")) {
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if !(trusted && headers.contains_key("x-forwarded-host")) {
+            if let Some(h) = host {
+                headers.insert("x-forwarded-host", h);
+            }
+        }
+    }
+
+    fn log(&self, parts: &http::request::Parts, route: Option<&str>, peer: SocketAddr, status: StatusCode, started: Instant, upstream: Option<String>) {
+        if self.access_log {
+            tracing::info!(
+                target: "fleetgate::access",
+                method = %parts.method,
+                path = %parts.uri.path(),
+                status = status.as_u16(),
+                route = route.unwrap_or("-"),
+                peer = %peer,
+                upstream = upstream.as_deref().unwrap_or("-"),
+                micros = started.elapsed().as_micros() as u64,
+            );
+        }
+    }
+}
+
+fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn rejection_response(route: &str, rejection: Rejection) -> Response<GatewayBody> {
+    match rejection {
+        Rejection::Limited { limit, decision } => {
+            let retry = ceil_secs(decision.retry_after).max(1);
+            let msg = format!("rate limit {limit} exceeded; retry in {retry} s");
+            let mut resp = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &msg,
+                &[("route", json!(route)), ("limit", json!(limit)), ("retry_after", json!(retry))],
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            resp
+        }
+        Rejection::Concurrency { limit, max } => {
+            let msg = format!("concurrency limit {limit} reached ({max} in flight)");
+            let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "concurrency_limited", &msg, &[("route", json!(route)), ("limit", json!(limit))]);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+        Rejection::StoreDown { limit } => {
+            let msg = format!("limit {limit} cannot be checked: the store is unavailable and its policy is closed");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &msg, &[("route", json!(route)), ("limit", json!(limit))])
+        }
+        Rejection::MissingKey { limit, what } => {
+            let msg = format!("limit {limit} needs {what}, which the request lacks");
+            json_error(StatusCode::BAD_REQUEST, "missing_key", &msg, &[("route", json!(route)), ("limit", json!(limit))])
+        }
+    }
+}
+

@@ -1,0 +1,40 @@
+//! Routes: matched in order on path prefix (at segment boundaries), host and method; the first
+//! match wins. Matching itself lives with the configuration (`fleetgate_config::RouteMatch`).
+
+use crate::policy::{ConcurrencyLimiter, RateLimiter};
+use crate::telemetry::RouteMetrics;
+use bytes::Bytes;
+use fleetgate_config::RouteConfig;
+use http::{HeaderMap, Method, StatusCode};
+use std::borrow::Cow;
+
+pub enum Action {
+    /// Answer from the gateway itself.
+    Respond { status: StatusCode, body: Bytes, headers: HeaderMap },
+    /// Forward to the upstream at this index.
+    Proxy(usize),
+}
+
+pub struct Route {
+    pub name: String,
+    pub config: RouteConfig,
+    pub action: Action,
+    pub rate_limits: Vec<RateLimiter>,
+    pub concurrency_limits: Vec<ConcurrencyLimiter>,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
+        self.config.matcher.matches(method.as_str(), host, path)
+    }
+
+    /// The path (and query) to send upstream.
+    pub fn upstream_path<'a>(&self, path_and_query: &'a str) -> Cow<'a, str> {
+        self.config.upstream_path(path_and_query)
+    }
+}
+
+pub fn respond(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+}

@@ -1,0 +1,147 @@
+//! Starts everything a configuration asks for and runs until SIGTERM or SIGINT.
+
+use crate::build::build_gateway;
+use crate::policy::StoreCtx;
+use crate::server::{bind_listeners, run_worker, ServerSettings};
+use crate::telemetry::{install_metrics, StoreMetrics};
+use fleetgate_config::Config;
+use fleetgate_store::{MemoryStore, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{host}-{}-{:08x}", std::process::id(), nanos)
+}
+
+/// Number of worker threads: `FLEETGATE_WORKERS`, else one per available core.
+fn worker_count() -> usize {
+    std::env::var("FLEETGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Runs the gateway until a shutdown signal; returns after draining.
+pub fn run(config: Config) -> Result<(), RunError> {
+    install_metrics();
+    // The control runtime (admin, health checks, signals) exists first: Redis connections are
+    // bound to the runtime that opens them.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| RunError::Setup(e.to_string()))?;
+    let _entered = runtime.enter();
+    let instance = instance_id();
+    let options = config.store.redis_options();
+    let keyspace = config.store.keyspace.clone();
+    // Opening is lazy: an unreachable Redis does not stop the start; each concern's failure
+    // policy applies until it answers.
+    let admin_store = Store::open(&config.store.url, options.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+    let redacted = match &admin_store {
+        Store::Redis(r) => r.redacted_url().to_string(),
+        Store::Memory(_) => "memory://".to_string(),
+    };
+    let gateway = Arc::new(build_gateway(&config, &instance, redacted.clone()).map_err(|e| RunError::Setup(e.to_string()))?);
+    let workers = worker_count();
+    let listeners = bind_listeners(config.listen, workers).map_err(|source| RunError::Listen { addr: config.listen, source })?;
+    let local_addr = listeners[0].local_addr().ok();
+    let admin_listener = std::net::TcpListener::bind(config.admin.listen).map_err(|source| RunError::Listen { addr: config.admin.listen, source })?;
+    admin_listener.set_nonblocking(true).map_err(|e| RunError::Setup(e.to_string()))?;
+
+    let local = MemoryStore::new();
+    let metrics = Arc::new(StoreMetrics::new());
+    let live_instances = Arc::new(AtomicU64::new(1));
+    let settings = ServerSettings {
+        max_header_bytes: config.server.max_header_bytes,
+        idle_timeout: config.server.idle_timeout,
+        drain_timeout: config.server.drain_timeout,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let gateway = gateway.clone();
+        let shared_memory = match &admin_store {
+            Store::Memory(m) => Some(m.clone()),
+            Store::Redis(_) => None,
+        };
+        let url = config.store.url.clone();
+        let (options, local, keyspace, metrics, live) = (options.clone(), local.clone(), keyspace.clone(), metrics.clone(), live_instances.clone());
+        let settings = settings.clone();
+        let rx = shutdown_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("fleetgate-worker-{i}"))
+            .spawn(move || {
+                // The in-process store is one state for all workers; Redis gets connections per
+                // worker, driven by that worker's runtime.
+                let make_ctx = move || StoreCtx {
+                    store: match shared_memory {
+                        Some(m) => Store::Memory(m),
+                        None => Store::open(&url, options).unwrap_or_else(|_| Store::Memory(local.clone())),
+                    },
+                    local,
+                    keyspace,
+                    metrics,
+                    live_instances: live,
+                };
+                if let Err(e) = run_worker(listener, gateway, make_ctx, settings, rx) {
+                    tracing::error!(error = %e, "worker stopped");
+                }
+            })
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        threads.push(handle);
+    }
+
+    runtime.block_on(async {
+        for upstream in &gateway.upstreams {
+            tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
+        }
+        let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
+        let app = crate::admin::router(gateway.clone(), admin_store.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, app).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        });
+        gateway.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            listen = ?local_addr,
+            admin = %config.admin.listen,
+            store = %redacted,
+            workers,
+            instance = %gateway.instance_id,
+            "fleetgate started"
+        );
+        wait_for_signal().await;
+        tracing::info!(bound_ms = config.server.drain_timeout.as_millis() as u64, "shutdown requested; draining");
+        gateway.draining.store(true, Ordering::Relaxed);
+        let _ = shutdown_tx.send(true);
+        Ok::<(), RunError>(())
+    })?;
+    for t in threads {
+        let _ = t.join();
+    }
+    tracing::info!("fleetgate stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still stops on the default action.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

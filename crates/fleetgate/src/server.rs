@@ -1,0 +1,100 @@
+//! The data plane: one current-thread Tokio runtime per worker thread, each with its own
+//! SO_REUSEPORT listener on the same address (the kernel spreads connections), HTTP/1.1 only.
+//! This layout measured fastest for a hyper proxy on small machines (DESIGN.md, performance
+//! notes). Shutdown: stop accepting, let in-flight requests finish up to the drain bound.
+
+use crate::gateway::{Gateway, Worker};
+use crate::policy::StoreCtx;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings for the HTTP/1 server side.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub max_header_bytes: usize,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Binds `count` listeners to `addr` with SO_REUSEPORT (the first resolves port 0).
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread.
+pub fn run_worker(
+    listener: std::net::TcpListener,
+    gateway: Arc<Gateway>,
+    make_ctx: impl FnOnce() -> StoreCtx,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let worker = Arc::new(Worker::new(&gateway, make_ctx()));
+        let graceful = GracefulShutdown::new();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .header_read_timeout(settings.idle_timeout);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (gateway, worker) = (gateway.clone(), worker.clone());
+                    let service = service_fn(move |req| {
+                        let (gateway, worker) = (gateway.clone(), worker.clone());
+                        async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
+                    });
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(settings.drain_timeout) => {
+                tracing::warn!(bound_ms = settings.drain_timeout.as_millis() as u64, "drain bound reached; closing remaining connections");
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+}
+

@@ -1,0 +1,246 @@
+//! Harness for end-to-end tests: the real `fleetgate` binary, real upstream servers, real sockets.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use fleetgate_testkit::free_port;
+
+/// A running gateway process; SIGKILLed on drop unless stopped.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `yaml` (with `{PORT}` and `{ADMIN}` replaced) and starts the binary; waits for
+    /// `/readyz`.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with_env(yaml, &[])
+    }
+
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let text = yaml.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        let config_path = std::env::temp_dir().join(format!("fleetgate-test-{}-{port}.yaml", std::process::id()));
+        std::fs::write(&config_path, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+        cmd.arg("--config").arg(&config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.env("FLEETGATE_WORKERS", "2");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn fleetgate");
+        let gw = Gateway { child: Some(child), port, admin_port, config_path };
+        gw.wait_ready(Duration::from_secs(15));
+        gw
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(r) = http_get(self.admin_addr(), "/readyz", &[]) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("gateway did not become ready within {limit:?}");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin_port))
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        http_get(self.addr(), path, headers).expect("request to gateway")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client (one request per connection), so tests can also send
+/// malformed bytes.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> std::io::Result<Reply> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    raw_request(addr, &req)
+}
+
+pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(bytes)?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_reply(&buf)
+}
+
+fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
+    let text = String::from_utf8_lossy(buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok(Reply { status, headers, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A test upstream on its own runtime thread. Paths:
+/// `/slow` sleeps 2 s; `/hold` waits until `release()`; `/health` answers 200 or 500
+/// (see `set_healthy`); `/headers` echoes request headers as JSON; anything else answers
+/// `upstream:<name>`.
+pub struct Upstream {
+    pub port: u16,
+    pub hits: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+    _shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (name, h, he, re) = (name.to_string(), hits.clone(), healthy.clone(), release.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req: Request<Incoming>| {
+                                let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
+                                async move { Ok::<_, std::convert::Infallible>(answer(&name, &h, &he, &re, req).await) }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        });
+                    }
+                };
+                tokio::select! { _ = serve => {}, _ = rx => {} }
+            });
+        });
+        Upstream { port, hits, healthy, release, _shutdown: Some(tx) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::SeqCst);
+    }
+    pub fn release(&self) {
+        self.release.notify_waiters();
+    }
+}
+
+async fn answer(name: &str, hits: &AtomicUsize, healthy: &AtomicBool, release: &tokio::sync::Notify, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        let code = if healthy.load(Ordering::SeqCst) { 200 } else { 500 };
+        return Response::builder().status(code).body(Full::new(Bytes::from_static(b"health"))).unwrap();
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    match path.as_str() {
+        "/slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+        "/hold" => release.notified().await,
+        "/headers" => {
+            let map: serde_json::Map<String, serde_json::Value> =
+                req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
+            let mut obj = map;
+            obj.insert("path".into(), req.uri().to_string().into());
+            return Response::new(Full::new(Bytes::from(serde_json::Value::Object(obj).to_string())));
+        }
+        "/upload" => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            return Response::new(Full::new(Bytes::from(format!("received {body}"))));
+        }
+        _ => {}
+    }
+    Response::new(Full::new(Bytes::from(format!("upstream:{name}"))))
+}
