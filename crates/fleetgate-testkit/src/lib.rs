@@ -5,6 +5,9 @@
 //! missing, [`RedisServer::start`] panics with the command that installs it.
 #![forbid(unsafe_code)]
 
+mod fault_proxy;
+pub use fault_proxy::FaultProxy;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -31,9 +34,7 @@ pub fn require_binary(name: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!(
-        "`{name}` is not on PATH; this test needs a real Redis. Install it with: {INSTALL_HINT}"
-    );
+    panic!("`{name}` is not on PATH; this test needs a real Redis. Install it with: {INSTALL_HINT}");
 }
 
 /// A `redis-server` child process owned by a test.
@@ -53,9 +54,12 @@ impl RedisServer {
 
     /// Starts a redis-server with extra command-line arguments (e.g. `--requirepass`).
     pub fn start_with_args(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("fleetgate-redis-{}-{port}", std::process::id()));
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts a redis-server on a given port (e.g. one a gateway was told about before).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("fleetgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis working directory");
         let mut server = RedisServer {
             port,
@@ -173,10 +177,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
             // A paused server must be resumed to die cleanly.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(pid.to_string())
-                .status();
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -34,7 +34,10 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
         .iter()
         .map(|u| {
             let healthy = (0..u.targets.len()).filter(|i| u.is_healthy(*i)).count();
-            (u.name.clone(), json!({ "healthy_targets": healthy, "targets": u.targets.len() }))
+            (
+                u.name.clone(),
+                json!({ "healthy_targets": healthy, "targets": u.targets.len() }),
+            )
         })
         .collect();
     Json(json!({
@@ -42,6 +45,7 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
         "store": store.as_str(),
         "store_url": s.gateway.store_url_redacted,
         "instance": s.gateway.instance_id,
+        "live_instances": s.gateway.live_instances.load(Ordering::Relaxed),
         "draining": s.gateway.draining.load(Ordering::Relaxed),
         "upstreams": upstreams,
     }))
@@ -52,7 +56,11 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if ready {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
-        let why = if s.gateway.draining.load(Ordering::Relaxed) { "draining" } else { "starting" };
+        let why = if s.gateway.draining.load(Ordering::Relaxed) {
+            "draining"
+        } else {
+            "starting"
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": why })))
     }
 }

@@ -18,7 +18,12 @@ pub fn full(bytes: impl Into<Bytes>) -> GatewayBody {
 }
 
 /// A JSON error response: `{"error": kind, "message": ..., extra...}`.
-pub fn json_error(status: StatusCode, kind: &str, message: &str, extra: &[(&str, serde_json::Value)]) -> Response<GatewayBody> {
+pub fn json_error(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    extra: &[(&str, serde_json::Value)],
+) -> Response<GatewayBody> {
     let mut obj = serde_json::Map::new();
     obj.insert("error".into(), kind.into());
     obj.insert("message".into(), message.into());
@@ -29,7 +34,8 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str, extra: &[(&str,
     text.push('\n');
     let mut resp = Response::new(full(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 

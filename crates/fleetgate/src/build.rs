@@ -19,7 +19,15 @@ use std::sync::Arc;
 pub struct BuildError(String);
 
 fn rate_limiter(route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimiter {
-    RateLimiter::new(route, &l.name, l.key.clone(), l.limit, l.cost, l.on_store_error, l.on_missing_key)
+    RateLimiter::new(
+        route,
+        &l.name,
+        l.key.clone(),
+        l.limit,
+        l.cost,
+        l.on_store_error,
+        l.on_missing_key,
+    )
 }
 
 pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
@@ -28,8 +36,10 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
     for (name, u) in &config.upstreams {
         let mut targets = Vec::new();
         for t in &u.targets {
-            let authority: Authority =
-                t.authority.parse().map_err(|e| BuildError(format!("upstream {name}: target {t}: {e}")))?;
+            let authority: Authority = t
+                .authority
+                .parse()
+                .map_err(|e| BuildError(format!("upstream {name}: target {t}: {e}")))?;
             targets.push((Scheme::HTTP, authority));
         }
         let health_check = u.health_check.as_ref().map(|h| HealthCheck {
@@ -54,15 +64,25 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
     let mut routes = Vec::new();
     for r in &config.routes {
         let action = match &r.target {
-            RouteTarget::Upstream(name) => Action::Proxy(*index.get(name).ok_or_else(|| BuildError(format!("route {}: unknown upstream {name}", r.name)))?),
+            RouteTarget::Upstream(name) => Action::Proxy(
+                *index
+                    .get(name)
+                    .ok_or_else(|| BuildError(format!("route {}: unknown upstream {name}", r.name)))?,
+            ),
             RouteTarget::Respond { status, body, headers } => {
                 let mut map = HeaderMap::new();
                 for (k, v) in headers {
-                    let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| BuildError(format!("route {}: invalid header name {k:?}", r.name)))?;
-                    let value = HeaderValue::from_str(v).map_err(|_| BuildError(format!("route {}: invalid value for header {k}", r.name)))?;
+                    let name = HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| BuildError(format!("route {}: invalid header name {k:?}", r.name)))?;
+                    let value = HeaderValue::from_str(v)
+                        .map_err(|_| BuildError(format!("route {}: invalid value for header {k}", r.name)))?;
                     map.append(name, value);
                 }
-                Action::Respond { status: respond(*status), body: Bytes::from(body.clone()), headers: map }
+                Action::Respond {
+                    status: respond(*status),
+                    body: Bytes::from(body.clone()),
+                    headers: map,
+                }
             }
         };
         routes.push(Route {
@@ -73,7 +93,17 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             concurrency_limits: r
                 .concurrency_limits
                 .iter()
-                .map(|c| ConcurrencyLimiter::new(&r.name, &c.name, c.key.clone(), c.max, c.lease, c.on_store_error, c.on_missing_key))
+                .map(|c| {
+                    ConcurrencyLimiter::new(
+                        &r.name,
+                        &c.name,
+                        c.key.clone(),
+                        c.max,
+                        c.lease,
+                        c.on_store_error,
+                        c.on_missing_key,
+                    )
+                })
                 .collect(),
             metrics: RouteMetrics::new(&r.name),
         });
@@ -81,7 +111,11 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
     Ok(Gateway {
         instance_id: instance_id.to_string(),
         routes,
-        global_limits: config.global_rate_limits.iter().map(|l| rate_limiter("global", l)).collect(),
+        global_limits: config
+            .global_rate_limits
+            .iter()
+            .map(|l| rate_limiter("global", l))
+            .collect(),
         upstreams,
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),
         max_body_bytes: config.server.max_body_bytes,
@@ -90,5 +124,6 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         store_url_redacted,
+        live_instances: Arc::new(std::sync::atomic::AtomicU64::new(1)),
     })
 }

@@ -85,7 +85,10 @@ mod tests {
         let h = headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]);
         assert_eq!(t.client_ip(peer, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
         // Garbage stops the walk at the last trusted hop.
-        assert_eq!(t.client_ip(peer, &headers(&["not-an-ip, 10.0.0.5"])), "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_ip(peer, &headers(&["not-an-ip, 10.0.0.5"])),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(t.client_ip(peer, &HeaderMap::new()), peer);
     }
 }

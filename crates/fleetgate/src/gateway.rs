@@ -33,6 +33,8 @@ pub struct Gateway {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub store_url_redacted: String,
+    /// Live gateway instances sharing the store (1 until the first heartbeat answers).
+    pub live_instances: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Per-worker state: store handles and one pooled client per upstream.
@@ -90,7 +92,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 impl Gateway {
     fn route_for(&self, parts: &http::request::Parts) -> Option<&Route> {
-        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| parts.uri.host());
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.host());
         let path = parts.uri.path();
         self.routes.iter().find(|r| r.matches(&parts.method, host, path))
     }
@@ -110,10 +116,15 @@ impl Gateway {
         let mut upstream_target = None;
         let outcome = async {
             for limiter in self.global_limits.iter().chain(route.rate_limits.iter()) {
-                limiter.check(&worker.ctx, &parts, ip, &route.name, &mut rate_headers).await?;
+                limiter
+                    .check(&worker.ctx, &parts, ip, &route.name, &mut rate_headers)
+                    .await?;
             }
             for limiter in &route.concurrency_limits {
-                if let Some(g) = limiter.acquire(&worker.ctx, &self.instance_id, &parts, ip, &route.name).await? {
+                if let Some(g) = limiter
+                    .acquire(&worker.ctx, &self.instance_id, &parts, ip, &route.name)
+                    .await?
+                {
                     guards.push(g);
                 }
             }
@@ -126,12 +137,15 @@ impl Gateway {
                 Action::Respond { status, body, headers } => {
                     let mut resp = Response::new(full(body.clone()));
                     *resp.status_mut() = *status;
-                    resp.headers_mut().extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    resp.headers_mut()
+                        .extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
                     resp
                 }
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
-                    let (resp, target) = self.proxy(worker, route, *idx, upstream, parts.clone(), body, peer, ip).await;
+                    let (resp, target) = self
+                        .proxy(worker, route, *idx, upstream, parts.clone(), body, peer, ip)
+                        .await;
                     upstream_target = target;
                     resp
                 }
@@ -160,19 +174,42 @@ impl Gateway {
         peer: SocketAddr,
         ip: std::net::IpAddr,
     ) -> (Response<GatewayBody>, Option<String>) {
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if len > self.max_body_bytes {
-                let msg = format!("request body of {len} bytes exceeds the limit of {} bytes", self.max_body_bytes);
-                return (json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]), None);
+                let msg = format!(
+                    "request body of {len} bytes exceeds the limit of {} bytes",
+                    self.max_body_bytes
+                );
+                return (
+                    json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]),
+                    None,
+                );
             }
         }
         let t = upstream.pick();
         let target = &upstream.targets[t];
         let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let path = route.upstream_path(pq);
-        let uri = Uri::builder().scheme(target.scheme.clone()).authority(target.authority.clone()).path_and_query(path.as_ref()).build();
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path.as_ref())
+            .build();
         let Ok(uri) = uri else {
-            return (json_error(StatusCode::BAD_REQUEST, "bad_request", "request target cannot be forwarded", &[]), None);
+            return (
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "request target cannot be forwarded",
+                    &[],
+                ),
+                None,
+            );
         };
         let original_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
@@ -185,20 +222,33 @@ impl Gateway {
         let target_url = Some(target.url());
         match result {
             Err(_) => {
-                let msg = format!("upstream {} did not answer within {} ms", upstream.name, timeout.as_millis());
-                (json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[]), target_url)
+                let msg = format!(
+                    "upstream {} did not answer within {} ms",
+                    upstream.name,
+                    timeout.as_millis()
+                );
+                (
+                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[]),
+                    target_url,
+                )
             }
             Ok(Err(e)) => {
                 if error_chain_has::<http_body_util::LengthLimitError>(&e) {
                     let msg = format!("request body exceeds the limit of {} bytes", self.max_body_bytes);
-                    return (json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]), target_url);
+                    return (
+                        json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]),
+                        target_url,
+                    );
                 }
                 if e.is_connect() {
                     upstream.report_connect_failure(t);
                 }
                 tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");
                 let msg = format!("upstream {} is unreachable", upstream.name);
-                (json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]), target_url)
+                (
+                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    target_url,
+                )
             }
             Ok(Ok(resp)) => {
                 upstream.report_success(t);
@@ -210,7 +260,13 @@ impl Gateway {
         }
     }
 
-    fn set_forwarded(&self, headers: &mut HeaderMap, peer: SocketAddr, client: std::net::IpAddr, host: Option<HeaderValue>) {
+    fn set_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        peer: SocketAddr,
+        client: std::net::IpAddr,
+        host: Option<HeaderValue>,
+    ) {
         let trusted = self.trusted.contains(peer.ip());
         let xff = match (trusted, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
             (true, Some(prior)) => format!("{prior}, {}", peer.ip()),
@@ -229,7 +285,15 @@ impl Gateway {
         }
     }
 
-    fn log(&self, parts: &http::request::Parts, route: Option<&str>, peer: SocketAddr, status: StatusCode, started: Instant, upstream: Option<String>) {
+    fn log(
+        &self,
+        parts: &http::request::Parts,
+        route: Option<&str>,
+        peer: SocketAddr,
+        status: StatusCode,
+        started: Instant,
+        upstream: Option<String>,
+    ) {
         if self.access_log {
             tracing::info!(
                 target: "fleetgate::access",
@@ -265,25 +329,44 @@ fn rejection_response(route: &str, rejection: Rejection) -> Response<GatewayBody
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 &msg,
-                &[("route", json!(route)), ("limit", json!(limit)), ("retry_after", json!(retry))],
+                &[
+                    ("route", json!(route)),
+                    ("limit", json!(limit)),
+                    ("retry_after", json!(retry)),
+                ],
             );
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
             resp
         }
         Rejection::Concurrency { limit, max } => {
             let msg = format!("concurrency limit {limit} reached ({max} in flight)");
-            let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "concurrency_limited", &msg, &[("route", json!(route)), ("limit", json!(limit))]);
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut resp = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limited",
+                &msg,
+                &[("route", json!(route)), ("limit", json!(limit))],
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             resp
         }
         Rejection::StoreDown { limit } => {
             let msg = format!("limit {limit} cannot be checked: the store is unavailable and its policy is closed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &msg, &[("route", json!(route)), ("limit", json!(limit))])
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &msg,
+                &[("route", json!(route)), ("limit", json!(limit))],
+            )
         }
         Rejection::MissingKey { limit, what } => {
             let msg = format!("limit {limit} needs {what}, which the request lacks");
-            json_error(StatusCode::BAD_REQUEST, "missing_key", &msg, &[("route", json!(route)), ("limit", json!(limit))])
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "missing_key",
+                &msg,
+                &[("route", json!(route)), ("limit", json!(limit))],
+            )
         }
     }
 }
-

@@ -109,14 +109,24 @@ mod tests {
         let h = found(identify(&[KeyPart::Header("x-api-key".into())], &req, ip, "r"));
         let c = found(identify(&[KeyPart::Cookie("sid".into())], &req, ip, "r"));
         assert_ne!(h, c);
-        let both = found(identify(&[KeyPart::Ip, KeyPart::Header("x-api-key".into())], &req, ip, "r"));
+        let both = found(identify(
+            &[KeyPart::Ip, KeyPart::Header("x-api-key".into())],
+            &req,
+            ip,
+            "r",
+        ));
         assert!(both.starts_with(b"ip=192.0.2.1\0"));
     }
 
     #[test]
     fn non_utf8_values_are_kept_as_bytes() {
         let req = parts(&[("x-api-key", &[0xff, 0xfe, b'k'])]);
-        let v = found(identify(&[KeyPart::Header("x-api-key".into())], &req, "::1".parse().unwrap(), "r"));
+        let v = found(identify(
+            &[KeyPart::Header("x-api-key".into())],
+            &req,
+            "::1".parse().unwrap(),
+            "r",
+        ));
         assert!(v.windows(2).any(|w| w == [0xff, 0xfe]));
     }
 
@@ -124,7 +134,13 @@ mod tests {
     fn missing_header_or_cookie_is_reported() {
         let req = parts(&[("cookie", b"a=1")]);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(matches!(identify(&[KeyPart::Cookie("sid".into())], &req, ip, "r"), Identity::Missing(_)));
-        assert!(matches!(identify(&[KeyPart::Header("x-k".into())], &req, ip, "r"), Identity::Missing(_)));
+        assert!(matches!(
+            identify(&[KeyPart::Cookie("sid".into())], &req, ip, "r"),
+            Identity::Missing(_)
+        ));
+        assert!(matches!(
+            identify(&[KeyPart::Header("x-k".into())], &req, ip, "r"),
+            Identity::Missing(_)
+        ));
     }
 }

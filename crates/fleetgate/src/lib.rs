@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod build;
 pub mod client_ip;
+pub mod fleet;
 pub mod gateway;
 pub mod identity;
 pub mod policy;

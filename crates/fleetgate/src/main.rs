@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fleetgate", version, about = "HTTP API gateway: one budget across many instances")]
+#[command(
+    name = "fleetgate",
+    version,
+    about = "HTTP API gateway: one budget across many instances"
+)]
 struct Cli {
     /// Configuration file (YAML).
     #[arg(long, short, global = true, default_value = "fleetgate.yaml")]
@@ -34,7 +38,12 @@ fn main() -> ExitCode {
             eprintln!("error: {}: {e}", cli.config.display());
             return ExitCode::from(2);
         }
-        println!("{}: ok ({} routes, {} upstreams)", cli.config.display(), config.routes.len(), config.upstreams.len());
+        println!(
+            "{}: ok ({} routes, {} upstreams)",
+            cli.config.display(),
+            config.routes.len(),
+            config.upstreams.len()
+        );
         return ExitCode::SUCCESS;
     }
     let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str());

@@ -102,7 +102,10 @@ impl RateLimiter {
                 MissingKey::Shared => ANONYMOUS.to_vec(),
                 MissingKey::Refuse => {
                     self.metrics.missing_key_refused.increment(1);
-                    return Err(Rejection::MissingKey { limit: self.name.clone(), what });
+                    return Err(Rejection::MissingKey {
+                        limit: self.name.clone(),
+                        what,
+                    });
                 }
             },
         };
@@ -110,7 +113,14 @@ impl RateLimiter {
     }
 
     /// Decides the request; on success records the limit's headers.
-    pub async fn check(&self, ctx: &StoreCtx, req: &Parts, ip: IpAddr, route: &str, headers: &mut RateHeaders) -> Result<(), Rejection> {
+    pub async fn check(
+        &self,
+        ctx: &StoreCtx,
+        req: &Parts,
+        ip: IpAddr,
+        route: &str,
+        headers: &mut RateHeaders,
+    ) -> Result<(), Rejection> {
         let key = self.store_key(ctx, req, ip, route)?;
         let started = ctx.timer();
         let result = ctx.store.rate(&key, &self.limit, self.cost).await;
@@ -126,7 +136,9 @@ impl RateLimiter {
                     }
                     FailurePolicy::Closed => {
                         self.metrics.fallback_closed.increment(1);
-                        return Err(Rejection::StoreDown { limit: self.name.clone() });
+                        return Err(Rejection::StoreDown {
+                            limit: self.name.clone(),
+                        });
                     }
                     FailurePolicy::Local => {
                         self.metrics.fallback_local.increment(1);
@@ -147,7 +159,10 @@ impl RateLimiter {
         } else {
             self.metrics.limited.increment(1);
             headers.push(&self.policy_item, &self.name, &decision);
-            Err(Rejection::Limited { limit: self.name.clone(), decision })
+            Err(Rejection::Limited {
+                limit: self.name.clone(),
+                decision,
+            })
         }
     }
 
@@ -158,8 +173,12 @@ impl RateLimiter {
             return self.limit;
         }
         let rate = self.limit.rate();
-        let share = Rate { count: (rate.count / n).max(1), period: rate.period };
-        let burst = (self.limit.algorithm() == fleetgate_store::Algorithm::Gcra).then(|| ((self.limit.capacity() / n).max(1)) as i64);
+        let share = Rate {
+            count: (rate.count / n).max(1),
+            period: rate.period,
+        };
+        let burst = (self.limit.algorithm() == fleetgate_store::Algorithm::Gcra)
+            .then(|| ((self.limit.capacity() / n).max(1)) as i64);
         RateLimit::new(self.limit.algorithm(), share, burst).unwrap_or(self.limit)
     }
 }
@@ -211,7 +230,15 @@ static PERMIT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ConcurrencyLimiter {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(route: &str, name: &str, key: Vec<KeyPart>, max: u64, lease: Duration, on_store_error: FailurePolicy, on_missing_key: MissingKey) -> Self {
+    pub fn new(
+        route: &str,
+        name: &str,
+        key: Vec<KeyPart>,
+        max: u64,
+        lease: Duration,
+        on_store_error: FailurePolicy,
+        on_missing_key: MissingKey,
+    ) -> Self {
         ConcurrencyLimiter {
             name: name.to_string(),
             scope: format!("{route}.{name}"),
@@ -224,14 +251,24 @@ impl ConcurrencyLimiter {
         }
     }
 
-    pub async fn acquire(&self, ctx: &StoreCtx, instance: &str, req: &Parts, ip: IpAddr, route: &str) -> Result<Option<PermitGuard>, Rejection> {
+    pub async fn acquire(
+        &self,
+        ctx: &StoreCtx,
+        instance: &str,
+        req: &Parts,
+        ip: IpAddr,
+        route: &str,
+    ) -> Result<Option<PermitGuard>, Rejection> {
         let id = match identify(&self.key, req, ip, route) {
             Identity::Found(id) => id,
             Identity::Missing(what) => match self.on_missing_key {
                 MissingKey::Shared => ANONYMOUS.to_vec(),
                 MissingKey::Refuse => {
                     self.metrics.missing_key_refused.increment(1);
-                    return Err(Rejection::MissingKey { limit: self.name.clone(), what });
+                    return Err(Rejection::MissingKey {
+                        limit: self.name.clone(),
+                        what,
+                    });
                 }
             },
         };
@@ -249,7 +286,9 @@ impl ConcurrencyLimiter {
                 }
                 FailurePolicy::Closed => {
                     self.metrics.fallback_closed.increment(1);
-                    return Err(Rejection::StoreDown { limit: self.name.clone() });
+                    return Err(Rejection::StoreDown {
+                        limit: self.name.clone(),
+                    });
                 }
                 FailurePolicy::Local => {
                     self.metrics.fallback_local.increment(1);
@@ -263,10 +302,18 @@ impl ConcurrencyLimiter {
         };
         if decision.granted {
             self.metrics.allowed.increment(1);
-            Ok(Some(PermitGuard { ctx: ctx.clone(), key, id: permit, local }))
+            Ok(Some(PermitGuard {
+                ctx: ctx.clone(),
+                key,
+                id: permit,
+                local,
+            }))
         } else {
             self.metrics.limited.increment(1);
-            Err(Rejection::Concurrency { limit: self.name.clone(), max: self.max })
+            Err(Rejection::Concurrency {
+                limit: self.name.clone(),
+                max: self.max,
+            })
         }
     }
 }

@@ -42,7 +42,13 @@ impl RateHeaders {
         }
         self.policy.push_str(policy_item);
         use std::fmt::Write;
-        let _ = write!(self.state, "\"{}\";r={};t={}", name, d.remaining, ceil_secs(d.reset_after));
+        let _ = write!(
+            self.state,
+            "\"{}\";r={};t={}",
+            name,
+            d.remaining,
+            ceil_secs(d.reset_after)
+        );
     }
 
     pub fn is_empty(&self) -> bool {

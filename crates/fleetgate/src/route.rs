@@ -10,7 +10,11 @@ use std::borrow::Cow;
 
 pub enum Action {
     /// Answer from the gateway itself.
-    Respond { status: StatusCode, body: Bytes, headers: HeaderMap },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        headers: HeaderMap,
+    },
     /// Forward to the upstream at this index.
     Proxy(usize),
 }

@@ -6,21 +6,29 @@ use crate::server::{bind_listeners, run_worker, ServerSettings};
 use crate::telemetry::{install_metrics, StoreMetrics};
 use fleetgate_config::Config;
 use fleetgate_store::{MemoryStore, Store};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
 
 fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{host}-{}-{:08x}", std::process::id(), nanos)
 }
 
@@ -38,7 +46,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
     install_metrics();
     // The control runtime (admin, health checks, signals) exists first: Redis connections are
     // bound to the runtime that opens them.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| RunError::Setup(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let _entered = runtime.enter();
     let instance = instance_id();
     let options = config.store.redis_options();
@@ -50,16 +61,25 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Store::Redis(r) => r.redacted_url().to_string(),
         Store::Memory(_) => "memory://".to_string(),
     };
-    let gateway = Arc::new(build_gateway(&config, &instance, redacted.clone()).map_err(|e| RunError::Setup(e.to_string()))?);
+    let gateway =
+        Arc::new(build_gateway(&config, &instance, redacted.clone()).map_err(|e| RunError::Setup(e.to_string()))?);
     let workers = worker_count();
-    let listeners = bind_listeners(config.listen, workers).map_err(|source| RunError::Listen { addr: config.listen, source })?;
+    let listeners = bind_listeners(config.listen, workers).map_err(|source| RunError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listeners[0].local_addr().ok();
-    let admin_listener = std::net::TcpListener::bind(config.admin.listen).map_err(|source| RunError::Listen { addr: config.admin.listen, source })?;
-    admin_listener.set_nonblocking(true).map_err(|e| RunError::Setup(e.to_string()))?;
+    let admin_listener = std::net::TcpListener::bind(config.admin.listen).map_err(|source| RunError::Listen {
+        addr: config.admin.listen,
+        source,
+    })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
 
     let local = MemoryStore::new();
     let metrics = Arc::new(StoreMetrics::new());
-    let live_instances = Arc::new(AtomicU64::new(1));
+    let live_instances = gateway.live_instances.clone();
     let settings = ServerSettings {
         max_header_bytes: config.server.max_header_bytes,
         idle_timeout: config.server.idle_timeout,
@@ -74,7 +94,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
             Store::Redis(_) => None,
         };
         let url = config.store.url.clone();
-        let (options, local, keyspace, metrics, live) = (options.clone(), local.clone(), keyspace.clone(), metrics.clone(), live_instances.clone());
+        let (options, local, keyspace, metrics, live) = (
+            options.clone(),
+            local.clone(),
+            keyspace.clone(),
+            metrics.clone(),
+            live_instances.clone(),
+        );
         let settings = settings.clone();
         let rx = shutdown_rx.clone();
         let handle = std::thread::Builder::new()
@@ -111,6 +137,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         });
+        tokio::spawn(crate::fleet::run_heartbeat(
+            admin_store.clone(),
+            keyspace.clone(),
+            gateway.instance_id.clone(),
+            live_instances.clone(),
+        ));
         gateway.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = ?local_addr,
@@ -121,9 +153,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
             "fleetgate started"
         );
         wait_for_signal().await;
-        tracing::info!(bound_ms = config.server.drain_timeout.as_millis() as u64, "shutdown requested; draining");
+        tracing::info!(
+            bound_ms = config.server.drain_timeout.as_millis() as u64,
+            "shutdown requested; draining"
+        );
         gateway.draining.store(true, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
+        crate::fleet::leave(&admin_store, &keyspace, &gateway.instance_id).await;
         Ok::<(), RunError>(())
     })?;
     for t in threads {

@@ -27,7 +27,11 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
@@ -97,4 +101,3 @@ pub fn run_worker(
         Ok::<(), std::io::Error>(())
     })
 }
-

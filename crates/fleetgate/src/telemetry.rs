@@ -19,9 +19,14 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the global Prometheus recorder (once per process).
 pub fn install_metrics() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ];
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(STORE_CALL_SECONDS.into()), &buckets)
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(STORE_CALL_SECONDS.into()),
+                &buckets,
+            )
             .expect("static bucket list is not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -89,6 +94,9 @@ pub struct StoreMetrics {
     pub unavailable: Counter,
     pub server_errors: Counter,
     pub fallback_active: Gauge,
+    /// Milliseconds (since `origin`) of the last store-error log line: at most one a second.
+    last_error_log_ms: std::sync::atomic::AtomicU64,
+    origin: std::time::Instant,
 }
 
 impl StoreMetrics {
@@ -100,11 +108,24 @@ impl StoreMetrics {
             unavailable: counter!(STORE_ERRORS, "kind" => "unavailable"),
             server_errors: counter!(STORE_ERRORS, "kind" => "server"),
             fallback_active: gauge!(STORE_FALLBACK),
+            last_error_log_ms: std::sync::atomic::AtomicU64::new(0),
+            origin: std::time::Instant::now(),
         }
     }
 
     pub fn error(&self, e: &fleetgate_store::StoreError) {
         use fleetgate_store::StoreError::*;
+        use std::sync::atomic::Ordering;
+        let now = self.origin.elapsed().as_millis() as u64 + 1000;
+        let last = self.last_error_log_ms.load(Ordering::Relaxed);
+        if now >= last + 1000
+            && self
+                .last_error_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, "store call failed; each limit follows its on_store_error policy");
+        }
         match e {
             Timeout(_) => self.timeouts.increment(1),
             Unavailable(_) => self.unavailable.increment(1),
@@ -125,6 +146,10 @@ pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard 
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true)
+        .try_init();
     guard
 }

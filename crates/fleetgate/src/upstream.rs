@@ -118,7 +118,8 @@ impl Upstream {
         let t = &self.targets[idx];
         let failures = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.eject_after {
-            t.ejected_until_ms.store(self.now_ms() + self.eject_for.as_millis() as u64, Ordering::Relaxed);
+            t.ejected_until_ms
+                .store(self.now_ms() + self.eject_for.as_millis() as u64, Ordering::Relaxed);
             t.consecutive_failures.store(0, Ordering::Relaxed);
             tracing::warn!(upstream = %self.name, target = %t.url(), for_ms = self.eject_for.as_millis() as u64, "target ejected after consecutive connection failures");
         }
@@ -138,11 +139,15 @@ impl Upstream {
 
 /// Runs the active health checks of `upstream` until the process ends.
 pub async fn run_health_checks(upstream: Arc<Upstream>) {
-    let Some(check) = upstream.health_check.as_ref() else { return };
+    let Some(check) = upstream.health_check.as_ref() else {
+        return;
+    };
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_connect_timeout(Some(check.timeout));
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
     let mut streaks: Vec<(u32, u32)> = vec![(0, 0); upstream.targets.len()];
     let mut ticker = tokio::time::interval(check.interval);
     loop {
@@ -151,9 +156,13 @@ pub async fn run_health_checks(upstream: Arc<Upstream>) {
             let uri = format!("{}{}", target.url(), check.path);
             let ok = match uri.parse::<http::Uri>() {
                 Ok(uri) => {
-                    let req = http::Request::get(uri).header("user-agent", "fleetgate-health-check").body(http_body_util::Empty::new());
+                    let req = http::Request::get(uri)
+                        .header("user-agent", "fleetgate-health-check")
+                        .body(http_body_util::Empty::new());
                     match req {
-                        Ok(req) => matches!(tokio::time::timeout(check.timeout, client.request(req)).await, Ok(Ok(resp)) if resp.status().is_success()),
+                        Ok(req) => {
+                            matches!(tokio::time::timeout(check.timeout, client.request(req)).await, Ok(Ok(resp)) if resp.status().is_success())
+                        }
                         Err(_) => false,
                     }
                 }

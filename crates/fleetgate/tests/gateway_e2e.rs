@@ -10,7 +10,9 @@ const BASE: &str = "listen: 127.0.0.1:{PORT}\nadmin:\n  listen: 127.0.0.1:{ADMIN
 #[test]
 fn quickstart_turns_200s_into_a_429_with_headers() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml")).unwrap();
-    let text = text.replace("127.0.0.1:8080", "127.0.0.1:{PORT}").replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}");
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}");
     let gw = Gateway::start(&text);
     let mut statuses = Vec::new();
     let mut last = None;
@@ -20,13 +22,28 @@ fn quickstart_turns_200s_into_a_429_with_headers() {
         last = Some(r);
     }
     let first_429 = statuses.iter().position(|s| *s == 429).expect("a 429 after the limit");
-    assert!(first_429 >= 1 && statuses[..first_429].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        first_429 >= 1 && statuses[..first_429].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
     let limited = last.unwrap();
     assert_eq!(limited.status, 429);
-    let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().expect("whole seconds");
+    let retry: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
     assert!(retry >= 1);
-    assert!(limited.header("ratelimit").unwrap().contains(";r=0;t="), "{:?}", limited.headers);
-    assert!(limited.header("ratelimit-policy").unwrap().contains(";q="), "{:?}", limited.headers);
+    assert!(
+        limited.header("ratelimit").unwrap().contains(";r=0;t="),
+        "{:?}",
+        limited.headers
+    );
+    assert!(
+        limited.header("ratelimit-policy").unwrap().contains(";q="),
+        "{:?}",
+        limited.headers
+    );
     let body = limited.json();
     assert_eq!(body["error"], "rate_limited");
     assert!(body["limit"].is_string());
@@ -42,8 +59,15 @@ fn allowed_responses_carry_ratelimit_headers_and_several_limits_apply() {
     let r = gw.get("/api/x", &[("x-api-key", b"k1")]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "upstream:a");
-    assert_eq!(r.header("ratelimit-policy").unwrap(), "\"per-key\";q=3;w=60, \"per-ip\";q=5;w=60");
-    assert!(r.header("ratelimit").unwrap().starts_with("\"per-key\";r=2;t="), "{:?}", r.header("ratelimit"));
+    assert_eq!(
+        r.header("ratelimit-policy").unwrap(),
+        "\"per-key\";q=3;w=60, \"per-ip\";q=5;w=60"
+    );
+    assert!(
+        r.header("ratelimit").unwrap().starts_with("\"per-key\";r=2;t="),
+        "{:?}",
+        r.header("ratelimit")
+    );
     for _ in 0..2 {
         assert_eq!(gw.get("/api/x", &[("x-api-key", b"k1")]).status, 200);
     }
@@ -67,14 +91,21 @@ fn missing_key_is_shared_or_refused_as_configured_and_odd_bytes_are_fine() {
     ));
     assert_eq!(gw.get("/shared", &[]).status, 200);
     assert_eq!(gw.get("/shared", &[]).status, 200);
-    assert_eq!(gw.get("/shared", &[]).status, 429, "requests without the header share one bucket");
+    assert_eq!(
+        gw.get("/shared", &[]).status,
+        429,
+        "requests without the header share one bucket"
+    );
     let r = gw.get("/strict", &[]);
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "missing_key");
     assert_eq!(gw.get("/strict", &[("cookie", b"a=1; sid=xyz")]).status, 200);
     // Non-UTF-8 header bytes still make a bounded key.
     assert_eq!(gw.get("/shared", &[("x-api-key", &[0xff, 0xfe, 0x80])]).status, 200);
-    assert_eq!(gw.get("/shared", &[("x-api-key", "k".repeat(6000).as_bytes())]).status, 200);
+    assert_eq!(
+        gw.get("/shared", &[("x-api-key", "k".repeat(6000).as_bytes())]).status,
+        200
+    );
 }
 
 #[test]
@@ -88,7 +119,10 @@ fn forwards_with_x_forwarded_headers_and_strips_prefix() {
     assert_eq!(r.status, 200, "{}", r.body);
     let h = r.json();
     assert_eq!(h["path"], "/headers?q=1");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted client cannot spoof X-Forwarded-For");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client cannot spoof X-Forwarded-For"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "127.0.0.1");
     assert_eq!(gw.get("/other", &[]).status, 404);
@@ -101,7 +135,11 @@ fn trusted_proxies_let_x_forwarded_for_choose_the_client() {
     ));
     assert_eq!(gw.get("/", &[("x-forwarded-for", b"198.51.100.1")]).status, 200);
     assert_eq!(gw.get("/", &[("x-forwarded-for", b"198.51.100.1")]).status, 429);
-    assert_eq!(gw.get("/", &[("x-forwarded-for", b"198.51.100.2")]).status, 200, "each client IP has its own bucket");
+    assert_eq!(
+        gw.get("/", &[("x-forwarded-for", b"198.51.100.2")]).status,
+        200,
+        "each client IP has its own bucket"
+    );
 }
 
 #[test]
@@ -119,7 +157,10 @@ fn unreachable_upstream_is_502_and_slow_is_504_with_json() {
     let r = gw.get("/slow", &[]);
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_millis(1900), "the timeout, not the upstream, ended it");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "the timeout, not the upstream, ended it"
+    );
 }
 
 #[test]
@@ -135,7 +176,10 @@ fn bad_requests_get_400_431_and_413() {
     let r = raw_request(gw.addr(), big.as_bytes()).unwrap();
     assert_eq!(r.status, 431);
     let body = "x".repeat(2000);
-    let req = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let r = raw_request(gw.addr(), req.as_bytes()).unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "body_too_large");
@@ -144,7 +188,8 @@ fn bad_requests_get_400_431_and_413() {
     let req = format!("POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
     let r = raw_request(gw.addr(), req.as_bytes()).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
-    let small = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789");
+    let small =
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789");
     let r = raw_request(gw.addr(), small.as_bytes()).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "received 10"));
 }
@@ -215,7 +260,9 @@ fn passive_ejection_after_connection_failures() {
 
 #[test]
 fn admin_endpoints_report_health_readiness_and_metrics() {
-    let gw = Gateway::start(&format!("{BASE}routes:\n  - name: r\n    respond: {{ status: 201, body: made }}\n"));
+    let gw = Gateway::start(&format!(
+        "{BASE}routes:\n  - name: r\n    respond: {{ status: 201, body: made }}\n"
+    ));
     let r = gw.get("/", &[]);
     assert_eq!((r.status, r.body.as_str()), (201, "made"));
     let h = http_get(gw.admin_addr(), "/healthz", &[]).unwrap();
@@ -225,7 +272,12 @@ fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(j["store"], "off");
     assert_eq!(http_get(gw.admin_addr(), "/readyz", &[]).unwrap().status, 200);
     let m = http_get(gw.admin_addr(), "/metrics", &[]).unwrap();
-    assert!(m.body.contains("fleetgate_requests_total{route=\"r\",status=\"201\"} 1"), "{}", m.body);
+    assert!(
+        m.body
+            .contains("fleetgate_requests_total{route=\"r\",status=\"201\"} 1"),
+        "{}",
+        m.body
+    );
 }
 
 #[test]
@@ -241,7 +293,11 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let status = gw.terminate();
     assert!(status.success(), "exit status {status:?}");
     let r = inflight.join().unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, "upstream:a"), "the in-flight request finished");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "upstream:a"),
+        "the in-flight request finished"
+    );
     assert!(http_get(addr, "/", &[]).is_err(), "no longer accepting");
 }
 
@@ -271,11 +327,19 @@ fn check_validates_without_starting() {
     let dir = std::env::temp_dir();
     let good = dir.join(format!("fg-check-good-{}.yaml", std::process::id()));
     std::fs::write(&good, "routes:\n  - name: r\n    respond: { status: 200, body: ok }\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate")).args(["check", "--config"]).arg(&good).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bad = dir.join(format!("fg-check-bad-{}.yaml", std::process::id()));
     std::fs::write(&bad, "routes:\n  - name: r\n    respond: { status: 200, body: ok }\n    rate_limits:\n      - name: l\n        key: ip\n        rate: 10/5y\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate")).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 7") || err.contains(":7:"), "{err}");

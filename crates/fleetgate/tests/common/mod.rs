@@ -35,17 +35,28 @@ impl Gateway {
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
-        let text = yaml.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        let text = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string());
         let config_path = std::env::temp_dir().join(format!("fleetgate-test-{}-{port}.yaml", std::process::id()));
         std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
-        cmd.arg("--config").arg(&config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         cmd.env("FLEETGATE_WORKERS", "2");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn fleetgate");
-        let gw = Gateway { child: Some(child), port, admin_port, config_path };
+        let gw = Gateway {
+            child: Some(child),
+            port,
+            admin_port,
+            config_path,
+        };
         gw.wait_ready(Duration::from_secs(15));
         gw
     }
@@ -108,7 +119,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
@@ -140,12 +154,23 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
 
 fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
     let text = String::from_utf8_lossy(buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {text:?}")))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if chunked { dechunk(body) } else { body.to_string() };
     Ok(Reply { status, headers, body })
 }
@@ -153,7 +178,9 @@ fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -186,26 +213,39 @@ impl Upstream {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (name, h, he, re) = (name.to_string(), hits.clone(), healthy.clone(), release.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let serve = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
                         tokio::spawn(async move {
                             let svc = service_fn(move |req: Request<Incoming>| {
                                 let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
                                 async move { Ok::<_, std::convert::Infallible>(answer(&name, &h, &he, &re, req).await) }
                             });
-                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
                         });
                     }
                 };
                 tokio::select! { _ = serve => {}, _ = rx => {} }
             });
         });
-        Upstream { port, hits, healthy, release, _shutdown: Some(tx) }
+        Upstream {
+            port,
+            hits,
+            healthy,
+            release,
+            _shutdown: Some(tx),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -219,19 +259,31 @@ impl Upstream {
     }
 }
 
-async fn answer(name: &str, hits: &AtomicUsize, healthy: &AtomicBool, release: &tokio::sync::Notify, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    name: &str,
+    hits: &AtomicUsize,
+    healthy: &AtomicBool,
+    release: &tokio::sync::Notify,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/health" {
         let code = if healthy.load(Ordering::SeqCst) { 200 } else { 500 };
-        return Response::builder().status(code).body(Full::new(Bytes::from_static(b"health"))).unwrap();
+        return Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .unwrap();
     }
     hits.fetch_add(1, Ordering::SeqCst);
     match path.as_str() {
         "/slow" => tokio::time::sleep(Duration::from_secs(2)).await,
         "/hold" => release.notified().await,
         "/headers" => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
             let mut obj = map;
             obj.insert("path".into(), req.uri().to_string().into());
             return Response::new(Full::new(Bytes::from(serde_json::Value::Object(obj).to_string())));
@@ -243,4 +295,36 @@ async fn answer(name: &str, hits: &AtomicUsize, healthy: &AtomicBool, release: &
         _ => {}
     }
     Response::new(Full::new(Bytes::from(format!("upstream:{name}"))))
+}
+
+/// Sends `total` GETs for `path` from `threads` client threads, spread round-robin over the
+/// gateways as a load balancer would; returns every status in order of completion.
+pub fn drive(gateways: &[&Gateway], path: &str, total: usize, threads: usize) -> Vec<u16> {
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr()).collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::with_capacity(total)));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (addrs, next, statuses, path) = (addrs.clone(), next.clone(), statuses.clone(), path.to_string());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                let status = http_get(addrs[i % addrs.len()], &path, &[])
+                    .map(|r| r.status)
+                    .unwrap_or(0);
+                statuses.lock().push(status);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let out = statuses.lock().clone();
+    out
+}
+
+pub fn count(statuses: &[u16], code: u16) -> usize {
+    statuses.iter().filter(|s| **s == code).count()
 }

@@ -1,0 +1,251 @@
+//! Fault injection with real processes: Redis killed under load, paused, restarted empty,
+//! unreachable at start, answering errors, and slowed or cut by a TCP proxy. Checked each
+//! time: no 5xx for `open` and `local` limits, `closed` limits answer 503 at once, no instance
+//! exits, `/healthz` follows the store, and limits are exact again after recovery without a
+//! restart. Durations are printed as observations; the assertions are about outcomes.
+
+mod common;
+
+use common::*;
+use fleetgate_store::{Concern, Keyspace};
+use fleetgate_testkit::{FaultProxy, RedisServer};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn config(store_url: &str, exact_rate: &str) -> String {
+    let route = |name: &str, rate: &str, policy: &str| {
+        format!("  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    respond: {{ status: 200, body: ok }}\n    rate_limits:\n      - name: all\n        key: global\n        rate: {rate}\n        on_store_error: {policy}\n")
+    };
+    format!(
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: error\n  access_log: false\nstore:\n  url: {store_url}\n  key_prefix: faults\n  timeout_ms: 50\nroutes:\n{}{}{}{}",
+        route("open", "100000/1h", "open"),
+        route("local", "100000/1h", "local"),
+        route("closed", "100000/1h", "closed"),
+        route("exact", exact_rate, "local"),
+    )
+}
+
+/// Background load on /open and /local; collects their statuses until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<u16>>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, addr) = (stop.clone(), gw.addr());
+        let handle = std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                for path in ["/open", "/local"] {
+                    statuses.push(http_get(addr, path, &[]).map(|r| r.status).unwrap_or(0));
+                }
+            }
+            statuses
+        });
+        Load {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Vec<u16> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+fn store_health(gw: &Gateway) -> String {
+    http_get(gw.admin_addr(), "/healthz", &[])
+        .map(|r| r.json()["store"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_default()
+}
+
+/// Polls `/healthz` until the store reads `want`; returns how long it took.
+fn wait_store(gw: &Gateway, want: &str) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if store_health(gw) == want {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("/healthz never reported store {want}");
+}
+
+/// The closed route answers 503 (not a hang, not a 500) while the store is out.
+fn closed_answers_503(gw: &Gateway) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = gw.get("/closed", &[]);
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"], "store_unavailable");
+    }
+    slowest
+}
+
+/// After recovery the limit is exact again: exactly `n` of 3n requests pass. First wait until
+/// the closed route answers 200 twenty times in a row on fresh connections, i.e. every worker's
+/// store connection is back (each worker reconnects on its own).
+fn exact_again(gw: &Gateway, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut streak = 0;
+    while streak < 20 {
+        assert!(Instant::now() < deadline, "the store never answered every worker again");
+        if gw.get("/closed", &[]).status == 200 {
+            streak += 1;
+        } else {
+            streak = 0;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let statuses = drive(&[gw], "/exact", 3 * n, 4);
+    assert_eq!(count(&statuses, 200), n, "{statuses:?}");
+}
+
+fn alive(gw: &mut Gateway) {
+    let status = gw.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(status.is_none(), "gateway exited: {status:?}");
+}
+
+#[test]
+fn redis_killed_under_load_then_restarted_empty() {
+    let mut redis = RedisServer::start();
+    let mut gw = Gateway::start(&config(&redis.url(), "5/1h"));
+    assert_eq!(store_health(&gw), "ok");
+    let load = Load::start(&gw);
+    std::thread::sleep(Duration::from_millis(300));
+    redis.kill();
+    let down_after = wait_store(&gw, "down");
+    let slowest_closed = closed_answers_503(&gw);
+    std::thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    let ok_after = wait_store(&gw, "ok");
+    std::thread::sleep(Duration::from_millis(300));
+    let statuses = load.finish();
+    println!("kill: /healthz down after {down_after:?}, ok {ok_after:?} after restart; slowest closed 503 {slowest_closed:?}; {} requests under load", statuses.len());
+    assert!(statuses.len() > 20);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "open/local never fail: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    alive(&mut gw);
+    exact_again(&gw, 5);
+    let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
+    assert!(
+        metrics.contains("outcome=\"fallback_local\""),
+        "fallback is visible in metrics"
+    );
+    assert!(metrics.contains("fleetgate_store_errors_total"));
+}
+
+#[test]
+fn paused_redis_is_a_stall_not_a_hang() {
+    let redis = RedisServer::start();
+    let mut gw = Gateway::start(&config(&redis.url(), "5/1h"));
+    let load = Load::start(&gw);
+    std::thread::sleep(Duration::from_millis(200));
+    redis.pause();
+    let down_after = wait_store(&gw, "down");
+    let slowest_closed = closed_answers_503(&gw);
+    std::thread::sleep(Duration::from_millis(500));
+    redis.resume();
+    let ok_after = wait_store(&gw, "ok");
+    let statuses = load.finish();
+    println!("pause: /healthz down after {down_after:?}, ok {ok_after:?} after resume; slowest closed 503 {slowest_closed:?} (timeout 50 ms)");
+    assert!(statuses.iter().all(|s| *s == 200), "open/local never fail");
+    // A stalled store costs at most about one timeout per request, never the stall itself.
+    assert!(slowest_closed < Duration::from_millis(50) * 20, "{slowest_closed:?}");
+    alive(&mut gw);
+    exact_again(&gw, 5);
+}
+
+#[test]
+fn latency_and_cut_connections_through_a_tcp_proxy() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.addr());
+    let mut gw = Gateway::start(&config(&proxy.url(), "5/1h"));
+    assert_eq!(gw.get("/exact", &[]).status, 200);
+    let load = Load::start(&gw);
+    // Latency above the store timeout: every call times out, then the breaker fails fast.
+    proxy.set_latency(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
+    closed_answers_503(&gw);
+    proxy.set_latency(Duration::ZERO);
+    proxy.cut();
+    proxy.set_refuse(true);
+    std::thread::sleep(Duration::from_millis(300));
+    closed_answers_503(&gw);
+    proxy.set_refuse(false);
+    let ok_after = wait_store(&gw, "ok");
+    let statuses = load.finish();
+    println!(
+        "proxy: store ok {ok_after:?} after connections were allowed again; {} requests under load",
+        statuses.len()
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "open/local never fail");
+    alive(&mut gw);
+    // The 1 request before the faults counts: 4 more pass. (Same Redis, state kept.)
+    exact_again(&gw, 4);
+}
+
+#[test]
+fn unreachable_redis_at_start_then_it_appears() {
+    let port = free_port();
+    let mut gw = Gateway::start(&config(&format!("redis://127.0.0.1:{port}"), "5/1h"));
+    assert_eq!(store_health(&gw), "down");
+    assert_eq!(gw.get("/local", &[]).status, 200);
+    assert_eq!(gw.get("/open", &[]).status, 200);
+    assert_eq!(gw.get("/closed", &[]).status, 503);
+    let _redis = RedisServer::start_on(port, &[]);
+    let ok_after = wait_store(&gw, "ok");
+    println!("late redis: store ok {ok_after:?} after it started");
+    alive(&mut gw);
+    exact_again(&gw, 5);
+}
+
+#[test]
+fn redis_answering_errors_follows_the_policy() {
+    let redis = RedisServer::start();
+    let mut gw = Gateway::start(&config(&redis.url(), "5/1h"));
+    // WRONGTYPE: someone wrote a hash where the limit's counter lives.
+    let key = Keyspace::new("faults")
+        .unwrap()
+        .key(Concern::RateLimit, "exact.all", b"g\0");
+    redis.command(&["HSET", key.as_str(), "x", "y"]);
+    for _ in 0..3 {
+        assert_eq!(gw.get("/exact", &[]).status, 200, "local policy serves");
+    }
+    assert_eq!(
+        redis.command(&["TYPE", key.as_str()]).trim(),
+        "+hash",
+        "the foreign value was not overwritten"
+    );
+    // OOM: writes refused.
+    redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.command(&["CONFIG", "SET", "maxmemory", "1"]);
+    assert_eq!(gw.get("/local", &[]).status, 200);
+    assert_eq!(gw.get("/closed", &[]).status, 503);
+    redis.command(&["CONFIG", "SET", "maxmemory", "0"]);
+    // READONLY: the server became a replica.
+    let dead = free_port().to_string();
+    redis.command(&["REPLICAOF", "127.0.0.1", &dead]);
+    assert_eq!(gw.get("/local", &[]).status, 200);
+    assert_eq!(gw.get("/open", &[]).status, 200);
+    assert_eq!(gw.get("/closed", &[]).status, 503);
+    redis.command(&["REPLICAOF", "NO", "ONE"]);
+    let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
+    assert!(
+        metrics.contains("fleetgate_store_errors_total{kind=\"server\"}"),
+        "{metrics}"
+    );
+    alive(&mut gw);
+    redis.command(&["DEL", key.as_str()]);
+    exact_again(&gw, 5);
+}

@@ -1,0 +1,106 @@
+//! One budget across instances: three real gateway processes on one Redis, driven concurrently
+//! round-robin as a load balancer would. When demand exceeds a limit, the fleet admits exactly
+//! the limit.
+
+mod common;
+
+use common::*;
+use fleetgate_testkit::RedisServer;
+use std::time::{Duration, Instant};
+
+fn fleet_config(redis: &RedisServer, limits: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: warn\n  access_log: false\nstore:\n  url: {}\n  key_prefix: fleet\n  timeout_ms: 500\nroutes:\n{limits}",
+        redis.url()
+    )
+}
+
+fn route(name: &str, algorithm: &str, rate: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    respond: {{ status: 200, body: ok }}\n    rate_limits:\n      - name: all\n        key: global\n        rate: {rate}\n        algorithm: {algorithm}\n"
+    )
+}
+
+#[test]
+fn three_instances_admit_exactly_the_limit_for_every_algorithm() {
+    let redis = RedisServer::start();
+    // Slow refills so that, within the test, the limit is the burst or the window's N exactly.
+    let routes = [
+        route("gcra", "gcra", "40/1h"),
+        route("sliding", "sliding_window", "40/1h"),
+        route("fixed", "fixed_window", "40/1d"),
+    ]
+    .concat();
+    let cfg = fleet_config(&redis, &routes);
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    for name in ["gcra", "sliding", "fixed"] {
+        let statuses = drive(&[&a, &b, &c], &format!("/{name}"), 150, 12);
+        let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
+        println!("fleet {name}: observed {ok} admitted, allowed 40 (3 instances, 150 requests, {limited} refused)");
+        assert_eq!(ok, 40, "{name}: {statuses:?}");
+        assert_eq!(ok + limited, 150, "{name}: every other answer is a 429");
+    }
+}
+
+#[test]
+fn gcra_refills_are_shared_across_instances() {
+    let redis = RedisServer::start();
+    // 10 per second with a burst of 5: over about 1.5 s of demand the fleet may admit
+    // 5 + elapsed/100ms, whichever instance the requests land on.
+    let cfg = fleet_config(&redis, &format!("{}        burst: 5\n", route("r", "gcra", "10/1s")));
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    while started.elapsed() < Duration::from_millis(1500) {
+        statuses.extend(drive(&[&a, &b, &c], "/r", 30, 6));
+    }
+    let elapsed = started.elapsed();
+    let ok = count(&statuses, 200) as u128;
+    let bound = 5 + elapsed.as_millis() / 100;
+    println!("fleet gcra refill: observed {ok} admitted over {elapsed:?}, allowed at most {bound}");
+    assert!(ok <= bound, "admitted {ok} > {bound}");
+    // Three separate in-memory limiters would have admitted about three times the bound.
+    assert!(ok >= 5 + (elapsed.as_millis() / 100) / 2, "refills too slow: {ok}");
+}
+
+#[test]
+fn concurrency_limit_holds_fleet_wide() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("u");
+    let cfg = format!(
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: warn\nstore:\n  url: {}\nupstreams:\n  u:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: u\n    concurrency_limits:\n      - name: two\n        key: global\n        max: 2\n",
+        redis.url(),
+        up.url()
+    );
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    let addrs = [a.addr(), b.addr(), c.addr()];
+    let holders: Vec<_> = (0..6)
+        .map(|i| std::thread::spawn(move || http_get(addrs[i % 3], "/hold", &[]).unwrap().status))
+        .collect();
+    // Wait until the admitted requests reached the upstream and the rest were refused.
+    std::thread::sleep(Duration::from_millis(800));
+    let in_upstream = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+    up.release();
+    let statuses: Vec<u16> = holders.into_iter().map(|h| h.join().unwrap()).collect();
+    println!("fleet concurrency: observed {in_upstream} in flight, allowed 2; statuses {statuses:?}");
+    assert_eq!(in_upstream, 2);
+    assert_eq!(count(&statuses, 200), 2);
+    assert_eq!(count(&statuses, 429), 4);
+}
+
+#[test]
+fn instances_count_each_other_through_heartbeats() {
+    let redis = RedisServer::start();
+    let cfg = fleet_config(&redis, &route("r", "gcra", "10/1s"));
+    let (a, _b, _c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = http_get(a.admin_addr(), "/healthz", &[]).unwrap().json();
+        if h["live_instances"] == 3 {
+            assert!(h["instance"].as_str().is_some_and(|s| !s.is_empty()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "live_instances never reached 3: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
