@@ -1,0 +1,989 @@
+use super::*;
+use fleetgate_store::Algorithm;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn no_env(_: &str) -> Option<OsString> {
+    None
+}
+
+fn p(text: &str) -> Result<Config, ConfigError> {
+    parse_with_env(text, "test.yaml", &no_env)
+}
+
+fn with_env(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    parse_with_env(text, "test.yaml", &move |name| map.get(name).map(OsString::from))
+}
+
+/// Asserts that `text` is refused with an error at `line` about `path`, whose text holds every
+/// one of `needles`; returns the printed error.
+#[track_caller]
+fn refused(text: &str, line: u32, path: &str, needles: &[&str]) -> String {
+    let err = p(text).expect_err("should be refused");
+    let shown = err.to_string();
+    assert_eq!(err.file(), "test.yaml", "{shown}");
+    assert!(
+        shown.starts_with(&format!("test.yaml:{line}:")),
+        "expected line {line}: {shown}"
+    );
+    assert_eq!(err.line(), Some(line), "{shown}");
+    assert!(err.column().is_some(), "{shown}");
+    assert_eq!(err.path(), Some(path), "{shown}");
+    assert!(shown.contains(&format!(": {path}: ")), "{shown}");
+    for n in needles {
+        assert!(shown.contains(n), "missing {n:?} in:\n{shown}");
+    }
+    shown
+}
+
+const BASE: &str =
+    "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\nroutes:\n  - name: api\n    upstream: backend\n";
+
+/// BASE plus one rate limit with the given body lines (indented under `- `).
+fn with_limit(lines: &str) -> String {
+    let mut s = format!("{BASE}    rate_limits:\n      - name: lim\n");
+    for l in lines.lines() {
+        s.push_str("        ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn empty_file_gives_every_default() {
+    for text in ["", "\n", "# only a comment\n", "{}\n"] {
+        let c = p(text).unwrap();
+        assert_eq!(c, Config::default(), "{text:?}");
+    }
+    let c = Config::default();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.admin.listen, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.log.level, LogLevel::Info);
+    assert!(c.log.access_log);
+    assert_eq!(c.store.url, "memory://");
+    assert_eq!(c.store.kind, StoreKind::Memory);
+    assert_eq!(c.store.url_source, UrlSource::Default);
+    assert_eq!(c.store.keyspace.prefix(), "fleetgate");
+    assert_eq!(c.store.timeout, Duration::from_millis(50));
+    assert_eq!(c.store.connect_timeout, Duration::from_millis(1000));
+    assert_eq!(c.store.pool_size, 2);
+    assert_eq!(c.server.max_header_bytes, 16384);
+    assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(c.server.request_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
+    assert!(c.trusted_proxies.is_empty());
+    assert!(c.upstreams.is_empty());
+    assert!(c.global_rate_limits.is_empty());
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn empty_sections_give_their_defaults() {
+    let c = p(
+        "admin: {}\nlog: {}\nstore: {}\nserver: {}\ntrusted_proxies: []\nupstreams: {}\nrate_limits: []\nroutes: []\n",
+    )
+    .unwrap();
+    assert_eq!(c, Config::default());
+    let c = p("admin:\nlog:\nstore:\nserver:\n").unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn nested_defaults() {
+    let text = "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n    health_check: { path: /healthz }\n  plain:\n    targets: [http://localhost]\nroutes:\n  - name: api\n    upstream: backend\n    rate_limits:\n      - { name: per-key, key: header:X-Api-Key, rate: 100/1m }\n    concurrency_limits:\n      - { name: per-ip, key: ip, max: 10 }\n  - name: hello\n    respond: {}\n";
+    let c = p(text).unwrap();
+    let up = c.upstream("backend").unwrap();
+    assert_eq!(up.name, "backend");
+    assert_eq!(up.targets[0].host, "127.0.0.1");
+    assert_eq!(up.targets[0].port, 3000);
+    assert_eq!(up.targets[0].authority, "127.0.0.1:3000");
+    assert_eq!(up.connect_timeout, Duration::from_millis(1000));
+    assert_eq!(up.request_timeout, Duration::from_millis(30_000));
+    assert_eq!(up.idle_timeout, Duration::from_millis(90_000));
+    let hc = up.health_check.as_ref().unwrap();
+    assert_eq!(hc.path, "/healthz");
+    assert_eq!(hc.interval, Duration::from_millis(5000));
+    assert_eq!(hc.timeout, Duration::from_millis(1000));
+    assert_eq!(hc.unhealthy_threshold, 2);
+    assert_eq!(hc.healthy_threshold, 1);
+    assert_eq!(up.passive, PassiveConfig::default());
+    assert_eq!(up.passive.failures, 3);
+    assert_eq!(up.passive.eject, Duration::from_millis(10_000));
+    let plain = c.upstream("plain").unwrap();
+    assert_eq!(plain.targets[0].port, 80);
+    assert!(plain.health_check.is_none());
+
+    let api = &c.routes[0];
+    assert_eq!(api.matcher, RouteMatch::default());
+    assert!(!api.strip_prefix);
+    assert_eq!(api.upstream(), Some("backend"));
+    let rl = &api.rate_limits[0];
+    assert_eq!(rl.name, "per-key");
+    assert_eq!(rl.key, vec![KeyPart::Header("x-api-key".into())]);
+    assert_eq!(rl.limit.algorithm(), Algorithm::Gcra);
+    assert_eq!(rl.limit.capacity(), 100);
+    assert_eq!(rl.limit.rate().period, Duration::from_secs(60));
+    assert_eq!(rl.cost, 1);
+    assert_eq!(rl.on_store_error, FailurePolicy::Local);
+    assert_eq!(rl.on_missing_key, MissingKey::Shared);
+    let cl = &api.concurrency_limits[0];
+    assert_eq!(cl.name, "per-ip");
+    assert_eq!(cl.key, vec![KeyPart::Ip]);
+    assert_eq!(cl.max, 10);
+    assert_eq!(cl.lease, Duration::from_millis(60_000));
+    assert_eq!(cl.on_store_error, FailurePolicy::Local);
+    assert_eq!(cl.on_missing_key, MissingKey::Shared);
+    assert_eq!(
+        c.routes[1].target,
+        RouteTarget::Respond {
+            status: 200,
+            body: String::new(),
+            headers: Vec::new()
+        }
+    );
+}
+
+const FULL: &str = r#"
+listen: 0.0.0.0:8081
+admin:
+  listen: "[::1]:9091"
+log:
+  level: debug
+  access_log: false
+store:
+  url: redis://user:secret@127.0.0.1:6379/2
+  key_prefix: prod-eu
+  timeout_ms: 75
+  connect_timeout_ms: 2000
+  pool_size: 4
+server:
+  max_header_bytes: 8192
+  max_body_bytes: 1024
+  request_timeout_ms: 5000
+  idle_timeout_ms: 6000
+  drain_timeout_ms: 7000
+trusted_proxies: [127.0.0.1/32, 10.1.2.3/8, 192.168.1.1, "::1", fd00::/8]
+upstreams:
+  backend:
+    targets: [http://127.0.0.1:3000, "http://[::1]:3001/", http://Backend.Local]
+    connect_timeout_ms: 100
+    request_timeout_ms: 200
+    idle_timeout_ms: 300
+    health_check:
+      path: /healthz
+      interval_ms: 400
+      timeout_ms: 50
+      unhealthy_threshold: 5
+      healthy_threshold: 3
+    passive:
+      failures: 7
+      eject_ms: 900
+rate_limits:
+  - name: everyone
+    key: global
+    rate: 10000/1s
+    algorithm: fixed_window
+    on_store_error: open
+routes:
+  - name: api
+    match:
+      path_prefix: /api
+      host: API.example.com
+      methods: [get, POST]
+    upstream: backend
+    strip_prefix: true
+    rate_limits:
+      - name: per-key
+        key: [ip, header:x-api-key, cookie:Session, route]
+        rate: 100/1m
+        burst: 20
+        algorithm: gcra
+        cost: 2
+        on_store_error: closed
+        on_missing_key: refuse
+      - name: sliding
+        key: ip
+        rate: 5/10s
+        algorithm: sliding_window
+    concurrency_limits:
+      - name: per-ip
+        key: ip
+        max: 3
+        lease_ms: 1000
+        on_store_error: open
+        on_missing_key: refuse
+  - name: hello
+    respond: { status: 201, body: "hi\n", headers: { Content-Type: text/plain, x-b: "1" } }
+"#;
+
+#[test]
+fn every_field_is_read() {
+    let c = p(FULL).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:8081".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.admin.listen, "[::1]:9091".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.log.level, LogLevel::Debug);
+    assert!(!c.log.access_log);
+    assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(c.store.url_source, UrlSource::File);
+    assert_eq!(c.store.redacted_url(), "redis://user:***@127.0.0.1:6379/2");
+    assert_eq!(c.store.keyspace.prefix(), "prod-eu");
+    let ro = c.store.redis_options();
+    assert_eq!(ro.timeout, Duration::from_millis(75));
+    assert_eq!(ro.connect_timeout, Duration::from_millis(2000));
+    assert_eq!(ro.pool_size, 4);
+    assert_eq!(c.server.max_header_bytes, 8192);
+    assert_eq!(c.server.max_body_bytes, 1024);
+    assert_eq!(c.server.request_timeout, Duration::from_millis(5000));
+    assert_eq!(c.server.idle_timeout, Duration::from_millis(6000));
+    assert_eq!(c.server.drain_timeout, Duration::from_millis(7000));
+    let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        nets,
+        ["127.0.0.1/32", "10.0.0.0/8", "192.168.1.1/32", "::1/128", "fd00::/8"]
+    );
+    assert!(c.is_trusted_proxy("10.9.9.9".parse().unwrap()));
+    let up = c.upstream("backend").unwrap();
+    let t: Vec<String> = up.targets.iter().map(|t| t.to_string()).collect();
+    assert_eq!(
+        t,
+        ["http://127.0.0.1:3000", "http://[::1]:3001", "http://backend.local:80"]
+    );
+    assert_eq!(up.targets[1].host, "::1");
+    assert_eq!(up.connect_timeout, Duration::from_millis(100));
+    assert_eq!(up.request_timeout, Duration::from_millis(200));
+    assert_eq!(up.idle_timeout, Duration::from_millis(300));
+    let hc = up.health_check.clone().unwrap();
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.unhealthy_threshold, hc.healthy_threshold),
+        (Duration::from_millis(400), Duration::from_millis(50), 5, 3)
+    );
+    assert_eq!(up.passive.failures, 7);
+    assert_eq!(up.passive.eject, Duration::from_millis(900));
+
+    let g = &c.global_rate_limits[0];
+    assert_eq!(g.key, vec![KeyPart::Global]);
+    assert_eq!(g.limit.algorithm(), Algorithm::FixedWindow);
+    assert_eq!(g.on_store_error, FailurePolicy::Open);
+
+    let api = &c.routes[0];
+    assert_eq!(api.matcher.path_prefix.as_deref(), Some("/api"));
+    assert_eq!(api.matcher.host.as_deref(), Some("api.example.com"));
+    assert_eq!(api.matcher.methods, ["GET", "POST"]);
+    assert!(api.strip_prefix);
+    assert_eq!(api.upstream_path("/api/v1"), "/v1");
+    let rl = &api.rate_limits[0];
+    assert_eq!(
+        rl.key,
+        vec![
+            KeyPart::Ip,
+            KeyPart::Header("x-api-key".into()),
+            KeyPart::Cookie("Session".into()),
+            KeyPart::Route
+        ]
+    );
+    assert_eq!(rl.limit.capacity(), 20);
+    assert_eq!(rl.cost, 2);
+    assert_eq!(rl.on_store_error, FailurePolicy::Closed);
+    assert_eq!(rl.on_missing_key, MissingKey::Refuse);
+    assert_eq!(api.rate_limits[1].limit.algorithm(), Algorithm::SlidingWindow);
+    assert_eq!(api.rate_limits[1].limit.capacity(), 5);
+    let cl = &api.concurrency_limits[0];
+    assert_eq!(
+        (cl.max, cl.lease, cl.on_store_error, cl.on_missing_key),
+        (3, Duration::from_millis(1000), FailurePolicy::Open, MissingKey::Refuse)
+    );
+    assert_eq!(
+        c.routes[1].target,
+        RouteTarget::Respond {
+            status: 201,
+            body: "hi\n".into(),
+            headers: vec![("content-type".into(), "text/plain".into()), ("x-b".into(), "1".into())]
+        }
+    );
+    let (i, r) = c.route_for("GET", Some("api.example.com:8081"), "/api/x").unwrap();
+    assert_eq!((i, r.name.as_str()), (0, "api"));
+    assert_eq!(c.route_for("DELETE", Some("x"), "/").unwrap().1.name, "hello");
+}
+
+#[test]
+fn store_url_forms() {
+    for (url, kind) in [
+        ("memory://", StoreKind::Memory),
+        ("redis://127.0.0.1", StoreKind::Redis),
+        ("redis://:pw@localhost:6380/0", StoreKind::Redis),
+        ("rediss://u:p@cache.example.com:6380", StoreKind::RedisTls),
+        ("redis://[::1]:6379", StoreKind::Redis),
+        (
+            "redis-sentinel://h1:26379,h2:26379/1?master=mymaster",
+            StoreKind::RedisSentinel,
+        ),
+        ("redis-cluster://h1:7000,h2:7001", StoreKind::RedisCluster),
+    ] {
+        let c = p(&format!("store:\n  url: \"{url}\"\n")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.store.kind, kind, "{url}");
+        assert_eq!(c.store.url, url);
+    }
+    for (url, needle) in [
+        ("redis://", "no host"),
+        ("redis://h:0", "port"),
+        ("redis://h:99999", "port"),
+        ("redis://a:1,b:2", "one host"),
+        ("redis-sentinel://h1:26379", "master=NAME"),
+        ("redis://h/db", "database"),
+        ("memory://x", "nothing after"),
+        ("localhost:6379", "not a store URL"),
+    ] {
+        refused(
+            &format!("store:\n  url: \"{url}\"\n"),
+            2,
+            "store.url",
+            &[needle, "accepted: memory://"],
+        );
+    }
+}
+
+#[test]
+fn store_url_errors_never_show_the_password() {
+    let e = p("store:\n  url: redis://user:hunter2@:6379\n").unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        !shown.contains("hunter2") || shown.contains("url: redis://user:hunter2"),
+        "{shown}"
+    );
+    assert!(e.message().contains("user:***@"), "{shown}");
+    assert!(!e.message().contains("hunter2"), "{shown}");
+}
+
+// ---- environment ----
+
+#[test]
+fn env_substitution_in_values_keys_and_lists() {
+    let text = "listen: ${FGT_HOST:-127.0.0.1}:${FGT_PORT}\nstore:\n  timeout_ms: ${FGT_TIMEOUT:-75}\n  key_prefix: \"${FGT_PREFIX}\"\nupstreams:\n  backend:\n    targets: [http://127.0.0.1:${FGT_UP}]\nroutes:\n  - name: r\n    respond: { body: \"cost $$5 ${FGT_EMPTY:-none} $${LITERAL}\" }  # ${NOT_SUBSTITUTED}\n";
+    let c = with_env(
+        text,
+        &[
+            ("FGT_PORT", "18080"),
+            ("FGT_PREFIX", "stage"),
+            ("FGT_UP", "3999"),
+            ("FGT_EMPTY", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:18080".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.store.timeout, Duration::from_millis(75));
+    assert_eq!(c.store.keyspace.prefix(), "stage");
+    assert_eq!(c.upstream("backend").unwrap().targets[0].port, 3999);
+    let RouteTarget::Respond { body, .. } = &c.routes[0].target else {
+        panic!("respond")
+    };
+    assert_eq!(body, "cost $$5 none ${LITERAL}");
+}
+
+#[test]
+fn unset_env_var_is_an_error_naming_it_and_the_line() {
+    let e = p("listen: 127.0.0.1:8080\nstore:\n  url: ${FGT_SURELY_UNSET_VAR}\n").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Env);
+    assert_eq!(e.line(), Some(3));
+    assert_eq!(e.column(), Some(8));
+    let shown = e.to_string();
+    assert!(shown.starts_with("test.yaml:3:8: "), "{shown}");
+    assert!(shown.contains("FGT_SURELY_UNSET_VAR is not set"), "{shown}");
+    assert!(shown.contains("${FGT_SURELY_UNSET_VAR:-VALUE}"), "{shown}");
+}
+
+#[test]
+fn errors_after_substitution_point_at_the_original_text_and_hide_values() {
+    let text = "store:\n  timeout_ms: ${FGT_T}\n";
+    let e = with_env(text, &[("FGT_T", "fast")]).unwrap_err();
+    let shown = e.to_string();
+    assert_eq!((e.line(), e.column()), (Some(2), Some(15)), "{shown}");
+    assert!(shown.contains("found `${FGT_T}`"), "{shown}");
+    // A column after a substituted value maps back too.
+    let text = "listen: ${FGT_A}:${FGT_B}\n";
+    let e = with_env(text, &[("FGT_A", "1.2.3.4"), ("FGT_B", "x")]).unwrap_err();
+    assert_eq!((e.line(), e.column()), (Some(1), Some(9)));
+}
+
+#[test]
+fn process_environment_is_used_by_parse() {
+    // Unique names: other tests never touch them.
+    std::env::set_var("FLEETGATE_CONFIG_TEST_PORT_7731", "18181");
+    let c = parse(
+        "listen: 127.0.0.1:${FLEETGATE_CONFIG_TEST_PORT_7731}\nadmin:\n  listen: 127.0.0.1:${FLEETGATE_CONFIG_TEST_UNSET_7731:-19191}\n",
+        "env.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 18181);
+    assert_eq!(c.admin.listen.port(), 19191);
+}
+
+#[test]
+fn redis_url_overrides_store_url() {
+    let c = with_env(
+        "store:\n  url: memory://\n",
+        &[("REDIS_URL", "redis://:pw@10.0.0.5:6380/1")],
+    )
+    .unwrap();
+    assert_eq!(c.store.url, "redis://:pw@10.0.0.5:6380/1");
+    assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(c.store.url_source, UrlSource::RedisUrlEnv);
+    // Also when the file has no store section.
+    let c = with_env("", &[("REDIS_URL", "rediss://h:6379")]).unwrap();
+    assert_eq!(c.store.kind, StoreKind::RedisTls);
+    // Empty REDIS_URL: no override.
+    let c = with_env("store:\n  url: redis://h\n", &[("REDIS_URL", "")]).unwrap();
+    assert_eq!(c.store.url, "redis://h");
+    assert_eq!(c.store.url_source, UrlSource::File);
+    // A bad REDIS_URL names REDIS_URL, and hides the password.
+    let e = with_env("", &[("REDIS_URL", "mysql://root:pw@db")]).unwrap_err();
+    let shown = e.to_string();
+    assert_eq!(e.path(), Some("store.url"));
+    assert!(shown.contains("REDIS_URL"), "{shown}");
+    assert!(shown.contains("accepted: memory://"), "{shown}");
+    assert!(!shown.contains("pw@"), "{shown}");
+}
+
+// ---- refused inputs: file, line, field, accepted forms ----
+
+#[test]
+fn unknown_field_typo() {
+    let shown = refused(
+        &with_limit("key: ip\nrtae: 1/s\nrate: 1/s"),
+        10,
+        "routes[0].rate_limits[0].rtae",
+        &[
+            "unknown field `rtae`",
+            "did you mean `rate`?",
+            "accepted fields here: name, key, rate, burst",
+        ],
+    );
+    assert!(shown.contains("10 |         rtae: 1/s"), "{shown}");
+    refused("lisen: 1.2.3.4:5\n", 1, "lisen", &["did you mean `listen`?"]);
+    refused(
+        "store:\n  url: memory://\n  timeout: 5\n",
+        3,
+        "store.timeout",
+        &["did you mean `timeout_ms`?"],
+    );
+}
+
+#[test]
+fn unknown_algorithm() {
+    refused(
+        &with_limit("key: ip\nrate: 1/s\nalgorithm: token_bucket"),
+        11,
+        "routes[0].rate_limits[0].algorithm",
+        &[
+            "unknown algorithm \"token_bucket\"",
+            "accepted: gcra, sliding_window, fixed_window",
+        ],
+    );
+}
+
+#[test]
+fn bad_rates() {
+    refused(
+        &with_limit("key: ip\nrate: 0/s"),
+        10,
+        "routes[0].rate_limits[0].rate",
+        &["\"0/s\"", "positive whole number", "accepted: N/PERIOD"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 10/5y"),
+        10,
+        "routes[0].rate_limits[0].rate",
+        &["\"10/5y\"", "accepted units: ms, s, m, h, d"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: fast"),
+        10,
+        "routes[0].rate_limits[0].rate",
+        &["N/PERIOD"],
+    );
+}
+
+#[test]
+fn bad_bursts_and_costs() {
+    refused(
+        &with_limit("key: ip\nrate: 10/s\nburst: 0"),
+        11,
+        "routes[0].rate_limits[0].burst",
+        &["burst 0 is below 1", "accepted: a whole number >= 1"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 10/s\nalgorithm: sliding_window\nburst: 20"),
+        12,
+        "routes[0].rate_limits[0].burst",
+        &["gcra only"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 10/s\ncost: 11"),
+        11,
+        "routes[0].rate_limits[0].cost",
+        &["cost 11", "accepted: a whole number from 0 to 10"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 10/s\ncost: -1"),
+        11,
+        "routes[0].rate_limits[0].cost",
+        &["accepted: a whole number from 0 to 10"],
+    );
+}
+
+#[test]
+fn route_naming_a_missing_upstream() {
+    refused(
+        "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n  auth:\n    targets: [http://127.0.0.1:3001]\nroutes:\n  - name: api\n    upstream: backnd\n",
+        8,
+        "routes[0].upstream",
+        &["upstream \"backnd\" is not defined", "accepted: one of the defined upstreams: auth, backend"],
+    );
+    refused(
+        "routes:\n  - name: api\n    upstream: backend\n",
+        3,
+        "routes[0].upstream",
+        &["none is defined yet"],
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    refused(
+        &format!("{BASE}  - name: other\n    upstream: backend\n  - name: api\n    upstream: backend\n"),
+        9,
+        "routes[2].name",
+        &["route name \"api\" is already used by routes[0] (line 5)"],
+    );
+    refused(
+        &format!("{BASE}    rate_limits:\n      - {{ name: a, key: ip, rate: 1/s }}\n      - {{ name: a, key: ip, rate: 2/s }}\n"),
+        9,
+        "routes[0].rate_limits[1].name",
+        &["already used by routes[0].rate_limits[0] (line 8)"],
+    );
+}
+
+#[test]
+fn invalid_listen_addresses() {
+    refused(
+        "listen: localhost:8080\n",
+        1,
+        "listen",
+        &["not an IP address and port", "accepted: IP:PORT"],
+    );
+    refused(
+        "listen: 127.0.0.1\n",
+        1,
+        "listen",
+        &["has no port", "accepted: IP:PORT"],
+    );
+    refused("listen: 127.0.0.1:99999\n", 1, "listen", &["accepted: IP:PORT"]);
+    refused("admin:\n  listen: nope\n", 2, "admin.listen", &["accepted: IP:PORT"]);
+    refused(
+        "listen: 127.0.0.1:7000\nadmin:\n  listen: 127.0.0.1:7000\n",
+        3,
+        "admin.listen",
+        &["its own address"],
+    );
+    // Port 0 twice is fine: two different free ports.
+    assert!(p("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n").is_ok());
+}
+
+#[test]
+fn bad_key_parts() {
+    refused(
+        &with_limit("key: header\nrate: 1/s"),
+        9,
+        "routes[0].rate_limits[0].key",
+        &[
+            "unknown key part \"header\"",
+            "accepted: ip, header:NAME, cookie:NAME, route, global",
+        ],
+    );
+    refused(
+        &with_limit("key: [ip, user]\nrate: 1/s"),
+        9,
+        "routes[0].rate_limits[0].key[1]",
+        &["unknown key part \"user\"", "accepted: ip, header:NAME"],
+    );
+    refused(
+        &with_limit("key: []\nrate: 1/s"),
+        9,
+        "routes[0].rate_limits[0].key",
+        &["no part", "accepted: ip"],
+    );
+    refused(
+        &with_limit("key: \"header:bad name\"\nrate: 1/s"),
+        9,
+        "routes[0].rate_limits[0].key",
+        &["accepted: ip"],
+    );
+    refused(
+        &with_limit("rate: 1/s"),
+        8,
+        "routes[0].rate_limits[0].key",
+        &["missing required field `key`", "accepted: ip, header:NAME"],
+    );
+}
+
+#[test]
+fn both_or_neither_of_upstream_and_respond() {
+    refused(
+        &format!("{BASE}    respond: {{ status: 200 }}\n"),
+        7,
+        "routes[0]",
+        &[
+            "both `upstream` (line 6) and `respond` (line 7)",
+            "accepted: exactly one",
+        ],
+    );
+    refused(
+        "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\nroutes:\n  - name: api\n    match: { path_prefix: /api }\n",
+        5,
+        "routes[0]",
+        &["neither `upstream` nor `respond`", "one of the defined upstreams: backend"],
+    );
+}
+
+#[test]
+fn bad_cidrs() {
+    refused(
+        "trusted_proxies: [127.0.0.1/32, 10.0.0.0/33]\n",
+        1,
+        "trusted_proxies[1]",
+        &["\"10.0.0.0/33\" is not a CIDR or IP address", "accepted: IPv4 or IPv6"],
+    );
+    refused(
+        "trusted_proxies:\n  - 10.0.0.0/8\n  - proxy.local\n",
+        3,
+        "trusted_proxies[1]",
+        &["accepted: IPv4 or IPv6"],
+    );
+}
+
+#[test]
+fn unknown_store_scheme() {
+    refused(
+        "store:\n  url: mongodb://localhost\n",
+        2,
+        "store.url",
+        &[
+            "unknown store URL scheme \"mongodb://\"",
+            "accepted: memory://, redis://",
+            "redis-sentinel://",
+            "redis-cluster://",
+        ],
+    );
+}
+
+#[test]
+fn other_refusals() {
+    refused(
+        "log:\n  level: loud\n",
+        2,
+        "log.level",
+        &["accepted: trace, debug, info, warn, error"],
+    );
+    refused("log:\n  access_log: maybe\n", 2, "log.access_log", &["true or false"]);
+    refused(
+        "store:\n  key_prefix: \"a:b\"\n",
+        2,
+        "store.key_prefix",
+        &["key prefix \"a:b\" is not accepted; accepted: 1 to 64 characters"],
+    );
+    refused(
+        "store:\n  pool_size: 0\n",
+        2,
+        "store.pool_size",
+        &["accepted: a whole number from 1 to 64"],
+    );
+    refused(
+        "store:\n  timeout_ms: 0\n",
+        2,
+        "store.timeout_ms",
+        &["accepted: a whole number of milliseconds"],
+    );
+    refused(
+        "store:\n  timeout_ms: -5\n",
+        2,
+        "store.timeout_ms",
+        &["accepted: a whole number of milliseconds"],
+    );
+    refused(
+        "server:\n  max_header_bytes: 10\n",
+        2,
+        "server.max_header_bytes",
+        &["from 1024"],
+    );
+    refused("server: [1]\n", 1, "server", &["expected a mapping"]);
+    refused("routes: {}\n", 1, "routes", &["expected a list"]);
+    refused(
+        "upstreams:\n  b:\n    targets: []\n",
+        3,
+        "upstreams.b.targets",
+        &["no targets", "accepted: a non-empty list"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [https://x:443]\n",
+        3,
+        "upstreams.b.targets[0]",
+        &["https targets are not supported yet"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [http://x/api]\n",
+        3,
+        "upstreams.b.targets[0]",
+        &["without path"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [\"http://a b\"]\n",
+        3,
+        "upstreams.b.targets[0]",
+        &["not a host name"],
+    );
+    refused(
+        "upstreams:\n  b:\n    connect_timeout_ms: 5\n",
+        3,
+        "upstreams.b.targets",
+        &["missing required field `targets`"],
+    );
+    refused(
+        "upstreams:\n  b:\n    connect_timeout_ms: 5\n    # comment\n\n    idle_timeout_ms: 5\n  c:\n    targets: [http://x]\n",
+        3,
+        "upstreams.b.targets",
+        &["missing required field `targets`"],
+    );
+    refused(
+        "routes:\n  - respond: {}\n    strip_prefix: false\n  - name: b\n    respond: {}\n",
+        2,
+        "routes[0].name",
+        &["missing required field `name`"],
+    );
+    refused(
+        "upstreams:\n  \"bad name\":\n    targets: [http://x]\n",
+        3,
+        "upstreams.bad name",
+        &["upstream name \"bad name\" is not accepted"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [http://x]\n    health_check: { path: healthz }\n",
+        4,
+        "upstreams.b.health_check.path",
+        &["accepted: a path starting with /"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [http://x]\n    passive: { failures: 0 }\n",
+        4,
+        "upstreams.b.passive.failures",
+        &["accepted: a whole number from 1"],
+    );
+    refused(
+        "routes:\n  - name: \"a b\"\n    respond: {}\n",
+        2,
+        "routes[0].name",
+        &["route name \"a b\" is not accepted"],
+    );
+    refused(
+        "routes:\n  - respond: {}\n",
+        2,
+        "routes[0].name",
+        &["missing required field `name`"],
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { path_prefix: api }\n    respond: {}\n",
+        3,
+        "routes[0].match.path_prefix",
+        &["accepted: a path starting with /"],
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { host: \"a.com:80\" }\n    respond: {}\n",
+        3,
+        "routes[0].match.host",
+        &["without port"],
+    );
+    refused(
+        "routes:\n  - name: a\n    match: { methods: [GET, \"PO ST\"] }\n    respond: {}\n",
+        3,
+        "routes[0].match.methods[1]",
+        &["not an HTTP method"],
+    );
+    refused(
+        "routes:\n  - name: a\n    respond: { status: 600 }\n",
+        3,
+        "routes[0].respond.status",
+        &["accepted: a whole number from 100 to 599"],
+    );
+    refused(
+        "routes:\n  - name: a\n    respond: { headers: { \"bad header\": x } }\n",
+        3,
+        "routes[0].respond.headers.bad header",
+        &["not a header name"],
+    );
+    refused(
+        "routes:\n  - name: a\n    strip_prefix: true\n    respond: {}\n",
+        3,
+        "routes[0].strip_prefix",
+        &["needs match.path_prefix"],
+    );
+    refused(
+        &format!("{BASE}    concurrency_limits:\n      - {{ name: c, key: ip, max: 0 }}\n"),
+        8,
+        "routes[0].concurrency_limits[0].max",
+        &["accepted: a whole number >= 1"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 1/s\non_store_error: retry"),
+        11,
+        "routes[0].rate_limits[0].on_store_error",
+        &["accepted: open, closed, local"],
+    );
+    refused(
+        &with_limit("key: ip\nrate: 1/s\non_missing_key: skip"),
+        11,
+        "routes[0].rate_limits[0].on_missing_key",
+        &["accepted: shared, refuse"],
+    );
+    refused(
+        "rate_limits:\n  - { name: g, key: global, rate: 1/0s }\n",
+        2,
+        "rate_limits[0].rate",
+        &["zero or unparsable"],
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    for (text, line) in [
+        ("routes: [ {name: a\n", 1),
+        ("listen: a\nlisten: b\n", 2),
+        ("routes:\n  - name: a\n  name: b\n", 3),
+        ("listen: 127.0.0.1:1\n---\nlisten: 127.0.0.1:2\n", 3),
+    ] {
+        let e = p(text).unwrap_err();
+        assert_eq!(e.line(), Some(line), "{text:?}: {e}");
+        assert!(e.to_string().starts_with(&format!("test.yaml:{line}:")), "{e}");
+    }
+    let e = p("listen: a\nlisten: b\n").unwrap_err();
+    assert!(e.message().contains("`listen` is given twice"), "{e}");
+}
+
+#[test]
+fn load_reads_files_and_names_them() {
+    let dir = std::env::temp_dir().join(format!("fleetgate-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "listen: 127.0.0.1:8088\n").unwrap();
+    assert_eq!(load(&good).unwrap().listen.port(), 8088);
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "listen: 127.0.0.1:8088\nlog: { level: loud }\n").unwrap();
+    let e = load(&bad).unwrap_err();
+    assert!(e.to_string().starts_with(&format!("{}:2:", bad.display())), "{e}");
+    let missing = dir.join("missing.yaml");
+    let e = load(&missing).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(e.to_string().contains("missing.yaml"), "{e}");
+    let latin1 = dir.join("latin1.yaml");
+    std::fs::write(&latin1, b"a: 1\nb: \xe9\n").unwrap();
+    let e = load(&latin1).unwrap_err();
+    assert_eq!(e.line(), Some(2), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn quickstart_example_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = parse_with_env(&text, "quickstart.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.admin.listen, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
+    assert!(c.store.is_memory());
+    assert_eq!(c.routes.len(), 1);
+    let r = &c.routes[0];
+    assert!(r.matcher.matches("GET", Some("localhost:8080"), "/"));
+    assert!(matches!(&r.target, RouteTarget::Respond { status: 200, body, .. } if body == "hello from fleetgate\n"));
+    let l = &r.rate_limits[0];
+    assert_eq!(l.key, vec![KeyPart::Ip]);
+    assert_eq!(l.limit.algorithm(), Algorithm::Gcra);
+    assert_eq!(
+        (l.limit.rate().count, l.limit.rate().period),
+        (5, Duration::from_secs(60))
+    );
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let deep = "[".repeat(100_000);
+    assert!(p(&deep).is_err());
+    let deep_map = "a: ".repeat(10_000) + "1";
+    assert!(p(&deep_map).is_err());
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    assert!(p(bomb).is_err());
+    assert!(p(&"x".repeat(MAX_FILE_BYTES + 1)).is_err());
+    assert!(p("\u{feff}listen: 127.0.0.1:1\n").is_ok());
+    for text in [
+        "\t",
+        "\r\r\n",
+        ":",
+        "- - -",
+        "? a\n: b\n",
+        "!!binary abc\n",
+        "listen: !!int 5\n",
+        "*x\n",
+        "&a\n",
+        "%YAML 1.2\n---\n",
+        "\0",
+        "${",
+        "$${",
+        "#${X}",
+    ] {
+        let _ = p(text);
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = p(&text);
+        }
+
+        #[test]
+        fn yamlish_text_never_panics(text in "[a-z_:\\[\\]{}, \\-\\n\"'#$&*!|>0-9./]{0,300}") {
+            let _ = p(&text);
+        }
+
+        #[test]
+        fn mutated_valid_configs_never_panic(
+            cut in 0usize..4000,
+            len in 0usize..20,
+            insert in "\\PC{0,12}",
+        ) {
+            let chars: Vec<char> = FULL.chars().collect();
+            let at = cut.min(chars.len());
+            let end = (at + len).min(chars.len());
+            let mut s: String = chars[..at].iter().collect();
+            s.push_str(&insert);
+            s.extend(&chars[end..]);
+            match p(&s) {
+                Ok(_) => {}
+                Err(e) => {
+                    // Every error names the file and prints without panicking.
+                    prop_assert!(e.to_string().starts_with("test.yaml"));
+                }
+            }
+        }
+
+        #[test]
+        fn env_values_never_panic(value in "\\PC{0,40}") {
+            let _ = with_env("listen: ${V}\nstore:\n  url: ${V}\nroutes:\n  - name: ${V:-x}\n    respond: { body: ${V} }\n", &[("V", &value), ("REDIS_URL", &value)]);
+        }
+    }
+}
