@@ -128,11 +128,13 @@ impl Keyspace {
         check_segment("scope", scope)
     }
 
-    /// The key for `identifier` under `concern` and `scope`. `scope` must have passed
-    /// [`check_scope`](Self::check_scope); an invalid one is hashed rather than trusted.
+    /// The key for `identifier` under `concern` and `scope`. `scope` is a checked name, or
+    /// names joined with `/` (e.g. `route/limit`, unambiguous since names cannot hold `/`);
+    /// anything else is hashed rather than trusted.
     pub fn key(&self, concern: Concern, scope: &str, identifier: &[u8]) -> StoreKey {
         let hash = identifier_hash(identifier);
-        let text = if check_segment("scope", scope).is_ok() {
+        let composite_ok = scope.len() <= 160 && scope.split('/').all(|part| check_segment("scope", part).is_ok());
+        let text = if composite_ok {
             format!(
                 "{}:{}:{}:{{{}}}",
                 self.prefix,

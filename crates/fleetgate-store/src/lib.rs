@@ -26,6 +26,6 @@ pub use error::StoreError;
 pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, StoreKey};
 pub use memory::MemoryStore;
 pub use rate::{Algorithm, LimitError, Rate, RateDecision, RateLimit};
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{BreakerSettings, RedisOptions, RedisStore, TlsFiles};
 pub use seam::*;
 pub use store::Store;

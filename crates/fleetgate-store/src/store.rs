@@ -18,20 +18,16 @@ pub enum Store {
 }
 
 impl Store {
-    /// Builds the store for `url`: `memory://`, `redis://...` or `rediss://...`.
+    /// Builds the store for `url`: `memory://`, `redis://...`, `rediss://...`,
+    /// `redis-sentinel://...` or `redis-cluster://...`.
     /// Redis connections are made lazily, so an unreachable server does not fail this call.
     pub fn open(url: &str, options: RedisOptions) -> Result<Store, StoreError> {
         let scheme = url.split_once("://").map(|(s, _)| s);
         match scheme {
             Some("memory") => Ok(Store::Memory(MemoryStore::new())),
-            Some("redis") | Some("rediss") => Ok(Store::Redis(RedisStore::open(url, options)?)),
-            Some("redis-sentinel") | Some("redis-cluster") => Err(StoreError::Config(format!(
-                "{}: this build does not support {}:// yet; accepted: memory://, redis://, rediss://",
-                redact(url),
-                scheme.unwrap_or_default()
-            ))),
+            Some("redis" | "rediss" | "redis-sentinel" | "redis-cluster") => Ok(Store::Redis(RedisStore::open(url, options)?)),
             _ => Err(StoreError::Config(format!(
-                "{}: unknown store URL scheme; accepted: memory://, redis://[user:pass@]host:port[/db], rediss://...",
+                "{}: unknown store URL scheme; accepted: memory://, redis://[user:pass@]host:port[/db], rediss://..., redis-sentinel://h1:26379,h2:26379[/db]?master=NAME, redis-cluster://h1:7000,h2:7001",
                 redact(url)
             ))),
         }

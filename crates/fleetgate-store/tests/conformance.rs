@@ -23,16 +23,42 @@ impl Fleet for MemoryFleet {
     }
 }
 
-struct RedisFleet(RedisServer);
+/// Any Redis topology: handles are separate stores (separate connections) on one URL.
+struct RedisFleet {
+    url: String,
+    options: RedisOptions,
+    _servers: Box<dyn std::any::Any + Send>,
+}
+
+impl RedisFleet {
+    fn standalone() -> Self {
+        let server = RedisServer::start();
+        RedisFleet { url: server.url(), options: Self::base(), _servers: Box::new(server) }
+    }
+    fn cluster() -> Self {
+        let cluster = fleetgate_testkit::RedisCluster::start(3);
+        RedisFleet { url: cluster.url(), options: Self::base(), _servers: Box::new(cluster) }
+    }
+    fn sentinel() -> Self {
+        let group = fleetgate_testkit::SentinelGroup::start();
+        RedisFleet { url: group.url(), options: Self::base(), _servers: Box::new(group) }
+    }
+    fn tls() -> Self {
+        let certs = fleetgate_testkit::TestCerts::generate();
+        let (server, port) = certs.start_tls_server(false);
+        let mut options = Self::base();
+        options.tls = Some(TlsFiles { ca_file: Some(certs.path("ca.crt")), ..Default::default() });
+        RedisFleet { url: format!("rediss://127.0.0.1:{port}"), options, _servers: Box::new((server, certs)) }
+    }
+    fn base() -> RedisOptions {
+        RedisOptions { timeout: Duration::from_secs(2), pool_size: 1, ..Default::default() }
+    }
+}
+
 impl Fleet for RedisFleet {
     type S = RedisStore;
     fn handle(&self) -> RedisStore {
-        let options = RedisOptions {
-            timeout: Duration::from_secs(2),
-            pool_size: 1,
-            ..Default::default()
-        };
-        RedisStore::open(&self.0.url(), options).expect("open redis store")
+        RedisStore::open(&self.url, self.options.clone()).expect("open redis store")
     }
 }
 
@@ -405,24 +431,26 @@ async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: F) {
     );
 }
 
+macro_rules! driver {
+    ($module:ident, $fleet:expr, $($scenario:ident),* $(,)?) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario($fleet).await;
+                }
+            )*
+        }
+    };
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $scenario() {
-                    super::$scenario(super::MemoryFleet(fleetgate_store::MemoryStore::new())).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $scenario() {
-                    super::$scenario(super::RedisFleet(fleetgate_testkit::RedisServer::start())).await;
-                }
-            )*
-        }
+        driver!(memory, super::MemoryFleet(fleetgate_store::MemoryStore::new()), $($scenario),*);
+        driver!(redis, super::RedisFleet::standalone(), $($scenario),*);
+        driver!(redis_cluster, super::RedisFleet::cluster(), $($scenario),*);
+        driver!(redis_sentinel, super::RedisFleet::sentinel(), $($scenario),*);
+        driver!(redis_tls, super::RedisFleet::tls(), $($scenario),*);
     };
 }
 

@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 mod fault_proxy;
+mod topologies;
 pub use fault_proxy::FaultProxy;
+pub use topologies::{RedisCluster, SentinelGroup, TestCerts, MASTER_NAME};
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -182,6 +184,11 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends one command to a local port (no password) and returns the raw reply ("" on error).
+pub(crate) fn raw_command_pub(port: u16, args: &[&str]) -> String {
+    raw_command(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), None, args).unwrap_or_default()
 }
 
 fn ping(addr: SocketAddr, password: Option<&str>) -> bool {

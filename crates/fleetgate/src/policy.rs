@@ -84,7 +84,7 @@ impl RateLimiter {
     ) -> Self {
         RateLimiter {
             name: name.to_string(),
-            scope: format!("{route}.{name}"),
+            scope: format!("{route}/{name}"),
             key,
             policy_item: policy_item(name, &limit),
             limit,
@@ -241,7 +241,7 @@ impl ConcurrencyLimiter {
     ) -> Self {
         ConcurrencyLimiter {
             name: name.to_string(),
-            scope: format!("{route}.{name}"),
+            scope: format!("{route}/{name}"),
             key,
             max,
             lease,

@@ -3,13 +3,40 @@
 use crate::algo::{fixed_window::WindowCount, sliding_window::SlidingLog};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-/// Keys are already uniformly hashed (xxh3-128), so the map's hasher only folds the digest.
+/// A key's 128-bit digest as two words: 8-byte aligned (a `u128` is 16-byte aligned, which would
+/// pad a gcra slot from 24 to 32 bytes). Only the low word is hashed: the digest is already
+/// uniform (xxh3-128), and the high word picks the shard.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Digest {
+    lo: u64,
+    hi: u64,
+}
+
+impl From<u128> for Digest {
+    #[inline]
+    fn from(d: u128) -> Self {
+        Digest {
+            lo: d as u64,
+            hi: (d >> 64) as u64,
+        }
+    }
+}
+
+impl Hash for Digest {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.lo);
+    }
+}
+
+/// Keys are already uniformly hashed, so the map's hasher only passes the digest's low word on.
 #[derive(Default)]
 pub(super) struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
@@ -18,12 +45,13 @@ impl Hasher for DigestHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
-pub(super) type DigestMap<V> = HashMap<u128, V, BuildHasherDefault<DigestHasher>>;
+pub(super) type DigestMap<V> = HashMap<Digest, V, BuildHasherDefault<DigestHasher>>;
 
 /// A lock's holder and fencing counter.
 #[derive(Debug, Default)]
@@ -49,17 +77,39 @@ pub(super) struct Entry {
     pub value: Value,
 }
 
+/// One shard's entries. gcra state, the hot and most numerous kind, sits in its own map as the
+/// bare TAT (which is also its expiry): a 24-byte slot instead of 48. A digest is in at most one
+/// of the two maps.
 pub(super) struct ShardMap {
-    pub map: DigestMap<Entry>,
-    /// Sweep expired entries when the map reaches this size.
+    /// gcra: the theoretical arrival time (µs); the state is gone once it is not after now.
+    pub tats: DigestMap<u64>,
+    /// Every other kind of value.
+    map: DigestMap<Entry>,
+    /// Sweep expired entries when the maps together reach this size.
     sweep_at: usize,
 }
 
 const MIN_SWEEP: usize = 1024;
 
 impl ShardMap {
-    /// The entry for `digest` if it has not expired; an expired one is removed.
+    /// The entry for `digest` if it has not expired; an expired one is removed. A live gcra state
+    /// is returned as a [`Value::Tat`] entry (moved to the general map), so that callers see it
+    /// as a value of another type, as before the maps were split.
     pub fn live(&mut self, digest: u128, now: u64) -> Option<&mut Entry> {
+        let digest = Digest::from(digest);
+        if !self.tats.is_empty() {
+            if let Some(t) = self.tats.remove(&digest) {
+                if t > now {
+                    self.map.insert(
+                        digest,
+                        Entry {
+                            expires_at: t,
+                            value: Value::Tat(t),
+                        },
+                    );
+                }
+            }
+        }
         let expired = match self.map.get(&digest) {
             Some(e) => e.expires_at <= now,
             None => return None,
@@ -71,14 +121,71 @@ impl ShardMap {
         self.map.get_mut(&digest)
     }
 
-    /// Inserts or replaces; sweeps first when the shard has doubled since its last sweep, which
-    /// keeps memory within about twice the live entries at an amortised O(1) cost.
-    pub fn insert(&mut self, digest: u128, entry: Entry, now: u64) {
-        if self.map.len() >= self.sweep_at {
+    /// The gcra state for `digest` from the general map (where [`live`](Self::live) moves it):
+    /// `Ok(Some(tat))` if live, `Ok(None)` if absent or expired (an expired entry is removed),
+    /// `Err(())` if a live value of another type holds the key.
+    pub fn tat_elsewhere(&mut self, digest: u128, now: u64) -> Result<Option<u64>, ()> {
+        let digest = Digest::from(digest);
+        match self.map.get(&digest) {
+            None => Ok(None),
+            Some(e) if e.expires_at <= now => {
+                self.map.remove(&digest);
+                Ok(None)
+            }
+            Some(Entry {
+                value: Value::Tat(t),
+                ..
+            }) => Ok(Some(*t)),
+            Some(_) => Err(()),
+        }
+    }
+
+    /// Entries stored, expired or not.
+    pub fn stored(&self) -> usize {
+        self.tats.len() + self.map.len()
+    }
+
+    /// Live entries.
+    pub fn live_count(&self, now: u64) -> usize {
+        self.tats.values().filter(|t| **t > now).count()
+            + self.map.values().filter(|e| e.expires_at > now).count()
+    }
+
+    /// Sweeps first when the shard has doubled since its last sweep, which keeps memory within
+    /// about twice the live entries at an amortised O(1) cost.
+    fn make_room(&mut self, now: u64) {
+        if self.stored() >= self.sweep_at {
+            self.tats.retain(|_, t| *t > now);
             self.map.retain(|_, e| e.expires_at > now);
-            self.sweep_at = (self.map.len() * 2).max(MIN_SWEEP);
+            self.sweep_at = (self.stored() * 2).max(MIN_SWEEP);
+        }
+    }
+
+    /// Inserts or replaces (a value of any type, gcra state included).
+    pub fn insert(&mut self, digest: u128, entry: Entry, now: u64) {
+        let digest = Digest::from(digest);
+        self.make_room(now);
+        if !self.tats.is_empty() {
+            self.tats.remove(&digest);
         }
         self.map.insert(digest, entry);
+    }
+
+    /// Stores a gcra state (whose expiry is the TAT itself), replacing any value.
+    pub fn insert_tat(&mut self, digest: u128, tat: u64, now: u64) {
+        let digest = Digest::from(digest);
+        self.make_room(now);
+        if !self.map.is_empty() {
+            self.map.remove(&digest);
+        }
+        self.tats.insert(digest, tat);
+    }
+
+    /// Removes whatever `digest` holds.
+    pub fn remove(&mut self, digest: u128) {
+        let digest = Digest::from(digest);
+        self.tats.remove(&digest);
+        self.map.remove(&digest);
     }
 }
 
@@ -89,6 +196,7 @@ pub(super) struct Shard(Mutex<ShardMap>);
 impl Default for Shard {
     fn default() -> Self {
         Shard(Mutex::new(ShardMap {
+            tats: DigestMap::default(),
             map: DigestMap::default(),
             sweep_at: MIN_SWEEP,
         }))

@@ -14,9 +14,8 @@ use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, RateDecision, RateLimit};
 use crate::seam::*;
 use bytes::Bytes;
-use entries::{Entry, Shard, Value};
+use entries::{Digest, Entry, Shard, Value};
 use parking_lot::Mutex;
-use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 use std::future::{ready, Future};
 use std::sync::Arc;
@@ -24,6 +23,23 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 const SHARDS: usize = 64;
+
+/// The store's clock: the real monotonic clock is called directly (inlined: it is read on every
+/// decision), any other through the trait.
+enum StoreClock {
+    Monotonic(MonotonicClock),
+    Shared(Arc<dyn Clock>),
+}
+
+impl StoreClock {
+    #[inline]
+    fn now_us(&self) -> u64 {
+        match self {
+            StoreClock::Monotonic(c) => c.now_us(),
+            StoreClock::Shared(c) => c.now_us(),
+        }
+    }
+}
 /// Messages a slow subscriber may fall behind before it loses the oldest.
 const CHANNEL_CAPACITY: usize = 4096;
 /// Fencing counters outlive their lock by this long, so tokens keep growing across holders.
@@ -37,7 +53,7 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Shard]>,
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     channels: Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>,
 }
 
@@ -49,11 +65,15 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(MonotonicClock::default()))
+        Self::build(StoreClock::Monotonic(MonotonicClock::default()))
     }
 
     /// A store that reads time from `clock` (tests pass a [`ManualClock`](crate::ManualClock)).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::build(StoreClock::Shared(clock))
+    }
+
+    fn build(clock: StoreClock) -> Self {
         MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Shard::default()).collect(),
@@ -74,7 +94,7 @@ impl MemoryStore {
         self.inner
             .shards
             .iter()
-            .map(|s| s.lock().map.values().filter(|e| e.expires_at > now).count())
+            .map(|s| s.lock().live_count(now))
             .sum()
     }
 
@@ -95,24 +115,22 @@ impl MemoryStore {
         let wrong_type = || StoreError::WrongType(key.to_string());
         match limit.algorithm() {
             Algorithm::Gcra => {
-                let (tat, slot) = match shard.map.entry(key.digest()) {
-                    Slot::Occupied(o) if o.get().expires_at > now => match o.get().value {
-                        Value::Tat(t) => (Some(t), Some(o)),
-                        _ => return Err(wrong_type()),
-                    },
-                    Slot::Occupied(o) => (None, Some(o)),
-                    Slot::Vacant(_) => (None, None),
-                };
+                let digest = key.digest();
+                // The hot path: one probe into the gcra map, the state updated in place.
+                if let Some(stored) = shard.tats.get_mut(&Digest::from(digest)) {
+                    let tat = (*stored > now).then_some(*stored);
+                    let (decision, new_tat) = gcra::decide(tat, now, limit, cost);
+                    if let Some(t) = new_tat {
+                        *stored = t;
+                    }
+                    return Ok(decision);
+                }
+                let tat = shard
+                    .tat_elsewhere(digest, now)
+                    .map_err(|()| wrong_type())?;
                 let (decision, new_tat) = gcra::decide(tat, now, limit, cost);
                 if let Some(t) = new_tat {
-                    let entry = Entry {
-                        expires_at: t,
-                        value: Value::Tat(t),
-                    };
-                    match slot {
-                        Some(mut o) => *o.get_mut() = entry,
-                        None => shard.insert(key.digest(), entry, now),
-                    }
+                    shard.insert_tat(digest, t, now);
                 }
                 Ok(decision)
             }
@@ -149,7 +167,7 @@ impl MemoryStore {
                 };
                 let (decision, ttl) = sliding_window::decide(&mut log, now, limit, cost);
                 if ttl == 0 {
-                    shard.map.remove(&key.digest());
+                    shard.remove(key.digest());
                 } else {
                     shard.insert(
                         key.digest(),
@@ -204,7 +222,7 @@ impl MemoryStore {
                 now,
             ),
             None => {
-                shard.map.remove(&key.digest());
+                shard.remove(key.digest());
             }
         }
         Ok(PermitDecision {
@@ -226,7 +244,7 @@ impl MemoryStore {
                 p.retain(|(id, until)| &**id != permit && *until > now);
                 let released = p.len() < before;
                 if p.is_empty() {
-                    shard.map.remove(&key.digest());
+                    shard.remove(key.digest());
                 }
                 Ok(released)
             }
@@ -281,7 +299,7 @@ impl MemoryStore {
         let now = self.inner.clock.now_us();
         let mut shard = self.shard(key).lock();
         let live = shard.live(key.digest(), now).is_some();
-        shard.map.remove(&key.digest());
+        shard.remove(key.digest());
         live
     }
 
@@ -473,10 +491,64 @@ mod tests {
             }
             clock.advance(Duration::from_secs(2));
         }
-        let stored: usize = store.inner.shards.iter().map(|s| s.lock().map.len()).sum();
+        let stored: usize = store.inner.shards.iter().map(|s| s.lock().stored()).sum();
         // 200,000 keys were created; only about the last two rounds' worth may remain.
         assert!(stored <= 40_000, "{stored} entries kept");
         assert_eq!(store.len(), 0);
+    }
+
+    /// gcra state sits in its own map; every other call must still see it as a value of another
+    /// type, and it must survive such calls unchanged.
+    #[test]
+    fn gcra_state_behaves_as_one_keyspace_with_other_values() {
+        let clock = ManualClock::new(1_000_000);
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let key = StoreKey::raw("t:g");
+        let gcra = RateLimit::gcra("5/1s").unwrap();
+        let remaining = |store: &MemoryStore| store.rate_now(&key, &gcra, 1).unwrap().remaining;
+        assert_eq!(remaining(&store), 4);
+        assert_eq!(remaining(&store), 3);
+        let wrong = |r: StoreResult<()>| matches!(r, Err(StoreError::WrongType(_)));
+        assert!(wrong(store.get_now(&key).map(drop)));
+        assert!(wrong(
+            store
+                .claim_now(&key, Bytes::from_static(b"c"), Duration::from_secs(1))
+                .map(drop)
+        ));
+        let window = RateLimit::parse(Algorithm::FixedWindow, "5/1s", None).unwrap();
+        assert!(wrong(store.rate_now(&key, &window, 1).map(drop)));
+        let sliding = RateLimit::parse(Algorithm::SlidingWindow, "5/1s", None).unwrap();
+        assert!(wrong(store.rate_now(&key, &sliding, 1).map(drop)));
+        assert!(wrong(
+            store
+                .acquire_permit_now(&key, "p", 1, Duration::from_secs(1))
+                .map(drop)
+        ));
+        assert!(wrong(store.release_permit_now(&key, "p").map(drop)));
+        assert!(wrong(
+            store.lock_now(&key, "o", Duration::from_secs(1)).map(drop)
+        ));
+        assert!(wrong(store.unlock_now(&key, "o").map(drop)));
+        // Unchanged by all of the above, and still one live key.
+        assert_eq!(remaining(&store), 2);
+        assert_eq!(store.len(), 1);
+        // Expires with its TAT (3 units of 200 ms each from now).
+        clock.advance(Duration::from_millis(599));
+        assert_eq!(store.len(), 1);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.get_now(&key).unwrap(), None);
+        // SET replaces it; DELETE removes it and reports that it was live.
+        assert_eq!(remaining(&store), 4);
+        store.set_now(&key, Bytes::from_static(b"v"), Duration::from_secs(10));
+        assert!(wrong(store.rate_now(&key, &gcra, 1).map(drop)));
+        assert_eq!(store.get_now(&key).unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(store.delete_now(&key));
+        assert_eq!(remaining(&store), 4);
+        assert!(store.delete_now(&key));
+        assert!(!store.delete_now(&key));
+        assert_eq!(remaining(&store), 4);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

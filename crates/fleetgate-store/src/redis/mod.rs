@@ -1,34 +1,54 @@
 //! The Redis driver: every decision is one EVALSHA (or one command) over a multiplexed,
 //! automatically reconnecting connection, timed by the server's `TIME` and bounded by a timeout.
 //!
+//! * Topologies: one server (`redis://`, `rediss://`), a Sentinel-managed primary that the
+//!   driver follows through failovers (`redis-sentinel://`), or a Cluster (`redis-cluster://`,
+//!   every multi-key script's keys share one hash tag, so one decision is one slot).
 //! * Connections: a small pool of `redis::aio::ConnectionManager`s (multiplexed: concurrent
 //!   calls are pipelined on each), reconnecting by themselves on I/O errors.
-//! * Scripts: loaded on every (re)connect and on NOSCRIPT (e.g. after a restart that lost the
-//!   script cache), then the call is retried once.
-//! * Timeouts: every call is bounded (default 50 ms) and fails with [`StoreError::Timeout`].
+//! * Scripts: loaded on every (re)connect; on NOSCRIPT (a restarted or new node) the call is
+//!   sent once more as EVAL, which also caches the script there.
+//! * Timeouts: every call is bounded (default 50 ms) and fails with [`StoreError::Timeout`];
+//!   a breaker stops calling a store that keeps failing and probes for its return.
 //! * Pub/sub: one subscriber connection per store, resubscribing after a reconnect.
 
 mod breaker;
+mod conn;
 mod pubsub;
 mod scripts;
+mod sentinel;
+mod topology;
 pub mod url;
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, RateDecision, RateLimit};
 use crate::seam::*;
-use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, RedisError, Value};
 pub use breaker::BreakerSettings;
 use breaker::{Admission, Breaker};
+use bytes::Bytes;
+use conn::{Backend, Conn, Pool};
+use redis::{Cmd, RedisError, Value};
 use scripts::Scripts;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use sentinel::SentinelWatch;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use topology::Topology;
+
+/// TLS files (PEM) for `rediss://`, and for Sentinel and Cluster nodes when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA that signed the server certificates (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for servers that require them (`tls-auth-clients`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
 
 /// Connection settings for the Redis driver.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// Bound on every store call (default 50 ms).
     pub timeout: Duration,
@@ -36,11 +56,38 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Multiplexed connections to spread calls over (default 2).
     pub pool_size: usize,
-    /// First and longest delay between reconnection attempts (defaults 50 ms and 2 s).
+    /// First and longest delay between reconnection attempts (defaults 50 ms and 500 ms).
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// When to stop calling a failing store and how often to probe it.
     pub breaker: BreakerSettings,
+    /// TLS files; `None` uses the system roots for `rediss://`.
+    pub tls: Option<TlsFiles>,
+    /// ACL user and password, overriding the URL's.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// ACL user and password for the sentinels themselves.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("RedisOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("breaker", &self.breaker)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &hide(&self.password))
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &hide(&self.sentinel_password))
+            .finish()
+    }
 }
 
 impl Default for RedisOptions {
@@ -52,22 +99,29 @@ impl Default for RedisOptions {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
             breaker: BreakerSettings::default(),
+            tls: None,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
         }
     }
 }
 
-/// The Redis (standalone, `redis://` and `rediss://`) driver. Cheap to clone.
+/// The Redis driver (standalone, Sentinel or Cluster). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    pool: Vec<ConnectionManager>,
-    next: AtomicUsize,
+    backend: Arc<Backend>,
+    sentinel: Option<Arc<SentinelWatch>>,
+    /// Where pub/sub connects; Sentinel failover replaces it.
+    hub_target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
     scripts: Scripts,
     /// Set after a connectivity error: the next call reloads the scripts first.
-    scripts_stale: AtomicBool,
+    scripts_stale: Arc<AtomicBool>,
     options: RedisOptions,
     pubsub: pubsub::Hub,
     redacted_url: String,
@@ -75,56 +129,106 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// Prepares the driver for `url` (`redis://[user:pass@]host:port[/db]` or `rediss://...`).
+    /// Prepares the driver for `url`: `redis://[user:pass@]host:port[/db]`, `rediss://...`,
+    /// `redis-sentinel://h1:26379,h2:26379[/db]?master=NAME` or `redis-cluster://h1:7000,h2:7001`.
     ///
     /// An unreachable server is not an error here: connections are made lazily and retried, so a
-    /// gateway can start during an outage and serve under its failure policies. A malformed URL
-    /// is an error.
+    /// gateway can start during an outage and serve under its failure policies. A malformed URL,
+    /// or a TLS file that cannot be read, is an error. Must be called within a Tokio runtime.
     pub fn open(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let redacted_url = url::redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Config(format!("{redacted_url}: {}", describe(&e))))?;
-        Self::from_client(client, redacted_url, options)
-    }
-
-    fn from_client(
-        client: redis::Client,
-        redacted_url: String,
-        options: RedisOptions,
-    ) -> Result<Self, StoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.timeout.max(Duration::from_millis(1)) * 4))
-            .set_min_delay(options.reconnect_min)
-            .set_max_delay(options.reconnect_max)
-            .set_number_of_retries(1);
-        let mut pool = Vec::new();
-        for _ in 0..options.pool_size.max(1) {
-            let manager =
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .map_err(|e| StoreError::Config(format!("{redacted_url}: {}", describe(&e))))?;
-            pool.push(manager);
-        }
+        let config_err = |e: RedisError| StoreError::Config(format!("{redacted_url}: {}", describe(&e)));
+        let (backend, hub_client, sentinel) = match topology::parse(url, &options)? {
+            Topology::Standalone(client) => {
+                let pool = Pool::new(&client, &options).map_err(config_err)?;
+                (Backend::pool(Some(pool)), Some(client), None)
+            }
+            Topology::Sentinel(spec) => {
+                let watch = SentinelWatch::new(&spec, &options).map_err(config_err)?;
+                (Backend::pool(None), None, Some(Arc::new(watch)))
+            }
+            Topology::Cluster(spec) => {
+                let mut b = redis::cluster::ClusterClientBuilder::new(spec.nodes.clone())
+                    .connection_timeout(options.connect_timeout)
+                    .response_timeout(options.timeout.max(Duration::from_millis(1)) * 4)
+                    .retries(2);
+                if let Some(u) = &spec.username {
+                    b = b.username(u);
+                }
+                if let Some(p) = &spec.password {
+                    b = b.password(p);
+                }
+                if let Some(certs) = &spec.tls {
+                    b = b.tls(redis::TlsMode::Secure).certs(certs.clone());
+                }
+                let client = b.build().map_err(config_err)?;
+                // Cluster nodes forward PUBLISH to every node, so pub/sub may use any one of them.
+                let mut info = spec.nodes[0].clone();
+                let mut redis_info = info.redis_settings().clone();
+                if let Some(u) = &spec.username {
+                    redis_info = redis_info.set_username(u);
+                }
+                if let Some(p) = &spec.password {
+                    redis_info = redis_info.set_password(p);
+                }
+                info = info.set_redis_settings(redis_info);
+                let hub_client = match &spec.tls {
+                    Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+                    None => redis::Client::open(info),
+                }
+                .map_err(config_err)?;
+                (Backend::cluster(client), Some(hub_client), None)
+            }
+        };
+        let hub_target = Arc::new(parking_lot::RwLock::new(hub_client));
         let store = RedisStore {
             inner: Arc::new(Inner {
-                pool,
-                next: AtomicUsize::new(0),
+                backend: Arc::new(backend),
+                sentinel,
+                pubsub: pubsub::Hub::new(hub_target.clone(), options.clone()),
+                hub_target,
                 scripts: Scripts::new(),
-                scripts_stale: AtomicBool::new(true),
-                pubsub: pubsub::Hub::new(client, options.clone()),
+                scripts_stale: Arc::new(AtomicBool::new(true)),
                 breaker: Breaker::new(options.breaker),
                 options,
                 redacted_url,
             }),
         };
+        if let Some(watch) = &store.inner.sentinel {
+            store.follow_primary();
+            tokio::spawn(watch.clone().watch_switches(
+                store.inner.backend.clone(),
+                store.inner.hub_target.clone(),
+                store.inner.options.clone(),
+                store.inner.scripts_stale.clone(),
+            ));
+        }
         Ok(store)
+    }
+
+    /// Sentinel only: asks the sentinels for the primary again (in the background).
+    fn follow_primary(&self) {
+        if let Some(watch) = &self.inner.sentinel {
+            watch.refresh(
+                self.inner.backend.clone(),
+                self.inner.hub_target.clone(),
+                self.inner.options.clone(),
+                self.inner.scripts_stale.clone(),
+            );
+        }
     }
 
     /// Opens and waits until the server answers (tests and `fleetgate check` use this).
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let store = Self::open(url, options)?;
-        store.ping().await?;
-        Ok(store)
+        let deadline = tokio::time::Instant::now() + store.inner.options.connect_timeout * 3;
+        loop {
+            match store.ping().await {
+                Ok(()) => return Ok(store),
+                Err(e) if tokio::time::Instant::now() >= deadline || !e.is_connectivity() => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// The URL with its password hidden, for logs.
@@ -136,19 +240,33 @@ impl RedisStore {
         &self.inner.options
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len();
-        self.inner.pool[i].clone()
+    /// The server calls currently go to (`host:port`, or `cluster`).
+    pub fn target(&self) -> String {
+        self.inner.backend.target()
     }
 
-    /// Runs `fut` under the breaker and the store timeout, mapping errors.
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, RedisError>>) -> StoreResult<T> {
+    /// Runs `call` on a connection under the breaker and the store timeout, mapping errors.
+    /// Sentinel: a connectivity error or READONLY makes the driver ask for the primary again.
+    async fn bounded<T, F, Fut>(&self, call: F) -> StoreResult<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
         let breaker = &self.inner.breaker;
         let admission = breaker.admit();
         if admission == Admission::Reject {
             return Err(Breaker::rejection());
         }
-        let result = match tokio::time::timeout(self.inner.options.timeout, fut).await {
+        let backend = &self.inner.backend;
+        let attempt = async {
+            let conn = match backend.conn() {
+                Some(c) => c,
+                // Cluster still connecting or no primary known yet: wait within the timeout.
+                None => backend.conn_wait(|| self.follow_primary()).await,
+            };
+            call(conn).await
+        };
+        let result = match tokio::time::timeout(self.inner.options.timeout, attempt).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(&e)),
             Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
@@ -157,6 +275,11 @@ impl RedisStore {
             Err(err) if err.is_connectivity() => {
                 self.inner.scripts_stale.store(true, Ordering::Relaxed);
                 breaker.on_failure(admission);
+                self.follow_primary();
+            }
+            Err(StoreError::Server(text)) if text.contains("READONLY") => {
+                breaker.on_success();
+                self.follow_primary();
             }
             // Any answer, even an error reply, proves the store is reachable.
             _ => breaker.on_success(),
@@ -170,38 +293,27 @@ impl RedisStore {
     }
 
     async fn query(&self, cmd: &Cmd) -> StoreResult<Value> {
-        let mut conn = self.conn();
-        self.bounded(async move { cmd.query_async::<Value>(&mut conn).await })
-            .await
+        self.bounded(|mut conn| async move { cmd.query_async::<Value>(&mut conn).await }).await
     }
 
-    /// EVALSHA with script preloading and NOSCRIPT recovery, all within one timeout.
-    async fn eval(
-        &self,
-        script: &redis::Script,
-        keys: &[&str],
-        args: &[Vec<u8>],
-    ) -> StoreResult<Value> {
-        let mut conn = self.conn();
+    /// EVALSHA within one timeout: scripts are loaded first on a fresh connection to one
+    /// server; a NOSCRIPT answer (restarted server, new cluster node) is retried as EVAL.
+    async fn eval(&self, script: &scripts::LuaScript, keys: &[&str], args: &[Vec<u8>]) -> StoreResult<Value> {
         let inner = &self.inner;
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash())
-            .arg(keys.len())
-            .arg(keys)
-            .arg(args);
-        self.bounded(async move {
-            if inner.scripts_stale.swap(false, Ordering::Relaxed) {
+        cmd.arg(script.hash()).arg(keys.len()).arg(keys).arg(args);
+        self.bounded(|mut conn| async move {
+            if matches!(conn, Conn::Single(_)) && inner.scripts_stale.swap(false, Ordering::Relaxed) {
                 if let Err(e) = inner.scripts.load_pipeline().exec_async(&mut conn).await {
                     inner.scripts_stale.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
             }
             match cmd.query_async::<Value>(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    inner.scripts.load_pipeline().exec_async(&mut conn).await?;
-                    cmd.query_async::<Value>(&mut conn).await
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    let mut full = redis::cmd("EVAL");
+                    full.arg(script.source).arg(keys.len()).arg(keys).arg(args);
+                    full.query_async::<Value>(&mut conn).await
                 }
                 other => other,
             }

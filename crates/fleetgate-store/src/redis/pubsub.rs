@@ -19,16 +19,17 @@ type Ack = oneshot::Sender<()>;
 pub(super) struct Hub {
     channels: Arc<Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>>,
     commands: Mutex<Option<mpsc::UnboundedSender<(Arc<str>, Ack)>>>,
-    client: redis::Client,
+    /// The server to subscribe on; Sentinel failover replaces it.
+    target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
     options: RedisOptions,
 }
 
 impl Hub {
-    pub fn new(client: redis::Client, options: RedisOptions) -> Self {
+    pub fn new(target: Arc<parking_lot::RwLock<Option<redis::Client>>>, options: RedisOptions) -> Self {
         Hub {
             channels: Arc::default(),
             commands: Mutex::new(None),
-            client,
+            target,
             options,
         }
     }
@@ -69,7 +70,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(
             Arc::downgrade(&self.channels),
-            self.client.clone(),
+            self.target.clone(),
             self.options.clone(),
             rx,
         ));
@@ -82,22 +83,24 @@ type Channels = Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>;
 
 async fn run(
     channels: Weak<Channels>,
-    client: redis::Client,
+    target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
     options: RedisOptions,
     mut commands: mpsc::UnboundedReceiver<(Arc<str>, Ack)>,
 ) {
     let mut backoff = options.reconnect_min;
     let mut waiting: Vec<Ack> = Vec::new();
     loop {
-        let connected =
-            tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await;
-        let pubsub = match connected {
-            Ok(Ok(p)) => Some(p),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %super::describe(&e), "store pub/sub connection failed; retrying");
-                None
-            }
-            Err(_) => None,
+        let client = target.read().clone();
+        let pubsub = match client {
+            None => None,
+            Some(client) => match tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %super::describe(&e), "store pub/sub connection failed; retrying");
+                    None
+                }
+                Err(_) => None,
+            },
         };
         if let Some(pubsub) = pubsub {
             let (mut sink, mut stream) = pubsub.split();

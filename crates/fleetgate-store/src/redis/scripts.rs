@@ -1,51 +1,61 @@
-//! The Lua scripts, loaded once per connection and called by SHA (EVALSHA).
+//! The Lua scripts, compiled in so a deployment cannot drift from the code; called by SHA
+//! (EVALSHA), loaded on connect, and sent whole (EVAL) when a node answers NOSCRIPT.
 
 use redis::Script;
 
-/// Every script the driver runs, compiled in so a deployment cannot drift from the code.
-pub(super) struct Scripts {
-    pub gcra: Script,
-    pub sliding_window: Script,
-    pub fixed_window: Script,
-    pub acquire_permit: Script,
-    pub release_permit: Script,
-    pub claim: Script,
-    pub lock: Script,
-    pub unlock: Script,
+pub(super) struct LuaScript {
+    pub script: Script,
+    pub source: &'static str,
 }
 
-const SOURCES: [&str; 8] = [
-    include_str!("scripts/gcra.lua"),
-    include_str!("scripts/sliding_window.lua"),
-    include_str!("scripts/fixed_window.lua"),
-    include_str!("scripts/acquire_permit.lua"),
-    include_str!("scripts/release_permit.lua"),
-    include_str!("scripts/claim.lua"),
-    include_str!("scripts/lock.lua"),
-    include_str!("scripts/unlock.lua"),
-];
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        LuaScript { script: Script::new(source), source }
+    }
+    pub fn hash(&self) -> &str {
+        self.script.get_hash()
+    }
+}
+
+pub(super) struct Scripts {
+    pub gcra: LuaScript,
+    pub sliding_window: LuaScript,
+    pub fixed_window: LuaScript,
+    pub acquire_permit: LuaScript,
+    pub release_permit: LuaScript,
+    pub claim: LuaScript,
+    pub lock: LuaScript,
+    pub unlock: LuaScript,
+}
 
 impl Scripts {
     pub fn new() -> Self {
-        let [gcra, sliding_window, fixed_window, acquire_permit, release_permit, claim, lock, unlock] =
-            SOURCES.map(Script::new);
         Scripts {
-            gcra,
-            sliding_window,
-            fixed_window,
-            acquire_permit,
-            release_permit,
-            claim,
-            lock,
-            unlock,
+            gcra: LuaScript::new(include_str!("scripts/gcra.lua")),
+            sliding_window: LuaScript::new(include_str!("scripts/sliding_window.lua")),
+            fixed_window: LuaScript::new(include_str!("scripts/fixed_window.lua")),
+            acquire_permit: LuaScript::new(include_str!("scripts/acquire_permit.lua")),
+            release_permit: LuaScript::new(include_str!("scripts/release_permit.lua")),
+            claim: LuaScript::new(include_str!("scripts/claim.lua")),
+            lock: LuaScript::new(include_str!("scripts/lock.lua")),
+            unlock: LuaScript::new(include_str!("scripts/unlock.lua")),
         }
     }
 
-    /// One pipeline that loads every script (sent on connect and after NOSCRIPT).
+    /// One pipeline that loads every script (sent on a fresh connection to one server).
     pub fn load_pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        for code in SOURCES {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+        for s in [
+            &self.gcra,
+            &self.sliding_window,
+            &self.fixed_window,
+            &self.acquire_permit,
+            &self.release_permit,
+            &self.claim,
+            &self.lock,
+            &self.unlock,
+        ] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(s.source).ignore();
         }
         pipe
     }
