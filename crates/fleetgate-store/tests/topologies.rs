@@ -142,3 +142,41 @@ async fn tls_with_ca_and_client_certificate() {
     let err = RedisStore::open(&url, bad).err().expect("bad CA file").to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+async fn seed_and_flush(store: &RedisStore, count_keys: impl Fn() -> (u64, u64)) {
+    let ours = Keyspace::new("flushme").unwrap();
+    let theirs = Keyspace::new("keepme").unwrap();
+    for i in 0..300u64 {
+        let k = ours.key(Concern::Session, "s", &i.to_le_bytes());
+        store.set(&k, Bytes::from_static(b"v"), Duration::from_secs(60)).await.unwrap();
+    }
+    for i in 0..50u64 {
+        let k = theirs.key(Concern::Session, "s", &i.to_le_bytes());
+        store.set(&k, Bytes::from_static(b"v"), Duration::from_secs(60)).await.unwrap();
+    }
+    assert_eq!(store.flush_prefix("flushme").await.unwrap(), 300);
+    let (ours_left, theirs_left) = count_keys();
+    assert_eq!((ours_left, theirs_left), (0, 50), "only the prefix is deleted");
+}
+
+fn count_prefix(nodes: &[&fleetgate_testkit::RedisServer], prefix: &str) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            let reply = n.command(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", &format!("{prefix}:*")]);
+            reply.trim().trim_start_matches(':').parse::<u64>().unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flush_prefix_deletes_only_its_keys_standalone_and_cluster() {
+    let server = fleetgate_testkit::RedisServer::start();
+    let store = RedisStore::connect(&server.url(), options()).await.unwrap();
+    seed_and_flush(&store, || (count_prefix(&[&server], "flushme"), count_prefix(&[&server], "keepme"))).await;
+
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::connect(&cluster.url(), options()).await.unwrap();
+    let nodes: Vec<&fleetgate_testkit::RedisServer> = cluster.nodes.iter().collect();
+    seed_and_flush(&store, || (count_prefix(&nodes, "flushme"), count_prefix(&nodes, "keepme"))).await;
+}

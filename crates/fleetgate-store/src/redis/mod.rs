@@ -126,6 +126,8 @@ struct Inner {
     pubsub: pubsub::Hub,
     redacted_url: String,
     breaker: Breaker,
+    /// Cluster only: how to reach one node directly (credentials and TLS), for prefix flushes.
+    cluster_nodes: Option<topology::ClusterSpec>,
 }
 
 impl RedisStore {
@@ -138,6 +140,7 @@ impl RedisStore {
     pub fn open(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let redacted_url = url::redact(url);
         let config_err = |e: RedisError| StoreError::Config(format!("{redacted_url}: {}", describe(&e)));
+        let mut cluster_nodes = None;
         let (backend, hub_client, sentinel) = match topology::parse(url, &options)? {
             Topology::Standalone(client) => {
                 let pool = Pool::new(&client, &options).map_err(config_err)?;
@@ -163,20 +166,8 @@ impl RedisStore {
                 }
                 let client = b.build().map_err(config_err)?;
                 // Cluster nodes forward PUBLISH to every node, so pub/sub may use any one of them.
-                let mut info = spec.nodes[0].clone();
-                let mut redis_info = info.redis_settings().clone();
-                if let Some(u) = &spec.username {
-                    redis_info = redis_info.set_username(u);
-                }
-                if let Some(p) = &spec.password {
-                    redis_info = redis_info.set_password(p);
-                }
-                info = info.set_redis_settings(redis_info);
-                let hub_client = match &spec.tls {
-                    Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
-                    None => redis::Client::open(info),
-                }
-                .map_err(config_err)?;
+                let hub_client = topology::node_client(&spec, &spec.nodes[0].addr().to_string())?;
+                cluster_nodes = Some(spec);
                 (Backend::cluster(client), Some(hub_client), None)
             }
         };
@@ -192,6 +183,7 @@ impl RedisStore {
                 breaker: Breaker::new(options.breaker),
                 options,
                 redacted_url,
+                cluster_nodes,
             }),
         };
         if let Some(watch) = &store.inner.sentinel {
@@ -321,9 +313,88 @@ impl RedisStore {
         .await
     }
 
+    /// Deletes every key under `prefix:` (SCAN and UNLINK in batches of 1000, on every
+    /// primary of a cluster), never FLUSHDB. Returns how many keys were deleted.
+    /// Dangerous: meant for `store.flush_on_startup` in test and staging deployments.
+    pub async fn flush_prefix(&self, prefix: &str) -> StoreResult<u64> {
+        crate::keyspace::Keyspace::new(prefix).map_err(|e| StoreError::Config(e.to_string()))?;
+        let pattern = format!("{prefix}:*");
+        let step = Duration::from_secs(5).max(self.inner.options.timeout);
+        let mut deleted = 0;
+        match &self.inner.cluster_nodes {
+            None => {
+                let conn = tokio::time::timeout(step, self.inner.backend.conn_wait(|| self.follow_primary()))
+                    .await
+                    .map_err(|_| StoreError::Timeout(step))?;
+                deleted += scan_unlink(conn, &pattern, step).await?;
+            }
+            Some(spec) => {
+                let Some(conn) = self.inner.backend.conn() else {
+                    return Err(StoreError::Unavailable("cluster not connected yet".into()));
+                };
+                let mut c = conn;
+                let nodes: String = tokio::time::timeout(step, redis::cmd("CLUSTER").arg("NODES").query_async(&mut c))
+                    .await
+                    .map_err(|_| StoreError::Timeout(step))?
+                    .map_err(|e| map_error(&e))?;
+                for addr in cluster_primaries(&nodes) {
+                    let client = topology::node_client(spec, &addr)?;
+                    let pool = Pool::new(&client, &self.inner.options).map_err(|e| map_error(&e))?;
+                    let node = Arc::new(Backend::pool(Some(pool)));
+                    let conn = node.conn().expect("a pool always has a connection");
+                    deleted += scan_unlink(conn, &pattern, step).await?;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// PING within the timeout.
     pub async fn ping(&self) -> StoreResult<()> {
         self.query(&redis::cmd("PING")).await.map(|_| ())
+    }
+}
+
+/// The `host:port` of every primary in a `CLUSTER NODES` reply.
+fn cluster_primaries(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (addr, flags) = (fields.get(1)?, fields.get(2)?);
+            let primary = flags.split(',').any(|f| f == "master") && !flags.contains("fail");
+            primary.then(|| addr.split('@').next().unwrap_or(addr).to_string())
+        })
+        .collect()
+}
+
+async fn scan_unlink(mut conn: Conn, pattern: &str, step: Duration) -> StoreResult<u64> {
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = tokio::time::timeout(
+            step,
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(step))?
+        .map_err(|e| map_error(&e))?;
+        if !keys.is_empty() {
+            // One UNLINK per key, pipelined: keys of one batch may live in different cluster slots.
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("UNLINK").arg(k);
+            }
+            let counts: Vec<u64> = tokio::time::timeout(step, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| StoreError::Timeout(step))?
+                .map_err(|e| map_error(&e))?;
+            deleted += counts.iter().sum::<u64>();
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 

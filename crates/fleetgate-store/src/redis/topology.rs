@@ -50,6 +50,26 @@ pub(super) fn tls_certificates(options: &RedisOptions) -> Result<Option<TlsCerti
     Ok(Some(TlsCertificates { client_tls, root_cert }))
 }
 
+/// A direct client to one cluster node (`host:port`), with the cluster's credentials and TLS.
+pub(super) fn node_client(spec: &ClusterSpec, addr: &str) -> Result<redis::Client, StoreError> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| StoreError::Protocol(format!("bad node address {addr}")))?;
+    let port: u16 = port.parse().map_err(|_| StoreError::Protocol(format!("bad node address {addr}")))?;
+    let info = self::addr(host.to_string(), port, spec.tls.is_some()).into_connection_info().map_err(|e| StoreError::Config(e.to_string()))?;
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(u) = &spec.username {
+        redis_info = redis_info.set_username(u);
+    }
+    if let Some(p) = &spec.password {
+        redis_info = redis_info.set_password(p);
+    }
+    let info = info.set_redis_settings(redis_info);
+    match &spec.tls {
+        Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| StoreError::Config(super::describe(&e)))
+}
+
 fn with_credentials(info: ConnectionInfo, options: &RedisOptions) -> ConnectionInfo {
     let mut redis = info.redis_settings().clone();
     if let Some(u) = &options.username {
