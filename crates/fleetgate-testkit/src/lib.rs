@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The command that installs the Redis binaries the tests need.
-pub const INSTALL_HINT: &str = "apt-get install -y redis-server redis-sentinel";
+pub const INSTALL_HINT: &str = "apt-get install -y redis-server redis-sentinel redis-tools openssl";
 
 /// Finds a free TCP port on 127.0.0.1 by binding port 0 and releasing it.
 pub fn free_port() -> u16 {
@@ -36,7 +36,7 @@ pub fn require_binary(name: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!("`{name}` is not on PATH; this test needs a real Redis. Install it with: {INSTALL_HINT}");
+    panic!("`{name}` is not on PATH; this test needs it (real Redis processes, or openssl for TLS certificates). Install with: {INSTALL_HINT}");
 }
 
 /// A `redis-server` child process owned by a test.
