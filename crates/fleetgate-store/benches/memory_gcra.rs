@@ -43,11 +43,7 @@ fn gcra_keyed(c: &mut Criterion) {
         b.iter(|| {
             let i = order[next];
             next = (next + 1) % KEYS;
-            let d = store
-                .rate(&keys[i], &limit, 1)
-                .now_or_never()
-                .unwrap()
-                .unwrap();
+            let d = store.rate(&keys[i], &limit, 1).now_or_never().unwrap().unwrap();
             black_box(d.allowed)
         })
     });

@@ -114,9 +114,7 @@ pub struct Keyspace {
 impl Keyspace {
     pub fn new(prefix: &str) -> Result<Self, KeyError> {
         check_segment("key prefix", prefix)?;
-        Ok(Keyspace {
-            prefix: prefix.into(),
-        })
+        Ok(Keyspace { prefix: prefix.into() })
     }
 
     pub fn prefix(&self) -> &str {
@@ -135,13 +133,7 @@ impl Keyspace {
         let hash = identifier_hash(identifier);
         let composite_ok = scope.len() <= 160 && scope.split('/').all(|part| check_segment("scope", part).is_ok());
         let text = if composite_ok {
-            format!(
-                "{}:{}:{}:{{{}}}",
-                self.prefix,
-                concern.as_str(),
-                scope,
-                hash
-            )
+            format!("{}:{}:{}:{{{}}}", self.prefix, concern.as_str(), scope, hash)
         } else {
             format!(
                 "{}:{}:{}:{{{}}}",

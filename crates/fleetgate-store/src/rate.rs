@@ -58,9 +58,7 @@ pub enum LimitError {
     Malformed(String),
     #[error("rate {0:?} has a count that is not a positive whole number; accepted: N/PERIOD with N >= 1, e.g. 100/1m")]
     BadCount(String),
-    #[error(
-        "rate {0:?} has period unit {1:?}; accepted units: ms, s, m, h, d (e.g. 100/1m, 5000/1h)"
-    )]
+    #[error("rate {0:?} has period unit {1:?}; accepted units: ms, s, m, h, d (e.g. 100/1m, 5000/1h)")]
     UnknownUnit(String, String),
     #[error("rate {0:?} has a zero or unparsable period length; accepted: a positive whole number before the unit, e.g. 100/10s")]
     BadPeriod(String),
@@ -146,7 +144,7 @@ impl fmt::Display for Rate {
             (1_000, "ms"),
         ]
         .iter()
-        .find(|(u, _)| us % u == 0)
+        .find(|(u, _)| us.is_multiple_of(*u))
         .map(|(u, name)| (us / u, *name))
         .unwrap_or((us, "us"));
         write!(f, "{}/{}{}", self.count, n, unit)
@@ -181,9 +179,7 @@ impl RateLimit {
             return Err(LimitError::TooFine(rate.to_string()));
         }
         let interval_us = period_us.div_ceil(rate.count);
-        let capacity = interval_us
-            .checked_mul(burst)
-            .filter(|c| *c <= MAX_CAPACITY_US);
+        let capacity = interval_us.checked_mul(burst).filter(|c| *c <= MAX_CAPACITY_US);
         if capacity.is_none() || period_us > MAX_CAPACITY_US {
             return Err(LimitError::TooLarge(rate.to_string(), burst));
         }
@@ -291,12 +287,7 @@ mod tests {
             RateLimit::new(Algorithm::SlidingWindow, rate, Some(20)),
             Err(LimitError::BurstNotSupported(Algorithm::SlidingWindow))
         ));
-        assert_eq!(
-            RateLimit::new(Algorithm::Gcra, rate, Some(25))
-                .unwrap()
-                .capacity(),
-            25
-        );
+        assert_eq!(RateLimit::new(Algorithm::Gcra, rate, Some(25)).unwrap().capacity(), 25);
         assert!("bucket"
             .parse::<Algorithm>()
             .unwrap_err()

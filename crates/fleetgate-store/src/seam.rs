@@ -128,11 +128,7 @@ pub trait StoreDriver: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<PermitDecision>> + Send;
 
     /// Gives a permit back. Returns whether it was still held.
-    fn release_permit(
-        &self,
-        key: &StoreKey,
-        permit: &str,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn release_permit(&self, key: &StoreKey, permit: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Sets `key` to `value` for `ttl` only if it is absent (claim-once); otherwise returns the
     /// value that holds it.
@@ -146,12 +142,7 @@ pub trait StoreDriver: Send + Sync + 'static {
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send;
 
     /// Sets a small value with a TTL (every key expires).
-    fn set(
-        &self,
-        key: &StoreKey,
-        value: Bytes,
-        ttl: Duration,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Deletes a value. Returns whether it existed.
     fn delete(&self, key: &StoreKey) -> impl Future<Output = StoreResult<bool>> + Send;
@@ -166,15 +157,10 @@ pub trait StoreDriver: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Option<LockGrant>>> + Send;
 
     /// Releases the lock if `owner` still holds it.
-    fn unlock(&self, key: &StoreKey, owner: &str)
-        -> impl Future<Output = StoreResult<bool>> + Send;
+    fn unlock(&self, key: &StoreKey, owner: &str) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Publishes to every subscriber of `channel` across the fleet.
-    fn publish(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn publish(&self, channel: &str, payload: Bytes) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Subscribes to `channel`; the subscription is active when this returns.
     fn subscribe(&self, channel: &str) -> impl Future<Output = StoreResult<Subscription>> + Send;

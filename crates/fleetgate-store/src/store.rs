@@ -49,12 +49,7 @@ macro_rules! dispatch {
 }
 
 impl StoreDriver for Store {
-    async fn rate(
-        &self,
-        key: &StoreKey,
-        limit: &RateLimit,
-        cost: u64,
-    ) -> StoreResult<RateDecision> {
+    async fn rate(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
         dispatch!(self, d => d.rate(key, limit, cost))
     }
     async fn acquire_permit(
@@ -69,12 +64,7 @@ impl StoreDriver for Store {
     async fn release_permit(&self, key: &StoreKey, permit: &str) -> StoreResult<bool> {
         dispatch!(self, d => d.release_permit(key, permit))
     }
-    async fn claim(
-        &self,
-        key: &StoreKey,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<ClaimOutcome> {
+    async fn claim(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
         dispatch!(self, d => d.claim(key, value, ttl))
     }
     async fn get(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
@@ -86,12 +76,7 @@ impl StoreDriver for Store {
     async fn delete(&self, key: &StoreKey) -> StoreResult<bool> {
         dispatch!(self, d => d.delete(key))
     }
-    async fn lock(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<LockGrant>> {
+    async fn lock(&self, key: &StoreKey, owner: &str, ttl: Duration) -> StoreResult<Option<LockGrant>> {
         dispatch!(self, d => d.lock(key, owner, ttl))
     }
     async fn unlock(&self, key: &StoreKey, owner: &str) -> StoreResult<bool> {

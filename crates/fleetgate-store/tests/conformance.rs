@@ -33,25 +33,48 @@ struct RedisFleet {
 impl RedisFleet {
     fn standalone() -> Self {
         let server = RedisServer::start();
-        RedisFleet { url: server.url(), options: Self::base(), _servers: Box::new(server) }
+        RedisFleet {
+            url: server.url(),
+            options: Self::base(),
+            _servers: Box::new(server),
+        }
     }
     fn cluster() -> Self {
         let cluster = fleetgate_testkit::RedisCluster::start(3);
-        RedisFleet { url: cluster.url(), options: Self::base(), _servers: Box::new(cluster) }
+        RedisFleet {
+            url: cluster.url(),
+            options: Self::base(),
+            _servers: Box::new(cluster),
+        }
     }
     fn sentinel() -> Self {
         let group = fleetgate_testkit::SentinelGroup::start();
-        RedisFleet { url: group.url(), options: Self::base(), _servers: Box::new(group) }
+        RedisFleet {
+            url: group.url(),
+            options: Self::base(),
+            _servers: Box::new(group),
+        }
     }
     fn tls() -> Self {
         let certs = fleetgate_testkit::TestCerts::generate();
         let (server, port) = certs.start_tls_server(false);
         let mut options = Self::base();
-        options.tls = Some(TlsFiles { ca_file: Some(certs.path("ca.crt")), ..Default::default() });
-        RedisFleet { url: format!("rediss://127.0.0.1:{port}"), options, _servers: Box::new((server, certs)) }
+        options.tls = Some(TlsFiles {
+            ca_file: Some(certs.path("ca.crt")),
+            ..Default::default()
+        });
+        RedisFleet {
+            url: format!("rediss://127.0.0.1:{port}"),
+            options,
+            _servers: Box::new((server, certs)),
+        }
     }
     fn base() -> RedisOptions {
-        RedisOptions { timeout: Duration::from_secs(2), pool_size: 1, ..Default::default() }
+        RedisOptions {
+            timeout: Duration::from_secs(2),
+            pool_size: 1,
+            ..Default::default()
+        }
     }
 }
 
@@ -101,11 +124,7 @@ async fn gcra_burst_then_denial<F: Fleet>(f: F) {
 
 async fn cost_counts_units<F: Fleet>(f: F) {
     let s = f.handle();
-    for algorithm in [
-        Algorithm::Gcra,
-        Algorithm::SlidingWindow,
-        Algorithm::FixedWindow,
-    ] {
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
         let limit = RateLimit::parse(algorithm, "5/1d", None).unwrap();
         let k = key("cost");
         let d = s.rate(&k, &limit, 3).await.unwrap();
@@ -115,15 +134,9 @@ async fn cost_counts_units<F: Fleet>(f: F) {
         let d = s.rate(&k, &limit, 2).await.unwrap();
         assert!(d.allowed && d.remaining == 0, "{algorithm}: {d:?}");
         let d = s.rate(&k, &limit, 0).await.unwrap();
-        assert!(
-            d.allowed && d.remaining == 0,
-            "{algorithm}: zero cost peeks: {d:?}"
-        );
+        assert!(d.allowed && d.remaining == 0, "{algorithm}: zero cost peeks: {d:?}");
         let d = s.rate(&k, &limit, 6).await.unwrap();
-        assert!(
-            !d.allowed,
-            "{algorithm}: a cost above the limit is never admitted"
-        );
+        assert!(!d.allowed, "{algorithm}: a cost above the limit is never admitted");
     }
 }
 
@@ -161,11 +174,7 @@ async fn fixed_window_per_aligned_window<F: Fleet>(f: F) {
 /// 16 tasks over several connections hammer one key: exactly the allowed count is admitted.
 async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: F) {
     let handles: Vec<F::S> = (0..4).map(|_| f.handle()).collect();
-    for algorithm in [
-        Algorithm::Gcra,
-        Algorithm::SlidingWindow,
-        Algorithm::FixedWindow,
-    ] {
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
         let limit = RateLimit::parse(algorithm, "100/1d", None).unwrap();
         let k = key("hammer");
         let admitted = Arc::new(AtomicU64::new(0));
@@ -195,13 +204,9 @@ async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: F) {
 async fn values_expire<F: Fleet>(f: F) {
     let s = f.handle();
     let k = key("ttl");
-    s.set(
-        &k,
-        Bytes::from_static(b"session"),
-        Duration::from_millis(150),
-    )
-    .await
-    .unwrap();
+    s.set(&k, Bytes::from_static(b"session"), Duration::from_millis(150))
+        .await
+        .unwrap();
     assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"session"[..]));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.get(&k).await.unwrap(), None);
@@ -228,13 +233,9 @@ async fn claim_once_has_one_winner<F: Fleet>(f: F) {
         let s = f.handle();
         let k = k.clone();
         tasks.push(tokio::spawn(async move {
-            s.claim(
-                &k,
-                Bytes::from(format!("claimant-{i}")),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap()
+            s.claim(&k, Bytes::from(format!("claimant-{i}")), Duration::from_secs(10))
+                .await
+                .unwrap()
         }));
     }
     let mut winners = 0;
@@ -288,10 +289,7 @@ async fn permits_are_bounded_and_leased<F: Fleet>(f: F) {
     }
     assert_eq!(granted, 3);
     let s = f.handle();
-    let d = s
-        .acquire_permit(&k, "late", 3, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let d = s.acquire_permit(&k, "late", 3, Duration::from_secs(10)).await.unwrap();
     assert!(!d.granted && d.in_use == 3);
     // Renewing a held permit does not take a second slot.
     let renew = key("permits-renew");
@@ -345,10 +343,7 @@ async fn locks_fence<F: Fleet>(f: F) {
         .await
         .unwrap()
         .expect("a locks");
-    assert_eq!(
-        b.lock(&k, "b", Duration::from_secs(10)).await.unwrap(),
-        None
-    );
+    assert_eq!(b.lock(&k, "b", Duration::from_secs(10)).await.unwrap(), None);
     assert_eq!(
         a.lock(&k, "a", Duration::from_secs(10)).await.unwrap(),
         Some(first),
@@ -402,33 +397,19 @@ async fn pubsub_reaches_every_subscriber<F: Fleet>(f: F) {
 async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: F) {
     let s = f.handle();
     let k = key("wrongtype");
-    s.set(
-        &k,
-        Bytes::from_static(b"not a counter"),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    for algorithm in [
-        Algorithm::Gcra,
-        Algorithm::SlidingWindow,
-        Algorithm::FixedWindow,
-    ] {
+    s.set(&k, Bytes::from_static(b"not a counter"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
         let limit = RateLimit::parse(algorithm, "5/1s", None).unwrap();
         let err = s.rate(&k, &limit, 1).await.unwrap_err();
-        assert!(
-            matches!(err, StoreError::WrongType(_)),
-            "{algorithm}: {err:?}"
-        );
+        assert!(matches!(err, StoreError::WrongType(_)), "{algorithm}: {err:?}");
     }
     assert!(matches!(
         s.acquire_permit(&k, "p", 1, Duration::from_secs(1)).await,
         Err(StoreError::WrongType(_))
     ));
-    assert_eq!(
-        s.get(&k).await.unwrap().as_deref(),
-        Some(&b"not a counter"[..])
-    );
+    assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"not a counter"[..]));
 }
 
 macro_rules! driver {

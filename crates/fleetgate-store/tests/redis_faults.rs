@@ -39,9 +39,7 @@ async fn until_ok(store: &RedisStore, limit_wait: Duration) -> Duration {
 #[tokio::test]
 async fn noscript_after_script_flush_is_handled() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), options(1000))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(&server.url(), options(1000)).await.unwrap();
     assert!(store.rate(&key("a"), &limit(), 1).await.unwrap().allowed);
     assert!(server.command(&["SCRIPT", "FLUSH"]).starts_with("+OK"));
     let d = store.rate(&key("a"), &limit(), 1).await.unwrap();
@@ -52,9 +50,7 @@ async fn noscript_after_script_flush_is_handled() {
 #[tokio::test]
 async fn killed_then_restarted_empty_server_recovers_without_a_new_store() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), options(200))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(&server.url(), options(200)).await.unwrap();
     assert!(store.rate(&key("b"), &limit(), 1).await.is_ok());
     server.kill();
     let err = store.rate(&key("b"), &limit(), 1).await.unwrap_err();
@@ -64,18 +60,13 @@ async fn killed_then_restarted_empty_server_recovers_without_a_new_store() {
     until_ok(&store, Duration::from_secs(10)).await;
     assert_eq!(store.health().await, StoreHealth::Ok);
     // The restarted server is empty: scripts were reloaded and the key starts fresh.
-    assert_eq!(
-        store.rate(&key("b"), &limit(), 1).await.unwrap().remaining,
-        999
-    );
+    assert_eq!(store.rate(&key("b"), &limit(), 1).await.unwrap().remaining, 999);
 }
 
 #[tokio::test]
 async fn paused_server_gives_a_timeout_error_within_the_bound() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), options(50))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(&server.url(), options(50)).await.unwrap();
     assert!(store.rate(&key("c"), &limit(), 1).await.is_ok());
     server.pause();
     let start = Instant::now();
@@ -102,9 +93,7 @@ async fn unreachable_server_at_start_is_a_typed_error_not_a_panic() {
 #[tokio::test]
 async fn pubsub_resubscribes_after_a_restart() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), options(1000))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(&server.url(), options(1000)).await.unwrap();
     let mut sub = store.subscribe("faults:chan:x").await.unwrap();
     store
         .publish("faults:chan:x", Bytes::from_static(b"before"))
@@ -121,9 +110,7 @@ async fn pubsub_resubscribes_after_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no message after the restart");
-        let _ = store
-            .publish("faults:chan:x", Bytes::from_static(b"after"))
-            .await;
+        let _ = store.publish("faults:chan:x", Bytes::from_static(b"after")).await;
         match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
             Ok(Some(m)) if m.payload == Bytes::from_static(b"after") => break,
             _ => continue,
@@ -145,24 +132,15 @@ async fn password_and_acl_user_authenticate_and_never_leak() {
         "+@all",
     ]);
     let port = server.port();
-    let store = RedisStore::connect(
-        &format!("redis://:s3cret-pw@127.0.0.1:{port}"),
-        options(1000),
-    )
-    .await
-    .unwrap();
+    let store = RedisStore::connect(&format!("redis://:s3cret-pw@127.0.0.1:{port}"), options(1000))
+        .await
+        .unwrap();
     assert!(store.rate(&key("e"), &limit(), 1).await.unwrap().allowed);
-    let acl = RedisStore::connect(
-        &format!("redis://app:app-pw@127.0.0.1:{port}"),
-        options(1000),
-    )
-    .await
-    .unwrap();
+    let acl = RedisStore::connect(&format!("redis://app:app-pw@127.0.0.1:{port}"), options(1000))
+        .await
+        .unwrap();
     assert!(acl.rate(&key("e"), &limit(), 1).await.unwrap().allowed);
-    assert_eq!(
-        acl.redacted_url(),
-        format!("redis://app:***@127.0.0.1:{port}")
-    );
+    assert_eq!(acl.redacted_url(), format!("redis://app:***@127.0.0.1:{port}"));
 
     let wrong = format!("redis://app:wrong-pw@127.0.0.1:{port}");
     let err = RedisStore::connect(&wrong, options(1000))
@@ -184,14 +162,9 @@ fn unknown_store_scheme_names_what_is_accepted() {
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.contains("memory://") && err.contains("redis://"),
-        "{err}"
-    );
+    assert!(err.contains("memory://") && err.contains("redis://"), "{err}");
     assert!(!err.contains(":pw@"), "{err}");
-    assert!(Store::open("memory://", RedisOptions::default())
-        .unwrap()
-        .is_memory());
+    assert!(Store::open("memory://", RedisOptions::default()).unwrap().is_memory());
 }
 
 #[tokio::test]
@@ -201,7 +174,10 @@ async fn breaker_opens_on_a_stalled_server_then_closes_when_it_returns() {
     server.pause();
     // The first calls each wait for the timeout; then the breaker opens and calls fail fast.
     for _ in 0..3 {
-        assert!(matches!(store.rate(&key("f"), &limit(), 1).await, Err(StoreError::Timeout(_))));
+        assert!(matches!(
+            store.rate(&key("f"), &limit(), 1).await,
+            Err(StoreError::Timeout(_))
+        ));
     }
     assert!(store.breaker_open());
     let started = Instant::now();
@@ -212,7 +188,11 @@ async fn breaker_opens_on_a_stalled_server_then_closes_when_it_returns() {
         }
     }
     // 20 calls while open cost far less than 20 timeouts (a ratio, not a wall-clock bound).
-    assert!(started.elapsed() < Duration::from_millis(50) * 20 / 4, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(50) * 20 / 4,
+        "{:?}",
+        started.elapsed()
+    );
     server.resume();
     until_ok(&store, Duration::from_secs(5)).await;
     assert!(!store.breaker_open());

@@ -36,7 +36,17 @@ impl RedisCluster {
             .map(|_| {
                 let port = free_port();
                 let conf = format!("nodes-{port}.conf");
-                RedisServer::start_on(port, &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"])
+                RedisServer::start_on(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
             })
             .collect();
         let mut cmd = Command::new(cli);
@@ -44,10 +54,20 @@ impl RedisCluster {
         for node in &nodes {
             cmd.arg(format!("127.0.0.1:{}", node.port()));
         }
-        let out = cmd.args(["--cluster-replicas", "0", "--cluster-yes"]).stdin(Stdio::null()).output().expect("run redis-cli --cluster create");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let out = cmd
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         for node in &nodes {
-            wait_until("cluster state ok", Duration::from_secs(20), || node.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            wait_until("cluster state ok", Duration::from_secs(20), || {
+                node.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
         }
         RedisCluster { nodes }
     }
@@ -81,7 +101,11 @@ impl SentinelGroup {
         let binary = require_binary("redis-sentinel");
         let primary = RedisServer::start();
         let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-        wait_until("replica in sync", Duration::from_secs(20), || replica.command(&["INFO", "replication"]).contains("master_link_status:up"));
+        wait_until("replica in sync", Duration::from_secs(20), || {
+            replica
+                .command(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
         let dir = std::env::temp_dir().join(format!("fleetgate-sentinels-{}-{}", std::process::id(), primary.port()));
         std::fs::create_dir_all(&dir).unwrap();
         let sentinels = (0..3)
@@ -101,12 +125,22 @@ impl SentinelGroup {
                 SentinelProcess { port, child }
             })
             .collect::<Vec<_>>();
-        let group = SentinelGroup { primary, replica, sentinels, dir };
+        let group = SentinelGroup {
+            primary,
+            replica,
+            sentinels,
+            dir,
+        };
         for s in &group.sentinels {
-            wait_until("sentinel knows the primary and its peers", Duration::from_secs(20), || {
-                let reply = crate::raw_command_pub(s.port, &["SENTINEL", "MASTER", MASTER_NAME]);
-                field(&reply, "num-other-sentinels").as_deref() == Some("2") && field(&reply, "num-slaves").as_deref() == Some("1")
-            });
+            wait_until(
+                "sentinel knows the primary and its peers",
+                Duration::from_secs(20),
+                || {
+                    let reply = crate::raw_command_pub(s.port, &["SENTINEL", "MASTER", MASTER_NAME]);
+                    field(&reply, "num-other-sentinels").as_deref() == Some("2")
+                        && field(&reply, "num-slaves").as_deref() == Some("1")
+                },
+            );
         }
         group
     }
@@ -119,8 +153,15 @@ impl SentinelGroup {
 
     /// The port the sentinels currently name as primary.
     pub fn primary_port(&self) -> Option<u16> {
-        let reply = crate::raw_command_pub(self.sentinels[0].port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME]);
-        reply.lines().filter(|l| !l.starts_with(['*', '$'])).nth(1).and_then(|p| p.trim().parse().ok())
+        let reply = crate::raw_command_pub(
+            self.sentinels[0].port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
+        );
+        reply
+            .lines()
+            .filter(|l| !l.starts_with(['*', '$']))
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
     }
 }
 
@@ -146,10 +187,33 @@ impl TestCerts {
         let dir = std::env::temp_dir().join(format!("fleetgate-certs-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let run = |args: &[&str]| {
-            let out = Command::new(&openssl).args(args).current_dir(&dir).stdin(Stdio::null()).output().expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=fleetgate-test-ca"]);
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fleetgate-test-ca",
+        ]);
         std::fs::write(
             dir.join("server.ext"),
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
@@ -161,11 +225,36 @@ impl TestCerts {
         )
         .unwrap();
         for name in ["server", "client"] {
-            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-            let mut args = vec!["x509", "-req", "-in", &*format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &*format!("{name}.crt"), "-days", "2"]
-                .into_iter()
-                .map(String::from)
-                .collect::<Vec<_>>();
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            let mut args = vec![
+                "x509",
+                "-req",
+                "-in",
+                &*format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &*format!("{name}.crt"),
+                "-days",
+                "2",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
             args.extend(["-extfile".into(), format!("{name}.ext")]);
             let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             run(&refs);
@@ -204,4 +293,3 @@ impl Drop for TestCerts {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-

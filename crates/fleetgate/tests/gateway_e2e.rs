@@ -189,7 +189,7 @@ fn bad_requests_get_400_431_and_413() {
     let r = raw_request(gw.addr(), req.as_bytes()).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
     let small =
-        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789");
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789".to_string();
     let r = raw_request(gw.addr(), small.as_bytes()).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "received 10"));
 }

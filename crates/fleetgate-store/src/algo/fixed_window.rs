@@ -33,18 +33,10 @@ pub fn decide(
             count: count + cost,
         };
         let changed = (cost > 0).then_some(new);
-        (
-            decision(true, cap, cap - new.count, ends_in, 0),
-            changed,
-            ends_in,
-        )
+        (decision(true, cap, cap - new.count, ends_in, 0), changed, ends_in)
     } else {
         let retry = if cost > cap { period } else { ends_in };
-        (
-            decision(false, cap, cap - count, ends_in, retry),
-            None,
-            ends_in,
-        )
+        (decision(false, cap, cap - count, ends_in, retry), None, ends_in)
     }
 }
 

@@ -8,12 +8,7 @@ use crate::rate::{RateDecision, RateLimit};
 /// One gcra step. `tat` is the stored TAT (µs), `None` when the key is absent.
 /// Returns the decision and, when admitted units changed the state, the new TAT to store
 /// (to expire once it is in the past: then the bucket is full and the state is irrelevant).
-pub fn decide(
-    tat: Option<u64>,
-    now: u64,
-    limit: &RateLimit,
-    cost: u64,
-) -> (RateDecision, Option<u64>) {
+pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (RateDecision, Option<u64>) {
     let interval = limit.interval_us();
     let burst = limit.capacity();
     let capacity = interval * burst;
@@ -22,10 +17,7 @@ pub fn decide(
     if cost > burst {
         // Never admissible: report the state as it is and a full period to wait.
         let remaining = (horizon - tat) / interval;
-        return (
-            decision(false, burst, remaining, tat - now, limit.period_us()),
-            None,
-        );
+        return (decision(false, burst, remaining, tat - now, limit.period_us()), None);
     }
     let new_tat = tat + cost * interval;
     if new_tat <= horizon {
@@ -34,10 +26,7 @@ pub fn decide(
         (decision(true, burst, remaining, new_tat - now, 0), state)
     } else {
         let remaining = (horizon - tat) / interval;
-        (
-            decision(false, burst, remaining, tat - now, new_tat - horizon),
-            None,
-        )
+        (decision(false, burst, remaining, tat - now, new_tat - horizon), None)
     }
 }
 

@@ -13,13 +13,7 @@ use crate::rate::RateDecision;
 use std::time::Duration;
 
 /// Builds a decision from microsecond figures.
-pub(crate) fn decision(
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    reset_us: u64,
-    retry_us: u64,
-) -> RateDecision {
+pub(crate) fn decision(allowed: bool, limit: u64, remaining: u64, reset_us: u64, retry_us: u64) -> RateDecision {
     RateDecision {
         allowed,
         limit,

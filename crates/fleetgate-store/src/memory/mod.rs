@@ -91,11 +91,7 @@ impl MemoryStore {
     /// Live (unexpired) entries; expired ones not yet swept are not counted.
     pub fn len(&self) -> usize {
         let now = self.inner.clock.now_us();
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().live_count(now))
-            .sum()
+        self.inner.shards.iter().map(|s| s.lock().live_count(now)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,12 +100,7 @@ impl MemoryStore {
 
     /// The rate decision, synchronously: the in-process driver never waits.
     #[inline]
-    pub fn rate_now(
-        &self,
-        key: &StoreKey,
-        limit: &RateLimit,
-        cost: u64,
-    ) -> Result<RateDecision, StoreError> {
+    pub fn rate_now(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> Result<RateDecision, StoreError> {
         let now = self.inner.clock.now_us();
         let mut shard = self.shard(key).lock();
         let wrong_type = || StoreError::WrongType(key.to_string());
@@ -125,9 +116,7 @@ impl MemoryStore {
                     }
                     return Ok(decision);
                 }
-                let tat = shard
-                    .tat_elsewhere(digest, now)
-                    .map_err(|()| wrong_type())?;
+                let tat = shard.tat_elsewhere(digest, now).map_err(|()| wrong_type())?;
                 let (decision, new_tat) = gcra::decide(tat, now, limit, cost);
                 if let Some(t) = new_tat {
                     shard.insert_tat(digest, t, now);
@@ -159,8 +148,7 @@ impl MemoryStore {
             Algorithm::SlidingWindow => {
                 let mut log = match shard.live(key.digest(), now) {
                     Some(Entry {
-                        value: Value::Log(l),
-                        ..
+                        value: Value::Log(l), ..
                     }) => std::mem::take(&mut **l),
                     Some(_) => return Err(wrong_type()),
                     None => Default::default(),
@@ -225,11 +213,7 @@ impl MemoryStore {
                 shard.remove(key.digest());
             }
         }
-        Ok(PermitDecision {
-            granted,
-            in_use,
-            max,
-        })
+        Ok(PermitDecision { granted, in_use, max })
     }
 
     fn release_permit_now(&self, key: &StoreKey, permit: &str) -> StoreResult<bool> {
@@ -278,8 +262,7 @@ impl MemoryStore {
         let mut shard = self.shard(key).lock();
         match shard.live(key.digest(), now) {
             Some(Entry {
-                value: Value::Bytes(b),
-                ..
+                value: Value::Bytes(b), ..
             }) => Ok(Some(Bytes::copy_from_slice(b))),
             Some(_) => Err(StoreError::WrongType(key.to_string())),
             None => Ok(None),
@@ -303,24 +286,17 @@ impl MemoryStore {
         live
     }
 
-    fn lock_now(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<LockGrant>> {
+    fn lock_now(&self, key: &StoreKey, owner: &str, ttl: Duration) -> StoreResult<Option<LockGrant>> {
         let now = self.inner.clock.now_us();
         let mut shard = self.shard(key).lock();
         let mut state = match shard.live(key.digest(), now) {
             Some(Entry {
-                value: Value::Lock(l),
-                ..
+                value: Value::Lock(l), ..
             }) => std::mem::take(&mut **l),
             Some(_) => return Err(StoreError::WrongType(key.to_string())),
             None => Default::default(),
         };
-        let held_by_other =
-            state.holder.as_deref().is_some_and(|h| h != owner) && state.held_until > now;
+        let held_by_other = state.holder.as_deref().is_some_and(|h| h != owner) && state.held_until > now;
         let grant = if held_by_other {
             None
         } else {
@@ -348,8 +324,7 @@ impl MemoryStore {
         let mut shard = self.shard(key).lock();
         match shard.live(key.digest(), now) {
             Some(Entry {
-                value: Value::Lock(l),
-                ..
+                value: Value::Lock(l), ..
             }) => {
                 let held = l.holder.as_deref() == Some(owner) && l.held_until > now;
                 if held {
@@ -411,11 +386,7 @@ impl StoreDriver for MemoryStore {
     ) -> impl Future<Output = StoreResult<PermitDecision>> + Send {
         ready(self.acquire_permit_now(key, permit, max, lease))
     }
-    fn release_permit(
-        &self,
-        key: &StoreKey,
-        permit: &str,
-    ) -> impl Future<Output = StoreResult<bool>> + Send {
+    fn release_permit(&self, key: &StoreKey, permit: &str) -> impl Future<Output = StoreResult<bool>> + Send {
         ready(self.release_permit_now(key, permit))
     }
     fn claim(
@@ -429,12 +400,7 @@ impl StoreDriver for MemoryStore {
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
         ready(self.get_now(key))
     }
-    fn set(
-        &self,
-        key: &StoreKey,
-        value: Bytes,
-        ttl: Duration,
-    ) -> impl Future<Output = StoreResult<()>> + Send {
+    fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> impl Future<Output = StoreResult<()>> + Send {
         self.set_now(key, value, ttl);
         ready(Ok(()))
     }
@@ -449,18 +415,10 @@ impl StoreDriver for MemoryStore {
     ) -> impl Future<Output = StoreResult<Option<LockGrant>>> + Send {
         ready(self.lock_now(key, owner, ttl))
     }
-    fn unlock(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-    ) -> impl Future<Output = StoreResult<bool>> + Send {
+    fn unlock(&self, key: &StoreKey, owner: &str) -> impl Future<Output = StoreResult<bool>> + Send {
         ready(self.unlock_now(key, owner))
     }
-    fn publish(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> impl Future<Output = StoreResult<()>> + Send {
+    fn publish(&self, channel: &str, payload: Bytes) -> impl Future<Output = StoreResult<()>> + Send {
         self.publish_now(channel, payload);
         ready(Ok(()))
     }
@@ -520,14 +478,10 @@ mod tests {
         let sliding = RateLimit::parse(Algorithm::SlidingWindow, "5/1s", None).unwrap();
         assert!(wrong(store.rate_now(&key, &sliding, 1).map(drop)));
         assert!(wrong(
-            store
-                .acquire_permit_now(&key, "p", 1, Duration::from_secs(1))
-                .map(drop)
+            store.acquire_permit_now(&key, "p", 1, Duration::from_secs(1)).map(drop)
         ));
         assert!(wrong(store.release_permit_now(&key, "p").map(drop)));
-        assert!(wrong(
-            store.lock_now(&key, "o", Duration::from_secs(1)).map(drop)
-        ));
+        assert!(wrong(store.lock_now(&key, "o", Duration::from_secs(1)).map(drop)));
         assert!(wrong(store.unlock_now(&key, "o").map(drop)));
         // Unchanged by all of the above, and still one live key.
         assert_eq!(remaining(&store), 2);
@@ -556,9 +510,7 @@ mod tests {
         let store = MemoryStore::new();
         let key = StoreKey::raw("t:x");
         store.set_now(&key, Bytes::from_static(b"v"), Duration::from_secs(10));
-        let err = store
-            .rate_now(&key, &RateLimit::gcra("1/s").unwrap(), 1)
-            .unwrap_err();
+        let err = store.rate_now(&key, &RateLimit::gcra("1/s").unwrap(), 1).unwrap_err();
         assert!(matches!(err, StoreError::WrongType(_)));
         assert_eq!(store.get_now(&key).unwrap().as_deref(), Some(&b"v"[..]));
     }

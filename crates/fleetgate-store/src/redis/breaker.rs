@@ -24,7 +24,11 @@ pub struct BreakerSettings {
 
 impl Default for BreakerSettings {
     fn default() -> Self {
-        BreakerSettings { threshold: 3, min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) }
+        BreakerSettings {
+            threshold: 3,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
     }
 }
 
@@ -69,7 +73,10 @@ impl Breaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Admission::Call,
             OPEN if self.now_ms() >= self.probe_at_ms.load(Ordering::Acquire) => {
-                match self.state.compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire) {
+                match self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => Admission::Probe,
                     Err(_) => Admission::Reject,
                 }
@@ -88,7 +95,8 @@ impl Breaker {
         }
         if self.state.load(Ordering::Acquire) != CLOSED {
             self.state.store(CLOSED, Ordering::Release);
-            self.backoff_ms.store(self.settings.min_backoff.as_millis() as u64, Ordering::Relaxed);
+            self.backoff_ms
+                .store(self.settings.min_backoff.as_millis() as u64, Ordering::Relaxed);
             tracing::info!("store answered again; breaker closed");
         }
     }
@@ -97,12 +105,16 @@ impl Breaker {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         match admission {
             Admission::Probe => {
-                let next = (self.backoff_ms.load(Ordering::Relaxed) * 2).min(self.settings.max_backoff.as_millis() as u64);
+                let next =
+                    (self.backoff_ms.load(Ordering::Relaxed) * 2).min(self.settings.max_backoff.as_millis() as u64);
                 self.backoff_ms.store(next, Ordering::Relaxed);
                 self.open();
             }
             Admission::Call if failures >= self.settings.threshold && self.state.load(Ordering::Acquire) == CLOSED => {
-                tracing::warn!(failures, "store failing; breaker opened, calls fail fast until a probe succeeds");
+                tracing::warn!(
+                    failures,
+                    "store failing; breaker opened, calls fail fast until a probe succeeds"
+                );
                 self.open();
             }
             _ => {}
@@ -110,7 +122,10 @@ impl Breaker {
     }
 
     fn open(&self) {
-        self.probe_at_ms.store(self.now_ms() + self.backoff_ms.load(Ordering::Relaxed), Ordering::Release);
+        self.probe_at_ms.store(
+            self.now_ms() + self.backoff_ms.load(Ordering::Relaxed),
+            Ordering::Release,
+        );
         self.state.store(OPEN, Ordering::Release);
     }
 
@@ -125,7 +140,11 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_probes_and_closes() {
-        let b = Breaker::new(BreakerSettings { threshold: 2, min_backoff: Duration::from_millis(30), max_backoff: Duration::from_millis(100) });
+        let b = Breaker::new(BreakerSettings {
+            threshold: 2,
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_millis(100),
+        });
         assert_eq!(b.admit(), Admission::Call);
         b.on_failure(Admission::Call);
         assert_eq!(b.admit(), Admission::Call);

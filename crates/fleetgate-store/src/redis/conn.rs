@@ -25,7 +25,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -58,14 +63,24 @@ impl Pool {
         let managers = (0..options.pool_size.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Pool { managers, target: client.get_connection_info().addr().to_string() })
+        Ok(Pool {
+            managers,
+            target: client.get_connection_info().addr().to_string(),
+        })
     }
 }
 
 pub(super) enum BackendKind {
     /// `None` until a Sentinel named the primary.
-    Pool { pool: RwLock<Option<Arc<Pool>>>, next: AtomicUsize },
-    Cluster { client: redis::cluster::ClusterClient, conn: RwLock<Option<ClusterConnection>>, connecting: AtomicBool },
+    Pool {
+        pool: RwLock<Option<Arc<Pool>>>,
+        next: AtomicUsize,
+    },
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        conn: RwLock<Option<ClusterConnection>>,
+        connecting: AtomicBool,
+    },
 }
 
 pub(super) struct Backend {
@@ -76,15 +91,25 @@ pub(super) struct Backend {
 
 impl Backend {
     pub fn pool(pool: Option<Pool>) -> Backend {
-        Backend::new(BackendKind::Pool { pool: RwLock::new(pool.map(Arc::new)), next: AtomicUsize::new(0) })
+        Backend::new(BackendKind::Pool {
+            pool: RwLock::new(pool.map(Arc::new)),
+            next: AtomicUsize::new(0),
+        })
     }
 
     pub fn cluster(client: redis::cluster::ClusterClient) -> Backend {
-        Backend::new(BackendKind::Cluster { client, conn: RwLock::new(None), connecting: AtomicBool::new(false) })
+        Backend::new(BackendKind::Cluster {
+            client: Box::new(client),
+            conn: RwLock::new(None),
+            connecting: AtomicBool::new(false),
+        })
     }
 
     fn new(kind: BackendKind) -> Backend {
-        Backend { kind, ready: tokio::sync::Notify::new() }
+        Backend {
+            kind,
+            ready: tokio::sync::Notify::new(),
+        }
     }
 
     /// A connection for one call, or `None` while a cluster connection is being made or no
@@ -125,14 +150,23 @@ impl Backend {
     }
 
     async fn connect_cluster(self: Arc<Self>) {
-        let BackendKind::Cluster { client, conn, connecting } = &self.kind else { return };
+        let BackendKind::Cluster {
+            client,
+            conn,
+            connecting,
+        } = &self.kind
+        else {
+            return;
+        };
         match client.get_async_connection().await {
             Ok(c) => {
                 *conn.write() = Some(c);
                 self.ready.notify_waiters();
                 tracing::info!("connected to the Redis cluster");
             }
-            Err(e) => tracing::warn!(error = %super::describe(&e), "Redis cluster connection failed; retrying on the next call"),
+            Err(e) => {
+                tracing::warn!(error = %super::describe(&e), "Redis cluster connection failed; retrying on the next call")
+            }
         }
         connecting.store(false, Ordering::Release);
     }

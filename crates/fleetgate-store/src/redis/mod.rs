@@ -285,7 +285,8 @@ impl RedisStore {
     }
 
     async fn query(&self, cmd: &Cmd) -> StoreResult<Value> {
-        self.bounded(|mut conn| async move { cmd.query_async::<Value>(&mut conn).await }).await
+        self.bounded(|mut conn| async move { cmd.query_async::<Value>(&mut conn).await })
+            .await
     }
 
     /// EVALSHA within one timeout: scripts are loaded first on a fresh connection to one
@@ -374,7 +375,13 @@ async fn scan_unlink(mut conn: Conn, pattern: &str, step: Duration) -> StoreResu
     loop {
         let (next, keys): (u64, Vec<Vec<u8>>) = tokio::time::timeout(
             step,
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(&mut conn),
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn),
         )
         .await
         .map_err(|_| StoreError::Timeout(step))?
@@ -407,8 +414,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn ints(v: Value, n: usize) -> StoreResult<Vec<i64>> {
-    let out: Vec<i64> =
-        redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))?;
+    let out: Vec<i64> = redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))?;
     if out.len() < n {
         return Err(StoreError::Protocol(format!(
             "expected {n} integers, got {}",
@@ -443,11 +449,7 @@ fn map_error(e: &RedisError) -> StoreError {
     let text = describe(e);
     if e.is_timeout() {
         StoreError::Timeout(Duration::ZERO)
-    } else if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-    {
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
         StoreError::Unavailable(text)
     } else if e.code() == Some("WRONGTYPE") || text.contains("WRONGTYPE") {
         StoreError::WrongType(text)
@@ -457,12 +459,7 @@ fn map_error(e: &RedisError) -> StoreError {
 }
 
 impl StoreDriver for RedisStore {
-    async fn rate(
-        &self,
-        key: &StoreKey,
-        limit: &RateLimit,
-        cost: u64,
-    ) -> StoreResult<RateDecision> {
+    async fn rate(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
         let s = &self.inner.scripts;
         let reply = match limit.algorithm() {
             Algorithm::Gcra => {
@@ -477,8 +474,7 @@ impl StoreDriver for RedisStore {
             Algorithm::SlidingWindow => {
                 let total = format!("{key}:n");
                 let args = [num(limit.period_us()), num(limit.capacity()), num(cost)];
-                self.eval(&s.sliding_window, &[key.as_str(), &total], &args)
-                    .await?
+                self.eval(&s.sliding_window, &[key.as_str(), &total], &args).await?
             }
             Algorithm::FixedWindow => {
                 let args = [num(limit.period_us()), num(limit.capacity()), num(cost)];
@@ -495,11 +491,7 @@ impl StoreDriver for RedisStore {
         max: u64,
         lease: Duration,
     ) -> StoreResult<PermitDecision> {
-        let args = [
-            permit.as_bytes().to_vec(),
-            num(max),
-            num(lease.as_micros() as u64),
-        ];
+        let args = [permit.as_bytes().to_vec(), num(max), num(lease.as_micros() as u64)];
         let r = ints(
             self.eval(&self.inner.scripts.acquire_permit, &[key.as_str()], &args)
                 .await?,
@@ -517,32 +509,16 @@ impl StoreDriver for RedisStore {
         let v = self
             .eval(&self.inner.scripts.release_permit, &[key.as_str()], &args)
             .await?;
-        Ok(
-            redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))?
-                == 1,
-        )
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 
-    async fn claim(
-        &self,
-        key: &StoreKey,
-        value: Bytes,
-        ttl: Duration,
-    ) -> StoreResult<ClaimOutcome> {
+    async fn claim(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
         let args = [value.to_vec(), num(ms(ttl))];
-        match self
-            .eval(&self.inner.scripts.claim, &[key.as_str()], &args)
-            .await?
-        {
+        match self.eval(&self.inner.scripts.claim, &[key.as_str()], &args).await? {
             Value::Array(items) => match items.as_slice() {
                 [Value::Int(1)] => Ok(ClaimOutcome::Won),
-                [Value::Int(0), Value::BulkString(held)] => {
-                    Ok(ClaimOutcome::Held(Bytes::from(held.clone())))
-                }
-                other => Err(StoreError::Protocol(format!(
-                    "claim reply of {} items",
-                    other.len()
-                ))),
+                [Value::Int(0), Value::BulkString(held)] => Ok(ClaimOutcome::Held(Bytes::from(held.clone()))),
+                other => Err(StoreError::Protocol(format!("claim reply of {} items", other.len()))),
             },
             _ => Err(StoreError::Protocol("claim reply is not an array".into())),
         }
@@ -573,12 +549,7 @@ impl StoreDriver for RedisStore {
         Ok(matches!(v, Value::Int(n) if n > 0))
     }
 
-    async fn lock(
-        &self,
-        key: &StoreKey,
-        owner: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<LockGrant>> {
+    async fn lock(&self, key: &StoreKey, owner: &str, ttl: Duration) -> StoreResult<Option<LockGrant>> {
         let fence = format!("{key}:fence");
         let args = [owner.as_bytes().to_vec(), num(ms(ttl))];
         let r = ints(
@@ -593,13 +564,8 @@ impl StoreDriver for RedisStore {
 
     async fn unlock(&self, key: &StoreKey, owner: &str) -> StoreResult<bool> {
         let args = [owner.as_bytes().to_vec()];
-        let v = self
-            .eval(&self.inner.scripts.unlock, &[key.as_str()], &args)
-            .await?;
-        Ok(
-            redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))?
-                == 1,
-        )
+        let v = self.eval(&self.inner.scripts.unlock, &[key.as_str()], &args).await?;
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 
     async fn publish(&self, channel: &str, payload: Bytes) -> StoreResult<()> {
@@ -611,10 +577,7 @@ impl StoreDriver for RedisStore {
     async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
         self.inner
             .pubsub
-            .subscribe(
-                channel,
-                self.inner.options.timeout.max(Duration::from_secs(1)),
-            )
+            .subscribe(channel, self.inner.options.timeout.max(Duration::from_secs(1)))
             .await
     }
 

@@ -15,10 +15,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 const CHANNEL_CAPACITY: usize = 4096;
 
 type Ack = oneshot::Sender<()>;
+type CommandSender = mpsc::UnboundedSender<(Arc<str>, Ack)>;
 
 pub(super) struct Hub {
     channels: Arc<Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>>,
-    commands: Mutex<Option<mpsc::UnboundedSender<(Arc<str>, Ack)>>>,
+    commands: Mutex<Option<CommandSender>>,
     /// The server to subscribe on; Sentinel failover replaces it.
     target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
     options: RedisOptions,

@@ -10,7 +10,10 @@ pub(super) struct LuaScript {
 
 impl LuaScript {
     fn new(source: &'static str) -> Self {
-        LuaScript { script: Script::new(source), source }
+        LuaScript {
+            script: Script::new(source),
+            source,
+        }
     }
     pub fn hash(&self) -> &str {
         self.script.get_hash()

@@ -62,7 +62,13 @@ impl SentinelWatch {
 
     /// Re-resolves in the background (at most one at a time); swaps pool and pub/sub target
     /// when the primary moved.
-    pub fn refresh(self: &Arc<Self>, backend: Arc<Backend>, hub_target: Arc<parking_lot::RwLock<Option<redis::Client>>>, options: RedisOptions, stale: Arc<AtomicBool>) {
+    pub fn refresh(
+        self: &Arc<Self>,
+        backend: Arc<Backend>,
+        hub_target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
+        options: RedisOptions,
+        stale: Arc<AtomicBool>,
+    ) {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -84,7 +90,9 @@ impl SentinelWatch {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(master = %me.master, error = %super::describe(&e), "sentinels could not name a primary"),
+                Ok(Err(e)) => {
+                    tracing::warn!(master = %me.master, error = %super::describe(&e), "sentinels could not name a primary")
+                }
                 Err(_) => tracing::warn!(master = %me.master, "sentinels did not answer in time"),
             }
             me.refreshing.store(false, Ordering::Release);
@@ -92,7 +100,13 @@ impl SentinelWatch {
     }
 
     /// Listens for `+switch-master` on the sentinels (rotating through them) and refreshes.
-    pub async fn watch_switches(self: Arc<Self>, backend: Arc<Backend>, hub_target: Arc<parking_lot::RwLock<Option<redis::Client>>>, options: RedisOptions, stale: Arc<AtomicBool>) {
+    pub async fn watch_switches(
+        self: Arc<Self>,
+        backend: Arc<Backend>,
+        hub_target: Arc<parking_lot::RwLock<Option<redis::Client>>>,
+        options: RedisOptions,
+        stale: Arc<AtomicBool>,
+    ) {
         let mut i = 0usize;
         loop {
             let addr = self.spec_sentinels[i % self.spec_sentinels.len()].clone();
@@ -110,7 +124,9 @@ impl SentinelWatch {
                 None => redis::Client::open(info),
             });
             if let Ok(client) = client {
-                if let Ok(Ok(mut pubsub)) = tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await {
+                if let Ok(Ok(mut pubsub)) =
+                    tokio::time::timeout(options.connect_timeout, client.get_async_pubsub()).await
+                {
                     if pubsub.subscribe("+switch-master").await.is_ok() {
                         let mut stream = pubsub.on_message();
                         while let Some(msg) = stream.next().await {

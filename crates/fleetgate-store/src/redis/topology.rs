@@ -43,18 +43,31 @@ pub(super) fn tls_certificates(options: &RedisOptions) -> Result<Option<TlsCerti
     };
     let root_cert = files.ca_file.as_deref().map(|p| read("CA file", p)).transpose()?;
     let client_tls = match (&files.cert_file, &files.key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: read("certificate file", cert)?, client_key: read("key file", key)? }),
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("certificate file", cert)?,
+            client_key: read("key file", key)?,
+        }),
         (None, None) => None,
-        _ => return Err(StoreError::Config("store TLS: cert_file and key_file must be given together".into())),
+        _ => {
+            return Err(StoreError::Config(
+                "store TLS: cert_file and key_file must be given together".into(),
+            ))
+        }
     };
     Ok(Some(TlsCertificates { client_tls, root_cert }))
 }
 
 /// A direct client to one cluster node (`host:port`), with the cluster's credentials and TLS.
 pub(super) fn node_client(spec: &ClusterSpec, addr: &str) -> Result<redis::Client, StoreError> {
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| StoreError::Protocol(format!("bad node address {addr}")))?;
-    let port: u16 = port.parse().map_err(|_| StoreError::Protocol(format!("bad node address {addr}")))?;
-    let info = self::addr(host.to_string(), port, spec.tls.is_some()).into_connection_info().map_err(|e| StoreError::Config(e.to_string()))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| StoreError::Protocol(format!("bad node address {addr}")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| StoreError::Protocol(format!("bad node address {addr}")))?;
+    let info = self::addr(host.to_string(), port, spec.tls.is_some())
+        .into_connection_info()
+        .map_err(|e| StoreError::Config(e.to_string()))?;
     let mut redis_info = info.redis_settings().clone();
     if let Some(u) = &spec.username {
         redis_info = redis_info.set_username(u);
@@ -99,7 +112,9 @@ fn parse_multi_host<'a>(url: &'a str, rest: &'a str, default_port: u16) -> Resul
     let mut hosts = Vec::new();
     for part in hosts_text.split(',').filter(|p| !p.is_empty()) {
         let (host, port) = if let Some(v6) = part.strip_prefix('[') {
-            let (h, tail) = v6.split_once(']').ok_or_else(|| config_error(url, format!("bad IPv6 host {part:?}")))?;
+            let (h, tail) = v6
+                .split_once(']')
+                .ok_or_else(|| config_error(url, format!("bad IPv6 host {part:?}")))?;
             (h.to_string(), tail.strip_prefix(':'))
         } else {
             match part.rsplit_once(':') {
@@ -108,7 +123,9 @@ fn parse_multi_host<'a>(url: &'a str, rest: &'a str, default_port: u16) -> Resul
             }
         };
         let port = match port {
-            Some(p) => p.parse::<u16>().map_err(|_| config_error(url, format!("bad port in {part:?}")))?,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| config_error(url, format!("bad port in {part:?}")))?,
             None => default_port,
         };
         if host.is_empty() {
@@ -119,9 +136,23 @@ fn parse_multi_host<'a>(url: &'a str, rest: &'a str, default_port: u16) -> Resul
     if hosts.is_empty() {
         return Err(config_error(url, "no host given; accepted: host:port[,host:port...]"));
     }
-    let db = if path.is_empty() { 0 } else { path.parse().map_err(|_| config_error(url, format!("database {path:?} is not a number")))? };
-    let query = query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
-    Ok(MultiHost { userinfo, hosts, db, query })
+    let db = if path.is_empty() {
+        0
+    } else {
+        path.parse()
+            .map_err(|_| config_error(url, format!("database {path:?} is not a number")))?
+    };
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    Ok(MultiHost {
+        userinfo,
+        hosts,
+        db,
+        query,
+    })
 }
 
 fn split_userinfo(userinfo: Option<&str>) -> (Option<String>, Option<String>) {
@@ -136,7 +167,12 @@ fn split_userinfo(userinfo: Option<&str>) -> (Option<String>, Option<String>) {
 
 fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
     if tls {
-        ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        }
     } else {
         ConnectionAddr::Tcp(host, port)
     }
@@ -152,11 +188,18 @@ pub(super) fn parse(url: &str, options: &RedisOptions) -> Result<Topology, Store
     let tls = tls_certificates(options)?;
     match scheme {
         "redis" | "rediss" => {
-            let info = url.into_connection_info().map_err(|e| config_error(url, e.to_string().replace(url, "<url>")))?;
+            let info = url
+                .into_connection_info()
+                .map_err(|e| config_error(url, e.to_string().replace(url, "<url>")))?;
             let info = with_credentials(info, options);
             let client = match (&tls, scheme) {
                 (Some(certs), "rediss") => redis::Client::build_with_tls(info, certs.clone()),
-                (Some(_), _) => return Err(config_error(url, "store.tls is set but the URL is redis://; use rediss:// for TLS")),
+                (Some(_), _) => {
+                    return Err(config_error(
+                        url,
+                        "store.tls is set but the URL is redis://; use rediss:// for TLS",
+                    ))
+                }
                 (None, _) => redis::Client::open(info),
             }
             .map_err(|e| config_error(url, e))?;

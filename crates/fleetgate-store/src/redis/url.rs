@@ -29,10 +29,7 @@ mod tests {
 
     #[test]
     fn hides_passwords() {
-        assert_eq!(
-            redact("redis://app:s3cret@h:6379/0"),
-            "redis://app:***@h:6379/0"
-        );
+        assert_eq!(redact("redis://app:s3cret@h:6379/0"), "redis://app:***@h:6379/0");
         assert_eq!(redact("rediss://:s3cret@h:6379"), "rediss://:***@h:6379");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact("redis://user@h"), "redis://user@h");
