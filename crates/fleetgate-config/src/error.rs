@@ -104,6 +104,9 @@ pub(crate) struct Invalid {
     pub loc: Option<Location>,
     pub path: String,
     pub message: String,
+    /// `loc` is a mapping value's; point at its key instead when the value is a block mapping
+    /// starting on a later line (where a person looks for `tls:`, not its first entry).
+    pub at_key: bool,
 }
 
 impl Invalid {
@@ -112,7 +115,14 @@ impl Invalid {
             loc: loc.filter(|l| l.line() > 0),
             path: path.into(),
             message: message.into(),
+            at_key: false,
         }
+    }
+
+    /// See [`Invalid::at_key`].
+    pub(crate) fn at_key(mut self) -> Self {
+        self.at_key = true;
+        self
     }
 }
 
@@ -171,8 +181,50 @@ impl Source<'_> {
     }
 
     pub(crate) fn invalid(&self, inv: Invalid) -> ConfigError {
-        let (line, col) = inv.loc.map_or((0, 0), |l| (l.line(), l.column()));
+        let (mut line, mut col) = inv.loc.map_or((0, 0), |l| (l.line(), l.column()));
+        if inv.at_key {
+            if let Some((l, c)) = self.key_of_block_value(line, col, last_field(&inv.path)) {
+                (line, col) = (l, c);
+            }
+        }
         self.error(ErrorKind::Invalid, line, col, Some(inv.path), inv.message)
+    }
+
+    /// For a block mapping value starting at `line`/`col` (substituted text) on its own line,
+    /// the line and column of its key `key:` above it. Nothing is substituted before a key at
+    /// the start of a line, so its column is the same in both texts.
+    fn key_of_block_value(&self, line: u64, col: u64, key: &str) -> Option<(u64, u64)> {
+        let line_no = u32::try_from(line).ok().filter(|l| *l > 0)?;
+        let orig_col = self.columns.original_column(line_no, col);
+        let lines: Vec<&str> = self.original.lines().collect();
+        let text = lines.get(line_no as usize - 1)?;
+        let before: String = text
+            .chars()
+            .take(usize::try_from(orig_col.checked_sub(1)?).ok()?)
+            .collect();
+        if !before.trim().is_empty() {
+            return None;
+        }
+        let indent = before.chars().count();
+        for l in (1..line_no as usize).rev() {
+            let t = lines[l - 1];
+            let trimmed = t.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let key_indent = t.chars().count() - trimmed.chars().count();
+            if key_indent >= indent {
+                return None;
+            }
+            let after_dash = trimmed.strip_prefix("- ").map(str::trim_start).unwrap_or(trimmed);
+            let rest = after_dash.strip_prefix(key)?;
+            if !rest.trim_start().starts_with(':') {
+                return None;
+            }
+            let column = t.chars().count() - after_dash.chars().count() + 1;
+            return Some((l as u64, column as u64));
+        }
+        None
     }
 
     /// An error about a value that did not come from the file (`REDIS_URL`).
@@ -194,7 +246,14 @@ impl Source<'_> {
         let line_no = u32::try_from(loc.line()).ok()?;
         let col = self.columns.original_column(line_no, loc.column());
         let line = self.original.lines().nth(line_no.checked_sub(1)? as usize)?;
-        let rest: String = line.chars().skip(usize::try_from(col.checked_sub(1)?).ok()?).collect();
+        let skip = usize::try_from(col.checked_sub(1)?).ok()?;
+        if let Some(at) = secret_value_start(line) {
+            // Never quote a secret's value.
+            if line.char_indices().nth(skip).map_or(line.len(), |(b, _)| b) >= at {
+                return None;
+            }
+        }
+        let rest: String = line.chars().skip(skip).collect();
         let token: &str = if let Some(q) = rest.strip_prefix('"') {
             q.split('"').next().unwrap_or(q)
         } else if let Some(q) = rest.strip_prefix('\'') {
@@ -222,7 +281,7 @@ impl Source<'_> {
             }
             rest[..end].trim()
         };
-        let token: String = token.chars().take(80).collect();
+        let token: String = redact_urls(token).chars().take(80).collect();
         (!token.is_empty()).then_some(token)
     }
 
@@ -232,9 +291,9 @@ impl Source<'_> {
         let loc = err.location().filter(|l| l.line() > 0);
         let mut path = raw_path.map(clean_path).filter(|p| !p.is_empty());
         let (line, col) = loc.map_or((0, 0), |l| (l.line(), l.column()));
-        let field = path.as_deref().map(last_field).unwrap_or_default().to_string();
-        let accepted = |field: &str| {
-            accepted_for(field)
+        let full_path = path.clone().unwrap_or_default();
+        let accepted = |path: &str| {
+            accepted_at(path)
                 .map(|a| format!("; accepted: {a}"))
                 .unwrap_or_default()
         };
@@ -248,17 +307,25 @@ impl Source<'_> {
                 } else {
                     expected.join(", ")
                 };
-                (ErrorKind::Schema, format!("unknown field `{field}`; {hint}accepted fields here: {list}"))
+                let shared = if is_concern_store(path.as_deref().unwrap_or_default()) {
+                    " (credentials, TLS, breaker, pool and reconnect settings and flush_on_startup are shared by every concern: set them under `store`)"
+                } else {
+                    ""
+                };
+                (
+                    ErrorKind::Schema,
+                    format!("unknown field `{field}`; {hint}accepted fields here: {list}{shared}"),
+                )
             }
             YamlError::SerdeMissingField { field, location } => {
                 let (l, c) = mapping_start(self.original, &self.columns, location);
-                let message = format!("missing required field `{field}`{}", accepted(field));
                 let parent = path.take().unwrap_or_default();
                 let full = if parent.is_empty() {
                     field.to_string()
                 } else {
                     format!("{parent}.{field}")
                 };
+                let message = format!("missing required field `{field}`{}", accepted(&full));
                 return self.error(ErrorKind::Schema, l, c, Some(full), message);
             }
             YamlError::SerdeUnknownVariant { variant, expected, .. } => (
@@ -271,7 +338,7 @@ impl Source<'_> {
                 format!(
                     "wrong type: found {unexpected}, expected {}{}",
                     human_expected(expected),
-                    accepted(&field)
+                    accepted(&full_path)
                 ),
             ),
             YamlError::InvalidScalar { ty, location } => {
@@ -279,18 +346,18 @@ impl Source<'_> {
                     .token_at(location)
                     .map(|t| format!(", found `{t}`"))
                     .unwrap_or_default();
-                (ErrorKind::Schema, format!("expected {}{found}{}", human_type(ty), accepted(&field)))
+                (ErrorKind::Schema, format!("expected {}{found}{}", human_type(ty), accepted(&full_path)))
             }
             YamlError::InvalidBooleanStrict { .. } => {
                 (ErrorKind::Schema, "expected true or false".to_string())
             }
             YamlError::Unexpected { expected, .. } => (
                 ErrorKind::Schema,
-                format!("wrong type: expected {}{}", human_expected(expected), accepted(&field)),
+                format!("wrong type: expected {}{}", human_expected(expected), accepted(&full_path)),
             ),
             YamlError::NullIntoString { .. } => (
                 ErrorKind::Schema,
-                format!("a value is required here, found nothing (null){}", accepted(&field)),
+                format!("a value is required here, found nothing (null){}", accepted(&full_path)),
             ),
             YamlError::DuplicateMappingKey { key, .. } => (
                 ErrorKind::Syntax,
@@ -379,6 +446,12 @@ fn clean_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+/// Whether `path` is a field of one `stores.NAME` entry (`stores.sessions.url`).
+fn is_concern_store(path: &str) -> bool {
+    path.strip_prefix("stores.")
+        .is_some_and(|rest| rest.split('.').count() == 2)
+}
+
 fn last_field(path: &str) -> &str {
     let last = path.rsplit('.').next().unwrap_or(path);
     last.split('[').next().unwrap_or(last)
@@ -446,7 +519,17 @@ pub(crate) fn accepted_for(field: &str) -> Option<&'static str> {
         "log" => "a mapping with `level` and `access_log`",
         "level" => "trace, debug, info, warn, error",
         "access_log" | "strip_prefix" => "true or false",
-        "store" => "a mapping with `url`, `key_prefix`, `timeout_ms`, `connect_timeout_ms`, `pool_size`",
+        "store" => "a mapping with `url`, `key_prefix`, `timeout_ms`, `connect_timeout_ms`, `pool_size`, `reconnect_min_ms`, `reconnect_max_ms`, `username`, `password`, `sentinel_username`, `sentinel_password`, `tls`, `breaker`, `flush_on_startup`, `default_ttl_ms`",
+        "stores" => STORES_ACCEPTED,
+        "reconnect_min_ms" | "reconnect_max_ms" | "min_backoff_ms" | "max_backoff_ms" => MS_ACCEPTED,
+        "default_ttl_ms" => TTL_ACCEPTED,
+        "username" | "sentinel_username" => USERNAME_ACCEPTED,
+        "password" | "sentinel_password" => "a string (quote it when it holds YAML-special characters; `${VAR}` keeps it out of the file)",
+        "tls" => "a mapping with optional `ca_file`, `cert_file` and `key_file` (paths of PEM files); `tls: {}` turns TLS on with the system's CA roots",
+        "ca_file" | "cert_file" => CERT_FILE_ACCEPTED,
+        "key_file" => KEY_FILE_ACCEPTED,
+        "breaker" => "a mapping with optional `failures` (1 to 1000), `min_backoff_ms`, `max_backoff_ms`",
+        "flush_on_startup" => "true or false",
         "url" => STORE_URL_ACCEPTED,
         "key_prefix" => "1 to 64 characters from A-Z a-z 0-9 . _ -",
         "pool_size" => "a whole number from 1 to 64",
@@ -490,6 +573,25 @@ pub(crate) const LISTEN_ACCEPTED: &str =
     "IP:PORT, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (port 0 picks a free port)";
 pub(crate) const STORE_URL_ACCEPTED: &str = "memory://, redis://[user:pass@]host[:port][/db], rediss://... (TLS), redis-sentinel://h1:26379,h2:26379[/db]?master=NAME, redis-cluster://h1:7000,h2:7001";
 pub(crate) const MS_ACCEPTED: &str = "a whole number of milliseconds from 1 to 604800000 (7 days)";
+pub(crate) const TTL_ACCEPTED: &str = "a whole number of milliseconds from 1 to 31536000000 (365 days)";
+pub(crate) const USERNAME_ACCEPTED: &str = "a Redis ACL user name, without spaces or control characters";
+pub(crate) const CERT_FILE_ACCEPTED: &str =
+    "the path of a readable PEM file holding a certificate (`-----BEGIN CERTIFICATE-----`)";
+pub(crate) const KEY_FILE_ACCEPTED: &str =
+    "the path of a readable PEM file holding a private key (`-----BEGIN ... PRIVATE KEY-----`)";
+pub(crate) const STORES_ACCEPTED: &str = "a mapping with optional `rate_limits`, `sessions`, `markers`, `cache`, `events`, each a mapping with optional `url`, `key_prefix`, `timeout_ms`, `default_ttl_ms`";
+pub(crate) const CONCERN_STORE_ACCEPTED: &str = "a mapping with optional `url`, `key_prefix`, `timeout_ms`, `default_ttl_ms` (everything else is shared from `store`)";
+
+/// What the field at `path` accepts: as [`accepted_for`] its last name, except under `stores`,
+/// whose concern names (`rate_limits`...) mean something else elsewhere.
+pub(crate) fn accepted_at(path: &str) -> Option<&'static str> {
+    if let Some(rest) = path.strip_prefix("stores.") {
+        if !rest.contains('.') {
+            return Some(CONCERN_STORE_ACCEPTED);
+        }
+    }
+    accepted_for(last_field(path))
+}
 pub(crate) const TARGETS_ACCEPTED: &str =
     "a non-empty list of http://HOST[:PORT] URLs, e.g. [http://127.0.0.1:3000] (port defaults to 80)";
 
@@ -564,31 +666,87 @@ fn mapping_start(original: &str, columns: &ColumnMap, loc: &Location) -> (u64, u
 }
 
 /// `line` with the password of every `scheme://user:password@host` URL replaced by `***`, so
-/// that an error about a store URL never shows its password.
+/// that an error about a store URL never shows its password. The user info of a URL is taken
+/// to run up to the last `@` of the line: a password may hold `,`, `]`, `}`, `/` or spaces, and
+/// hiding too much is preferred to showing a secret.
 fn redact_urls(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(i) = rest.find("://") {
-        let start = rest[..i]
-            .char_indices()
-            .rev()
-            .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '[' | ',' | '{'))
-            .map_or(0, |(j, c)| j + c.len_utf8());
-        out.push_str(&rest[..start]);
-        let end = rest[i..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ']' | ',' | '}'))
-            .map_or(rest.len(), |j| i + j);
-        out.push_str(&fleetgate_store::redis::url::redact(&rest[start..end]));
-        rest = &rest[end..];
+        let tail = &rest[i + 3..];
+        out.push_str(&rest[..i + 3]);
+        rest = match tail.rfind('@') {
+            Some(at) => {
+                let userinfo = &tail[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push_str(":***@");
+                    }
+                    None => {
+                        out.push_str(userinfo);
+                        out.push('@');
+                    }
+                }
+                &tail[at + 1..]
+            }
+            None => tail,
+        };
     }
     out.push_str(rest);
     out
 }
 
+/// Whether a key names a secret (`password`, `sentinel_password`, and near misses such as a
+/// mistyped `pasword`, whose value is still someone's password).
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("passw")
+        || k.contains("secret")
+        || k.contains("pwd")
+        || k.contains("token")
+        || edit_distance(&k, "password") <= 2
+        || edit_distance(&k, "sentinel_password") <= 3
+}
+
+/// Where, in bytes, the value of the first secret key on `line` starts (`password: VALUE`,
+/// also in flow mappings and quoted), if any: from there on the line is not shown.
+fn secret_value_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != b':' {
+            continue;
+        }
+        if bytes.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
+            continue;
+        }
+        let before = &line[..i];
+        let key = before
+            .rsplit(|c: char| c.is_whitespace() || matches!(c, '{' | ',' | '[' | '-' | '?'))
+            .next()
+            .unwrap_or(before)
+            .trim_matches(|c| c == '"' || c == '\'');
+        if !key.is_empty() && is_secret_key(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// `line` as it may be shown: secret values replaced by `***` (the rest of the line after a
+/// secret key is dropped), and URL passwords hidden.
+fn shown_line(line: &str) -> String {
+    let line = match secret_value_start(line) {
+        Some(at) => format!("{} ***", &line[..at]),
+        None => line.to_string(),
+    };
+    redact_urls(&line)
+}
+
 /// The numbered line `line` of `text` with a caret under `column`.
 fn snippet(text: &str, line: u32, column: Option<u32>) -> Option<String> {
     let content = text.lines().nth(line.checked_sub(1)? as usize)?;
-    let shown: String = redact_urls(content)
+    let shown: String = shown_line(content)
         .chars()
         .take(200)
         .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
@@ -598,6 +756,14 @@ fn snippet(text: &str, line: u32, column: Option<u32>) -> Option<String> {
     let mut out = format!("{pad} |\n{number} | {}", shown.trim_end());
     if let Some(col) = column {
         let col = col.max(1) as usize;
+        // The column in the shown line: hidden secrets before it change its position.
+        let before: String = content.chars().take(col - 1).collect();
+        let col = match secret_value_start(content) {
+            // At or after a hidden value: on its `***`.
+            Some(at) if before.len() >= at => redact_urls(&content[..at]).chars().count() + 2,
+            _ if before.chars().count() == col - 1 => redact_urls(&before).chars().count() + 1,
+            _ => col,
+        };
         if col <= shown.chars().count() + 1 {
             let lead: String = shown
                 .chars()
@@ -636,6 +802,120 @@ mod tests {
         assert_eq!(redact_urls("x:\u{3000}redis://a:b@c"), "x:\u{3000}redis://a:***@c");
         let s = snippet("store:\n  url: redis://u:pw@h\n", 2, Some(8)).unwrap();
         assert!(!s.contains("pw"), "{s}");
+    }
+
+    #[test]
+    fn snippets_hide_secret_values_and_keep_the_caret() {
+        let s = snippet(
+            "store: { url: \"redis://:longsecret@h\", timeout_ms: x }\n",
+            1,
+            Some(52),
+        )
+        .unwrap();
+        assert!(!s.contains("longsecret"), "{s}");
+        assert_eq!(
+            s,
+            "  |\n1 | store: { url: \"redis://:***@h\", timeout_ms: x }\n  |                                             ^"
+        );
+        assert_eq!(shown_line("  password: hunter2 # x"), "  password: ***");
+        assert_eq!(
+            shown_line("  - \"sentinel_password\":  a b"),
+            "  - \"sentinel_password\": ***"
+        );
+        assert_eq!(shown_line("store: { pasword: hunter2, x: 1 }"), "store: { pasword: ***");
+        assert_eq!(shown_line("  passive: { failures: 3 }"), "  passive: { failures: 3 }");
+        assert_eq!(shown_line("  url: redis://u:p ss,w@h"), "  url: redis://u:***@h");
+        let s = snippet("store:\n  password: [hunter2]\n", 2, Some(13)).unwrap();
+        assert_eq!(s, "  |\n2 |   password: ***\n  |             ^");
+    }
+
+    #[test]
+    fn only_secret_keys_are_hidden() {
+        for key in [
+            "password",
+            "sentinel_password",
+            "Password",
+            "pasword",
+            "sentinel_pasword",
+            "db_secret",
+            "api-token",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        // Every other field name of the schema is shown.
+        for key in [
+            "listen",
+            "admin",
+            "log",
+            "level",
+            "access_log",
+            "store",
+            "stores",
+            "url",
+            "key_prefix",
+            "timeout_ms",
+            "connect_timeout_ms",
+            "pool_size",
+            "reconnect_min_ms",
+            "reconnect_max_ms",
+            "username",
+            "sentinel_username",
+            "tls",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "breaker",
+            "failures",
+            "min_backoff_ms",
+            "max_backoff_ms",
+            "flush_on_startup",
+            "default_ttl_ms",
+            "rate_limits",
+            "sessions",
+            "markers",
+            "cache",
+            "events",
+            "server",
+            "max_header_bytes",
+            "max_body_bytes",
+            "request_timeout_ms",
+            "idle_timeout_ms",
+            "drain_timeout_ms",
+            "trusted_proxies",
+            "upstreams",
+            "targets",
+            "health_check",
+            "path",
+            "interval_ms",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "passive",
+            "eject_ms",
+            "routes",
+            "name",
+            "match",
+            "path_prefix",
+            "host",
+            "methods",
+            "upstream",
+            "respond",
+            "status",
+            "body",
+            "headers",
+            "strip_prefix",
+            "concurrency_limits",
+            "key",
+            "rate",
+            "burst",
+            "algorithm",
+            "cost",
+            "on_store_error",
+            "on_missing_key",
+            "max",
+            "lease_ms",
+        ] {
+            assert!(!is_secret_key(key), "{key}");
+        }
     }
 
     #[test]

@@ -16,7 +16,20 @@
 //!   `${`. Substitution is textual, before YAML parsing, and skips `#` comments; quote the
 //!   reference (`"${NAME}"`) when a value may hold YAML-special characters.
 //! * `REDIS_URL`, when set and not empty, overrides `store.url` (after the file is validated;
-//!   its URL is checked the same way, and errors name `REDIS_URL`).
+//!   its URL is checked the same way, and errors name `REDIS_URL`), and so the URL of every
+//!   concern under `stores` that has no `url` of its own.
+//!
+//! ## Stores
+//! [`Config::store`] is the store; [`Config::stores`] holds each concern's store fully
+//! resolved (`stores.NAME` over `store`: own `url`, `key_prefix`, `timeout_ms`,
+//! `default_ttl_ms`; credentials, TLS, breaker, pool and reconnect settings shared).
+//! [`StoreConfig::redis_options`] gives the driver every setting. TLS files are checked (exist,
+//! readable, PEM) during validation.
+//!
+//! ## Secrets
+//! Passwords (in store URLs, `password`, `sentinel_password`) never appear in a
+//! [`ConfigError`] (messages and the printed line of the file) nor in the `Debug` form of
+//! [`Config`] and [`StoreConfig`].
 //!
 //! The file format is described in `docs/configuration.md`.
 #![forbid(unsafe_code)]

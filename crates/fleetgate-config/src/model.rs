@@ -1,7 +1,7 @@
 //! The validated configuration: what the gateway consumes. Every value here has been checked;
 //! defaults are filled in. See docs/configuration.md for the file format.
 
-use fleetgate_store::{Keyspace, RateLimit, RedisOptions};
+use fleetgate_store::{BreakerSettings, Keyspace, RateLimit, RedisOptions, TlsFiles};
 use ipnet::IpNet;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -18,8 +18,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
-    /// The store holding shared state.
+    /// The store holding shared state (`store`). `REDIS_URL` overrides its URL.
     pub store: StoreConfig,
+    /// The store of each concern, fully resolved: `stores.NAME` over `store` (`stores`).
+    pub stores: ConcernStores,
     /// Limits and timeouts of the client-facing HTTP server.
     pub server: ServerConfig,
     /// Peers whose `X-Forwarded-For` is honoured (`trusted_proxies`, default none). Bare IPs
@@ -41,6 +43,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
+            stores: ConcernStores::default(),
             server: ServerConfig::default(),
             trusted_proxies: Vec::new(),
             upstreams: BTreeMap::new(),
@@ -196,28 +199,60 @@ pub enum UrlSource {
     RedisUrlEnv,
 }
 
-/// The store holding shared state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The store holding shared state: `store`, or one concern's store (`stores.NAME` over
+/// `store`).
+///
+/// `Debug` never shows a password: the URL is redacted and `password` and
+/// `sentinel_password` print as `***`. Log [`StoreConfig::redacted_url`], never `url`.
+#[derive(Clone)]
 pub struct StoreConfig {
-    /// The store URL (`store.url`, default `memory://`; `REDIS_URL` overrides it). May hold a
-    /// password: log [`StoreConfig::redacted_url`] instead.
+    /// The store URL (`store.url`, default `memory://`; `REDIS_URL` overrides it; a concern's
+    /// own `stores.NAME.url` overrides both for that concern). May hold a password: log
+    /// [`StoreConfig::redacted_url`] instead.
     pub url: String,
     /// The kind of store the URL names.
     pub kind: StoreKind,
     /// Where the URL came from.
     pub url_source: UrlSource,
-    /// The key namespace (`store.key_prefix`, default `fleetgate`).
+    /// The key namespace (`key_prefix`, default `fleetgate`).
     pub keyspace: Keyspace,
-    /// Bound on every store call (`store.timeout_ms`, default 50 ms).
+    /// Bound on every store call (`timeout_ms`, default 50 ms).
     pub timeout: Duration,
     /// Bound on establishing one connection (`store.connect_timeout_ms`, default 1000 ms).
     pub connect_timeout: Duration,
     /// Multiplexed connections per instance (`store.pool_size`, default 2, 1..=64).
     pub pool_size: usize,
+    /// First delay between reconnection attempts (`store.reconnect_min_ms`, default 50 ms).
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts (`store.reconnect_max_ms`, default 500 ms,
+    /// at least `reconnect_min`).
+    pub reconnect_max: Duration,
+    /// ACL user name (`store.username`), overriding the URL's; `None`: the URL's, if any.
+    pub username: Option<String>,
+    /// Password (`store.password`), overriding the URL's; `None`: the URL's, if any. A secret:
+    /// never log it.
+    pub password: Option<String>,
+    /// ACL user name for the sentinels themselves (`store.sentinel_username`).
+    pub sentinel_username: Option<String>,
+    /// Password for the sentinels themselves (`store.sentinel_password`). A secret.
+    pub sentinel_password: Option<String>,
+    /// TLS files (`store.tls`); `Some` turns TLS on for `redis-sentinel://` and
+    /// `redis-cluster://`, and sets the CA and client certificate for `rediss://`. Never set
+    /// with `redis://` or `memory://` (refused by validation). Every file named was a readable
+    /// PEM file when the configuration was validated.
+    pub tls: Option<TlsFiles>,
+    /// When to stop calling a failing store and how often to probe it (`store.breaker`).
+    pub breaker: BreakerSettings,
+    /// DANGEROUS: delete every key under the key prefix when the gateway starts
+    /// (`store.flush_on_startup`, default `false`).
+    pub flush_on_startup: bool,
+    /// TTL for stored values that have no TTL of their own (`default_ttl_ms`, default 1 day).
+    pub default_ttl: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
+        let d = RedisOptions::default();
         StoreConfig {
             url: "memory://".to_string(),
             kind: StoreKind::Memory,
@@ -226,20 +261,100 @@ impl Default for StoreConfig {
             timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_millis(1000),
             pool_size: 2,
+            reconnect_min: d.reconnect_min,
+            reconnect_max: d.reconnect_max,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls: None,
+            breaker: BreakerSettings::default(),
+            flush_on_startup: false,
+            default_ttl: Duration::from_millis(DEFAULT_TTL_MS),
         }
     }
 }
 
+/// Prints the redacted URL and `***` for passwords.
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hide = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("StoreConfig")
+            .field("url", &self.redacted_url())
+            .field("kind", &self.kind)
+            .field("url_source", &self.url_source)
+            .field("keyspace", &self.keyspace)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("username", &self.username)
+            .field("password", &hide(&self.password))
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &hide(&self.sentinel_password))
+            .field("tls", &self.tls)
+            .field("breaker", &self.breaker)
+            .field("flush_on_startup", &self.flush_on_startup)
+            .field("default_ttl", &self.default_ttl)
+            .finish()
+    }
+}
+
+/// Field by field (`BreakerSettings` has no `PartialEq`: its fields are compared).
+impl PartialEq for StoreConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let breaker = |b: &BreakerSettings| (b.threshold, b.min_backoff, b.max_backoff);
+        self.url == other.url
+            && self.kind == other.kind
+            && self.url_source == other.url_source
+            && self.keyspace == other.keyspace
+            && self.timeout == other.timeout
+            && self.connect_timeout == other.connect_timeout
+            && self.pool_size == other.pool_size
+            && self.reconnect_min == other.reconnect_min
+            && self.reconnect_max == other.reconnect_max
+            && self.username == other.username
+            && self.password == other.password
+            && self.sentinel_username == other.sentinel_username
+            && self.sentinel_password == other.sentinel_password
+            && self.tls == other.tls
+            && breaker(&self.breaker) == breaker(&other.breaker)
+            && self.flush_on_startup == other.flush_on_startup
+            && self.default_ttl == other.default_ttl
+    }
+}
+
+impl Eq for StoreConfig {}
+
 pub(crate) const DEFAULT_KEY_PREFIX: &str = "fleetgate";
+pub(crate) const DEFAULT_TTL_MS: u64 = 86_400_000;
 
 pub(crate) fn default_keyspace() -> Keyspace {
     Keyspace::new(DEFAULT_KEY_PREFIX).expect("the default key prefix is valid")
 }
 
+/// `url` with its password replaced by `***`: [`fleetgate_store::redis::url::redact`], then,
+/// for URLs that it reads differently (a password holding `/` or `?`), everything before the
+/// last `@` is taken as the user info. Hiding too much is preferred to showing a secret.
+pub(crate) fn redact_url(url: &str) -> String {
+    let shown = fleetgate_store::redis::url::redact(url);
+    let Some((scheme, rest)) = shown.split_once("://") else {
+        return shown;
+    };
+    let Some((userinfo, hosts)) = rest.rsplit_once('@') else {
+        return shown;
+    };
+    match userinfo.split_once(':') {
+        Some((user, pass)) if pass != "***" => format!("{scheme}://{user}:***@{hosts}"),
+        _ => shown,
+    }
+}
+
 impl StoreConfig {
     /// The URL with any password replaced by `***`, for logs and errors.
     pub fn redacted_url(&self) -> String {
-        fleetgate_store::redis::url::redact(&self.url)
+        redact_url(&self.url)
     }
 
     /// Whether this is the in-process store.
@@ -247,15 +362,59 @@ impl StoreConfig {
         self.kind == StoreKind::Memory
     }
 
-    /// Connection options for the Redis driver, from `timeout_ms`, `connect_timeout_ms` and
-    /// `pool_size` (reconnect delays keep the driver's defaults).
+    /// Connection options for the Redis driver: every field from this configuration.
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
             pool_size: self.pool_size,
-            ..RedisOptions::default()
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            breaker: self.breaker,
+            tls: self.tls.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            sentinel_username: self.sentinel_username.clone(),
+            sentinel_password: self.sentinel_password.clone(),
         }
+    }
+}
+
+/// The store of each concern (`stores`), each fully resolved: the concern's own `url`,
+/// `key_prefix`, `timeout_ms` and `default_ttl_ms` when given, everything else (credentials,
+/// TLS, breaker, pool and reconnect settings, `flush_on_startup`) from `store`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConcernStores {
+    /// Rate and concurrency limits (`stores.rate_limits`).
+    pub rate_limits: StoreConfig,
+    /// Sessions (`stores.sessions`).
+    pub sessions: StoreConfig,
+    /// Replay markers and idempotency keys (`stores.markers`).
+    pub markers: StoreConfig,
+    /// Response cache and dedup (`stores.cache`).
+    pub cache: StoreConfig,
+    /// Live events (`stores.events`).
+    pub events: StoreConfig,
+}
+
+impl ConcernStores {
+    /// The concern names, as written under `stores`.
+    pub const NAMES: [&'static str; 5] = ["rate_limits", "sessions", "markers", "cache", "events"];
+
+    /// Every concern with its name, in [`ConcernStores::NAMES`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &StoreConfig)> {
+        Self::NAMES.into_iter().zip([
+            &self.rate_limits,
+            &self.sessions,
+            &self.markers,
+            &self.cache,
+            &self.events,
+        ])
+    }
+
+    /// The concern called `name` (one of [`ConcernStores::NAMES`]).
+    pub fn get(&self, name: &str) -> Option<&StoreConfig> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
     }
 }
 
@@ -697,6 +856,26 @@ mod tests {
         let r = route(Some("/api/"), true);
         assert_eq!(r.upstream_path("/api/x"), "/x");
         assert_eq!(route(Some("/api"), false).upstream_path("/api/x"), "/api/x");
+    }
+
+    #[test]
+    fn redacted_urls_hide_passwords_however_written() {
+        for (url, shown) in [
+            ("redis://app:s3cret@h:6379/0", "redis://app:***@h:6379/0"),
+            ("rediss://:s3cret@h", "rediss://:***@h"),
+            ("redis://a:p@ss@h/0", "redis://a:***@h/0"),
+            ("redis://a:se/cr?et@h/0", "redis://a:***@h/0"),
+            (
+                "redis-sentinel://u:pw@h1:1,h2:2?master=m",
+                "redis-sentinel://u:***@h1:1,h2:2?master=m",
+            ),
+            ("redis://user@h", "redis://user@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("memory://", "memory://"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

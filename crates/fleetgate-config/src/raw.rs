@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub store: Option<RawStore>,
     #[serde(default)]
+    pub stores: Option<RawStores>,
+    #[serde(default)]
     pub server: Option<RawServer>,
     #[serde(default)]
     pub trusted_proxies: Option<Vec<S<String>>>,
@@ -49,7 +51,7 @@ pub(crate) struct RawLog {
     pub access_log: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
     #[serde(default)]
@@ -62,6 +64,111 @@ pub(crate) struct RawStore {
     pub connect_timeout_ms: Option<S<i64>>,
     #[serde(default)]
     pub pool_size: Option<S<i64>>,
+    #[serde(default)]
+    pub reconnect_min_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub reconnect_max_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub username: Option<S<String>>,
+    #[serde(default)]
+    pub password: Option<S<String>>,
+    #[serde(default)]
+    pub sentinel_username: Option<S<String>>,
+    #[serde(default)]
+    pub sentinel_password: Option<S<String>>,
+    /// `tls:` with nothing after it is `Some` (TLS with the defaults), like `tls: {}`.
+    #[serde(default, deserialize_with = "present")]
+    pub tls: Option<S<Option<RawTls>>>,
+    #[serde(default)]
+    pub breaker: Option<RawBreaker>,
+    #[serde(default)]
+    pub flush_on_startup: Option<S<bool>>,
+    #[serde(default)]
+    pub default_ttl_ms: Option<S<i64>>,
+}
+
+/// Never shows the passwords (the URL and `password` fields hold secrets).
+impl fmt::Debug for RawStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawStore")
+            .field("url", &self.url.as_ref().map(|u| crate::model::redact_url(&u.value)))
+            .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A field that is `Some` whenever it is written, even as `field:` with no value (null).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    #[serde(default)]
+    pub ca_file: Option<S<String>>,
+    #[serde(default)]
+    pub cert_file: Option<S<String>>,
+    #[serde(default)]
+    pub key_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    #[serde(default)]
+    pub failures: Option<S<i64>>,
+    #[serde(default)]
+    pub min_backoff_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub max_backoff_ms: Option<S<i64>>,
+}
+
+/// `stores`: per-concern overrides of `store`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStores {
+    #[serde(default)]
+    pub rate_limits: Option<RawConcernStore>,
+    #[serde(default)]
+    pub sessions: Option<RawConcernStore>,
+    #[serde(default)]
+    pub markers: Option<RawConcernStore>,
+    #[serde(default)]
+    pub cache: Option<RawConcernStore>,
+    #[serde(default)]
+    pub events: Option<RawConcernStore>,
+}
+
+/// One `stores.NAME` entry: what a concern may set for itself; the rest comes from `store`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcernStore {
+    #[serde(default)]
+    pub url: Option<S<String>>,
+    #[serde(default)]
+    pub key_prefix: Option<S<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub default_ttl_ms: Option<S<i64>>,
+}
+
+impl fmt::Debug for RawConcernStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawConcernStore")
+            .field("url", &self.url.as_ref().map(|u| crate::model::redact_url(&u.value)))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("default_ttl_ms", &self.default_ttl_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -943,9 +943,711 @@ fn hostile_inputs_do_not_panic() {
     }
 }
 
+// ---- store settings, per-concern stores, secrets ----
+
+/// A directory with fake PEM files (only their `-----BEGIN` lines are checked), removed on drop.
+struct PemDir(std::path::PathBuf);
+
+impl PemDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fleetgate-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.join("ca.pem"), cert).unwrap();
+        std::fs::write(dir.join("client.pem"), cert).unwrap();
+        std::fs::write(
+            dir.join("client.key"),
+            "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("plain.txt"), "not a certificate\n").unwrap();
+        PemDir(dir)
+    }
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).display().to_string()
+    }
+}
+
+impl Drop for PemDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+#[test]
+fn store_defaults() {
+    let c = p("").unwrap();
+    let s = &c.store;
+    assert_eq!(s.reconnect_min, Duration::from_millis(50));
+    assert_eq!(s.reconnect_max, Duration::from_millis(500));
+    assert_eq!((s.username.as_deref(), s.password.as_deref()), (None, None));
+    assert_eq!(
+        (s.sentinel_username.as_deref(), s.sentinel_password.as_deref()),
+        (None, None)
+    );
+    assert!(s.tls.is_none());
+    assert_eq!(s.breaker.threshold, 3);
+    assert_eq!(s.breaker.min_backoff, Duration::from_millis(100));
+    assert_eq!(s.breaker.max_backoff, Duration::from_millis(1000));
+    assert!(!s.flush_on_startup);
+    assert_eq!(s.default_ttl, Duration::from_millis(86_400_000));
+    // Every concern is the store itself.
+    for (name, cs) in c.stores.iter() {
+        assert_eq!(cs, s, "{name}");
+    }
+    assert_eq!(c.stores, ConcernStores::default());
+    // The driver's own defaults agree.
+    let ro = s.redis_options();
+    let d = fleetgate_store::RedisOptions::default();
+    assert_eq!((ro.reconnect_min, ro.reconnect_max), (d.reconnect_min, d.reconnect_max));
+    assert_eq!(
+        (ro.breaker.threshold, ro.breaker.min_backoff, ro.breaker.max_backoff),
+        (d.breaker.threshold, d.breaker.min_backoff, d.breaker.max_backoff)
+    );
+    assert!(p("store:\n  breaker:\n  tls_absent_is_fine: 1\n").is_err());
+    assert_eq!(p("store:\n  breaker:\n").unwrap(), Config::default());
+    assert_eq!(p("stores:\nstore: {}\n").unwrap(), Config::default());
+    assert_eq!(p("stores: { sessions: {}, cache: }\n").unwrap(), Config::default());
+}
+
+#[test]
+fn every_store_field_is_read() {
+    let dir = PemDir::new("fields");
+    let text = format!(
+        "store:
+  url: redis-sentinel://s1:26379,s2:26379/2?master=main
+  key_prefix: prod
+  timeout_ms: 80
+  connect_timeout_ms: 900
+  pool_size: 3
+  reconnect_min_ms: 20
+  reconnect_max_ms: 2000
+  username: app
+  password: ${{FGT_REDIS_PASSWORD}}
+  sentinel_username: watcher
+  sentinel_password: \"s3nt!nel #1\"
+  tls:
+    ca_file: {}
+    cert_file: {}
+    key_file: {}
+  breaker:
+    failures: 5
+    min_backoff_ms: 200
+    max_backoff_ms: 4000
+  flush_on_startup: true
+  default_ttl_ms: 3600000
+",
+        dir.path("ca.pem"),
+        dir.path("client.pem"),
+        dir.path("client.key")
+    );
+    let c = with_env(&text, &[("FGT_REDIS_PASSWORD", "hunter2")]).unwrap_or_else(|e| panic!("{e}"));
+    let s = &c.store;
+    assert_eq!(s.kind, StoreKind::RedisSentinel);
+    assert_eq!(s.keyspace.prefix(), "prod");
+    assert_eq!(s.reconnect_min, Duration::from_millis(20));
+    assert_eq!(s.reconnect_max, Duration::from_millis(2000));
+    assert_eq!(s.username.as_deref(), Some("app"));
+    assert_eq!(s.password.as_deref(), Some("hunter2"));
+    assert_eq!(s.sentinel_username.as_deref(), Some("watcher"));
+    assert_eq!(s.sentinel_password.as_deref(), Some("s3nt!nel #1"));
+    let tls = s.tls.clone().unwrap();
+    assert_eq!(tls.ca_file, Some(dir.0.join("ca.pem")));
+    assert_eq!(tls.cert_file, Some(dir.0.join("client.pem")));
+    assert_eq!(tls.key_file, Some(dir.0.join("client.key")));
+    assert_eq!(s.breaker.threshold, 5);
+    assert_eq!(s.breaker.min_backoff, Duration::from_millis(200));
+    assert_eq!(s.breaker.max_backoff, Duration::from_millis(4000));
+    assert!(s.flush_on_startup);
+    assert_eq!(s.default_ttl, Duration::from_secs(3600));
+
+    // The driver gets every setting.
+    let ro = s.redis_options();
+    assert_eq!(ro.timeout, Duration::from_millis(80));
+    assert_eq!(ro.connect_timeout, Duration::from_millis(900));
+    assert_eq!(ro.pool_size, 3);
+    assert_eq!((ro.reconnect_min, ro.reconnect_max), (s.reconnect_min, s.reconnect_max));
+    assert_eq!(
+        (ro.breaker.threshold, ro.breaker.min_backoff, ro.breaker.max_backoff),
+        (5, Duration::from_millis(200), Duration::from_millis(4000))
+    );
+    assert_eq!(ro.tls, Some(tls));
+    assert_eq!(ro.username.as_deref(), Some("app"));
+    assert_eq!(ro.password.as_deref(), Some("hunter2"));
+    assert_eq!(ro.sentinel_username.as_deref(), Some("watcher"));
+    assert_eq!(ro.sentinel_password.as_deref(), Some("s3nt!nel #1"));
+
+    // Every concern inherits all of it.
+    for (name, cs) in c.stores.iter() {
+        assert_eq!(cs, s, "{name}");
+    }
+}
+
+#[test]
+fn credentials_and_tls_forms() {
+    // Empty credentials (an unset `${VAR:-}`) are not set.
+    let c = p("store:\n  username: \"${FGT_U:-}\"\n  password: ${FGT_P:-}\n  sentinel_password: \"\"\n").unwrap();
+    assert_eq!(c.store, StoreConfig::default());
+    // From the environment.
+    let c = with_env(
+        "store:\n  username: ${FGT_U}\n  password: \"${FGT_P}\"\n",
+        &[("FGT_U", "svc"), ("FGT_P", "p: #1")],
+    )
+    .unwrap();
+    assert_eq!(c.store.username.as_deref(), Some("svc"));
+    assert_eq!(c.store.password.as_deref(), Some("p: #1"));
+    // A numeric password is text.
+    let c = p("store:\n  password: 12345\n").unwrap();
+    assert_eq!(c.store.password.as_deref(), Some("12345"));
+    // `tls:` with nothing after it, like `tls: {}`, turns TLS on with the system's roots.
+    for tls in ["tls:", "tls: {}"] {
+        for url in [
+            "rediss://h:6380",
+            "redis-sentinel://h:26379?master=m",
+            "redis-cluster://h:7000",
+        ] {
+            let c = p(&format!("store:\n  url: {url}\n  {tls}\n")).unwrap_or_else(|e| panic!("{url} {tls}: {e}"));
+            assert_eq!(c.store.tls, Some(fleetgate_store::TlsFiles::default()), "{url} {tls}");
+        }
+    }
+    // A CA alone is fine.
+    let dir = PemDir::new("ca-only");
+    let c = p(&format!(
+        "store:\n  url: rediss://h\n  tls: {{ ca_file: \"{}\" }}\n",
+        dir.path("ca.pem")
+    ))
+    .unwrap();
+    let tls = c.store.tls.unwrap();
+    assert!(tls.ca_file.is_some() && tls.cert_file.is_none() && tls.key_file.is_none());
+}
+
+#[test]
+fn concerns_inherit_from_store() {
+    let dir = PemDir::new("inherit");
+    let text = format!(
+        "store:
+  url: rediss://:pw@main:6380/1
+  key_prefix: prod
+  timeout_ms: 40
+  pool_size: 4
+  username: app
+  password: secret
+  tls: {{ ca_file: \"{}\" }}
+  breaker: {{ failures: 7 }}
+  default_ttl_ms: 60000
+stores:
+  cache:
+    url: rediss://cache:6380
+    timeout_ms: 5
+  sessions:
+    key_prefix: prod-sessions
+    default_ttl_ms: 2592000000
+",
+        dir.path("ca.pem")
+    );
+    let c = p(&text).unwrap_or_else(|e| panic!("{e}"));
+    let base = &c.store;
+    let cache = &c.stores.cache;
+    assert_eq!(cache.url, "rediss://cache:6380");
+    assert_eq!(cache.kind, StoreKind::RedisTls);
+    assert_eq!(cache.url_source, UrlSource::File);
+    assert_eq!(cache.timeout, Duration::from_millis(5));
+    // Everything else from `store`.
+    assert_eq!(
+        StoreConfig {
+            url: base.url.clone(),
+            timeout: base.timeout,
+            ..cache.clone()
+        },
+        *base
+    );
+    assert_eq!(cache.keyspace.prefix(), "prod");
+    assert_eq!(cache.pool_size, 4);
+    assert_eq!(cache.username.as_deref(), Some("app"));
+    assert_eq!(cache.password.as_deref(), Some("secret"));
+    assert_eq!(cache.tls, base.tls);
+    assert_eq!(cache.breaker.threshold, 7);
+    assert_eq!(cache.default_ttl, Duration::from_millis(60_000));
+
+    let sessions = c.stores.get("sessions").unwrap();
+    assert_eq!(sessions.url, base.url);
+    assert_eq!(sessions.keyspace.prefix(), "prod-sessions");
+    assert_eq!(sessions.default_ttl, Duration::from_millis(2_592_000_000));
+    assert_eq!(sessions.timeout, Duration::from_millis(40));
+
+    for name in ["rate_limits", "markers", "events"] {
+        assert_eq!(c.stores.get(name).unwrap(), base, "{name}");
+    }
+    assert!(c.stores.get("nope").is_none());
+}
+
+#[test]
+fn redis_url_overrides_store_url_and_inheriting_concerns_only() {
+    let text = "store:\n  url: redis://file:6379\n  password: ${FGT_PW:-}\nstores:\n  cache:\n    url: redis://cache:6379\n  events:\n    timeout_ms: 9\n";
+    let c = with_env(text, &[("REDIS_URL", "redis://env:6379/3")]).unwrap();
+    assert_eq!(c.store.url, "redis://env:6379/3");
+    assert_eq!(c.store.url_source, UrlSource::RedisUrlEnv);
+    // A concern with its own url keeps it.
+    assert_eq!(c.stores.cache.url, "redis://cache:6379");
+    assert_eq!(c.stores.cache.url_source, UrlSource::File);
+    // The others follow REDIS_URL.
+    for name in ["rate_limits", "sessions", "markers", "events"] {
+        let s = c.stores.get(name).unwrap();
+        assert_eq!(s.url, "redis://env:6379/3", "{name}");
+        assert_eq!(s.url_source, UrlSource::RedisUrlEnv, "{name}");
+    }
+    assert_eq!(c.stores.events.timeout, Duration::from_millis(9));
+    // Without REDIS_URL, the file's url.
+    let c = p(text).unwrap();
+    assert_eq!(c.stores.sessions.url, "redis://file:6379");
+    assert_eq!(c.stores.sessions.url_source, UrlSource::File);
+    // No url anywhere: the default, overridden by REDIS_URL.
+    let c = with_env(
+        "stores:\n  markers: { key_prefix: m }\n",
+        &[("REDIS_URL", "redis-cluster://a:7000,b:7001")],
+    )
+    .unwrap();
+    assert_eq!(c.stores.markers.kind, StoreKind::RedisCluster);
+    assert_eq!(c.stores.markers.keyspace.prefix(), "m");
+    // REDIS_URL is checked against store.tls too.
+    let dir = PemDir::new("env-tls");
+    let text = format!(
+        "store:\n  url: rediss://h\n  tls:\n    ca_file: \"{}\"\n",
+        dir.path("ca.pem")
+    );
+    assert!(with_env(&text, &[("REDIS_URL", "rediss://other")]).is_ok());
+    let e = with_env(&text, &[("REDIS_URL", "redis://:envpw@other")]).unwrap_err();
+    let shown = e.to_string();
+    assert_eq!(
+        (e.line(), e.column(), e.path()),
+        (Some(3), Some(3), Some("store.tls")),
+        "{shown}"
+    );
+    assert!(shown.contains("from the REDIS_URL environment variable"), "{shown}");
+    assert!(shown.contains("use rediss://"), "{shown}");
+    assert!(!shown.contains("envpw"), "{shown}");
+}
+
+#[test]
+fn bad_reconnect_and_breaker_settings() {
+    refused(
+        "store:\n  reconnect_min_ms: 100\n  reconnect_max_ms: 50\n",
+        3,
+        "store.reconnect_max_ms",
+        &[
+            "reconnect_max_ms 50 is below reconnect_min_ms 100 (line 2)",
+            "accepted: a whole number of milliseconds from reconnect_min_ms (100)",
+        ],
+    );
+    refused(
+        "store:\n  reconnect_max_ms: 10\n",
+        2,
+        "store.reconnect_max_ms",
+        &["below reconnect_min_ms 50 (the default)"],
+    );
+    refused(
+        "store:\n  reconnect_min_ms: 1000\n",
+        2,
+        "store.reconnect_min_ms",
+        &[
+            "reconnect_min_ms 1000 is above reconnect_max_ms 500 (the default)",
+            "also set reconnect_max_ms to 1000 or more",
+        ],
+    );
+    refused(
+        "store:\n  reconnect_min_ms: 0\n",
+        2,
+        "store.reconnect_min_ms",
+        &["accepted: a whole number of milliseconds from 1"],
+    );
+    refused(
+        "store:\n  breaker:\n    failures: 0\n",
+        3,
+        "store.breaker.failures",
+        &["0 is out of range", "accepted: a whole number from 1 to 1000"],
+    );
+    refused(
+        "store:\n  breaker: { min_backoff_ms: 500, max_backoff_ms: 400 }\n",
+        2,
+        "store.breaker.max_backoff_ms",
+        &["max_backoff_ms 400 is below min_backoff_ms 500 (line 2)"],
+    );
+    refused(
+        "store:\n  breaker: { min_backoff_ms: 5000 }\n",
+        2,
+        "store.breaker.min_backoff_ms",
+        &["above max_backoff_ms 1000 (the default)"],
+    );
+    refused(
+        "store:\n  breaker: { threshold: 3 }\n",
+        2,
+        "store.breaker.threshold",
+        &[
+            "unknown field `threshold`",
+            "accepted fields here: failures, min_backoff_ms, max_backoff_ms",
+        ],
+    );
+    refused(
+        "store:\n  default_ttl_ms: 0\n",
+        2,
+        "store.default_ttl_ms",
+        &["accepted: a whole number of milliseconds from 1 to 31536000000 (365 days)"],
+    );
+    refused(
+        "store:\n  flush_on_startup: yes please\n",
+        2,
+        "store.flush_on_startup",
+        &["true or false"],
+    );
+    refused(
+        "store:\n  username: \"my app\"\n",
+        2,
+        "store.username",
+        &["user name \"my app\" holds spaces", "accepted: a Redis ACL user name"],
+    );
+}
+
+#[test]
+fn bad_tls_settings() {
+    let dir = PemDir::new("bad-tls");
+    refused(
+        "store:\n  url: redis://h:6379\n  tls: {}\n",
+        2,
+        "store.url",
+        &[
+            "\"redis://h:6379\" is plain redis://, which never uses TLS (for TLS, use rediss:// instead), but store.tls is set",
+            "accepted: a rediss:// URL",
+        ],
+    );
+    refused(
+        &format!(
+            "store:\n  tls:\n    # the CA\n    ca_file: \"{}\"\n  url: redis://:pw@h\n",
+            dir.path("ca.pem")
+        ),
+        5,
+        "store.url",
+        &["but store.tls is set"],
+    );
+    let shown = refused(
+        &format!("store:\n  tls:\n    ca_file: \"{}\"\n", dir.path("ca.pem")),
+        2,
+        "store.tls",
+        &[
+            "\"memory://\" (the default: store.url is not set) is the in-process store",
+            "rediss://",
+        ],
+    );
+    assert!(shown.starts_with("test.yaml:2:3: "), "{shown}");
+    refused(
+        "store:\n  tls:\n",
+        2,
+        "store.tls",
+        &[
+            "\"memory://\" (the default: store.url is not set) is the in-process store",
+            "rediss://",
+        ],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    cert_file: \"{}\"\n",
+            dir.path("client.pem")
+        ),
+        4,
+        "store.tls.cert_file",
+        &[
+            "cert_file is set without key_file",
+            "accepted: both cert_file and key_file",
+        ],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    key_file: \"{}\"\n",
+            dir.path("client.key")
+        ),
+        4,
+        "store.tls.key_file",
+        &["key_file is set without cert_file"],
+    );
+    let missing = dir.path("missing-ca.pem");
+    refused(
+        &format!("store:\n  url: rediss://h\n  tls:\n    ca_file: \"{missing}\"\n"),
+        4,
+        "store.tls.ca_file",
+        &[
+            &format!("file {missing:?} does not exist"),
+            "accepted: the path of a readable PEM file holding a certificate",
+        ],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    ca_file: \"{}\"\n",
+            dir.path("plain.txt")
+        ),
+        4,
+        "store.tls.ca_file",
+        &["is not PEM (it has no `-----BEGIN ...-----` line)"],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    ca_file: \"{}\"\n",
+            dir.path("client.key")
+        ),
+        4,
+        "store.tls.ca_file",
+        &["holds no certificate"],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n",
+            dir.path("client.key"),
+            dir.path("client.pem")
+        ),
+        4,
+        "store.tls.cert_file",
+        &["holds no certificate"],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    cert_file: \"{}\"\n    key_file: \"{}\"\n",
+            dir.path("client.pem"),
+            dir.path("client.pem")
+        ),
+        5,
+        "store.tls.key_file",
+        &[
+            "holds no private key",
+            "accepted: the path of a readable PEM file holding a private key",
+        ],
+    );
+    refused(
+        &format!(
+            "store:\n  url: rediss://h\n  tls:\n    ca_file: \"{}\"\n",
+            dir.0.display()
+        ),
+        4,
+        "store.tls.ca_file",
+        &["is a directory"],
+    );
+    refused(
+        "store:\n  url: rediss://h\n  tls:\n    ca_file: \"\"\n",
+        4,
+        "store.tls.ca_file",
+        &["no file is named"],
+    );
+    refused(
+        "store:\n  url: rediss://h\n  tls:\n    cafile: /x.pem\n",
+        4,
+        "store.tls.cafile",
+        &[
+            "did you mean `ca_file`?",
+            "accepted fields here: ca_file, cert_file, key_file",
+        ],
+    );
+    // TLS is shared: a concern's own redis:// url is refused.
+    refused(
+        "store:\n  url: rediss://h\n  tls: {}\nstores:\n  cache:\n    url: redis://c:6379\n",
+        6,
+        "stores.cache.url",
+        &[
+            "\"redis://c:6379\" is plain redis://",
+            "store.tls is set and applies to every concern",
+            "use rediss://",
+        ],
+    );
+    refused(
+        "store:\n  url: rediss://h\n  tls: {}\nstores:\n  events: { url: \"memory://\" }\n",
+        5,
+        "stores.events.url",
+        &["in-process store", "store.tls is set and applies to every concern"],
+    );
+}
+
+#[test]
+fn bad_concern_stores() {
+    refused(
+        "stores:\n  sessions:\n    url: redis://h\n    pool_size: 4\n",
+        4,
+        "stores.sessions.pool_size",
+        &[
+            "unknown field `pool_size`",
+            "accepted fields here: url, key_prefix, timeout_ms, default_ttl_ms",
+            "shared by every concern: set them under `store`",
+        ],
+    );
+    refused(
+        "stores:\n  session:\n    url: redis://h\n",
+        2,
+        "stores.session",
+        &[
+            "unknown field `session`",
+            "did you mean `sessions`?",
+            "accepted fields here: rate_limits, sessions, markers, cache, events",
+        ],
+    );
+    refused(
+        "stores:\n  locks: {}\n",
+        2,
+        "stores.locks",
+        &["accepted fields here: rate_limits, sessions, markers, cache, events"],
+    );
+    refused(
+        "stores:\n  cache:\n    url: mongodb://h\n",
+        3,
+        "stores.cache.url",
+        &[
+            "unknown store URL scheme \"mongodb://\"",
+            "accepted: memory://, redis://",
+        ],
+    );
+    refused(
+        "stores:\n  markers:\n    url: redis-sentinel://h:26379\n",
+        3,
+        "stores.markers.url",
+        &["master=NAME"],
+    );
+    refused(
+        "stores:\n  rate_limits: { timeout_ms: 0 }\n",
+        2,
+        "stores.rate_limits.timeout_ms",
+        &["accepted: a whole number of milliseconds"],
+    );
+    refused(
+        "stores:\n  events: { key_prefix: \"a b\" }\n",
+        2,
+        "stores.events.key_prefix",
+        &["key prefix \"a b\" is not accepted"],
+    );
+    refused(
+        "stores:\n  cache: { default_ttl_ms: 31536000001 }\n",
+        2,
+        "stores.cache.default_ttl_ms",
+        &["365 days"],
+    );
+    refused(
+        "stores:\n  rate_limits: [1]\n",
+        2,
+        "stores.rate_limits",
+        &[
+            "expected a mapping",
+            "accepted: a mapping with optional `url`, `key_prefix`, `timeout_ms`, `default_ttl_ms`",
+        ],
+    );
+}
+
+const SECRETS: [&str; 5] = ["hunter2", "urlpw77", "sentpw99", "envpw55", "concernpw33"];
+
+#[track_caller]
+fn assert_no_secret(shown: &str) {
+    for s in SECRETS {
+        assert!(!shown.contains(s), "{s:?} shown in:\n{shown}");
+    }
+}
+
+#[test]
+fn debug_output_never_shows_passwords() {
+    let text = "store:\n  url: redis-sentinel://app:urlpw77@s1:26379?master=m\n  password: hunter2\n  sentinel_password: sentpw99\n  tls: {}\nstores:\n  cache:\n    url: rediss://:concernpw33@c:6380\n";
+    let c = p(text).unwrap();
+    assert_eq!(c.store.password.as_deref(), Some("hunter2"));
+    let shown = format!("{c:?}");
+    assert_no_secret(&shown);
+    assert!(shown.contains("redis-sentinel://app:***@s1:26379?master=m"), "{shown}");
+    assert!(shown.contains("password: Some(\"***\")"), "{shown}");
+    assert!(shown.contains("sentinel_password: Some(\"***\")"), "{shown}");
+    assert_no_secret(&format!("{c:#?}"));
+    assert_no_secret(&format!("{:?}", c.stores.cache));
+    assert_no_secret(&c.stores.cache.redacted_url());
+    // The driver's options hide them too.
+    assert_no_secret(&format!("{:?}", c.store.redis_options()));
+    // And with the URL from REDIS_URL.
+    let c = with_env(text, &[("REDIS_URL", "redis-cluster://:envpw55@a:7000")]).unwrap();
+    assert_no_secret(&format!("{c:?}"));
+}
+
+#[test]
+fn errors_never_show_passwords() {
+    let dir = PemDir::new("secret-errors");
+    let head = "store:\n  url: redis://app:urlpw77@h:6379/0\n  password: hunter2\n  sentinel_password: \"sentpw99\"\n";
+    let cases: Vec<String> = vec![
+        // An error on each secret line, and after them.
+        "store:\n  url: redis://app:urlpw77@:6379\n".into(),
+        "store:\n  url: mysql://app:urlpw77@h\n".into(),
+        "store:\n  url: redis://app:url/pw77@h\n".into(),
+        "store:\n  url: redis://app:urlpw77@h:6379/x\n".into(),
+        "store:\n  url: \"redis://app:url,pw77]}@h\"\n  timeout_ms: 0\n".into(),
+        "store:\n  password: [hunter2]\n".into(),
+        "store:\n  password: { a: hunter2 }\n".into(),
+        "store:\n  pasword: hunter2\n".into(),
+        "store:\n  Password: hunter2\n".into(),
+        "store:\n  sentinel_pasword: sentpw99\n".into(),
+        "store: { password: hunter2, timeout_ms: 0 }\n".into(),
+        "store: { url: \"redis://:urlpw77@h\", tls: {} }\n".into(),
+        "stores:\n  cache: { password: hunter2 }\n".into(),
+        "stores:\n  cache: { url: \"mongodb://:concernpw33@h\" }\n".into(),
+        "stores:\n  cache: { url: \"redis://:concernpw33@h\", timeout_ms: nope }\n".into(),
+        format!("{head}  timeout_ms: 0\n"),
+        format!("{head}  tls: {{}}\n"),
+        format!("{head}  tls: {{ ca_file: \"{}\" }}\n", dir.path("nothing.pem")),
+        format!("{head}  reconnect_min_ms: 9000\n"),
+        format!("{head}  breaker: {{ failures: 0 }}\n"),
+        format!("{head}stores:\n  sessions:\n    url: \"redis://u:concernpw33@:1\"\n"),
+        format!("{head}stores:\n  sessions:\n    password: concernpw33\n"),
+        format!("{head}listen: nope\n"),
+        format!("{head}  unknown: 1\n"),
+        format!("{head}- x\n"),
+        format!("{head}  password: again\n"),
+    ];
+    for text in &cases {
+        let e = p(text).expect_err(text);
+        assert_no_secret(&e.to_string());
+        assert_no_secret(&format!("{e:?}"));
+        // Also when the secret comes from the environment.
+        let with_var = text.replace("hunter2", "${FGT_SECRET}");
+        if let Err(e) = with_env(&with_var, &[("FGT_SECRET", "hunter2")]) {
+            assert_no_secret(&e.to_string());
+        }
+    }
+    // REDIS_URL with a password, refused.
+    for url in ["redis://:envpw55@", "ftp://u:envpw55@h", "redis://u:envpw55@h/x"] {
+        let e = with_env(head, &[("REDIS_URL", url)]).unwrap_err();
+        assert_no_secret(&e.to_string());
+    }
+}
+
+/// Every store field, for mutation tests (no TLS files: a mutation may make it fail anyway).
+const STORE_FULL: &str = "store:
+  url: redis-sentinel://app:pw@s1:26379,s2:26379/2?master=main
+  key_prefix: prod
+  timeout_ms: 80
+  reconnect_min_ms: 20
+  reconnect_max_ms: 2000
+  username: app
+  password: \"p@ss: w#rd\"
+  sentinel_username: watcher
+  sentinel_password: sent
+  tls: {}
+  breaker: { failures: 5, min_backoff_ms: 200, max_backoff_ms: 4000 }
+  flush_on_startup: false
+  default_ttl_ms: 3600000
+stores:
+  rate_limits: { url: \"redis-cluster://c1:7000,c2:7001\", timeout_ms: 5 }
+  sessions:
+    key_prefix: sess
+    default_ttl_ms: 2592000000
+  markers: {}
+  cache:
+  events: { url: \"rediss://e:6380\" }
+";
+
 mod props {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn store_full_is_valid() {
+        let c = p(STORE_FULL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.stores.rate_limits.kind, StoreKind::RedisCluster);
+        assert_eq!(c.store.password.as_deref(), Some("p@ss: w#rd"));
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
@@ -979,6 +1681,40 @@ mod props {
                     prop_assert!(e.to_string().starts_with("test.yaml"));
                 }
             }
+        }
+
+        #[test]
+        fn mutated_store_configs_never_panic(
+            cut in 0usize..900,
+            len in 0usize..20,
+            insert in "\\PC{0,12}",
+        ) {
+            let chars: Vec<char> = STORE_FULL.chars().collect();
+            let at = cut.min(chars.len());
+            let end = (at + len).min(chars.len());
+            let mut s: String = chars[..at].iter().collect();
+            s.push_str(&insert);
+            s.extend(&chars[end..]);
+            if let Err(e) = p(&s) {
+                prop_assert!(e.to_string().starts_with("test.yaml"));
+            }
+        }
+
+        #[test]
+        fn passwords_from_the_environment_never_show(
+            value in "Zq9[A-Za-z0-9!%^*()_+=.,;~/?@#:-]{4,24}",
+            which in 0usize..4,
+        ) {
+            let text = [
+                "store:\n  url: \"redis://u:${V}@h:6379\"\n  timeout_ms: 0\n",
+                "store:\n  password: \"${V}\"\n  sentinel_password: \"${V}\"\n  tls: {}\n",
+                "store:\n  url: \"redis-sentinel://u:${V}@h:1?master=m\"\nstores:\n  cache: { url: \"redis://:${V}@c\", nope: 1 }\n",
+                "stores:\n  sessions:\n    url: \"mongodb://:${V}@h\"\n",
+            ][which];
+            let e = with_env(text, &[("V", &value)]).expect_err("refused");
+            prop_assert!(!e.to_string().contains(&value), "{}", e);
+            let e = with_env(text, &[("V", "x"), ("REDIS_URL", &format!("redis://u:{value}@"))]).expect_err("refused");
+            prop_assert!(!e.to_string().contains(&value), "{}", e);
         }
 
         #[test]

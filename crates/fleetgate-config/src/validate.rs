@@ -1,20 +1,25 @@
 //! From the file as written ([`crate::raw`]) to the validated [`Config`], stopping at the first
 //! problem with its location, field path, why, and what is accepted.
 
-use crate::error::{accepted_for, Invalid, LISTEN_ACCEPTED, MS_ACCEPTED, STORE_URL_ACCEPTED, TARGETS_ACCEPTED};
+use crate::error::{
+    accepted_for, Invalid, CERT_FILE_ACCEPTED, KEY_FILE_ACCEPTED, LISTEN_ACCEPTED, MS_ACCEPTED, STORE_URL_ACCEPTED,
+    TARGETS_ACCEPTED, TTL_ACCEPTED, USERNAME_ACCEPTED,
+};
 use crate::model::*;
 use crate::raw::*;
-use fleetgate_store::{Algorithm, Keyspace, RateLimit};
+use fleetgate_store::{Algorithm, BreakerSettings, Keyspace, RateLimit, TlsFiles};
 use ipnet::IpNet;
 use serde_saphyr::Location;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 type R<T> = Result<T, Invalid>;
 
 const SCOPE_ACCEPTED: &str = "1 to 64 characters from A-Z a-z 0-9 . _ - (no ':', braces or spaces)";
 const MAX_MS: i64 = 7 * 24 * 3600 * 1000;
+const TTL_MAX_MS: i64 = 365 * 24 * 3600 * 1000;
 
 fn loc<T>(s: &S<T>) -> Option<Location> {
     Some(s.referenced)
@@ -54,9 +59,11 @@ fn int(v: &Option<S<i64>>, default: i64, path: &str, min: i64, max: i64) -> R<i6
 }
 
 fn millis(v: &Option<S<i64>>, default: i64, path: &str) -> R<Duration> {
-    let Some(s) = v else {
-        return Ok(Duration::from_millis(default as u64));
-    };
+    millis_or(v, Duration::from_millis(default as u64), path)
+}
+
+fn millis_or(v: &Option<S<i64>>, default: Duration, path: &str) -> R<Duration> {
+    let Some(s) = v else { return Ok(default) };
     if s.value < 1 || s.value > MAX_MS {
         return Err(Invalid::new(
             loc(s),
@@ -102,6 +109,7 @@ pub(crate) fn validate(raw: RawConfig, redis_url: Option<String>) -> Result<Conf
         admin,
         log,
         store,
+        stores,
         server,
         trusted_proxies,
         upstreams,
@@ -129,7 +137,7 @@ pub(crate) fn validate(raw: RawConfig, redis_url: Option<String>) -> Result<Conf
         .into());
     }
     let log = validate_log(log)?;
-    let store = validate_store(store, redis_url)?;
+    let (store, stores) = validate_stores(store, stores, redis_url)?;
     let server = validate_server(server)?;
     let trusted_proxies = validate_proxies(trusted_proxies)?;
     let upstreams = validate_upstreams(upstreams)?;
@@ -140,6 +148,7 @@ pub(crate) fn validate(raw: RawConfig, redis_url: Option<String>) -> Result<Conf
         admin: admin_cfg,
         log,
         store,
+        stores,
         server,
         trusted_proxies,
         upstreams,
@@ -178,26 +187,51 @@ fn validate_log(log: Option<RawLog>) -> R<LogConfig> {
     Ok(out)
 }
 
-fn validate_store(store: Option<RawStore>, redis_url: Option<String>) -> Result<StoreConfig, ValidationFailure> {
+/// The base store and every concern's resolved store, with the `REDIS_URL` override applied to
+/// `store.url` (and so to every concern without its own `url`).
+fn validate_stores(
+    store: Option<RawStore>,
+    stores: Option<RawStores>,
+    redis_url: Option<String>,
+) -> Result<(StoreConfig, ConcernStores), ValidationFailure> {
     let mut out = StoreConfig::default();
+    let mut url_loc = None;
+    let mut tls_loc = None;
     if let Some(store) = &store {
         if let Some(url) = &store.url {
             out.kind = store_kind(&url.value).map_err(|why| Invalid::new(loc(url), "store.url", why))?;
             out.url = url.value.trim().to_string();
             out.url_source = UrlSource::File;
+            url_loc = Some(url.referenced);
         }
         if let Some(p) = &store.key_prefix {
-            out.keyspace = Keyspace::new(&p.value).map_err(|_| {
-                Invalid::new(
-                    loc(p),
-                    "store.key_prefix",
-                    format!("key prefix {:?} is not accepted; accepted: {SCOPE_ACCEPTED}", p.value),
-                )
-            })?;
+            out.keyspace = key_prefix(p, "store.key_prefix")?;
         }
         out.timeout = millis(&store.timeout_ms, 50, "store.timeout_ms")?;
         out.connect_timeout = millis(&store.connect_timeout_ms, 1000, "store.connect_timeout_ms")?;
         out.pool_size = int(&store.pool_size, 2, "store.pool_size", 1, 64)? as usize;
+        let d = StoreConfig::default();
+        out.reconnect_min = millis_or(&store.reconnect_min_ms, d.reconnect_min, "store.reconnect_min_ms")?;
+        out.reconnect_max = millis_or(&store.reconnect_max_ms, d.reconnect_max, "store.reconnect_max_ms")?;
+        ordered(
+            (&store.reconnect_min_ms, out.reconnect_min, "store.reconnect_min_ms"),
+            (&store.reconnect_max_ms, out.reconnect_max, "store.reconnect_max_ms"),
+        )?;
+        out.username = user_name(&store.username, "store.username")?;
+        out.password = secret(&store.password);
+        out.sentinel_username = user_name(&store.sentinel_username, "store.sentinel_username")?;
+        out.sentinel_password = secret(&store.sentinel_password);
+        if let Some(tls) = &store.tls {
+            out.tls = Some(validate_tls(tls, "store.tls")?);
+            tls_loc = Some(tls.referenced);
+        }
+        if let Some(b) = &store.breaker {
+            out.breaker = validate_breaker(b, "store.breaker")?;
+        }
+        if let Some(f) = &store.flush_on_startup {
+            out.flush_on_startup = f.value;
+        }
+        out.default_ttl = ttl(&store.default_ttl_ms, "store.default_ttl_ms")?;
     }
     if let Some(url) = redis_url {
         out.kind = store_kind(&url).map_err(|why| {
@@ -208,13 +242,301 @@ fn validate_store(store: Option<RawStore>, redis_url: Option<String>) -> Result<
         out.url = url.trim().to_string();
         out.url_source = UrlSource::RedisUrlEnv;
     }
+    if out.tls.is_some() && !uses_tls(out.kind) {
+        let shown = out.redacted_url();
+        let why = no_tls_why(out.kind);
+        let accepted = "accepted: a rediss:// URL (e.g. rediss://host:6380), redis-sentinel:// or redis-cluster:// (store.tls turns TLS on for them), or no store.tls";
+        return Err(match (out.url_source, url_loc) {
+            // The URL in the file: blame it, it is what needs changing.
+            (UrlSource::File, Some(at)) => Invalid::new(
+                Some(at),
+                "store.url",
+                format!("{shown:?} {why}, but store.tls is set; {accepted}"),
+            ),
+            (source, _) => {
+                let from = if source == UrlSource::RedisUrlEnv {
+                    " (from the REDIS_URL environment variable)"
+                } else {
+                    " (the default: store.url is not set)"
+                };
+                Invalid::new(
+                    tls_loc,
+                    "store.tls",
+                    format!("store.tls is set, but the store URL {shown:?}{from} {why}; {accepted}"),
+                )
+                .at_key()
+            }
+        }
+        .into());
+    }
+    let stores = stores.unwrap_or_default();
+    let resolve = |raw: &Option<RawConcernStore>, name: &str| resolve_concern(&out, raw.as_ref(), name);
+    let concerns = ConcernStores {
+        rate_limits: resolve(&stores.rate_limits, "rate_limits")?,
+        sessions: resolve(&stores.sessions, "sessions")?,
+        markers: resolve(&stores.markers, "markers")?,
+        cache: resolve(&stores.cache, "cache")?,
+        events: resolve(&stores.events, "events")?,
+    };
+    Ok((out, concerns))
+}
+
+/// Whether a store of this kind can use `store.tls`.
+fn uses_tls(kind: StoreKind) -> bool {
+    !matches!(kind, StoreKind::Memory | StoreKind::Redis)
+}
+
+fn no_tls_why(kind: StoreKind) -> &'static str {
+    if kind == StoreKind::Memory {
+        "is the in-process store, which has no connection to secure (for TLS, use a rediss:// URL)"
+    } else {
+        "is plain redis://, which never uses TLS (for TLS, use rediss:// instead)"
+    }
+}
+
+/// One concern's store: `stores.NAME` over the base `store`.
+fn resolve_concern(base: &StoreConfig, raw: Option<&RawConcernStore>, name: &str) -> R<StoreConfig> {
+    let mut out = base.clone();
+    let Some(raw) = raw else { return Ok(out) };
+    let path = format!("stores.{name}");
+    if let Some(url) = &raw.url {
+        let upath = join(&path, "url");
+        out.kind = store_kind(&url.value).map_err(|why| Invalid::new(loc(url), &upath, why))?;
+        out.url = url.value.trim().to_string();
+        out.url_source = UrlSource::File;
+        if out.tls.is_some() && !uses_tls(out.kind) {
+            return Err(Invalid::new(
+                loc(url),
+                upath,
+                format!(
+                    "{:?} {}, but store.tls is set and applies to every concern; accepted: a rediss:// URL here (or redis-sentinel://, redis-cluster://), or no store.tls",
+                    out.redacted_url(),
+                    no_tls_why(out.kind),
+                ),
+            ));
+        }
+    }
+    if let Some(p) = &raw.key_prefix {
+        out.keyspace = key_prefix(p, &join(&path, "key_prefix"))?;
+    }
+    out.timeout = millis_or(&raw.timeout_ms, base.timeout, &join(&path, "timeout_ms"))?;
+    if raw.default_ttl_ms.is_some() {
+        out.default_ttl = ttl(&raw.default_ttl_ms, &join(&path, "default_ttl_ms"))?;
+    }
     Ok(out)
+}
+
+fn key_prefix(p: &S<String>, path: &str) -> R<Keyspace> {
+    Keyspace::new(&p.value).map_err(|_| {
+        Invalid::new(
+            loc(p),
+            path,
+            format!("key prefix {:?} is not accepted; accepted: {SCOPE_ACCEPTED}", p.value),
+        )
+    })
+}
+
+/// A TTL in milliseconds, 1 ms to 365 days (default one day).
+fn ttl(v: &Option<S<i64>>, path: &str) -> R<Duration> {
+    let Some(s) = v else {
+        return Ok(Duration::from_millis(DEFAULT_TTL_MS));
+    };
+    if s.value < 1 || s.value > TTL_MAX_MS {
+        return Err(Invalid::new(
+            loc(s),
+            path,
+            format!("{} ms is out of range; accepted: {TTL_ACCEPTED}", s.value),
+        ));
+    }
+    Ok(Duration::from_millis(s.value as u64))
+}
+
+/// A user name; empty (e.g. `${REDIS_USER:-}` with the variable unset) is not set.
+fn user_name(v: &Option<S<String>>, path: &str) -> R<Option<String>> {
+    let Some(s) = v else { return Ok(None) };
+    if s.value.is_empty() {
+        return Ok(None);
+    }
+    if s.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid::new(
+            loc(s),
+            path,
+            format!(
+                "user name {:?} holds spaces or control characters; accepted: {USERNAME_ACCEPTED}",
+                s.value
+            ),
+        ));
+    }
+    Ok(Some(s.value.clone()))
+}
+
+/// A password, taken as written; empty is not set. Never echoed in a message.
+fn secret(v: &Option<S<String>>) -> Option<String> {
+    v.as_ref().map(|s| s.value.clone()).filter(|s| !s.is_empty())
+}
+
+/// `low <= high` for a pair of millisecond fields; blames the maximum when it is written, else
+/// the minimum.
+fn ordered(low: (&Option<S<i64>>, Duration, &str), high: (&Option<S<i64>>, Duration, &str)) -> R<()> {
+    let ((lo_raw, lo, lo_path), (hi_raw, hi, hi_path)) = (low, high);
+    if lo <= hi {
+        return Ok(());
+    }
+    let name = |p: &str| p.rsplit('.').next().unwrap_or(p).to_string();
+    let (lo_name, hi_name) = (name(lo_path), name(hi_path));
+    let (lo, hi) = (lo.as_millis(), hi.as_millis());
+    match (hi_raw, lo_raw) {
+        (Some(h), _) => {
+            let lo_from = match lo_raw {
+                Some(l) => line_of(&l.referenced),
+                None => " (the default)".to_string(),
+            };
+            Err(Invalid::new(
+                loc(h),
+                hi_path,
+                format!(
+                    "{hi_name} {hi} is below {lo_name} {lo}{lo_from}; accepted: a whole number of milliseconds from {lo_name} ({lo}) to 604800000"
+                ),
+            ))
+        }
+        (None, l) => Err(Invalid::new(
+            l.as_ref().and_then(loc),
+            lo_path,
+            format!(
+                "{lo_name} {lo} is above {hi_name} {hi} (the default); accepted: at most {hi} ms, or also set {hi_name} to {lo} or more"
+            ),
+        )),
+    }
+}
+
+fn validate_breaker(b: &RawBreaker, path: &str) -> R<BreakerSettings> {
+    let d = BreakerSettings::default();
+    let (min_path, max_path) = (join(path, "min_backoff_ms"), join(path, "max_backoff_ms"));
+    let out = BreakerSettings {
+        threshold: int(&b.failures, i64::from(d.threshold), &join(path, "failures"), 1, 1000)? as u32,
+        min_backoff: millis_or(&b.min_backoff_ms, d.min_backoff, &min_path)?,
+        max_backoff: millis_or(&b.max_backoff_ms, d.max_backoff, &max_path)?,
+    };
+    ordered(
+        (&b.min_backoff_ms, out.min_backoff, &min_path),
+        (&b.max_backoff_ms, out.max_backoff, &max_path),
+    )?;
+    Ok(out)
+}
+
+fn validate_tls(tls: &S<Option<RawTls>>, path: &str) -> R<TlsFiles> {
+    let mut out = TlsFiles::default();
+    let Some(t) = &tls.value else { return Ok(out) };
+    let pair = "accepted: both cert_file and key_file (a client certificate and its private key), or neither";
+    match (&t.cert_file, &t.key_file) {
+        (Some(c), None) => {
+            return Err(Invalid::new(
+                loc(c),
+                join(path, "cert_file"),
+                format!("cert_file is set without key_file; {pair}"),
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(Invalid::new(
+                loc(k),
+                join(path, "key_file"),
+                format!("key_file is set without cert_file; {pair}"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(f) = &t.ca_file {
+        out.ca_file = Some(pem_file(f, &join(path, "ca_file"), Pem::Certificate)?);
+    }
+    if let Some(f) = &t.cert_file {
+        out.cert_file = Some(pem_file(f, &join(path, "cert_file"), Pem::Certificate)?);
+    }
+    if let Some(f) = &t.key_file {
+        out.key_file = Some(pem_file(f, &join(path, "key_file"), Pem::PrivateKey)?);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+/// Largest TLS file read, in bytes (a CA bundle is a few hundred KiB).
+const PEM_MAX_BYTES: u64 = 4 << 20;
+
+/// A readable PEM file holding what `want` says. The file's contents never appear in a message.
+fn pem_file(s: &S<String>, path: &str, want: Pem) -> R<PathBuf> {
+    use std::io::Read;
+    let accepted = match want {
+        Pem::Certificate => CERT_FILE_ACCEPTED,
+        Pem::PrivateKey => KEY_FILE_ACCEPTED,
+    };
+    let bad = |why: String| Invalid::new(loc(s), path, format!("{why}; accepted: {accepted}"));
+    let name = &s.value;
+    if name.trim().is_empty() {
+        return Err(bad("no file is named".to_string()));
+    }
+    let file = PathBuf::from(name);
+    let opened = std::fs::File::open(&file).map_err(|e| {
+        bad(match e.kind() {
+            std::io::ErrorKind::NotFound => format!("file {name:?} does not exist"),
+            std::io::ErrorKind::PermissionDenied => format!("file {name:?} is not readable (permission denied)"),
+            _ => format!("file {name:?} cannot be opened: {e}"),
+        })
+    })?;
+    let meta = opened
+        .metadata()
+        .map_err(|e| bad(format!("file {name:?} cannot be read: {e}")))?;
+    if meta.is_dir() {
+        return Err(bad(format!("{name:?} is a directory, not a file")));
+    }
+    if !meta.is_file() {
+        return Err(bad(format!("{name:?} is not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(PEM_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(format!("file {name:?} cannot be read: {e}")))?;
+    if bytes.len() as u64 > PEM_MAX_BYTES {
+        return Err(bad(format!(
+            "file {name:?} is larger than {} MiB, too large for a PEM file",
+            PEM_MAX_BYTES >> 20
+        )));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let begins: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("-----BEGIN ") && l.ends_with("-----"))
+        .collect();
+    if begins.is_empty() {
+        return Err(bad(format!(
+            "file {name:?} is not PEM (it has no `-----BEGIN ...-----` line)"
+        )));
+    }
+    let found = match want {
+        Pem::Certificate => begins
+            .iter()
+            .any(|l| *l == "-----BEGIN CERTIFICATE-----" || *l == "-----BEGIN TRUSTED CERTIFICATE-----"),
+        Pem::PrivateKey => begins.iter().any(|l| l.ends_with("PRIVATE KEY-----")),
+    };
+    if !found {
+        let what = match want {
+            Pem::Certificate => "no certificate",
+            Pem::PrivateKey => "no private key",
+        };
+        return Err(bad(format!("file {name:?} holds {what}")));
+    }
+    Ok(file)
 }
 
 /// Checks a store URL's shape; the message never shows a password.
 fn store_kind(url: &str) -> Result<StoreKind, String> {
     let url = url.trim();
-    let shown = fleetgate_store::redis::url::redact(url);
+    let shown = redact_url(url);
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!("{shown:?} is not a store URL; accepted: {STORE_URL_ACCEPTED}"));
     };
@@ -248,6 +570,11 @@ fn store_kind(url: &str) -> Result<StoreKind, String> {
         Some((a, d)) => (a, Some(d)),
         None => (before_query, None),
     };
+    if before_query[authority.len()..].contains('@') || query.is_some_and(|q| q.contains('@')) {
+        return Err(bad(
+            "a '@' after the host: a password holding '/' or '?' must be percent-encoded (%2F, %3F), or set it in the `password` field instead",
+        ));
+    }
     let hosts = match authority.rsplit_once('@') {
         Some((_, h)) => h,
         None => authority,
@@ -456,7 +783,7 @@ fn validate_upstreams(ups: Option<Entries<S<RawUpstream>>>) -> R<BTreeMap<String
 /// `http://HOST[:PORT][/]`.
 fn parse_target(text: &str) -> Result<Target, String> {
     let raw = text.trim();
-    let shown = fleetgate_store::redis::url::redact(raw);
+    let shown = redact_url(raw);
     let t = shown.as_str();
     let Some((scheme, rest)) = t.split_once("://") else {
         return Err(format!("{t:?} is not a URL"));
