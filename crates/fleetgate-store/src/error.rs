@@ -14,6 +14,9 @@ pub enum StoreError {
     /// The key holds a value of another kind (Redis WRONGTYPE); the state was left untouched.
     #[error("key {0} holds a value of another type; it was left untouched")]
     WrongType(String),
+    /// The store refused our credentials (wrong password, unknown ACL user).
+    #[error("store refused authentication: {0}")]
+    Auth(String),
     /// The store answered with an error (OOM, READONLY, script error...).
     #[error("store answered an error: {0}")]
     Server(String),

@@ -148,6 +148,7 @@ async fn password_and_acl_user_authenticate_and_never_leak() {
         .err()
         .expect("wrong password is refused");
     let text = err.to_string();
+    assert!(matches!(err, StoreError::Auth(_)), "{err:?}");
     assert!(!text.contains("wrong-pw"), "{text}");
     let err = Store::open("redis://app:pw-in-url@[bad", RedisOptions::default())
         .err()

@@ -52,11 +52,27 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let _entered = runtime.enter();
     let instance = instance_id();
-    let options = config.store.redis_options();
-    let keyspace = config.store.keyspace.clone();
+    // Limits (rate and concurrency) and fleet membership live in the rate-limit store.
+    let limits_store = &config.stores.rate_limits;
+    let options = limits_store.redis_options();
+    let keyspace = limits_store.keyspace.clone();
+    runtime.block_on(flush_on_startup(&config));
     // Opening is lazy: an unreachable Redis does not stop the start; each concern's failure
     // policy applies until it answers.
-    let admin_store = Store::open(&config.store.url, options.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+    let admin_store = Store::open(&limits_store.url, options.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+    if let Store::Redis(redis) = &admin_store {
+        match runtime.block_on(redis.startup_check()) {
+            Ok(()) => {}
+            // Misconfiguration: refuse to start with one clear line.
+            Err(e @ (fleetgate_store::StoreError::Config(_) | fleetgate_store::StoreError::Auth(_))) => {
+                return Err(RunError::Setup(format!("store {}: {e}", redis.redacted_url())));
+            }
+            // Unreachable: start anyway; every limit follows its failure policy until it answers.
+            Err(e) => {
+                tracing::warn!(store = %redis.redacted_url(), error = %e, "store unreachable at start; serving under the failure policies and retrying")
+            }
+        }
+    }
     let redacted = match &admin_store {
         Store::Redis(r) => r.redacted_url().to_string(),
         Store::Memory(_) => "memory://".to_string(),
@@ -93,7 +109,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             Store::Memory(m) => Some(m.clone()),
             Store::Redis(_) => None,
         };
-        let url = config.store.url.clone();
+        let url = limits_store.url.clone();
         let (options, local, keyspace, metrics, live) = (
             options.clone(),
             local.clone(),
@@ -167,6 +183,32 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("fleetgate stopped");
     Ok(())
+}
+
+/// `flush_on_startup`: deletes every key under each concern store's prefix (once per distinct
+/// store and prefix). Dangerous by design; logged at warn level. A store that cannot be reached
+/// is logged and skipped: the gateway still starts.
+async fn flush_on_startup(config: &Config) {
+    let mut done = std::collections::HashSet::new();
+    for (concern, store) in config.stores.iter() {
+        if !store.flush_on_startup
+            || store.is_memory()
+            || !done.insert((store.url.clone(), store.keyspace.prefix().to_string()))
+        {
+            continue;
+        }
+        let prefix = store.keyspace.prefix();
+        let result = match fleetgate_store::RedisStore::open(&store.url, store.redis_options()) {
+            Ok(redis) => redis.flush_prefix(prefix).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(n) => {
+                tracing::warn!(concern, prefix, deleted = n, store = %store.redacted_url(), "flush_on_startup: deleted every key under the prefix")
+            }
+            Err(e) => tracing::error!(concern, prefix, error = %e, "flush_on_startup failed; starting anyway"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -171,6 +171,14 @@ impl Backend {
         connecting.store(false, Ordering::Release);
     }
 
+    /// Cluster only: connects once now and reports the outcome (start-up checks).
+    pub async fn probe_cluster(&self) -> Option<redis::RedisResult<()>> {
+        match &self.kind {
+            BackendKind::Cluster { client, .. } => Some(client.get_async_connection().await.map(|_| ())),
+            BackendKind::Pool { .. } => None,
+        }
+    }
+
     /// Replaces the pool (Sentinel failover). Returns the old target.
     pub fn swap_pool(&self, new: Pool) -> Option<String> {
         match &self.kind {

@@ -223,6 +223,49 @@ impl RedisStore {
         }
     }
 
+    /// Checks at start-up that the configuration can work: wrong credentials, a master name the
+    /// sentinels do not know, or a cluster URL naming a node without cluster mode are
+    /// [`StoreError::Config`] or [`StoreError::Auth`] (refuse to start); an unreachable store
+    /// is a connectivity error (start anyway, under the failure policies).
+    pub async fn startup_check(&self) -> Result<(), StoreError> {
+        let wait = self.inner.options.connect_timeout * 2;
+        let url = &self.inner.redacted_url;
+        if let Some(watch) = &self.inner.sentinel {
+            match tokio::time::timeout(wait, watch.resolve()).await {
+                Err(_) => return Err(StoreError::Timeout(wait)),
+                Ok(Err(e)) if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel => {
+                    return Err(StoreError::Config(format!(
+                        "{url}: the sentinels answer but name no primary for this master; check ?master=NAME"
+                    )));
+                }
+                Ok(Err(e)) => return Err(map_error(&e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        if let Some(probe) = tokio::time::timeout(wait, self.inner.backend.probe_cluster())
+            .await
+            .map_err(|_| StoreError::Timeout(wait))?
+        {
+            if let Err(e) = probe {
+                let text = describe(&e);
+                if text.contains("cluster support disabled") {
+                    return Err(StoreError::Config(format!(
+                        "{url}: a node is not in cluster mode or the cluster is not usable: {text}"
+                    )));
+                }
+                return Err(map_error(&e));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_connectivity() || tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// The URL with its password hidden, for logs.
     pub fn redacted_url(&self) -> &str {
         &self.inner.redacted_url
@@ -447,7 +490,9 @@ fn describe(e: &RedisError) -> String {
 
 fn map_error(e: &RedisError) -> StoreError {
     let text = describe(e);
-    if e.is_timeout() {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) {
+        StoreError::Auth(text)
+    } else if e.is_timeout() {
         StoreError::Timeout(Duration::ZERO)
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
         StoreError::Unavailable(text)
