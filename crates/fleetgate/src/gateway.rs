@@ -105,9 +105,11 @@ impl Gateway {
     pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
+        // Only what the access log needs, captured before the request moves on.
+        let access = self.access_log.then(|| (parts.method.clone(), parts.uri.path().to_string()));
         let Some(route) = self.route_for(&parts) else {
             let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
-            self.log(&parts, None, peer, resp.status(), started, None);
+            self.log(access, None, peer, resp.status(), started, None);
             return resp;
         };
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
@@ -143,10 +145,10 @@ impl Gateway {
                 }
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
-                    let (resp, target) = self
-                        .proxy(worker, route, *idx, upstream, parts.clone(), body, peer, ip)
-                        .await;
-                    upstream_target = target;
+                    let (resp, target) = self.proxy(worker, route, *idx, upstream, parts, body, peer, ip).await;
+                    if access.is_some() {
+                        upstream_target = target.map(|t| upstream.targets[t].url());
+                    }
                     resp
                 }
             },
@@ -154,7 +156,7 @@ impl Gateway {
         rate_headers.write(resp.headers_mut());
         let status = resp.status();
         route.metrics.request(status.as_u16());
-        self.log(&parts, Some(&route.name), peer, status, started, upstream_target);
+        self.log(access, Some(&route.name), peer, status, started, upstream_target);
         if guards.is_empty() {
             resp
         } else {
@@ -173,7 +175,7 @@ impl Gateway {
         body: Incoming,
         peer: SocketAddr,
         ip: std::net::IpAddr,
-    ) -> (Response<GatewayBody>, Option<String>) {
+    ) -> (Response<GatewayBody>, Option<usize>) {
         if let Some(len) = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -219,7 +221,7 @@ impl Gateway {
         let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
         let timeout = upstream.request_timeout.min(self.request_timeout);
         let result = tokio::time::timeout(timeout, worker.clients[idx].request(req)).await;
-        let target_url = Some(target.url());
+        let target_url = Some(t);
         match result {
             Err(_) => {
                 let msg = format!(
@@ -287,18 +289,18 @@ impl Gateway {
 
     fn log(
         &self,
-        parts: &http::request::Parts,
+        access: Option<(http::Method, String)>,
         route: Option<&str>,
         peer: SocketAddr,
         status: StatusCode,
         started: Instant,
         upstream: Option<String>,
     ) {
-        if self.access_log {
+        if let Some((method, path)) = access {
             tracing::info!(
                 target: "fleetgate::access",
-                method = %parts.method,
-                path = %parts.uri.path(),
+                method = %method,
+                path = %path,
                 status = status.as_u16(),
                 route = route.unwrap_or("-"),
                 peer = %peer,
