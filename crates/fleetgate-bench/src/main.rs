@@ -1,0 +1,67 @@
+//! `fleetgate-bench`: the benchmarks behind `scripts/bench`.
+//!
+//! Every figure is printed as one JSON object per line:
+//! `{"name": ..., "value": ..., "unit": ..., "peer": ..., "peer_value": ..., "ratio": ...}`,
+//! where `ratio` is ours divided by the peer's, measured in the same run (DESIGN.md,
+//! "Benchmarks"). Progress and diagnostics go to stderr, so stdout holds only the figures.
+//!
+//! Subcommands:
+//! * `store`: the store benchmarks (in-process gcra vs governor, Redis driver vs
+//!   redis-benchmark, memory of one million keys).
+//! * `redis-sweep`: tries pool sizes, task counts and worker threads for the Redis driver, to
+//!   choose the defaults used by `store` (a tuning aid, not part of `scripts/bench store`).
+//! * `__memory-child N` (hidden): run by `store` in a fresh process; prints the resident-memory
+//!   growth in bytes after inserting N live gcra keys.
+
+mod memory;
+mod redis_bench;
+mod report;
+mod store_memory;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: fleetgate-bench store | redis-sweep";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("store") => run_store(),
+        Some("redis-sweep") => {
+            redis_bench::sweep();
+            ExitCode::SUCCESS
+        }
+        Some(memory::CHILD_COMMAND) => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(memory::KEYS);
+            memory::child(n);
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_store() -> ExitCode {
+    for threads in [1, 2] {
+        let (ours, peer) = store_memory::gcra_keyed(threads);
+        report::ratio(
+            &format!("memory_gcra_keyed_{threads}t"),
+            ours,
+            "decisions/s",
+            "governor keyed (DefaultKeyedRateLimiter<u64>)",
+            peer,
+        );
+    }
+    let (ours, peer) = redis_bench::gcra();
+    report::ratio(
+        "redis_gcra",
+        ours,
+        "decisions/s",
+        "redis-benchmark EVALSHA gcra.lua -P 32 -c 50",
+        peer,
+    );
+    let mb = memory::measure();
+    report::alone("memory_1m_keys", mb, "MB");
+    ExitCode::SUCCESS
+}
