@@ -220,7 +220,7 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Bound on establishing one connection (`store.connect_timeout_ms`, default 1000 ms).
     pub connect_timeout: Duration,
-    /// Multiplexed connections per instance (`store.pool_size`, default 2, 1..=64).
+    /// Multiplexed connections per worker thread (`store.pool_size`, default 1, 1..=64).
     pub pool_size: usize,
     /// First delay between reconnection attempts (`store.reconnect_min_ms`, default 50 ms).
     pub reconnect_min: Duration,
@@ -260,7 +260,7 @@ impl Default for StoreConfig {
             keyspace: default_keyspace(),
             timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_millis(1000),
-            pool_size: 2,
+            pool_size: 1,
             reconnect_min: d.reconnect_min,
             reconnect_max: d.reconnect_max,
             username: None,

@@ -69,7 +69,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(c.store.keyspace.prefix(), "fleetgate");
     assert_eq!(c.store.timeout, Duration::from_millis(50));
     assert_eq!(c.store.connect_timeout, Duration::from_millis(1000));
-    assert_eq!(c.store.pool_size, 2);
+    assert_eq!(c.store.pool_size, 1);
     assert_eq!(c.server.max_header_bytes, 16384);
     assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!(c.server.request_timeout, Duration::from_secs(30));

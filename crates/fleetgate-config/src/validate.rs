@@ -209,7 +209,7 @@ fn validate_stores(
         }
         out.timeout = millis(&store.timeout_ms, 50, "store.timeout_ms")?;
         out.connect_timeout = millis(&store.connect_timeout_ms, 1000, "store.connect_timeout_ms")?;
-        out.pool_size = int(&store.pool_size, 2, "store.pool_size", 1, 64)? as usize;
+        out.pool_size = int(&store.pool_size, 1, "store.pool_size", 1, 64)? as usize;
         let d = StoreConfig::default();
         out.reconnect_min = millis_or(&store.reconnect_min_ms, d.reconnect_min, "store.reconnect_min_ms")?;
         out.reconnect_max = millis_or(&store.reconnect_max_ms, d.reconnect_max, "store.reconnect_max_ms")?;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A monotonic clock in microseconds since an arbitrary origin.
 pub trait Clock: Send + Sync + 'static {
@@ -11,14 +11,23 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The real clock: microseconds since the clock was made.
+///
+/// It reads the CPU's invariant time-stamp counter through `quanta` (calibrated against the
+/// OS monotonic clock; quanta falls back to the OS clock where the TSC is unreliable). A read
+/// costs about 10 ns against about 45 ns for `Instant::now` in a tight loop, which is most of an
+/// in-process rate decision. The TSC may drift from the OS clock by parts per million: harmless
+/// for rate limits, and the Redis driver does not use this clock at all.
 #[derive(Debug, Clone)]
 pub struct MonotonicClock {
-    origin: Instant,
+    clock: quanta::Clock,
+    origin: u64,
 }
 
 impl Default for MonotonicClock {
     fn default() -> Self {
-        MonotonicClock { origin: Instant::now() }
+        let clock = quanta::Clock::new();
+        let origin = clock.raw();
+        MonotonicClock { clock, origin }
     }
 }
 
@@ -26,7 +35,7 @@ impl Clock for MonotonicClock {
     #[inline]
     fn now_us(&self) -> u64 {
         // Start at 1 s so that "time zero" never coincides with a fresh state.
-        self.origin.elapsed().as_micros() as u64 + 1_000_000
+        self.clock.delta_as_nanos(self.origin, self.clock.raw()) / 1_000 + 1_000_000
     }
 }
 
@@ -50,5 +59,27 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_us(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_clock_follows_real_time() {
+        let clock = MonotonicClock::default();
+        let a = clock.now_us();
+        let started = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        let b = clock.now_us();
+        let real = started.elapsed().as_micros() as u64;
+        assert!(b >= a);
+        // Within 10 % of the OS clock over the interval.
+        let elapsed = b - a;
+        assert!(
+            elapsed * 10 >= real * 9 && elapsed * 10 <= real * 11 + 20_000,
+            "{elapsed} us vs {real} us"
+        );
     }
 }
