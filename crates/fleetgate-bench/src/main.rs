@@ -8,11 +8,18 @@
 //! Subcommands:
 //! * `store`: the store benchmarks (in-process gcra vs governor, Redis driver vs
 //!   redis-benchmark, memory of one million keys).
+//! * `gateway FLEETGATE_BINARY`: the gateway benchmarks (fleetgate vs nginx as rate-limiting
+//!   reverse proxies, latency added at a fixed rate, latency while the Redis store is stalled);
+//!   see [`gateway`].
+//! * `load HOST:PORT RATE SECONDS`: the gateway bench's open-loop generator on its own (64
+//!   keep-alive connections, `GET /` at RATE per second); prints the latency percentiles
+//!   (a diagnosis aid).
 //! * `redis-sweep`: tries pool sizes, task counts and worker threads for the Redis driver, to
 //!   choose the defaults used by `store` (a tuning aid, not part of `scripts/bench store`).
 //! * `__memory-child N` (hidden): run by `store` in a fresh process; prints the resident-memory
 //!   growth in bytes after inserting N live gcra keys.
 
+mod gateway;
 mod memory;
 mod redis_bench;
 mod report;
@@ -20,12 +27,32 @@ mod store_memory;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: fleetgate-bench store | redis-sweep";
+const USAGE: &str =
+    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | load HOST:PORT RATE SECONDS";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("store") => run_store(),
+        Some("gateway") => match args.get(1) {
+            Some(binary) => gateway::run(std::path::Path::new(binary)),
+            None => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("load") => {
+            let addr = args.get(1).and_then(|a| a.parse().ok());
+            let rate = args.get(2).and_then(|r| r.parse().ok());
+            let secs = args.get(3).and_then(|s| s.parse().ok());
+            match (addr, rate, secs) {
+                (Some(addr), Some(rate), Some(secs)) => gateway::load(addr, rate, secs),
+                _ => {
+                    eprintln!("{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some("redis-sweep") => {
             redis_bench::sweep();
             ExitCode::SUCCESS

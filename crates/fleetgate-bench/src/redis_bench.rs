@@ -164,7 +164,7 @@ fn evalsha_stats(conn: &mut redis::Connection) -> (u64, u64) {
 }
 
 /// Sets the CPU affinity of `pid` (all its threads) with `taskset`; false if that failed.
-fn pin(pid: u32, cpus: &str) -> bool {
+pub(crate) fn pin(pid: u32, cpus: &str) -> bool {
     Command::new("taskset")
         .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(std::process::Stdio::null())

@@ -40,3 +40,8 @@ pub fn ratio(name: &str, ours: f64, unit: &str, peer: &str, peer_value: f64) {
 pub fn alone(name: &str, value: f64, unit: &str) {
     line(name, number(value, 1), unit, Value::Null, Value::Null, Value::Null);
 }
+
+/// A latency (or other figure where three decimals matter) without a peer.
+pub fn latency(name: &str, value: f64, unit: &str) {
+    line(name, number(value, 3), unit, Value::Null, Value::Null, Value::Null);
+}

@@ -106,7 +106,9 @@ impl Gateway {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         // Only what the access log needs, captured before the request moves on.
-        let access = self.access_log.then(|| (parts.method.clone(), parts.uri.path().to_string()));
+        let access = self
+            .access_log
+            .then(|| (parts.method.clone(), parts.uri.path().to_string()));
         let Some(route) = self.route_for(&parts) else {
             let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
             self.log(access, None, peer, resp.status(), started, None);

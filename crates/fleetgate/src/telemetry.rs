@@ -145,11 +145,15 @@ impl Default for StoreMetrics {
 pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only for a terminal: log files and collectors get plain text.
+    use std::io::IsTerminal;
+    let ansi = std::io::stdout().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_target(true)
+        .with_ansi(ansi)
         .try_init();
     guard
 }

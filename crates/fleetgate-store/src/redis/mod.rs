@@ -394,6 +394,23 @@ impl RedisStore {
     pub async fn ping(&self) -> StoreResult<()> {
         self.query(&redis::cmd("PING")).await.map(|_| ())
     }
+
+    /// PING within the timeout, ignoring the breaker.
+    async fn ping_direct(&self) -> StoreResult<()> {
+        let backend = &self.inner.backend;
+        let attempt = async {
+            let mut conn = match backend.conn() {
+                Some(c) => c,
+                None => backend.conn_wait(|| self.follow_primary()).await,
+            };
+            redis::cmd("PING").query_async::<Value>(&mut conn).await
+        };
+        match tokio::time::timeout(self.inner.options.timeout, attempt).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(map_error(&e)),
+            Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
+        }
+    }
 }
 
 /// The `host:port` of every primary in a `CLUSTER NODES` reply.
@@ -623,10 +640,20 @@ impl StoreDriver for RedisStore {
             .await
     }
 
+    /// Pings past the breaker (a health check must see the store, not the breaker's memory of
+    /// it), twice if the first attempt only found a dead connection: that attempt starts the
+    /// reconnection the second one uses. A success closes the breaker for every caller.
     async fn health(&self) -> StoreHealth {
-        match self.ping().await {
-            Ok(()) => StoreHealth::Ok,
-            Err(_) => StoreHealth::Down,
+        for attempt in 0..2 {
+            match self.ping_direct().await {
+                Ok(()) => {
+                    self.inner.breaker.on_success();
+                    return StoreHealth::Ok;
+                }
+                Err(e) if attempt == 0 && e.is_connectivity() => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
         }
+        StoreHealth::Down
     }
 }

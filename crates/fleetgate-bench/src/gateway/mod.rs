@@ -1,0 +1,405 @@
+//! `scripts/bench gateway`: fleetgate as a rate-limiting reverse proxy against nginx, on
+//! loopback, in one run.
+//!
+//! One upstream for everything: an nginx answering `200 ok` (2 bytes), one worker, started here
+//! with its own prefix and config (never the system's nginx service).
+//!
+//! * `gateway_memory_limit`: wrk req/s through fleetgate with one rate limit (`key: ip`,
+//!   100000000/100s: never reached) on the in-process store. Peer: nginx as a reverse proxy to
+//!   the same upstream with `limit_req` on (never reached), keep-alive to the upstream,
+//!   access_log off.
+//! * `gateway_redis_limit`: the same with `store.url` on a redis-server started here (defaults:
+//!   `timeout_ms` 50, `pool_size` 2). Every round is checked: the server ran at least one
+//!   EVALSHA per request and fleetgate counted no store error and no local fallback, so every
+//!   request was decided by Redis.
+//! * `gateway_p99_added_ms`: p99 latency through fleetgate (in-process store) minus p99 calling
+//!   the upstream directly, both at half of fleetgate's `gateway_memory_limit` rate, with the
+//!   open-loop generator in [`openloop`] (latency from the due time: coordinated omission
+//!   counted).
+//! * `gateway_store_outage_p99_ms` and `gateway_store_outage_opening_max_ms`: fleetgate on a
+//!   Redis store (`timeout_ms: 50`, limit with `on_store_error: local`) at a fixed 1000 req/s
+//!   while that redis-server is SIGSTOPped: the p99 of the requests due once the store breaker
+//!   has opened, and the worst latency of those due between the pause and the opening.
+//!
+//! wrk: `-t2 -c64`, 1 s warm-up per target, then `ROUNDS` rounds of 5 s; in each round every
+//! target runs once, in an order rotated from round to round, so that background noise falls on
+//! all of them alike. Each throughput is the **median** of its rounds.
+//!
+//! CPU placement (`FLEETGATE_BENCH_GATEWAY_CPUS`), the same for fleetgate and nginx:
+//! * `shared` (default): nothing pinned. Both proxies run one worker per core (2 on the 2-core
+//!   machine: `FLEETGATE_WORKERS=2`, `worker_processes 2`), as each would by default in
+//!   production, and share both cores with wrk (2 threads), the upstream and redis-server under
+//!   the scheduler. The figure is what the whole machine serves; a proxy that needs less CPU
+//!   per request leaves more to wrk and the upstream, which is part of what is compared.
+//! * `split`: the proxy under test alone on CPU 1 with one worker (`FLEETGATE_WORKERS=1`,
+//!   `worker_processes 1`); wrk, the upstream, redis-server and this process (the open-loop
+//!   generator) on CPU 0. Per-core cost of the proxy, provided CPU 0 keeps up (the log prints
+//!   the direct upstream rate from CPU 0 for comparison).
+
+mod openloop;
+mod procs;
+mod wrk;
+
+use crate::redis_bench::pin;
+use crate::report;
+use fleetgate_testkit::{free_port, RedisServer};
+use procs::{loopback, Fleetgate, FleetgateSetup, Nginx, Scratch};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+const ROUND: Duration = Duration::from_secs(5);
+const WARM: Duration = Duration::from_secs(1);
+/// Open-loop rounds per target (alternating) and their length; the first `OPEN_WARM` of each
+/// is not counted.
+const OPEN_ROUNDS: usize = 2;
+const OPEN_ROUND: Duration = Duration::from_secs(4);
+const OPEN_WARM: Duration = Duration::from_millis(500);
+const OPEN_CONNECTIONS: usize = 64;
+/// Outage: fixed rate, store timeout, when the pause starts and how long the run lasts.
+const OUTAGE_RATE: f64 = 1000.0;
+const OUTAGE_TIMEOUT_MS: u64 = 50;
+const OUTAGE_PAUSE_AT: Duration = Duration::from_millis(1500);
+const OUTAGE_RUN: Duration = Duration::from_millis(5500);
+/// The breaker counts as open from the first request due after the pause that starts a run of
+/// this many consecutive requests each answered in under half the store timeout.
+const OPEN_RUN: usize = 20;
+
+const PEER: &str = "nginx 1.22 proxy_pass, limit_req (never reached), keepalive 64 to the upstream";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    Shared,
+    Split,
+}
+
+struct Cpus {
+    placement: Placement,
+    /// Affinity of the proxy under test (fleetgate or nginx).
+    proxy: Option<&'static str>,
+    /// Affinity of wrk, the upstream, redis-server and this process.
+    load: Option<&'static str>,
+    /// Workers of each proxy.
+    workers: usize,
+}
+
+fn cpus() -> Cpus {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let placement = match std::env::var("FLEETGATE_BENCH_GATEWAY_CPUS").as_deref() {
+        Err(_) | Ok("") | Ok("shared") => Placement::Shared,
+        Ok("split") => Placement::Split,
+        Ok(other) => panic!("FLEETGATE_BENCH_GATEWAY_CPUS={other:?}: expected shared or split"),
+    };
+    match placement {
+        Placement::Shared => Cpus {
+            placement,
+            proxy: None,
+            load: None,
+            workers: cores,
+        },
+        Placement::Split => {
+            assert!(cores >= 2, "FLEETGATE_BENCH_GATEWAY_CPUS=split needs 2 CPUs");
+            Cpus {
+                placement,
+                proxy: Some("1"),
+                load: Some("0"),
+                workers: 1,
+            }
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// EVALSHA calls the server has executed so far.
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let info = redis.command(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn start_redis(cpus: &Cpus) -> RedisServer {
+    let redis = RedisServer::start();
+    if let (Some(load), Some(pid)) = (cpus.load, redis.pid()) {
+        assert!(pin(pid, load), "taskset -a -p -c {load} {pid} failed");
+    }
+    redis
+}
+
+const MEMORY: usize = 0;
+const NGINX: usize = 1;
+const REDIS: usize = 2;
+const SIDES: [&str; 3] = ["fleetgate (memory store)", "nginx", "fleetgate (redis store)"];
+
+pub fn run(fleetgate_bin: &Path) -> ExitCode {
+    let cpus = cpus();
+    if let Some(load) = cpus.load {
+        assert!(pin(std::process::id(), load), "taskset could not pin this process");
+    }
+    eprintln!(
+        "gateway: placement {:?}: proxies {} with {} worker(s) each; wrk, upstream, redis-server, generator {}",
+        cpus.placement,
+        cpus.proxy.map_or("unpinned".to_string(), |c| format!("on CPU {c}")),
+        cpus.workers,
+        cpus.load.map_or("unpinned".to_string(), |c| format!("on CPU {c}")),
+    );
+    let scratch = Scratch::new();
+    let upstream = Nginx::upstream(&scratch, free_port(), cpus.load);
+    let peer = Nginx::proxy(&scratch, free_port(), upstream.port, cpus.workers, cpus.proxy);
+    let redis = start_redis(&cpus);
+    let memory_setup = FleetgateSetup {
+        name: "fleetgate-memory",
+        store_url: "memory://".into(),
+        store_extra: "",
+        limit_extra: "",
+        workers: cpus.workers,
+    };
+    let redis_setup = FleetgateSetup {
+        name: "fleetgate-redis",
+        store_url: redis.url(),
+        store_extra: "",
+        limit_extra: "",
+        workers: cpus.workers,
+    };
+    let fg_memory = Fleetgate::start(fleetgate_bin, &scratch, &memory_setup, upstream.port, cpus.proxy);
+    let fg_redis = Fleetgate::start(fleetgate_bin, &scratch, &redis_setup, upstream.port, cpus.proxy);
+    let ports = [fg_memory.port, peer.port, fg_redis.port];
+    eprintln!(
+        "gateway: fleetgate pids: memory store {}, redis store {} (for perf -p)",
+        fg_memory.pid(),
+        fg_redis.pid()
+    );
+
+    // Throughput: warm-up, then rotated rounds.
+    let direct = wrk::run(upstream.port, WARM, cpus.load);
+    eprintln!(
+        "gateway: upstream direct (warm-up, {WARM:?}): {:.0} req/s",
+        direct.rps
+    );
+    for (side, port) in ports.iter().enumerate() {
+        let w = wrk::run(*port, WARM, cpus.load);
+        eprintln!("gateway: warm-up {}: {:.0} req/s", SIDES[side], w.rps);
+    }
+    let mut rps: [Vec<f64>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let side = (round + k) % 3;
+            let allowed = |fg: &Fleetgate| fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\"");
+            let before = match side {
+                MEMORY => allowed(&fg_memory) as u64,
+                REDIS => evalsha_calls(&redis),
+                _ => 0,
+            };
+            let errors_before = fg_redis.metric_sum("fleetgate_store_errors_total", "");
+            let fallback_before = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback");
+            let w = wrk::run(ports[side], ROUND, cpus.load);
+            match side {
+                MEMORY => {
+                    let decided = allowed(&fg_memory) as u64 - before;
+                    assert!(
+                        decided >= w.requests,
+                        "fleetgate (memory) allowed {decided} requests, wrk counted {}",
+                        w.requests
+                    );
+                }
+                REDIS => {
+                    let calls = evalsha_calls(&redis) - before;
+                    let errors = fg_redis.metric_sum("fleetgate_store_errors_total", "") - errors_before;
+                    let fallbacks =
+                        fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback") - fallback_before;
+                    assert!(
+                        errors == 0.0 && fallbacks == 0.0,
+                        "fleetgate (redis): {errors} store errors and {fallbacks} fallback decisions during the round; log:\n{}",
+                        fg_redis.log()
+                    );
+                    assert!(
+                        calls >= w.requests,
+                        "redis-server ran {calls} EVALSHA for {} requests",
+                        w.requests
+                    );
+                }
+                _ => {}
+            }
+            eprintln!(
+                "gateway: round {}: {}: {:.0} req/s ({} requests in {:.2} s)",
+                round + 1,
+                SIDES[side],
+                w.rps,
+                w.requests,
+                w.secs
+            );
+            rps[side].push(w.rps);
+        }
+    }
+    let medians: Vec<f64> = rps.iter_mut().map(|v| median(v)).collect();
+    eprintln!(
+        "gateway: medians of {ROUNDS} rounds: memory {:.0}, nginx {:.0}, redis {:.0} req/s",
+        medians[MEMORY], medians[NGINX], medians[REDIS]
+    );
+    let peer_desc = format!(
+        "{PEER}, {} worker(s){}",
+        cpus.workers,
+        if cpus.placement == Placement::Split { ", on CPU 1" } else { "" }
+    );
+    report::ratio("gateway_memory_limit", medians[MEMORY], "req/s", &peer_desc, medians[NGINX]);
+    report::ratio("gateway_redis_limit", medians[REDIS], "req/s", &peer_desc, medians[NGINX]);
+    drop(fg_redis);
+    drop(peer);
+    drop(redis);
+
+    // Latency added at half of fleetgate's maximum rate.
+    let rate = (medians[MEMORY] / 2.0).floor();
+    let targets = [("fleetgate", fg_memory.port), ("direct", upstream.port)];
+    let mut pooled: [Vec<u64>; 2] = Default::default();
+    for round in 0..OPEN_ROUNDS {
+        for k in 0..2 {
+            let which = (round + k) % 2;
+            let (name, port) = targets[which];
+            let start = Instant::now() + Duration::from_millis(100);
+            let run = openloop::run(loopback(port), rate, start, OPEN_ROUND, OPEN_CONNECTIONS);
+            assert!(
+                run.non_200 == 0 && run.errors == 0,
+                "open loop at {rate} req/s on {name}: {}",
+                run.summary()
+            );
+            let lat = run.latencies(OPEN_WARM.as_nanos() as u64, u64::MAX);
+            eprintln!(
+                "gateway: open loop {rate:.0} req/s, round {}: {name}: {}; {}",
+                round + 1,
+                openloop::describe(&lat),
+                run.summary()
+            );
+            pooled[which].extend(lat);
+        }
+    }
+    for v in pooled.iter_mut() {
+        v.sort_unstable();
+    }
+    let p99 = |v: &[u64]| openloop::ms(openloop::percentile(v, 0.99));
+    eprintln!(
+        "gateway: open loop {rate:.0} req/s, all rounds: fleetgate {}; direct {}",
+        openloop::describe(&pooled[0]),
+        openloop::describe(&pooled[1])
+    );
+    report::latency("gateway_p99_added_ms", p99(&pooled[0]) - p99(&pooled[1]), "ms");
+    drop(fg_memory);
+
+    outage(fleetgate_bin, &scratch, &cpus, &upstream);
+    ExitCode::SUCCESS
+}
+
+/// `gateway_store_outage_*`: a Redis store SIGSTOPped under a fixed load.
+fn outage(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstream: &Nginx) {
+    let redis = start_redis(cpus);
+    let setup = FleetgateSetup {
+        name: "fleetgate-outage",
+        store_url: redis.url(),
+        store_extra: &format!("timeout_ms: {OUTAGE_TIMEOUT_MS}"),
+        limit_extra: "on_store_error: local",
+        workers: cpus.workers,
+    };
+    let fg = Fleetgate::start(fleetgate_bin, scratch, &setup, upstream.port, cpus.proxy);
+    let start = Instant::now() + Duration::from_millis(100);
+    let (run, paused_ns) = std::thread::scope(|s| {
+        let load = s.spawn(|| openloop::run(loopback(fg.port), OUTAGE_RATE, start, OUTAGE_RUN, OPEN_CONNECTIONS));
+        let pause_at = start + OUTAGE_PAUSE_AT;
+        std::thread::sleep(pause_at.saturating_duration_since(Instant::now()));
+        redis.pause();
+        let paused_ns = Instant::now().saturating_duration_since(start).as_nanos() as u64;
+        let run = load.join().expect("open-loop thread");
+        redis.resume();
+        (run, paused_ns)
+    });
+    assert!(
+        run.non_200 == 0 && run.errors == 0,
+        "outage: fleetgate answered errors at {OUTAGE_RATE} req/s: {}; log:\n{}",
+        run.summary(),
+        fg.log()
+    );
+    let fallbacks = fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback_local\"");
+    let timeouts = fg.metric_sum("fleetgate_store_errors_total", "kind=\"timeout\"");
+    let unavailable = fg.metric_sum("fleetgate_store_errors_total", "kind=\"unavailable\"");
+    let before = run.latencies(OPEN_WARM.as_nanos() as u64, paused_ns);
+    let after = run.by_due();
+    let after: Vec<_> = after.iter().filter(|s| s.due_ns >= paused_ns).collect();
+    let fast = OUTAGE_TIMEOUT_MS * 1_000_000 / 2;
+    let open_at = after
+        .windows(OPEN_RUN)
+        .find(|w| w.iter().all(|s| s.latency_ns < fast))
+        .map(|w| w[0].due_ns);
+    eprintln!(
+        "outage: {OUTAGE_RATE} req/s, redis-server SIGSTOPped {:.1} ms into the run; {}",
+        paused_ns as f64 / 1e6,
+        run.summary()
+    );
+    eprintln!("outage: before the pause (store up): {}", openloop::describe(&before));
+    eprintln!("outage: fleetgate counted {timeouts} store timeouts, {unavailable} calls refused by the breaker, {fallbacks} local-fallback decisions");
+    let end = u64::MAX;
+    match open_at {
+        Some(open_ns) => {
+            let opening = run.latencies(paused_ns, open_ns);
+            let open = run.latencies(open_ns, end);
+            eprintln!(
+                "outage: breaker open (answers fast again) {:.1} ms after the pause",
+                (open_ns - paused_ns) as f64 / 1e6
+            );
+            eprintln!("outage: due between pause and opening: {}", openloop::describe(&opening));
+            eprintln!("outage: due after the opening: {}", openloop::describe(&open));
+            let p99_open = openloop::ms(openloop::percentile(&open, 0.99));
+            let p99_up = openloop::ms(openloop::percentile(&before, 0.99));
+            eprintln!(
+                "outage: p99 added by the stalled store once the breaker is open: {:.3} ms",
+                p99_open - p99_up
+            );
+            report::latency("gateway_store_outage_p99_ms", p99_open, "ms");
+            report::latency(
+                "gateway_store_outage_opening_max_ms",
+                openloop::ms(opening.last().copied().unwrap_or(0)),
+                "ms",
+            );
+        }
+        None => {
+            // Never fast again: report the whole paused window as it is.
+            let paused = run.latencies(paused_ns, end);
+            eprintln!(
+                "outage: no run of {OPEN_RUN} fast answers after the pause: the breaker never took the store out of the path; {}",
+                openloop::describe(&paused)
+            );
+            report::latency(
+                "gateway_store_outage_p99_ms",
+                openloop::ms(openloop::percentile(&paused, 0.99)),
+                "ms",
+            );
+            report::latency(
+                "gateway_store_outage_opening_max_ms",
+                openloop::ms(paused.last().copied().unwrap_or(0)),
+                "ms",
+            );
+        }
+    }
+}
+
+/// `fleetgate-bench load`: the open-loop generator alone, for diagnosis.
+pub fn load(addr: std::net::SocketAddr, rate: f64, secs: f64) -> ExitCode {
+    let start = Instant::now() + Duration::from_millis(100);
+    let run = openloop::run(addr, rate, start, Duration::from_secs_f64(secs), OPEN_CONNECTIONS);
+    let lat = run.latencies(0, u64::MAX);
+    eprintln!("{}", openloop::describe(&lat));
+    eprintln!("{}", run.summary());
+    if run.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

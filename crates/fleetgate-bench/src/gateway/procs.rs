@@ -1,0 +1,359 @@
+//! The processes of the gateway benchmark: nginx instances with their own prefix and config
+//! (never the system's nginx service), fleetgate, and a tiny HTTP/1.1 client for readiness
+//! checks and /metrics. Every process is stopped when its handle is dropped (SIGTERM, then
+//! SIGKILL after a bound), and every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const START_BOUND: Duration = Duration::from_secs(10);
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// A scratch directory for configs, prefixes and logs, removed when dropped.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("fleetgate-bench-gateway-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch { dir }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET path` on 127.0.0.1:port with `Connection: close`; (status, body) or None.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&loopback(port), Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Sends `signal` (a name such as TERM) to `pid` with kill(1).
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGTERM, wait up to [`STOP_BOUND`], then SIGKILL.
+fn stop(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + STOP_BOUND;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A command, run under `taskset -c CPUS` when `cpus` is given (taskset execs it: same pid).
+fn command(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Waits until `GET path` on `port` answers `want`; panics with `context()` after the bound or
+/// if the child exits.
+fn wait_for(child: &mut Child, port: u16, path: &str, want: u16, what: &str, context: impl Fn() -> String) {
+    let deadline = Instant::now() + START_BOUND;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status}):\n{}", context());
+        }
+        if matches!(http_get(port, path), Some((s, _)) if s == want) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{what} did not answer {want} on 127.0.0.1:{port}{path} within {START_BOUND:?}:\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_or_empty(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// An nginx master process with its own prefix directory and config.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+}
+
+/// Settings every nginx of the bench shares: no access log, keep-alive connections that are
+/// never closed for having served too many requests (nginx's default closes a client
+/// connection after 1000, which would add reconnections to every figure), temp paths in the
+/// prefix.
+fn http_common(prefix: &Path) -> String {
+    let p = prefix.display();
+    format!(
+        "access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;"
+    )
+}
+
+fn main_common(prefix: &Path, workers: usize) -> String {
+    let p = prefix.display();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes {workers};
+pid {p}/nginx.pid;
+error_log {p}/error.log error;
+events {{ worker_connections 4096; }}"
+    )
+}
+
+impl Nginx {
+    /// The upstream: one worker answering `200 ok` (2 bytes) on every path.
+    pub fn upstream(scratch: &Scratch, port: u16, cpus: Option<&str>) -> Nginx {
+        let prefix = scratch.dir.join("nginx-upstream");
+        let conf = format!(
+            "{main}
+http {{
+    {common}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 \"ok\"; }}
+    }}
+}}
+",
+            main = main_common(&prefix, 1),
+            common = http_common(&prefix)
+        );
+        Nginx::start(&prefix, &conf, port, "nginx upstream", cpus)
+    }
+
+    /// The peer: a reverse proxy to `upstream_port` with limit_req on (a limit never reached)
+    /// and keep-alive connections to the upstream.
+    pub fn proxy(scratch: &Scratch, port: u16, upstream_port: u16, workers: usize, cpus: Option<&str>) -> Nginx {
+        let prefix = scratch.dir.join("nginx-proxy");
+        let conf = format!(
+            "{main}
+http {{
+    {common}
+    limit_req_zone $binary_remote_addr zone=z:10m rate=100000000r/s;
+    upstream up {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            limit_req zone=z burst=100000 nodelay;
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+",
+            main = main_common(&prefix, workers),
+            common = http_common(&prefix)
+        );
+        Nginx::start(&prefix, &conf, port, "nginx proxy", cpus)
+    }
+
+    fn start(prefix: &Path, conf: &str, port: u16, what: &str, cpus: Option<&str>) -> Nginx {
+        std::fs::create_dir_all(prefix.join("tmp")).expect("create the nginx prefix");
+        let conf_path = prefix.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let error_log = prefix.join("error.log");
+        let child = command(Path::new("nginx"), cpus)
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(&error_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start nginx ({e}); install it with: apt-get install -y nginx wrk redis-server redis-tools")
+            });
+        let mut nginx = Nginx { child, port };
+        wait_for(&mut nginx.child, port, "/", 200, what, || {
+            format!("{}\nerror.log:\n{}", conf, read_or_empty(&error_log))
+        });
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master: fast shutdown of the master and its workers.
+        stop(&mut self.child);
+    }
+}
+
+/// What differs between the fleetgate instances of the bench.
+pub struct FleetgateSetup<'a> {
+    pub name: &'a str,
+    /// `memory://` or `redis://127.0.0.1:PORT`.
+    pub store_url: String,
+    /// Extra `store:` fields, e.g. `timeout_ms: 50`.
+    pub store_extra: &'a str,
+    /// Extra fields of the rate limit, e.g. `on_store_error: local`.
+    pub limit_extra: &'a str,
+    pub workers: usize,
+}
+
+/// A fleetgate process.
+pub struct Fleetgate {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    log: PathBuf,
+}
+
+impl Fleetgate {
+    pub fn start(
+        binary: &Path,
+        scratch: &Scratch,
+        setup: &FleetgateSetup,
+        upstream_port: u16,
+        cpus: Option<&str>,
+    ) -> Fleetgate {
+        let port = fleetgate_testkit::free_port();
+        let admin_port = fleetgate_testkit::free_port();
+        let store_extra = if setup.store_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", setup.store_extra)
+        };
+        let limit_extra = if setup.limit_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", setup.limit_extra)
+        };
+        let config = format!(
+            "listen: 127.0.0.1:{port}
+admin: {{ listen: 127.0.0.1:{admin_port} }}
+log: {{ level: error, access_log: false }}
+store: {{ url: \"{url}\"{store_extra} }}
+upstreams:
+  up: {{ targets: [\"http://127.0.0.1:{upstream_port}\"] }}
+routes:
+  - name: bench
+    upstream: up
+    rate_limits:
+      - {{ name: never, key: ip, rate: 100000000/100s{limit_extra} }}
+",
+            url = setup.store_url
+        );
+        let path = scratch.dir.join(format!("{}.yaml", setup.name));
+        std::fs::write(&path, &config).expect("write the fleetgate config");
+        let log = scratch.dir.join(format!("{}.log", setup.name));
+        let out = std::fs::File::create(&log).expect("create the fleetgate log");
+        let err = out.try_clone().expect("clone the log handle");
+        let child = command(binary, cpus)
+            .arg("--config")
+            .arg(&path)
+            .env("FLEETGATE_WORKERS", setup.workers.to_string())
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} ({e})", binary.display()));
+        let mut fg = Fleetgate {
+            child,
+            port,
+            admin_port,
+            log,
+        };
+        let log = fg.log.clone();
+        wait_for(&mut fg.child, admin_port, "/readyz", 200, setup.name, || {
+            format!("{config}\nlog:\n{}", read_or_empty(&log))
+        });
+        // One request through the whole path: route, limit, proxy.
+        match http_get(port, "/") {
+            Some((200, body)) if body == "ok" => {}
+            other => panic!("{}: GET / answered {other:?}, expected 200 ok", setup.name),
+        }
+        fg
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sum of the samples of metric `name` in /metrics whose labels contain `label` (e.g.
+    /// `outcome="allowed"`, or "" for all).
+    pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let (status, body) = http_get(self.admin_port, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics");
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(label))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The process's log so far (errors only, at `log.level: error`).
+    pub fn log(&self) -> String {
+        read_or_empty(&self.log)
+    }
+}
+
+impl Drop for Fleetgate {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
