@@ -20,8 +20,18 @@ pub fn identify(key: &[KeyPart], req: &Parts, client_ip: IpAddr, route: &str) ->
     for part in key {
         match part {
             KeyPart::Ip => {
-                out.extend_from_slice(b"ip=");
-                out.extend_from_slice(client_ip.to_string().as_bytes());
+                // Raw octets: no formatting on the hot path (the store hashes the bytes anyway).
+                // Tagged by version, so the fixed-length octets can never be read as another part.
+                match client_ip {
+                    IpAddr::V4(v4) => {
+                        out.extend_from_slice(b"ip4=");
+                        out.extend_from_slice(&v4.octets());
+                    }
+                    IpAddr::V6(v6) => {
+                        out.extend_from_slice(b"ip6=");
+                        out.extend_from_slice(&v6.octets());
+                    }
+                }
             }
             KeyPart::Header(name) => {
                 let mut values = req.headers.get_all(name.as_str()).iter().peekable();
@@ -115,7 +125,7 @@ mod tests {
             ip,
             "r",
         ));
-        assert!(both.starts_with(b"ip=192.0.2.1\0"));
+        assert!(both.starts_with(b"ip4=\xc0\x00\x02\x01\0"));
     }
 
     #[test]
