@@ -24,6 +24,17 @@ pub fn json_error(
     message: &str,
     extra: &[(&str, serde_json::Value)],
 ) -> Response<GatewayBody> {
+    json_error_as(status, kind, message, extra, full)
+}
+
+/// [`json_error`] with any body type (`make` turns the JSON text into the body).
+pub fn json_error_as<B>(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    extra: &[(&str, serde_json::Value)],
+    make: impl FnOnce(String) -> B,
+) -> Response<B> {
     let mut obj = serde_json::Map::new();
     obj.insert("error".into(), kind.into());
     obj.insert("message".into(), message.into());
@@ -32,7 +43,7 @@ pub fn json_error(
     }
     let mut text = serde_json::Value::Object(obj).to_string();
     text.push('\n');
-    let mut resp = Response::new(full(text));
+    let mut resp = Response::new(make(text));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -1,7 +1,7 @@
 //! The request path: route, limits, then answer or proxy. One `Gateway` is shared by all
 //! workers; each worker has its own `Worker` (store connections and upstream client pools).
 
-use crate::body::{full, json_error, GatewayBody, Guarded};
+use crate::body::{full, json_error, json_error_as, GatewayBody, Guarded};
 use crate::client_ip::TrustedProxies;
 use crate::policy::{PermitGuard, Rejection, StoreCtx};
 use crate::ratelimit_headers::{ceil_secs, RateHeaders};
@@ -325,30 +325,35 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
 }
 
 fn rejection_response(route: &str, rejection: Rejection) -> Response<GatewayBody> {
+    rejection_response_as(route, rejection, full)
+}
+
+/// The response for a refused request (429, 503 or 400 with a JSON body), with any body type.
+pub fn rejection_response_as<B>(route: &str, rejection: Rejection, make: impl FnOnce(String) -> B) -> Response<B> {
+    let ids = |limit: &str| [("route", json!(route)), ("limit", json!(limit))];
     match rejection {
         Rejection::Limited { limit, decision } => {
             let retry = ceil_secs(decision.retry_after).max(1);
             let msg = format!("rate limit {limit} exceeded; retry in {retry} s");
-            let mut resp = json_error(
+            let [r, l] = ids(&limit);
+            let mut resp = json_error_as(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 &msg,
-                &[
-                    ("route", json!(route)),
-                    ("limit", json!(limit)),
-                    ("retry_after", json!(retry)),
-                ],
+                &[r, l, ("retry_after", json!(retry))],
+                make,
             );
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
             resp
         }
         Rejection::Concurrency { limit, max } => {
             let msg = format!("concurrency limit {limit} reached ({max} in flight)");
-            let mut resp = json_error(
+            let mut resp = json_error_as(
                 StatusCode::TOO_MANY_REQUESTS,
                 "concurrency_limited",
                 &msg,
-                &[("route", json!(route)), ("limit", json!(limit))],
+                &ids(&limit),
+                make,
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -356,21 +361,17 @@ fn rejection_response(route: &str, rejection: Rejection) -> Response<GatewayBody
         }
         Rejection::StoreDown { limit } => {
             let msg = format!("limit {limit} cannot be checked: the store is unavailable and its policy is closed");
-            json_error(
+            json_error_as(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 &msg,
-                &[("route", json!(route)), ("limit", json!(limit))],
+                &ids(&limit),
+                make,
             )
         }
         Rejection::MissingKey { limit, what } => {
             let msg = format!("limit {limit} needs {what}, which the request lacks");
-            json_error(
-                StatusCode::BAD_REQUEST,
-                "missing_key",
-                &msg,
-                &[("route", json!(route)), ("limit", json!(limit))],
-            )
+            json_error_as(StatusCode::BAD_REQUEST, "missing_key", &msg, &ids(&limit), make)
         }
     }
 }
