@@ -15,7 +15,9 @@
 //! * `gateway_p99_added_ms`: p99 latency through fleetgate (in-process store) minus p99 calling
 //!   the upstream directly, both at half of fleetgate's `gateway_memory_limit` rate, with the
 //!   open-loop generator in [`openloop`] (latency from the due time: coordinated omission
-//!   counted).
+//!   counted), 64 connections, `OPEN_ROUNDS` rounds of 3.5 s per target in rotated order (the
+//!   first 0.5 s of each not counted); each p99 is the median of the rounds' p99s. nginx is run
+//!   the same way and printed to stderr, for scale.
 //! * `gateway_store_outage_p99_ms` and `gateway_store_outage_opening_max_ms`: fleetgate on a
 //!   Redis store (`timeout_ms: 50`, limit with `on_store_error: local`) at a fixed 1000 req/s
 //!   while that redis-server is SIGSTOPped: the p99 of the requests due once the store breaker
@@ -51,10 +53,10 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 3;
 const ROUND: Duration = Duration::from_secs(5);
 const WARM: Duration = Duration::from_secs(1);
-/// Open-loop rounds per target (alternating) and their length; the first `OPEN_WARM` of each
-/// is not counted.
-const OPEN_ROUNDS: usize = 2;
-const OPEN_ROUND: Duration = Duration::from_secs(4);
+/// Open-loop rounds per target (rotated order) and their length; the first `OPEN_WARM` of each
+/// is not counted. The figure is the median of the rounds' p99s.
+const OPEN_ROUNDS: usize = 3;
+const OPEN_ROUND: Duration = Duration::from_millis(3500);
 const OPEN_WARM: Duration = Duration::from_millis(500);
 const OPEN_CONNECTIONS: usize = 64;
 /// Outage: fixed rate, store timeout, when the pause starts and how long the run lasts.
@@ -183,15 +185,17 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
 
     // Throughput: warm-up, then rotated rounds.
     let direct = wrk::run(upstream.port, WARM, cpus.load);
-    eprintln!(
-        "gateway: upstream direct (warm-up, {WARM:?}): {:.0} req/s",
-        direct.rps
-    );
+    eprintln!("gateway: upstream direct (warm-up, {WARM:?}): {:.0} req/s", direct.rps);
     for (side, port) in ports.iter().enumerate() {
         let w = wrk::run(*port, WARM, cpus.load);
         eprintln!("gateway: warm-up {}: {:.0} req/s", SIDES[side], w.rps);
     }
+    // CPU per request of the proxy under test (and of redis-server on the Redis side), from
+    // /proc: where a lower throughput comes from.
+    let proxy_pids = [vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()]];
+    let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
     let mut rps: [Vec<f64>; 3] = Default::default();
+    let mut cpu_us: [Vec<f64>; 3] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..3 {
             let side = (round + k) % 3;
@@ -203,7 +207,14 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             };
             let errors_before = fg_redis.metric_sum("fleetgate_store_errors_total", "");
             let fallback_before = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback");
+            let cpu0 = procs::cpu_seconds(&proxy_pids[side]);
+            let redis_cpu0 = procs::cpu_seconds(&redis_pid);
             let w = wrk::run(ports[side], ROUND, cpus.load);
+            let cpu1 = procs::cpu_seconds(&proxy_pids[side]);
+            let redis_cpu1 = procs::cpu_seconds(&redis_pid);
+            let per_request = |a: f64, b: f64| (b - a) * 1e6 / w.requests as f64;
+            let (user_us, sys_us) = (per_request(cpu0.0, cpu1.0), per_request(cpu0.1, cpu1.1));
+            let redis_us = per_request(redis_cpu0.0 + redis_cpu0.1, redis_cpu1.0 + redis_cpu1.1);
             match side {
                 MEMORY => {
                     let decided = allowed(&fg_memory) as u64 - before;
@@ -216,8 +227,8 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
                 REDIS => {
                     let calls = evalsha_calls(&redis) - before;
                     let errors = fg_redis.metric_sum("fleetgate_store_errors_total", "") - errors_before;
-                    let fallbacks =
-                        fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback") - fallback_before;
+                    let fallbacks = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback")
+                        - fallback_before;
                     assert!(
                         errors == 0.0 && fallbacks == 0.0,
                         "fleetgate (redis): {errors} store errors and {fallbacks} fallback decisions during the round; log:\n{}",
@@ -232,39 +243,63 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
                 _ => {}
             }
             eprintln!(
-                "gateway: round {}: {}: {:.0} req/s ({} requests in {:.2} s)",
+                "gateway: round {}: {}: {:.0} req/s ({} requests in {:.2} s); proxy CPU per request {:.1} µs (user {user_us:.1} + sys {sys_us:.1}){}",
                 round + 1,
                 SIDES[side],
                 w.rps,
                 w.requests,
-                w.secs
+                w.secs,
+                user_us + sys_us,
+                if side == REDIS { format!(", redis-server {redis_us:.1} µs") } else { String::new() }
             );
             rps[side].push(w.rps);
+            cpu_us[side].push(user_us + sys_us);
         }
     }
     let medians: Vec<f64> = rps.iter_mut().map(|v| median(v)).collect();
+    let cpu: Vec<f64> = cpu_us.iter_mut().map(|v| median(v)).collect();
     eprintln!(
-        "gateway: medians of {ROUNDS} rounds: memory {:.0}, nginx {:.0}, redis {:.0} req/s",
-        medians[MEMORY], medians[NGINX], medians[REDIS]
+        "gateway: medians of {ROUNDS} rounds: memory {:.0}, nginx {:.0}, redis {:.0} req/s; proxy CPU per request: memory {:.1} µs, nginx {:.1} µs, redis {:.1} µs",
+        medians[MEMORY], medians[NGINX], medians[REDIS], cpu[MEMORY], cpu[NGINX], cpu[REDIS]
     );
     let peer_desc = format!(
         "{PEER}, {} worker(s){}",
         cpus.workers,
-        if cpus.placement == Placement::Split { ", on CPU 1" } else { "" }
+        if cpus.placement == Placement::Split {
+            ", on CPU 1"
+        } else {
+            ""
+        }
     );
-    report::ratio("gateway_memory_limit", medians[MEMORY], "req/s", &peer_desc, medians[NGINX]);
-    report::ratio("gateway_redis_limit", medians[REDIS], "req/s", &peer_desc, medians[NGINX]);
+    report::ratio(
+        "gateway_memory_limit",
+        medians[MEMORY],
+        "req/s",
+        &peer_desc,
+        medians[NGINX],
+    );
+    report::ratio(
+        "gateway_redis_limit",
+        medians[REDIS],
+        "req/s",
+        &peer_desc,
+        medians[NGINX],
+    );
     drop(fg_redis);
-    drop(peer);
     drop(redis);
 
-    // Latency added at half of fleetgate's maximum rate.
+    // Latency added at half of fleetgate's maximum rate: open-loop rounds on fleetgate, on the
+    // upstream directly and (for the log only) on nginx, in rotated order.
     let rate = (medians[MEMORY] / 2.0).floor();
-    let targets = [("fleetgate", fg_memory.port), ("direct", upstream.port)];
-    let mut pooled: [Vec<u64>; 2] = Default::default();
+    let targets = [
+        ("fleetgate", fg_memory.port),
+        ("direct", upstream.port),
+        ("nginx", peer.port),
+    ];
+    let mut p99s: [Vec<f64>; 3] = Default::default();
     for round in 0..OPEN_ROUNDS {
-        for k in 0..2 {
-            let which = (round + k) % 2;
+        for k in 0..targets.len() {
+            let which = (round + k) % targets.len();
             let (name, port) = targets[which];
             let start = Instant::now() + Duration::from_millis(100);
             let run = openloop::run(loopback(port), rate, start, OPEN_ROUND, OPEN_CONNECTIONS);
@@ -280,20 +315,17 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
                 openloop::describe(&lat),
                 run.summary()
             );
-            pooled[which].extend(lat);
+            p99s[which].push(openloop::ms(openloop::percentile(&lat, 0.99)));
         }
     }
-    for v in pooled.iter_mut() {
-        v.sort_unstable();
-    }
-    let p99 = |v: &[u64]| openloop::ms(openloop::percentile(v, 0.99));
+    let [fg_p99, direct_p99, nginx_p99] = p99s.map(|mut v| median(&mut v));
     eprintln!(
-        "gateway: open loop {rate:.0} req/s, all rounds: fleetgate {}; direct {}",
-        openloop::describe(&pooled[0]),
-        openloop::describe(&pooled[1])
+        "gateway: open loop {rate:.0} req/s, median p99 of {OPEN_ROUNDS} rounds: fleetgate {fg_p99:.3} ms, direct {direct_p99:.3} ms, nginx {nginx_p99:.3} ms (nginx adds {:.3} ms)",
+        nginx_p99 - direct_p99
     );
-    report::latency("gateway_p99_added_ms", p99(&pooled[0]) - p99(&pooled[1]), "ms");
+    report::latency("gateway_p99_added_ms", fg_p99 - direct_p99, "ms");
     drop(fg_memory);
+    drop(peer);
 
     outage(fleetgate_bin, &scratch, &cpus, &upstream);
     ExitCode::SUCCESS
@@ -354,7 +386,10 @@ fn outage(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstream: &Nginx
                 "outage: breaker open (answers fast again) {:.1} ms after the pause",
                 (open_ns - paused_ns) as f64 / 1e6
             );
-            eprintln!("outage: due between pause and opening: {}", openloop::describe(&opening));
+            eprintln!(
+                "outage: due between pause and opening: {}",
+                openloop::describe(&opening)
+            );
             eprintln!("outage: due after the opening: {}", openloop::describe(&open));
             let p99_open = openloop::ms(openloop::percentile(&open, 0.99));
             let p99_up = openloop::ms(openloop::percentile(&before, 0.99));

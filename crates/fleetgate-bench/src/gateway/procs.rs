@@ -50,8 +50,28 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     stream.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
+}
+
+/// (user, system) CPU seconds used so far by the processes `pids` (all their threads), from
+/// /proc/PID/stat; a process that is gone counts 0.
+pub fn cpu_seconds(pids: &[u32]) -> (f64, f64) {
+    let mut total = (0.0, 0.0);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (in parentheses): utime is the 12th, stime the 13th,
+        // in clock ticks (USER_HZ, 100 per second on Linux).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total.0 += ticks(11) / 100.0;
+        total.1 += ticks(12) / 100.0;
+    }
+    total
 }
 
 /// Sends `signal` (a name such as TERM) to `pid` with kill(1).
@@ -229,6 +249,17 @@ http {{
             format!("{}\nerror.log:\n{}", conf, read_or_empty(&error_log))
         });
         nginx
+    }
+}
+
+impl Nginx {
+    /// The master and its worker processes.
+    pub fn pids(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap_or_default();
+        std::iter::once(master)
+            .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+            .collect()
     }
 }
 

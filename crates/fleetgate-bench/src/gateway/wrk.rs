@@ -36,7 +36,9 @@ pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> Wrk {
         .args(["--timeout", "2s"])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
-        .unwrap_or_else(|e| panic!("run wrk ({e}); install it with: apt-get install -y nginx wrk redis-server redis-tools"));
+        .unwrap_or_else(|e| {
+            panic!("run wrk ({e}); install it with: apt-get install -y nginx wrk redis-server redis-tools")
+        });
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         panic!(
