@@ -12,8 +12,8 @@
 //!   reverse proxies, latency added at a fixed rate, latency while the Redis store is stalled);
 //!   see [`gateway`].
 //! * `load HOST:PORT RATE SECONDS`: the gateway bench's open-loop generator on its own (64
-//!   keep-alive connections, `GET /` at RATE per second); prints the latency percentiles
-//!   (a diagnosis aid).
+//!   keep-alive connections, `GET /` at RATE per second); prints the latency percentiles and
+//!   the worst latency of the requests due in each 100 ms (a diagnosis aid).
 //! * `redis-sweep`: tries pool sizes, task counts and worker threads for the Redis driver, to
 //!   choose the defaults used by `store` (a tuning aid, not part of `scripts/bench store`).
 //! * `__memory-child N` (hidden): run by `store` in a fresh process; prints the resident-memory

@@ -8,8 +8,8 @@
 //!   100000000/100s: never reached) on the in-process store. Peer: nginx as a reverse proxy to
 //!   the same upstream with `limit_req` on (never reached), keep-alive to the upstream,
 //!   access_log off.
-//! * `gateway_redis_limit`: the same with `store.url` on a redis-server started here (defaults:
-//!   `timeout_ms` 50, `pool_size` 2). Every round is checked: the server ran at least one
+//! * `gateway_redis_limit`: the same with `store.url` on a redis-server started here (every other
+//!   store setting at its default). Every round is checked: the server ran at least one
 //!   EVALSHA per request and fleetgate counted no store error and no local fallback, so every
 //!   request was decided by Redis.
 //! * `gateway_p99_added_ms`: p99 latency through fleetgate (in-process store) minus p99 calling
@@ -25,7 +25,14 @@
 //!
 //! wrk: `-t2 -c64`, 1 s warm-up per target, then `ROUNDS` rounds of 5 s; in each round every
 //! target runs once, in an order rotated from round to round, so that background noise falls on
-//! all of them alike. Each throughput is the **median** of its rounds.
+//! all of them alike. Each throughput is the **median** of its rounds. Every round also prints
+//! the CPU time (user and system, from /proc) the proxy under test spent per request, and on the
+//! Redis side redis-server's: where a lower throughput comes from. A round in which wrk saw a
+//! non-2xx answer or a socket error, or in which the in-process side decided fewer requests
+//! than wrk counted, aborts the bench.
+//!
+//! Each proxy accepts as it does by default: fleetgate one SO_REUSEPORT listener per worker,
+//! nginx one shared listener.
 //!
 //! CPU placement (`FLEETGATE_BENCH_GATEWAY_CPUS`), the same for fleetgate and nginx:
 //! * `shared` (default): nothing pinned. Both proxies run one worker per core (2 on the 2-core
@@ -68,7 +75,21 @@ const OUTAGE_RUN: Duration = Duration::from_millis(5500);
 /// this many consecutive requests each answered in under half the store timeout.
 const OPEN_RUN: usize = 20;
 
-const PEER: &str = "nginx 1.22 proxy_pass, limit_req (never reached), keepalive 64 to the upstream";
+/// The peer, after nginx's version.
+const PEER: &str = "proxy_pass, limit_req (never reached), keepalive 64 to the upstream";
+
+/// `nginx/1.22.1`, from `nginx -v`.
+fn nginx_version() -> String {
+    std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stderr).into_owned();
+            Some(text.trim().strip_prefix("nginx version: ")?.to_string())
+        })
+        .unwrap_or_else(|| "nginx".to_string())
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Placement {
@@ -263,7 +284,8 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         medians[MEMORY], medians[NGINX], medians[REDIS], cpu[MEMORY], cpu[NGINX], cpu[REDIS]
     );
     let peer_desc = format!(
-        "{PEER}, {} worker(s){}",
+        "{} {PEER}, {} worker(s){}",
+        nginx_version(),
         cpus.workers,
         if cpus.placement == Placement::Split {
             ", on CPU 1"
@@ -432,6 +454,17 @@ pub fn load(addr: std::net::SocketAddr, rate: f64, secs: f64) -> ExitCode {
     let lat = run.latencies(0, u64::MAX);
     eprintln!("{}", openloop::describe(&lat));
     eprintln!("{}", run.summary());
+    // The worst latency in each 100 ms of the schedule: when the slow requests were due.
+    let by_due = run.by_due();
+    for window in by_due.chunk_by(|a, b| a.due_ns / 100_000_000 == b.due_ns / 100_000_000) {
+        let worst = window.iter().map(|s| s.latency_ns).max().unwrap_or(0);
+        eprintln!(
+            "  due {:>6.1} s: {:>5} requests, worst {:.3} ms",
+            window[0].due_ns as f64 / 1e9,
+            window.len(),
+            openloop::ms(worst)
+        );
+    }
     if run.clean() {
         ExitCode::SUCCESS
     } else {
