@@ -7,18 +7,16 @@ use crate::policy::{PermitGuard, Rejection, StoreCtx};
 use crate::ratelimit_headers::{ceil_secs, RateHeaders};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
+use crate::upstream_pool::{TargetPool, UpstreamError};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-pub type UpstreamClient = Client<HttpConnector, Limited<Incoming>>;
 
 /// Everything the request path needs that does not change after start-up.
 pub struct Gateway {
@@ -37,28 +35,26 @@ pub struct Gateway {
     pub live_instances: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Per-worker state: store handles and one pooled client per upstream.
+/// Per-worker state: store handles and, per upstream target, a pool of keep-alive connections.
 pub struct Worker {
     pub ctx: StoreCtx,
-    pub clients: Vec<UpstreamClient>,
+    /// `pools[upstream][target]`.
+    pub pools: Vec<Vec<Arc<TargetPool>>>,
 }
 
 impl Worker {
     pub fn new(gateway: &Gateway, ctx: StoreCtx) -> Self {
-        let clients = gateway
+        let pools = gateway
             .upstreams
             .iter()
             .map(|u| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.set_nodelay(true);
-                Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_idle_timeout(u.idle_timeout)
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .build(connector)
+                u.targets
+                    .iter()
+                    .map(|t| TargetPool::new(t.authority.to_string(), u.connect_timeout, u.idle_timeout))
+                    .collect()
             })
             .collect();
-        Worker { ctx, clients }
+        Worker { ctx, pools }
     }
 }
 
@@ -196,14 +192,10 @@ impl Gateway {
             }
         }
         let t = upstream.pick();
-        let target = &upstream.targets[t];
         let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let path = route.upstream_path(pq);
-        let uri = Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(path.as_ref())
-            .build();
+        // Origin-form (path and query only): the connection already names the target.
+        let uri = Uri::builder().path_and_query(path.as_ref()).build();
         let Ok(uri) = uri else {
             return (
                 json_error(
@@ -222,7 +214,7 @@ impl Gateway {
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
         let timeout = upstream.request_timeout.min(self.request_timeout);
-        let result = tokio::time::timeout(timeout, worker.clients[idx].request(req)).await;
+        let result = tokio::time::timeout(timeout, worker.pools[idx][t].send(req)).await;
         let target_url = Some(t);
         match result {
             Err(_) => {
@@ -237,14 +229,18 @@ impl Gateway {
                 )
             }
             Ok(Err(e)) => {
-                if error_chain_has::<http_body_util::LengthLimitError>(&e) {
+                let too_large = match &e {
+                    UpstreamError::Request(err) => error_chain_has::<http_body_util::LengthLimitError>(err),
+                    UpstreamError::Connect(_) => false,
+                };
+                if too_large {
                     let msg = format!("request body exceeds the limit of {} bytes", self.max_body_bytes);
                     return (
                         json_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg, &[]),
                         target_url,
                     );
                 }
-                if e.is_connect() {
+                if matches!(e, UpstreamError::Connect(_)) {
                     upstream.report_connect_failure(t);
                 }
                 tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");

@@ -19,3 +19,4 @@ pub mod run;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod upstream_pool;
