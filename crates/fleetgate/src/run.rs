@@ -143,6 +143,15 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
 
     runtime.block_on(async {
+        // The Prometheus recorder buffers histogram samples until drained: drain them even if
+        // nobody scrapes /metrics, so memory stays bounded.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                crate::telemetry::run_metrics_upkeep();
+            }
+        });
         for upstream in &gateway.upstreams {
             tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
         }

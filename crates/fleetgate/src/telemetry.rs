@@ -36,6 +36,13 @@ pub fn install_metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// Drains buffered histogram samples into their buckets.
+pub fn run_metrics_upkeep() {
+    if let Some(h) = PROMETHEUS.get() {
+        h.run_upkeep();
+    }
+}
+
 pub fn render_metrics() -> String {
     PROMETHEUS.get().map(|h| h.render()).unwrap_or_default()
 }

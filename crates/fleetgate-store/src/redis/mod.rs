@@ -285,10 +285,23 @@ impl RedisStore {
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let breaker = &self.inner.breaker;
-        let admission = breaker.admit();
-        if admission == Admission::Reject {
-            return Err(Breaker::rejection());
+        match breaker.admit() {
+            Admission::Call => {}
+            Admission::Reject => return Err(Breaker::rejection()),
+            // The probe is a PING in the background: no client request waits out a timeout
+            // against a store that is still down.
+            Admission::Probe => {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    match store.ping_direct().await {
+                        Ok(()) => store.inner.breaker.on_success(),
+                        Err(_) => store.inner.breaker.on_failure(Admission::Probe),
+                    }
+                });
+                return Err(Breaker::rejection());
+            }
         }
+        let admission = Admission::Call;
         let backend = &self.inner.backend;
         let attempt = async {
             let conn = match backend.conn() {
