@@ -58,6 +58,32 @@ pub enum Rejection {
     MissingKey { limit: String, what: String },
 }
 
+/// What a limit counts by, and what it does for a request that lacks it.
+struct KeyTarget<'a> {
+    name: &'a str,
+    key: &'a [KeyPart],
+    on_missing_key: MissingKey,
+    metrics: &'a DecisionMetrics,
+}
+
+impl KeyTarget<'_> {
+    /// The request's identity for this limit: its key parts, the shared anonymous identity, or
+    /// a refusal, as `on_missing_key` says.
+    fn identity(&self, req: &Parts, ip: IpAddr, route: &str) -> Result<Vec<u8>, Rejection> {
+        match identify(self.key, req, ip, route) {
+            Identity::Found(id) => Ok(id),
+            Identity::Missing(_) if self.on_missing_key == MissingKey::Shared => Ok(ANONYMOUS.to_vec()),
+            Identity::Missing(what) => {
+                self.metrics.missing_key_refused.increment(1);
+                Err(Rejection::MissingKey {
+                    limit: self.name.to_string(),
+                    what,
+                })
+            }
+        }
+    }
+}
+
 /// One configured rate limit, ready to decide.
 pub struct RateLimiter {
     pub name: String,
@@ -96,19 +122,13 @@ impl RateLimiter {
     }
 
     fn store_key(&self, ctx: &StoreCtx, req: &Parts, ip: IpAddr, route: &str) -> Result<StoreKey, Rejection> {
-        let id = match identify(&self.key, req, ip, route) {
-            Identity::Found(id) => id,
-            Identity::Missing(what) => match self.on_missing_key {
-                MissingKey::Shared => ANONYMOUS.to_vec(),
-                MissingKey::Refuse => {
-                    self.metrics.missing_key_refused.increment(1);
-                    return Err(Rejection::MissingKey {
-                        limit: self.name.clone(),
-                        what,
-                    });
-                }
-            },
+        let target = KeyTarget {
+            name: &self.name,
+            key: &self.key,
+            on_missing_key: self.on_missing_key,
+            metrics: &self.metrics,
         };
+        let id = target.identity(req, ip, route)?;
         Ok(ctx.keyspace.key(Concern::RateLimit, &self.scope, &id))
     }
 
@@ -259,19 +279,13 @@ impl ConcurrencyLimiter {
         ip: IpAddr,
         route: &str,
     ) -> Result<Option<PermitGuard>, Rejection> {
-        let id = match identify(&self.key, req, ip, route) {
-            Identity::Found(id) => id,
-            Identity::Missing(what) => match self.on_missing_key {
-                MissingKey::Shared => ANONYMOUS.to_vec(),
-                MissingKey::Refuse => {
-                    self.metrics.missing_key_refused.increment(1);
-                    return Err(Rejection::MissingKey {
-                        limit: self.name.clone(),
-                        what,
-                    });
-                }
-            },
+        let target = KeyTarget {
+            name: &self.name,
+            key: &self.key,
+            on_missing_key: self.on_missing_key,
+            metrics: &self.metrics,
         };
+        let id = target.identity(req, ip, route)?;
         let key = ctx.keyspace.key(Concern::Concurrency, &self.scope, &id);
         let permit = format!("{instance}:{}", PERMIT_SEQ.fetch_add(1, Ordering::Relaxed));
         let started = ctx.timer();
