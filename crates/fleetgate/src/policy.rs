@@ -217,25 +217,46 @@ pub struct ConcurrencyLimiter {
 
 /// A held permit; gives it back when dropped (response body finished or client gone).
 pub struct PermitGuard {
-    ctx: StoreCtx,
+    /// The store holding the permit (the shared one, or the in-process fallback).
+    store: Store,
     key: StoreKey,
     id: String,
-    local: bool,
+    /// Renews the lease while the request lasts, so a long response keeps its permit.
+    renewal: tokio::task::AbortHandle,
+}
+
+impl PermitGuard {
+    fn new(store: Store, key: StoreKey, id: String, max: u64, lease: Duration) -> Self {
+        let (s, k, i) = (store.clone(), key.clone(), id.clone());
+        let every = (lease / 2).max(Duration::from_millis(10));
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = s.acquire_permit(&k, &i, max, lease).await {
+                    tracing::debug!(error = %e, "permit lease renewal failed; retrying");
+                }
+            }
+        })
+        .abort_handle();
+        PermitGuard {
+            store,
+            key,
+            id,
+            renewal,
+        }
+    }
 }
 
 impl Drop for PermitGuard {
     fn drop(&mut self) {
-        if self.local {
-            let local = self.ctx.local.clone();
-            let (key, id) = (self.key.clone(), std::mem::take(&mut self.id));
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = local.release_permit(&key, &id).await;
-                });
-            }
+        self.renewal.abort();
+        let (store, key, id) = (self.store.clone(), self.key.clone(), std::mem::take(&mut self.id));
+        if let Store::Memory(m) = &store {
+            // In-process: decided at once, no task needed.
+            let _ = futures_util::FutureExt::now_or_never(m.release_permit(&key, &id));
             return;
         }
-        let (store, key, id) = (self.ctx.store.clone(), self.key.clone(), std::mem::take(&mut self.id));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(e) = store.release_permit(&key, &id).await {
@@ -291,8 +312,8 @@ impl ConcurrencyLimiter {
         let started = ctx.timer();
         let result = ctx.store.acquire_permit(&key, &permit, self.max, self.lease).await;
         ctx.observe(&result, started, &ctx.metrics.permit_seconds);
-        let (decision, local) = match result {
-            Ok(d) => (d, false),
+        let (decision, holder, max) = match result {
+            Ok(d) => (d, ctx.store.clone(), self.max),
             Err(_) => match self.on_store_error {
                 FailurePolicy::Open => {
                     self.metrics.fallback_open.increment(1);
@@ -308,7 +329,7 @@ impl ConcurrencyLimiter {
                     self.metrics.fallback_local.increment(1);
                     let share = (self.max / ctx.live_instances.load(Ordering::Relaxed).max(1)).max(1);
                     match ctx.local.acquire_permit(&key, &permit, share, self.lease).await {
-                        Ok(d) => (d, true),
+                        Ok(d) => (d, Store::Memory(ctx.local.clone()), share),
                         Err(_) => return Ok(None),
                     }
                 }
@@ -316,12 +337,7 @@ impl ConcurrencyLimiter {
         };
         if decision.granted {
             self.metrics.allowed.increment(1);
-            Ok(Some(PermitGuard {
-                ctx: ctx.clone(),
-                key,
-                id: permit,
-                local,
-            }))
+            Ok(Some(PermitGuard::new(holder, key, permit, max, self.lease)))
         } else {
             self.metrics.limited.increment(1);
             Err(Rejection::Concurrency {

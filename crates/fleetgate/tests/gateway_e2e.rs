@@ -347,3 +347,24 @@ fn check_validates_without_starting() {
     let _ = std::fs::remove_file(good);
     let _ = std::fs::remove_file(bad);
 }
+
+#[test]
+fn a_long_request_keeps_its_permit_past_the_lease() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&format!(
+        "{BASE}upstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: b\n    concurrency_limits:\n      - name: one\n        key: global\n        max: 1\n        lease_ms: 300\n",
+        up.url()
+    ));
+    let addr = gw.addr();
+    let holder = std::thread::spawn(move || http_get(addr, "/hold", &[]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Three leases later the first request still holds the only permit: it is renewed.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(gw.get("/x", &[]).status, 429);
+    up.release();
+    assert_eq!(holder.join().unwrap().status, 200);
+}
