@@ -23,16 +23,28 @@ pub struct ServerSettings {
 }
 
 /// Binds `count` listeners to `addr` with SO_REUSEPORT (the first resolves port 0).
+///
+/// SO_REUSEPORT would also let a second process (another fleetgate started by mistake on the
+/// same port) bind silently and take half the connections. So the address is first probed
+/// with a plain bind, which fails if anything listens there already.
 pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count.max(1) {
+    let new_socket = |addr: SocketAddr| {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
+        Ok::<_, std::io::Error>(socket)
+    };
+    if addr.port() != 0 {
+        let probe = new_socket(addr)?;
+        probe.bind(&addr.into())?;
+    }
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = new_socket(addr)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
@@ -100,4 +112,19 @@ pub fn run_worker(
         }
         Ok::<(), std::io::Error>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_process_cannot_share_the_port() {
+        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let err = bind_listeners(addr, 2).expect_err("the port is taken");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(first);
+        assert!(bind_listeners(addr, 2).is_ok(), "free again once the first let go");
+    }
 }
