@@ -33,41 +33,51 @@ impl Gateway {
     }
 
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
-        let admin_port = free_port();
-        let text = yaml
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string());
-        let config_path = std::env::temp_dir().join(format!("fleetgate-test-{}-{port}.yaml", std::process::id()));
-        std::fs::write(&config_path, text).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        cmd.env("FLEETGATE_WORKERS", "2");
-        for (k, v) in env {
-            cmd.env(k, v);
+        // A free port can be taken by a parallel test between our probe and the gateway's bind;
+        // the gateway then refuses to start, and we try again on other ports.
+        for _ in 0..3 {
+            let port = free_port();
+            let admin_port = free_port();
+            let text = yaml
+                .replace("{PORT}", &port.to_string())
+                .replace("{ADMIN}", &admin_port.to_string());
+            let config_path = std::env::temp_dir().join(format!("fleetgate-test-{}-{port}.yaml", std::process::id()));
+            std::fs::write(&config_path, text).unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+            cmd.arg("--config")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            cmd.env("FLEETGATE_WORKERS", "2");
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().expect("spawn fleetgate");
+            let mut gw = Gateway {
+                child: Some(child),
+                port,
+                admin_port,
+                config_path,
+            };
+            if gw.wait_ready(Duration::from_secs(15)) {
+                return gw;
+            }
         }
-        let child = cmd.spawn().expect("spawn fleetgate");
-        let gw = Gateway {
-            child: Some(child),
-            port,
-            admin_port,
-            config_path,
-        };
-        gw.wait_ready(Duration::from_secs(15));
-        gw
+        panic!("gateway did not start in 3 attempts");
     }
 
-    fn wait_ready(&self, limit: Duration) {
+    /// Waits for `/readyz`; false if the process exited first (e.g. its port was taken).
+    fn wait_ready(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(r) = http_get(self.admin_addr(), "/readyz", &[]) {
                 if r.status == 200 {
-                    return;
+                    return true;
                 }
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
