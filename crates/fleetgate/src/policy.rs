@@ -58,6 +58,37 @@ pub enum Rejection {
     MissingKey { limit: String, what: String },
 }
 
+/// What a limit does when its store call failed.
+enum Fallback {
+    /// `open`: let the request through uncounted.
+    Allow,
+    /// `closed`: refuse it with 503.
+    Refuse(Rejection),
+    /// `local`: decide on the in-process store with this instance's share.
+    Local,
+}
+
+/// Applies `policy` to a store failure, counting the outcome in `metrics`.
+fn on_store_failure(policy: FailurePolicy, metrics: &DecisionMetrics, limit: &str, error: &StoreError) -> Fallback {
+    tracing::debug!(limit, error = %error, policy = policy.as_str(), "store failed; applying failure policy");
+    match policy {
+        FailurePolicy::Open => {
+            metrics.fallback_open.increment(1);
+            Fallback::Allow
+        }
+        FailurePolicy::Closed => {
+            metrics.fallback_closed.increment(1);
+            Fallback::Refuse(Rejection::StoreDown {
+                limit: limit.to_string(),
+            })
+        }
+        FailurePolicy::Local => {
+            metrics.fallback_local.increment(1);
+            Fallback::Local
+        }
+    }
+}
+
 /// What a limit counts by, and what it does for a request that lacks it.
 struct KeyTarget<'a> {
     name: &'a str,
@@ -148,20 +179,10 @@ impl RateLimiter {
         let decision = match result {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(limit = %self.name, error = %e, policy = ?self.on_store_error, "store failed; applying failure policy");
-                match self.on_store_error {
-                    FailurePolicy::Open => {
-                        self.metrics.fallback_open.increment(1);
-                        return Ok(());
-                    }
-                    FailurePolicy::Closed => {
-                        self.metrics.fallback_closed.increment(1);
-                        return Err(Rejection::StoreDown {
-                            limit: self.name.clone(),
-                        });
-                    }
-                    FailurePolicy::Local => {
-                        self.metrics.fallback_local.increment(1);
+                match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
+                    Fallback::Allow => return Ok(()),
+                    Fallback::Refuse(rejection) => return Err(rejection),
+                    Fallback::Local => {
                         let local = self.local_limit(ctx.live_instances.load(Ordering::Relaxed));
                         // The in-process store never fails for rate decisions on its own keys.
                         match ctx.local.rate_now(&key, &local, self.cost) {
@@ -314,19 +335,10 @@ impl ConcurrencyLimiter {
         ctx.observe(&result, started, &ctx.metrics.permit_seconds);
         let (decision, holder, max) = match result {
             Ok(d) => (d, ctx.store.clone(), self.max),
-            Err(_) => match self.on_store_error {
-                FailurePolicy::Open => {
-                    self.metrics.fallback_open.increment(1);
-                    return Ok(None);
-                }
-                FailurePolicy::Closed => {
-                    self.metrics.fallback_closed.increment(1);
-                    return Err(Rejection::StoreDown {
-                        limit: self.name.clone(),
-                    });
-                }
-                FailurePolicy::Local => {
-                    self.metrics.fallback_local.increment(1);
+            Err(e) => match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
+                Fallback::Allow => return Ok(None),
+                Fallback::Refuse(rejection) => return Err(rejection),
+                Fallback::Local => {
                     let share = (self.max / ctx.live_instances.load(Ordering::Relaxed).max(1)).max(1);
                     match ctx.local.acquire_permit(&key, &permit, share, self.lease).await {
                         Ok(d) => (d, Store::Memory(ctx.local.clone()), share),

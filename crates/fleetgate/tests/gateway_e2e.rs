@@ -203,11 +203,7 @@ fn concurrency_permit_is_released_when_the_response_ends() {
     ));
     let addr = gw.addr();
     let holder = std::thread::spawn(move || http_get(addr, "/hold", &[]).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    up.wait_for_hits(1);
     let r = gw.get("/x", &[]);
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"], "concurrency_limited");
@@ -357,11 +353,7 @@ fn a_long_request_keeps_its_permit_past_the_lease() {
     ));
     let addr = gw.addr();
     let holder = std::thread::spawn(move || http_get(addr, "/hold", &[]).unwrap());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    up.wait_for_hits(1);
     // Three leases later the first request still holds the only permit: it is renewed.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(gw.get("/x", &[]).status, 429);

@@ -264,6 +264,19 @@ impl Upstream {
     pub fn set_healthy(&self, ok: bool) {
         self.healthy.store(ok, Ordering::SeqCst);
     }
+    /// Waits (up to 5 s) until `n` requests reached this upstream.
+    pub fn wait_for_hits(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.hits.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "upstream saw {} of {n} requests",
+                self.hits.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn release(&self) {
         self.release.notify_waiters();
     }
