@@ -128,22 +128,23 @@ impl Keyspace {
 
     /// The key for `identifier` under `concern` and `scope`. `scope` is a checked name, or
     /// names joined with `/` (e.g. `route/limit`, unambiguous since names cannot hold `/`);
-    /// anything else is hashed rather than trusted.
+    /// anything else is hashed rather than trusted. Per request, prefer [`Keyspace::scoped`]
+    /// once and [`ScopedKeys::key`] for each identifier.
     pub fn key(&self, concern: Concern, scope: &str, identifier: &[u8]) -> StoreKey {
-        let hash = identifier_hash(identifier);
+        self.scoped(concern, scope).key(identifier)
+    }
+
+    /// Everything of a key but the identifier's hash, checked and built once (at start-up).
+    pub fn scoped(&self, concern: Concern, scope: &str) -> ScopedKeys {
         let composite_ok = scope.len() <= 160 && scope.split('/').all(|part| check_segment("scope", part).is_ok());
-        let text = if composite_ok {
-            format!("{}:{}:{}:{{{}}}", self.prefix, concern.as_str(), scope, hash)
+        let scope = if composite_ok {
+            scope.to_string()
         } else {
-            format!(
-                "{}:{}:{}:{{{}}}",
-                self.prefix,
-                concern.as_str(),
-                &identifier_hash(scope.as_bytes())[..16],
-                hash
-            )
+            identifier_hash(scope.as_bytes())[..16].to_string()
         };
-        StoreKey::raw(text)
+        ScopedKeys {
+            head: format!("{}:{}:{}:", self.prefix, concern.as_str(), scope),
+        }
     }
 
     /// The pub/sub channel for `topic` (a fixed name chosen by the code, e.g. `events`).
@@ -152,21 +153,60 @@ impl Keyspace {
     }
 }
 
+/// The keys of one concern and scope: `{prefix}:{concern}:{scope}:` built once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedKeys {
+    head: String,
+}
+
+impl ScopedKeys {
+    /// The key for `identifier` (any bytes): the head, then the identifier's hash as a hash tag.
+    pub fn key(&self, identifier: &[u8]) -> StoreKey {
+        let mut text = String::with_capacity(self.head.len() + 34);
+        text.push_str(&self.head);
+        text.push('{');
+        push_hash(&mut text, identifier);
+        text.push('}');
+        StoreKey::raw(text)
+    }
+}
+
 /// BLAKE3 of the identifier, truncated to 128 bits, as 32 lowercase hex characters.
 pub fn identifier_hash(identifier: &[u8]) -> String {
-    let hash = blake3::hash(identifier);
     let mut out = String::with_capacity(32);
-    for b in &hash.as_bytes()[..16] {
-        use fmt::Write;
-        let _ = write!(out, "{b:02x}");
-    }
+    push_hash(&mut out, identifier);
     out
+}
+
+fn push_hash(out: &mut String, identifier: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = blake3::hash(identifier);
+    for b in &hash.as_bytes()[..16] {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn hash_is_blake3_hex_and_scoped_keys_match_key() {
+        let full = blake3::hash(b"alice").to_hex();
+        assert_eq!(identifier_hash(b"alice"), &full[..32]);
+        let ks = Keyspace::new("p").unwrap();
+        let scoped = ks.scoped(Concern::RateLimit, "api/per-key");
+        assert_eq!(
+            scoped.key(b"alice"),
+            ks.key(Concern::RateLimit, "api/per-key", b"alice")
+        );
+        assert_eq!(
+            scoped.key(b"alice").as_str(),
+            format!("p:rate:api/per-key:{{{}}}", &full[..32])
+        );
+    }
 
     #[test]
     fn key_shape() {

@@ -23,7 +23,7 @@ mod store;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use error::StoreError;
-pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, StoreKey};
+pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, ScopedKeys, StoreKey};
 pub use memory::MemoryStore;
 pub use rate::{Algorithm, LimitError, Rate, RateDecision, RateLimit};
 pub use redis::{BreakerSettings, RedisOptions, RedisStore, TlsFiles};

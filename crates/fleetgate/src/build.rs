@@ -9,6 +9,7 @@ use crate::telemetry::RouteMetrics;
 use crate::upstream::{HealthCheck, Upstream};
 use bytes::Bytes;
 use fleetgate_config::{Config, RouteTarget};
+use fleetgate_store::Keyspace;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::AtomicBool;
@@ -18,8 +19,9 @@ use std::sync::Arc;
 #[error("{0}")]
 pub struct BuildError(String);
 
-fn rate_limiter(route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimiter {
+fn rate_limiter(keyspace: &Keyspace, route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimiter {
     RateLimiter::new(
+        keyspace,
         route,
         &l.name,
         l.key.clone(),
@@ -31,6 +33,8 @@ fn rate_limiter(route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimit
 }
 
 pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
+    // Limits live in the rate-limit store's keyspace.
+    let keyspace = &config.stores.rate_limits.keyspace;
     let mut upstreams = Vec::new();
     let mut index = std::collections::HashMap::new();
     for (name, u) in &config.upstreams {
@@ -89,12 +93,17 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             name: r.name.clone(),
             config: r.clone(),
             action,
-            rate_limits: r.rate_limits.iter().map(|l| rate_limiter(&r.name, l)).collect(),
+            rate_limits: r
+                .rate_limits
+                .iter()
+                .map(|l| rate_limiter(keyspace, &r.name, l))
+                .collect(),
             concurrency_limits: r
                 .concurrency_limits
                 .iter()
                 .map(|c| {
                     ConcurrencyLimiter::new(
+                        keyspace,
                         &r.name,
                         &c.name,
                         c.key.clone(),
@@ -114,7 +123,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         global_limits: config
             .global_rate_limits
             .iter()
-            .map(|l| rate_limiter("global", l))
+            .map(|l| rate_limiter(keyspace, "global", l))
             .collect(),
         upstreams,
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),

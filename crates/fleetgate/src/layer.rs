@@ -69,14 +69,13 @@ impl RateLimitLayer {
         on_store_error: FailurePolicy,
         on_missing_key: MissingKey,
     ) -> Self {
+        let limiter = RateLimiter::new(&keyspace, route, name, key, limit, cost, on_store_error, on_missing_key);
         let ctx = StoreCtx {
             store,
             local: MemoryStore::new(),
-            keyspace,
             metrics: Arc::new(StoreMetrics::new()),
             live_instances: Arc::new(AtomicU64::new(1)),
         };
-        let limiter = RateLimiter::new(route, name, key, limit, cost, on_store_error, on_missing_key);
         RateLimitLayer {
             shared: Arc::new(Shared {
                 limiter,

@@ -7,7 +7,7 @@ use crate::ratelimit_headers::{policy_item, RateHeaders};
 use crate::telemetry::{DecisionMetrics, StoreMetrics, CONCURRENCY_DECISIONS, RATE_DECISIONS};
 use fleetgate_config::{FailurePolicy, KeyPart, MissingKey};
 use fleetgate_store::{
-    Concern, Keyspace, MemoryStore, Rate, RateDecision, RateLimit, Store, StoreDriver, StoreError, StoreKey,
+    Concern, Keyspace, MemoryStore, Rate, RateDecision, RateLimit, ScopedKeys, Store, StoreDriver, StoreError, StoreKey,
 };
 use http::request::Parts;
 use std::net::IpAddr;
@@ -23,7 +23,6 @@ const ANONYMOUS: &[u8] = b"\x01anonymous";
 pub struct StoreCtx {
     pub store: Store,
     pub local: MemoryStore,
-    pub keyspace: Keyspace,
     pub metrics: Arc<StoreMetrics>,
     /// Live gateway instances (1 until instances announce themselves).
     pub live_instances: Arc<AtomicU64>,
@@ -118,7 +117,8 @@ impl KeyTarget<'_> {
 /// One configured rate limit, ready to decide.
 pub struct RateLimiter {
     pub name: String,
-    scope: String,
+    /// `{prefix}:{concern}:{route}/{name}:`, built once.
+    keys: ScopedKeys,
     key: Vec<KeyPart>,
     limit: RateLimit,
     cost: u64,
@@ -131,6 +131,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        keyspace: &Keyspace,
         route: &str,
         name: &str,
         key: Vec<KeyPart>,
@@ -141,7 +142,7 @@ impl RateLimiter {
     ) -> Self {
         RateLimiter {
             name: name.to_string(),
-            scope: format!("{route}/{name}"),
+            keys: keyspace.scoped(Concern::RateLimit, &format!("{route}/{name}")),
             key,
             policy_item: policy_item(name, &limit),
             limit,
@@ -152,7 +153,7 @@ impl RateLimiter {
         }
     }
 
-    fn store_key(&self, ctx: &StoreCtx, req: &Parts, ip: IpAddr, route: &str) -> Result<StoreKey, Rejection> {
+    fn store_key(&self, req: &Parts, ip: IpAddr, route: &str) -> Result<StoreKey, Rejection> {
         let target = KeyTarget {
             name: &self.name,
             key: &self.key,
@@ -160,7 +161,7 @@ impl RateLimiter {
             metrics: &self.metrics,
         };
         let id = target.identity(req, ip, route)?;
-        Ok(ctx.keyspace.key(Concern::RateLimit, &self.scope, &id))
+        Ok(self.keys.key(&id))
     }
 
     /// Decides the request; on success records the limit's headers.
@@ -172,7 +173,7 @@ impl RateLimiter {
         route: &str,
         headers: &mut RateHeaders,
     ) -> Result<(), Rejection> {
-        let key = self.store_key(ctx, req, ip, route)?;
+        let key = self.store_key(req, ip, route)?;
         let started = ctx.timer();
         let result = ctx.store.rate(&key, &self.limit, self.cost).await;
         ctx.observe(&result, started, &ctx.metrics.rate_seconds);
@@ -227,7 +228,8 @@ impl RateLimiter {
 /// One configured concurrency limit.
 pub struct ConcurrencyLimiter {
     pub name: String,
-    scope: String,
+    /// `{prefix}:{concern}:{route}/{name}:`, built once.
+    keys: ScopedKeys,
     key: Vec<KeyPart>,
     max: u64,
     lease: Duration,
@@ -293,6 +295,7 @@ static PERMIT_SEQ: AtomicU64 = AtomicU64::new(0);
 impl ConcurrencyLimiter {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        keyspace: &Keyspace,
         route: &str,
         name: &str,
         key: Vec<KeyPart>,
@@ -303,7 +306,7 @@ impl ConcurrencyLimiter {
     ) -> Self {
         ConcurrencyLimiter {
             name: name.to_string(),
-            scope: format!("{route}/{name}"),
+            keys: keyspace.scoped(Concern::Concurrency, &format!("{route}/{name}")),
             key,
             max,
             lease,
@@ -328,7 +331,7 @@ impl ConcurrencyLimiter {
             metrics: &self.metrics,
         };
         let id = target.identity(req, ip, route)?;
-        let key = ctx.keyspace.key(Concern::Concurrency, &self.scope, &id);
+        let key = self.keys.key(&id);
         let permit = format!("{instance}:{}", PERMIT_SEQ.fetch_add(1, Ordering::Relaxed));
         let started = ctx.timer();
         let result = ctx.store.acquire_permit(&key, &permit, self.max, self.lease).await;

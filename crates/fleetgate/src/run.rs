@@ -110,13 +110,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             Store::Redis(_) => None,
         };
         let url = limits_store.url.clone();
-        let (options, local, keyspace, metrics, live) = (
-            options.clone(),
-            local.clone(),
-            keyspace.clone(),
-            metrics.clone(),
-            live_instances.clone(),
-        );
+        let (options, local, metrics, live) = (options.clone(), local.clone(), metrics.clone(), live_instances.clone());
         let settings = settings.clone();
         let rx = shutdown_rx.clone();
         let handle = std::thread::Builder::new()
@@ -130,7 +124,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         None => Store::open(&url, options).unwrap_or_else(|_| Store::Memory(local.clone())),
                     },
                     local,
-                    keyspace,
                     metrics,
                     live_instances: live,
                 };
