@@ -14,6 +14,7 @@
 //! * `load HOST:PORT RATE SECONDS`: the gateway bench's open-loop generator on its own (64
 //!   keep-alive connections, `GET /` at RATE per second); prints the latency percentiles and
 //!   the worst latency of the requests due in each 100 ms (a diagnosis aid).
+//! * `gcra THREADS...`: only the in-process gcra comparison (a tuning aid).
 //! * `redis-sweep`: tries pool sizes, task counts and worker threads for the Redis driver, to
 //!   choose the defaults used by `store` (a tuning aid, not part of `scripts/bench store`).
 //! * `__memory-child N` (hidden): run by `store` in a fresh process; prints the resident-memory
@@ -52,6 +53,20 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Some("gcra") => {
+            // A tuning aid: only the in-process gcra comparison, at the given thread counts.
+            for threads in args[1..].iter().filter_map(|t| t.parse().ok()) {
+                let (ours, peer) = store_memory::gcra_keyed(threads);
+                report::ratio(
+                    &format!("memory_gcra_keyed_{threads}t"),
+                    ours,
+                    "decisions/s",
+                    "governor keyed (DefaultKeyedRateLimiter<u64>)",
+                    peer,
+                );
+            }
+            ExitCode::SUCCESS
         }
         Some("redis-sweep") => {
             redis_bench::sweep();

@@ -1,6 +1,6 @@
 //! The in-process driver (the default): one binary, nothing else to run.
 //!
-//! Keys live in 64 shards, each a `parking_lot::Mutex` over hash maps keyed by the key's
+//! Keys live in 64 shards, each a spin lock over hash maps keyed by the key's
 //! precomputed 128-bit digest, so a decision costs one uncontended lock and one probe. gcra state,
 //! the hottest and most numerous kind, has its own map holding only the TAT (which is also its
 //! expiry): 24 bytes a slot instead of 48, which halves the memory of a million keys and the cache
