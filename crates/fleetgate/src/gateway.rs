@@ -59,25 +59,47 @@ impl Worker {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
+/// Removes the hop-by-hop headers and any header that `Connection` names. One pass over the
+/// names when there are none (the common case for requests); no allocation unless `Connection`
+/// names a header other than the usual `keep-alive` and `close` options (the common case for
+/// responses).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            if token.is_empty() || token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
+        }
+    }
     for name in listed {
         headers.remove(name);
     }
@@ -268,19 +290,19 @@ impl Gateway {
         host: Option<HeaderValue>,
     ) {
         let trusted = self.trusted.contains(peer.ip());
-        let xff = match (trusted, headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())) {
-            (true, Some(prior)) => format!("{prior}, {}", peer.ip()),
-            _ => client.to_string(),
+        let xff = match (trusted, headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
+            (true, Some(prior)) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok(),
+            _ => Some(ip_header_value(client)),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = xff {
+            headers.insert(&X_FORWARDED_FOR, v);
         }
-        if !(trusted && headers.contains_key("x-forwarded-proto")) {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        if !(trusted && headers.contains_key("x-forwarded-host")) {
+        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             if let Some(h) = host {
-                headers.insert("x-forwarded-host", h);
+                headers.insert(&X_FORWARDED_HOST, h);
             }
         }
     }
@@ -306,6 +328,23 @@ impl Gateway {
                 micros = started.elapsed().as_micros() as u64,
             );
         }
+    }
+}
+
+/// An address as a header value, formatted without `fmt` for IPv4 (the common case).
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = Vec::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).expect("digits and dots are a valid header value")
+        }
+        v6 => HeaderValue::from_str(&v6.to_string()).expect("an IPv6 address is a valid header value"),
     }
 }
 
@@ -369,5 +408,59 @@ pub fn rejection_response_as<B>(route: &str, rejection: Rejection, make: impl Fn
             let msg = format!("limit {limit} needs {what}, which the request lacks");
             json_error_as(StatusCode::BAD_REQUEST, "missing_key", &msg, &ids(&limit), make)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret , close"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("trailer", "x-t"),
+            ("content-type", "text/plain"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut h = map(&[("content-type", "text/plain"), ("x-forwarded-for", "10.0.0.1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn formats_addresses_for_x_forwarded_for() {
+        assert_eq!(ip_header_value("192.0.2.1".parse().unwrap()), "192.0.2.1");
+        assert_eq!(ip_header_value("0.0.0.0".parse().unwrap()), "0.0.0.0");
+        assert_eq!(ip_header_value("255.255.255.255".parse().unwrap()), "255.255.255.255");
+        assert_eq!(ip_header_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
     }
 }
