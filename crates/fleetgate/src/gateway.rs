@@ -100,10 +100,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
+    // Then the hop-by-hop names themselves: only those present (usually just `Connection`).
+    listed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
