@@ -476,7 +476,7 @@ async fn scan_unlink(mut conn: Conn, pattern: &str, step: Duration) -> StoreResu
 }
 
 fn num(v: u64) -> Vec<u8> {
-    v.to_string().into_bytes()
+    itoa::Buffer::new().format(v).as_bytes().to_vec()
 }
 
 fn ms(d: Duration) -> u64 {
