@@ -57,14 +57,7 @@ fn main() -> ExitCode {
         Some("gcra") => {
             // A tuning aid: only the in-process gcra comparison, at the given thread counts.
             for threads in args[1..].iter().filter_map(|t| t.parse().ok()) {
-                let (ours, peer) = store_memory::gcra_keyed(threads);
-                report::ratio(
-                    &format!("memory_gcra_keyed_{threads}t"),
-                    ours,
-                    "decisions/s",
-                    "governor keyed (DefaultKeyedRateLimiter<u64>)",
-                    peer,
-                );
+                report_gcra_keyed(threads);
             }
             ExitCode::SUCCESS
         }
@@ -84,16 +77,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// `memory_gcra_keyed_{threads}t`: the in-process store against governor.
+fn report_gcra_keyed(threads: usize) {
+    let (ours, peer) = store_memory::gcra_keyed(threads);
+    report::ratio(
+        &format!("memory_gcra_keyed_{threads}t"),
+        ours,
+        "decisions/s",
+        "governor keyed (DefaultKeyedRateLimiter<u64>)",
+        peer,
+    );
+}
+
 fn run_store() -> ExitCode {
     for threads in [1, 2] {
-        let (ours, peer) = store_memory::gcra_keyed(threads);
-        report::ratio(
-            &format!("memory_gcra_keyed_{threads}t"),
-            ours,
-            "decisions/s",
-            "governor keyed (DefaultKeyedRateLimiter<u64>)",
-            peer,
-        );
+        report_gcra_keyed(threads);
     }
     let (ours, peer) = redis_bench::gcra();
     report::ratio(
