@@ -4,10 +4,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod alloc;
+
 /// mimalloc: a proxy allocates and frees a few small buffers and header maps per request, and
 /// glibc's malloc was about a sixth of the gateway's user-space time under load.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

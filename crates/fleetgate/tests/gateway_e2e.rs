@@ -129,6 +129,66 @@ fn forwards_with_x_forwarded_headers_and_strips_prefix() {
 }
 
 #[test]
+fn large_bodies_and_chunked_answers_pass_through_whole() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&format!(
+        "{BASE}upstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: b\n",
+        up.url()
+    ));
+    // 3 MiB each way: far more than any socket or hyper buffer, so both directions stream.
+    let body: String = (0..3 * 1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw_request(gw.addr(), req.as_bytes()).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "the echoed body differs from the one sent");
+    // An answer written in 50 chunks over time arrives whole, and so does the next one on the
+    // same pooled connections.
+    let expected: String = (0..50).map(|i| format!("chunk-{i};")).collect();
+    for _ in 0..3 {
+        let r = gw.get("/chunks", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, expected.as_str()));
+    }
+    for _ in 0..10 {
+        let r = gw.get("/", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "upstream:a"));
+    }
+}
+
+#[test]
+fn upstream_closing_its_connections_costs_no_request() {
+    let up = Upstream::start("a");
+    let port = up.port;
+    let gw = Gateway::start(&format!(
+        "{BASE}upstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: b\n",
+        up.url()
+    ));
+    // The upstream closes after each answer: no dead connection is reused.
+    for i in 0..10 {
+        let r = gw.get("/close", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "upstream:a"), "request {i}");
+    }
+    // Idle pooled connections, then the upstream restarts: every one of them is dead.
+    for _ in 0..10 {
+        assert_eq!(gw.get("/", &[]).status, 200);
+    }
+    drop(up);
+    let up = Upstream::start_on("restarted", port);
+    for i in 0..10 {
+        let r = gw.get("/", &[]);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "upstream:restarted"),
+            "request {i} after the restart"
+        );
+    }
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 10);
+}
+
+#[test]
 fn trusted_proxies_let_x_forwarded_for_choose_the_client() {
     let gw = Gateway::start(&format!(
         "{BASE}trusted_proxies: [127.0.0.1/32]\nroutes:\n  - name: r\n    respond: {{ status: 200, body: ok }}\n    rate_limits:\n      - name: per-ip\n        key: ip\n        rate: 1/1m\n"

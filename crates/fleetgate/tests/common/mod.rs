@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -202,8 +203,10 @@ fn dechunk(mut s: &str) -> String {
 
 /// A test upstream on its own runtime thread. Paths:
 /// `/slow` sleeps 2 s; `/hold` waits until `release()`; `/health` answers 200 or 500
-/// (see `set_healthy`); `/headers` echoes request headers as JSON; anything else answers
-/// `upstream:<name>`.
+/// (see `set_healthy`); `/headers` echoes request headers as JSON; `/upload` answers
+/// `received N`; `/echo` answers the request body; `/chunks` answers 50 chunks `chunk-N;`
+/// written over about 50 ms (chunked encoding); `/close` answers with `Connection: close` and
+/// closes; anything else answers `upstream:<name>`. Dropping it closes every connection.
 pub struct Upstream {
     pub port: u16,
     pub hits: Arc<AtomicUsize>,
@@ -214,7 +217,23 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Upstream::start_on(name, 0)
+    }
+
+    /// Like [`start`](Self::start), on a given port (0: any free port).
+    pub fn start_on(name: &str, port: u16) -> Upstream {
+        // A port just given up by a dropped upstream frees once its thread has closed it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if port != 0 && Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("bind the test upstream on port {port}: {e}"),
+            }
+        };
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -248,6 +267,8 @@ impl Upstream {
                 };
                 tokio::select! { _ = serve => {}, _ = rx => {} }
             });
+            // Dropping the runtime drops every connection task: the sockets close.
+            drop(rt);
         });
         Upstream {
             port,
@@ -282,20 +303,23 @@ impl Upstream {
     }
 }
 
+type UpstreamBody = BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(body: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(body.into()).boxed()
+}
+
 async fn answer(
     name: &str,
     hits: &AtomicUsize,
     healthy: &AtomicBool,
     release: &tokio::sync::Notify,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<UpstreamBody> {
     let path = req.uri().path().to_string();
     if path == "/health" {
         let code = if healthy.load(Ordering::SeqCst) { 200 } else { 500 };
-        return Response::builder()
-            .status(code)
-            .body(Full::new(Bytes::from_static(b"health")))
-            .unwrap();
+        return Response::builder().status(code).body(full("health")).unwrap();
     }
     hits.fetch_add(1, Ordering::SeqCst);
     match path.as_str() {
@@ -309,15 +333,41 @@ async fn answer(
                 .collect();
             let mut obj = map;
             obj.insert("path".into(), req.uri().to_string().into());
-            return Response::new(Full::new(Bytes::from(serde_json::Value::Object(obj).to_string())));
+            return Response::new(full(serde_json::Value::Object(obj).to_string()));
         }
         "/upload" => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-            return Response::new(Full::new(Bytes::from(format!("received {body}"))));
+            return Response::new(full(format!("received {body}")));
+        }
+        "/echo" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Response::new(full(body));
+        }
+        "/chunks" => {
+            let chunks = futures_util::stream::unfold(0u32, |i| async move {
+                if i == 50 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let frame = hyper::body::Frame::data(Bytes::from(format!("chunk-{i};")));
+                Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+            });
+            return Response::new(StreamBody::new(chunks).boxed());
+        }
+        "/close" => {
+            return Response::builder()
+                .header("connection", "close")
+                .body(full(format!("upstream:{name}")))
+                .unwrap();
         }
         _ => {}
     }
-    Response::new(Full::new(Bytes::from(format!("upstream:{name}"))))
+    Response::new(full(format!("upstream:{name}")))
 }
 
 /// Sends `total` GETs for `path` from `threads` client threads, spread round-robin over the

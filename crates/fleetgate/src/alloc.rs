@@ -1,0 +1,92 @@
+//! The binary's global allocator: mimalloc, called the way std's `System` allocator calls
+//! malloc.
+//!
+//! The `mimalloc` crate's `GlobalAlloc` sends every allocation through `mi_malloc_aligned`.
+//! When the size class's free list is momentarily empty, that function takes a generic path
+//! that over-allocates (`size + alignment - 1`, in a larger size class) whenever the block
+//! size is not a power of two: most of a proxy's per-request allocations (header maps, futures,
+//! channel states). Under callgrind that path ran about 6 times per proxied request.
+//! `mi_malloc` never needs it: every mimalloc block is aligned to at least the machine word,
+//! so the plain calls serve any layout whose alignment is at most that.
+
+use libmimalloc_sys::{
+    mi_free, mi_malloc, mi_malloc_aligned, mi_realloc, mi_realloc_aligned, mi_zalloc, mi_zalloc_aligned,
+};
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+/// Alignment every mimalloc block has (MI_INTPTR_SIZE: blocks are whole words from a page's
+/// start, and pages start aligned).
+const WORD: usize = std::mem::size_of::<usize>();
+
+pub struct MiMalloc;
+
+// SAFETY: each method forwards to mimalloc, which returns memory of at least `layout.size()`
+// bytes aligned to `layout.align()` (plain calls only when the alignment is at most a word,
+// which every mimalloc block has), or null on failure; `mi_free` accepts any pointer that
+// mimalloc returned.
+unsafe impl GlobalAlloc for MiMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_malloc(layout.size()) as *mut u8
+        } else {
+            mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_zalloc(layout.size()) as *mut u8
+        } else {
+            mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        mi_free(ptr as *mut c_void);
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_realloc(ptr as *mut c_void, new_size) as *mut u8
+        } else {
+            mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size and alignment a Rust type can ask for comes back aligned, writable, and
+    /// keeps its contents across realloc.
+    #[test]
+    fn blocks_are_aligned_and_keep_their_contents() {
+        let a = MiMalloc;
+        for align in [1usize, 2, 4, 8, 16, 32, 64, 128, 4096] {
+            for size in [1usize, 7, 8, 24, 40, 48, 100, 1000, 5000, 70_000] {
+                let size = size.div_ceil(align) * align;
+                let layout = Layout::from_size_align(size, align).unwrap();
+                unsafe {
+                    let p = a.alloc(layout);
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                    std::ptr::write_bytes(p, 0xAB, size);
+                    let q = a.realloc(p, layout, size * 3);
+                    assert_eq!(q as usize % align, 0, "realloc: size {size} align {align}");
+                    assert!((0..size).all(|i| *q.add(i) == 0xAB));
+                    a.dealloc(q, Layout::from_size_align(size * 3, align).unwrap());
+                    let z = a.alloc_zeroed(layout);
+                    assert_eq!(z as usize % align, 0);
+                    assert!((0..size).all(|i| *z.add(i) == 0));
+                    a.dealloc(z, layout);
+                }
+            }
+        }
+    }
+}
