@@ -6,25 +6,15 @@
 //! shared pool lock, no background task per request (hyper-util's pooled client measured at
 //! 0.6x nginx here; see `scripts/bench gateway`). A request that found a stale idle connection
 //! (closed by the upstream before it was sent) is retried once on a fresh one.
-//!
-//! No task of its own drives a connection either: hyper's `Connection` future is polled by
-//! whoever uses it, the request future until the response head arrives and then the response
-//! body as the server side reads it. A proxied request thus runs in one task, with no
-//! channel hand-offs or wake-ups between a request task and a connection task. An idle
-//! connection is polled by nobody: an upstream's close is noticed when the connection is next
-//! taken (and it is then dropped), and idle connections past `idle_timeout` are dropped as
-//! connections go back to the pool.
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,47 +22,6 @@ use std::time::{Duration, Instant};
 
 pub type UpstreamRequestBody = Limited<Incoming>;
 type Sender = SendRequest<UpstreamRequestBody>;
-type Driver = Connection<TokioIo<tokio::net::TcpStream>, UpstreamRequestBody>;
-
-/// One keep-alive connection: the handle requests are sent on, and the connection's I/O state
-/// machine, which makes progress only while somebody polls it (see the module docs).
-pub struct UpstreamConn {
-    sender: Sender,
-    /// `None` once the connection has ended (closed by either side, or failed).
-    driver: Option<Driver>,
-}
-
-impl UpstreamConn {
-    /// Moves the connection's I/O along: writes what is queued, reads what has arrived, and
-    /// registers `cx` to be woken for more.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = &mut self.driver {
-            if let Poll::Ready(result) = Pin::new(driver).poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.driver = None;
-            }
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
-    }
-
-    /// Drives the connection until it can take a request; false if it ended instead.
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
-                Poll::Pending if self.driver.is_none() => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
 
 /// Why a request to a target failed.
 #[derive(Debug)]
@@ -97,8 +46,7 @@ pub struct TargetPool {
     authority: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// Most recently used last.
-    idle: Mutex<VecDeque<(UpstreamConn, Instant)>>,
+    idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
 /// Idle connections kept per target and worker.
@@ -110,39 +58,31 @@ impl TargetPool {
             authority,
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
-    fn checkout(&self) -> Option<UpstreamConn> {
+    fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock();
-        while let Some((conn, since)) = idle.pop_back() {
-            if conn.is_open() && since.elapsed() < self.idle_timeout {
-                return Some(conn);
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
             }
         }
         None
     }
 
-    fn checkin(&self, conn: UpstreamConn) {
-        if !conn.is_open() {
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.lock();
-        // The least recently used connections sit at the front: drop those gone stale.
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
         if idle.len() < MAX_IDLE {
-            idle.push_back((conn, now));
+            idle.push((sender, Instant::now()));
         }
     }
 
-    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
         let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&self.authority))
             .await
             .map_err(|_| {
@@ -150,13 +90,15 @@ impl TargetPool {
             })?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Request)?;
-        Ok(UpstreamConn {
-            sender,
-            driver: Some(driver),
-        })
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// Sends `req`; the response body returns the connection to the pool when read to the end.
@@ -165,11 +107,11 @@ impl TargetPool {
         mut req: Request<UpstreamRequestBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         loop {
-            let (mut conn, fresh) = match self.checkout() {
-                Some(c) => (c, false),
+            let (mut sender, fresh) = match self.checkout() {
+                Some(s) => (s, false),
                 None => (self.connect().await?, true),
             };
-            if !conn.ready().await {
+            if sender.ready().await.is_err() {
                 if fresh {
                     return Err(UpstreamError::Connect(std::io::Error::other(
                         "connection closed at once",
@@ -177,20 +119,12 @@ impl TargetPool {
                 }
                 continue;
             }
-            let mut response = std::pin::pin!(conn.sender.try_send_request(req));
-            // The connection first (it writes the request and reads the answer), then the
-            // answer's future, which the connection has completed if the answer is in.
-            let result = std::future::poll_fn(|cx| {
-                conn.drive(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match result {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = self.clone();
                     return Ok(resp.map(|body| PooledBody {
                         inner: body,
-                        home: Some((conn, pool)),
+                        home: Some((sender, pool)),
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -204,20 +138,19 @@ impl TargetPool {
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream response body. Reading it drives its connection, which goes back to the
-    /// pool once the body has been read to the end.
+    /// An upstream response body that gives its connection back once fully read.
     pub struct PooledBody {
         #[pin]
         inner: Incoming,
-        home: Option<(UpstreamConn, Arc<TargetPool>)>,
+        home: Option<(Sender, Arc<TargetPool>)>,
     }
 
     impl PinnedDrop for PooledBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.inner.is_end_stream() {
-                if let Some((conn, pool)) = this.home.take() {
-                    pool.checkin(conn);
+                if let Some((sender, pool)) = this.home.take() {
+                    pool.checkin(sender);
                 }
             }
         }
@@ -229,18 +162,11 @@ impl Body for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let mut polled = this.inner.as_mut().poll_frame(cx);
-        if polled.is_pending() {
-            // Nothing buffered: let the connection read (or hand over what it has read).
-            if let Some((conn, _)) = this.home.as_mut() {
-                conn.drive(cx);
-                polled = this.inner.as_mut().poll_frame(cx);
-            }
-        }
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            if let Some((conn, pool)) = this.home.take() {
-                pool.checkin(conn);
+            if let Some((sender, pool)) = this.home.take() {
+                pool.checkin(sender);
             }
         }
         polled
