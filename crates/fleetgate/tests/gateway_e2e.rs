@@ -282,6 +282,37 @@ fn concurrency_permit_is_released_when_the_response_ends() {
 }
 
 #[test]
+fn concurrency_permit_is_released_when_the_client_goes_away() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&format!(
+        "{BASE}upstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: b\n    concurrency_limits:\n      - name: one\n        key: global\n        max: 1\n",
+        up.url()
+    ));
+    // A client takes the only permit with a request the upstream holds, then hangs up.
+    let mut client = std::net::TcpStream::connect(gw.addr()).unwrap();
+    std::io::Write::write_all(&mut client, b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    up.wait_for_hits(1);
+    assert_eq!(
+        gw.get("/x", &[]).status,
+        429,
+        "the permit is held while the client waits"
+    );
+    drop(client);
+    // The upstream still holds that request, but nobody waits for it: the permit comes back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = gw.get("/x", &[]);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(Instant::now() < deadline, "permit never released after the client left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.release();
+}
+
+#[test]
 fn active_health_checks_steer_traffic_away_from_a_failing_target() {
     let good = Upstream::start("good");
     let bad = Upstream::start("bad");
