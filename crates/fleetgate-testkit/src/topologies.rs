@@ -13,15 +13,20 @@ fn field(reply: &str, name: &str) -> Option<String> {
     lines.get(i + 2).map(|v| v.to_string())
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+/// Polls `ok` every 50 ms until it holds (true) or `limit` passes (false).
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if ok() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what} within {limit:?}");
+    false
+}
+
+fn wait_until(what: &str, limit: Duration, ok: impl FnMut() -> bool) {
+    assert!(wait_for(limit, ok), "{what} within {limit:?}");
 }
 
 /// A Redis Cluster of `n` primaries (no replicas), slots spread by `redis-cli --cluster create`.
@@ -83,6 +88,66 @@ impl RedisCluster {
 struct SentinelProcess {
     port: u16,
     child: Child,
+    dir: PathBuf,
+}
+
+impl SentinelProcess {
+    /// Starts a sentinel monitoring the primary on a free port, and waits until it answers.
+    /// A port found free can be taken before the sentinel binds it (by another test's server
+    /// or a client's ephemeral port): the sentinel then exits, and another port is tried.
+    fn spawn(binary: &std::path::Path, dir: &std::path::Path, primary_port: u16) -> SentinelProcess {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{port}.log\nsentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir = dir.display(),
+                ),
+            )
+            .unwrap();
+            let child = Command::new(binary)
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel");
+            let mut sentinel = SentinelProcess {
+                port,
+                child,
+                dir: dir.to_path_buf(),
+            };
+            let mut exited = None;
+            let up = wait_for(Duration::from_secs(10), || {
+                if let Ok(Some(status)) = sentinel.child.try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+                // Asked as a sentinel: a server that took the port would answer with an error.
+                crate::raw_command_pub(port, &["SENTINEL", "MASTER", MASTER_NAME]).starts_with('*')
+            });
+            match exited {
+                None if up && matches!(sentinel.child.try_wait(), Ok(None)) => return sentinel,
+                _ => {
+                    let _ = sentinel.child.kill();
+                    let _ = sentinel.child.wait();
+                    failures.push(format!(
+                        "port {port}: {}; log:\n{}",
+                        exited.map_or("no answer within 10 s".to_string(), |s| format!("exited with {s}")),
+                        std::fs::read_to_string(sentinel.log()).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        panic!("redis-sentinel did not start after 5 tries:\n{}", failures.join("\n"));
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join(format!("sentinel-{}.log", self.port))
+    }
 }
 
 /// A primary, one replica and three sentinels watching them as `mymaster`
@@ -109,21 +174,7 @@ impl SentinelGroup {
         let dir = std::env::temp_dir().join(format!("fleetgate-sentinels-{}-{}", std::process::id(), primary.port()));
         std::fs::create_dir_all(&dir).unwrap();
         let sentinels = (0..3)
-            .map(|_| {
-                let port = free_port();
-                let conf = dir.join(format!("sentinel-{port}.conf"));
-                std::fs::write(
-                    &conf,
-                    format!(
-                        "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
-                        dir.display(),
-                        primary.port()
-                    ),
-                )
-                .unwrap();
-                let child = Command::new(&binary).arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-sentinel");
-                SentinelProcess { port, child }
-            })
+            .map(|_| SentinelProcess::spawn(&binary, &dir, primary.port()))
             .collect::<Vec<_>>();
         let group = SentinelGroup {
             primary,
@@ -132,14 +183,18 @@ impl SentinelGroup {
             dir,
         };
         for s in &group.sentinels {
-            wait_until(
-                "sentinel knows the primary and its peers",
-                Duration::from_secs(20),
-                || {
-                    let reply = crate::raw_command_pub(s.port, &["SENTINEL", "MASTER", MASTER_NAME]);
-                    field(&reply, "num-other-sentinels").as_deref() == Some("2")
-                        && field(&reply, "num-slaves").as_deref() == Some("1")
-                },
+            let mut last = String::new();
+            let known = wait_for(Duration::from_secs(30), || {
+                last = crate::raw_command_pub(s.port, &["SENTINEL", "MASTER", MASTER_NAME]);
+                field(&last, "num-other-sentinels").as_deref() == Some("2")
+                    && field(&last, "num-slaves").as_deref() == Some("1")
+            });
+            assert!(
+                known,
+                "sentinel on port {} does not know the primary, its replica and 2 peers within 30 s; \
+                 last SENTINEL MASTER reply: {last:?}; its log:\n{}",
+                s.port,
+                std::fs::read_to_string(s.log()).unwrap_or_default()
             );
         }
         group
