@@ -344,10 +344,20 @@ impl RedisStore {
 
     /// EVALSHA within one timeout: scripts are loaded first on a fresh connection to one
     /// server; a NOSCRIPT answer (restarted server, new cluster node) is retried as EVAL.
-    async fn eval(&self, script: &scripts::LuaScript, keys: &[&str], args: &[Vec<u8>]) -> StoreResult<Value> {
+    async fn eval(&self, script: &scripts::LuaScript, keys: &[&str], args: &[ScriptArg<'_>]) -> StoreResult<Value> {
         let inner = &self.inner;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.hash()).arg(keys.len()).arg(keys).arg(args);
+        // Sized up front: building a command argument by argument regrows its buffers.
+        let data = 7
+            + script.hash().len()
+            + 2
+            + keys.iter().map(|k| k.len()).sum::<usize>()
+            + args.iter().map(ScriptArg::len).sum::<usize>();
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len(), data);
+        cmd.arg("EVALSHA")
+            .arg(script.hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
         self.bounded(|mut conn| async move {
             if matches!(conn, Conn::Single(_)) && inner.scripts_stale.swap(false, Ordering::Relaxed) {
                 if let Err(e) = inner.scripts.load_pipeline().exec_async(&mut conn).await {
@@ -475,8 +485,32 @@ async fn scan_unlink(mut conn: Conn, pattern: &str, step: Duration) -> StoreResu
     }
 }
 
-fn num(v: u64) -> Vec<u8> {
-    itoa::Buffer::new().format(v).as_bytes().to_vec()
+/// An argument of a script call: a number or raw bytes, written straight into the command.
+enum ScriptArg<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+impl ScriptArg<'_> {
+    /// Bytes the argument takes in the command (at most 20 digits for a number).
+    fn len(&self) -> usize {
+        match self {
+            ScriptArg::Int(_) => 20,
+            ScriptArg::Bytes(b) => b.len(),
+        }
+    }
+}
+
+impl redis::ToRedisArgs for ScriptArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        match self {
+            ScriptArg::Int(n) => out.write_arg(itoa::Buffer::new().format(*n).as_bytes()),
+            ScriptArg::Bytes(b) => out.write_arg(b),
+        }
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -536,20 +570,28 @@ impl StoreDriver for RedisStore {
         let reply = match limit.algorithm() {
             Algorithm::Gcra => {
                 let args = [
-                    num(limit.interval_us()),
-                    num(limit.capacity()),
-                    num(cost),
-                    num(limit.period_us()),
+                    ScriptArg::Int(limit.interval_us()),
+                    ScriptArg::Int(limit.capacity()),
+                    ScriptArg::Int(cost),
+                    ScriptArg::Int(limit.period_us()),
                 ];
                 self.eval(&s.gcra, &[key.as_str()], &args).await?
             }
             Algorithm::SlidingWindow => {
                 let total = format!("{key}:n");
-                let args = [num(limit.period_us()), num(limit.capacity()), num(cost)];
+                let args = [
+                    ScriptArg::Int(limit.period_us()),
+                    ScriptArg::Int(limit.capacity()),
+                    ScriptArg::Int(cost),
+                ];
                 self.eval(&s.sliding_window, &[key.as_str(), &total], &args).await?
             }
             Algorithm::FixedWindow => {
-                let args = [num(limit.period_us()), num(limit.capacity()), num(cost)];
+                let args = [
+                    ScriptArg::Int(limit.period_us()),
+                    ScriptArg::Int(limit.capacity()),
+                    ScriptArg::Int(cost),
+                ];
                 self.eval(&s.fixed_window, &[key.as_str()], &args).await?
             }
         };
@@ -563,7 +605,11 @@ impl StoreDriver for RedisStore {
         max: u64,
         lease: Duration,
     ) -> StoreResult<PermitDecision> {
-        let args = [permit.as_bytes().to_vec(), num(max), num(lease.as_micros() as u64)];
+        let args = [
+            ScriptArg::Bytes(permit.as_bytes()),
+            ScriptArg::Int(max),
+            ScriptArg::Int(lease.as_micros() as u64),
+        ];
         let r = ints(
             self.eval(&self.inner.scripts.acquire_permit, &[key.as_str()], &args)
                 .await?,
@@ -577,7 +623,7 @@ impl StoreDriver for RedisStore {
     }
 
     async fn release_permit(&self, key: &StoreKey, permit: &str) -> StoreResult<bool> {
-        let args = [permit.as_bytes().to_vec()];
+        let args = [ScriptArg::Bytes(permit.as_bytes())];
         let v = self
             .eval(&self.inner.scripts.release_permit, &[key.as_str()], &args)
             .await?;
@@ -585,7 +631,7 @@ impl StoreDriver for RedisStore {
     }
 
     async fn claim(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
-        let args = [value.to_vec(), num(ms(ttl))];
+        let args = [ScriptArg::Bytes(&value), ScriptArg::Int(ms(ttl))];
         match self.eval(&self.inner.scripts.claim, &[key.as_str()], &args).await? {
             Value::Array(items) => match items.as_slice() {
                 [Value::Int(1)] => Ok(ClaimOutcome::Won),
@@ -623,7 +669,7 @@ impl StoreDriver for RedisStore {
 
     async fn lock(&self, key: &StoreKey, owner: &str, ttl: Duration) -> StoreResult<Option<LockGrant>> {
         let fence = format!("{key}:fence");
-        let args = [owner.as_bytes().to_vec(), num(ms(ttl))];
+        let args = [ScriptArg::Bytes(owner.as_bytes()), ScriptArg::Int(ms(ttl))];
         let r = ints(
             self.eval(&self.inner.scripts.lock, &[key.as_str(), &fence], &args)
                 .await?,
@@ -635,7 +681,7 @@ impl StoreDriver for RedisStore {
     }
 
     async fn unlock(&self, key: &StoreKey, owner: &str) -> StoreResult<bool> {
-        let args = [owner.as_bytes().to_vec()];
+        let args = [ScriptArg::Bytes(owner.as_bytes())];
         let v = self.eval(&self.inner.scripts.unlock, &[key.as_str()], &args).await?;
         Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
