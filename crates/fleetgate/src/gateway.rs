@@ -120,15 +120,15 @@ impl Gateway {
 
     /// Handles one request end to end. Never fails: every problem becomes a response.
     pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
-        let started = Instant::now();
         let (parts, body) = req.into_parts();
-        // Only what the access log needs, captured before the request moves on.
+        // Only what the access log needs, captured before the request moves on (and no clock
+        // read when there is no access log).
         let access = self
             .access_log
-            .then(|| (parts.method.clone(), parts.uri.path().to_string()));
+            .then(|| (Instant::now(), parts.method.clone(), parts.uri.path().to_string()));
         let Some(route) = self.route_for(&parts) else {
             let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
-            self.log(access, None, peer, resp.status(), started, None);
+            self.log(access, None, peer, resp.status(), None);
             return resp;
         };
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
@@ -175,7 +175,7 @@ impl Gateway {
         rate_headers.write(resp.headers_mut());
         let status = resp.status();
         route.metrics.request(status.as_u16());
-        self.log(access, Some(&route.name), peer, status, started, upstream_target);
+        self.log(access, Some(&route.name), peer, status, upstream_target);
         if guards.is_empty() {
             resp
         } else {
@@ -308,14 +308,13 @@ impl Gateway {
 
     fn log(
         &self,
-        access: Option<(http::Method, String)>,
+        access: Option<(Instant, http::Method, String)>,
         route: Option<&str>,
         peer: SocketAddr,
         status: StatusCode,
-        started: Instant,
         upstream: Option<String>,
     ) {
-        if let Some((method, path)) = access {
+        if let Some((started, method, path)) = access {
             tracing::info!(
                 target: "fleetgate::access",
                 method = %method,

@@ -410,6 +410,63 @@ fn redis_store_shares_one_budget_between_two_instances() {
 }
 
 #[test]
+fn one_access_log_line_per_request_unless_turned_off() {
+    let dir = std::env::temp_dir();
+    let routes = "routes:\n  - name: hello\n    respond: { status: 200, body: hi }\n";
+    let on = dir.join(format!("fleetgate-access-on-{}.log", std::process::id()));
+    let gw = Gateway::start_with_log(
+        &format!("listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: info\n{routes}"),
+        &on,
+    );
+    assert_eq!(gw.get("/first?q=1", &[]).status, 200);
+    assert_eq!(gw.get("/nowhere-else", &[]).status, 200);
+    // The log is written by a background thread: wait for both lines.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&on).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("fleetgate::access"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "one line per request: {lines:?}");
+    for (line, path) in lines.iter().zip(["/first", "/nowhere-else"]) {
+        for field in [
+            "method=GET",
+            &format!("path={path}"),
+            "status=200",
+            "route=\"hello\"",
+            "micros=",
+        ] {
+            assert!(line.contains(field), "{field} missing from {line:?}");
+        }
+    }
+    drop(gw);
+    let _ = std::fs::remove_file(&on);
+
+    let off = dir.join(format!("fleetgate-access-off-{}.log", std::process::id()));
+    let gw = Gateway::start_with_log(
+        &format!("listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: info\n  access_log: false\n{routes}"),
+        &off,
+    );
+    assert_eq!(gw.get("/first", &[]).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&off).unwrap_or_default();
+    assert!(text.contains("fleetgate started"), "the log itself is on: {text:?}");
+    assert!(
+        !text.contains("fleetgate::access"),
+        "no access line when turned off: {text:?}"
+    );
+    drop(gw);
+    let _ = std::fs::remove_file(&off);
+}
+
+#[test]
 fn check_validates_without_starting() {
     let dir = std::env::temp_dir();
     let good = dir.join(format!("fg-check-good-{}.yaml", std::process::id()));

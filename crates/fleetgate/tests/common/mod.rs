@@ -34,6 +34,15 @@ impl Gateway {
     }
 
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(yaml, env, None)
+    }
+
+    /// Like [`start`](Self::start), with the gateway's standard output (its log) in `log`.
+    pub fn start_with_log(yaml: &str, log: &std::path::Path) -> Gateway {
+        Self::spawn(yaml, &[], Some(log))
+    }
+
+    fn spawn(yaml: &str, env: &[(&str, &str)], log: Option<&std::path::Path>) -> Gateway {
         // A free port can be taken by a parallel test between our probe and the gateway's bind;
         // the gateway then refuses to start, and we try again on other ports.
         for _ in 0..3 {
@@ -48,9 +57,13 @@ impl Gateway {
             cmd.arg("--config")
                 .arg(&config_path)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(match log {
+                    Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+                    None => Stdio::null(),
+                })
                 .stderr(Stdio::inherit());
             cmd.env("FLEETGATE_WORKERS", "2");
+            cmd.env_remove("RUST_LOG");
             for (k, v) in env {
                 cmd.env(k, v);
             }
