@@ -57,12 +57,12 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(5);
 const WARM: Duration = Duration::from_secs(1);
 /// Open-loop rounds per target (rotated order) and their length; the first `OPEN_WARM` of each
 /// is not counted. The figure is the median of the rounds' p99s.
-const OPEN_ROUNDS: usize = 3;
+const OPEN_ROUNDS: usize = 5;
 const OPEN_ROUND: Duration = Duration::from_millis(3500);
 const OPEN_WARM: Duration = Duration::from_millis(500);
 const OPEN_CONNECTIONS: usize = 64;
