@@ -1723,3 +1723,60 @@ mod props {
         }
     }
 }
+
+/// The field names the file format accepts: every `pub` field of the `Deserialize` structs in
+/// raw.rs, under its serde `rename` when it has one.
+fn accepted_field_names() -> Vec<String> {
+    let mut fields = Vec::new();
+    let (mut derive_seen, mut in_serde_struct, mut rename) = (false, false, None::<String>);
+    for line in include_str!("raw.rs").lines() {
+        let text = line.trim();
+        if text.starts_with("#[derive(") {
+            derive_seen = text.contains("Deserialize");
+        } else if text.starts_with("pub(crate) struct ") || text.starts_with("pub struct ") {
+            in_serde_struct = derive_seen;
+            derive_seen = false;
+        } else if line.starts_with('}') {
+            in_serde_struct = false;
+        }
+        if let Some((_, after)) = text.split_once("rename = \"") {
+            rename = after.split('"').next().map(str::to_string);
+        }
+        if let Some((name, _)) = text.strip_prefix("pub ").and_then(|rest| rest.split_once(':')) {
+            if in_serde_struct && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                fields.push(rename.take().unwrap_or_else(|| name.to_string()));
+            }
+            rename = None;
+        }
+    }
+    fields
+}
+
+/// docs/configuration.md is the reference for every field: each accepted name appears there in
+/// code spans (alone or as a segment of a dotted path such as `server.max_body_bytes`).
+#[test]
+fn the_configuration_reference_names_every_field() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let documented: std::collections::HashSet<&str> = doc
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(|span| span.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .collect();
+    let fields = accepted_field_names();
+    assert!(fields.len() > 60, "raw.rs was read: {fields:?}");
+    for expected in [
+        "listen",
+        "match",
+        "max_body_bytes",
+        "on_missing_key",
+        "sentinel_password",
+    ] {
+        assert!(fields.iter().any(|f| f == expected), "{expected} among {fields:?}");
+    }
+    let missing: Vec<&String> = fields.iter().filter(|f| !documented.contains(f.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "fields missing from docs/configuration.md: {missing:?}"
+    );
+}
