@@ -466,6 +466,59 @@ fn one_access_log_line_per_request_unless_turned_off() {
     let _ = std::fs::remove_file(&off);
 }
 
+/// Reads until the peer closes or errors; `true` if the gateway ended the connection (EOF or
+/// reset) before the generous `limit` this side waits.
+fn closed_by_peer(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn idle_and_slow_clients_are_disconnected_after_the_idle_timeout() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let gw = Gateway::start(&format!(
+        "{BASE}server:\n  idle_timeout_ms: 200\nroutes:\n  - name: r\n    respond: {{ status: 200, body: ok }}\n"
+    ));
+    // Connects and never sends a byte.
+    let mut silent = TcpStream::connect(gw.addr()).unwrap();
+    // Sends half a request head and stalls (slowloris).
+    let mut slow = TcpStream::connect(gw.addr()).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    // Gets an answer on a keep-alive connection, then goes quiet.
+    let mut quiet = TcpStream::connect(gw.addr()).unwrap();
+    quiet.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 17];
+    std::io::Read::read_exact(&mut quiet, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK\r\n");
+    // 10 s is only this side's safety bound: the gateway closes each well before it.
+    assert!(
+        closed_by_peer(&mut silent, Duration::from_secs(10)),
+        "a silent connection stays open"
+    );
+    assert!(
+        closed_by_peer(&mut slow, Duration::from_secs(10)),
+        "an unfinished head keeps its connection"
+    );
+    assert!(
+        closed_by_peer(&mut quiet, Duration::from_secs(10)),
+        "an idle keep-alive connection stays open"
+    );
+    // The gateway still serves new connections.
+    assert_eq!(gw.get("/", &[]).status, 200);
+}
+
 #[test]
 fn check_validates_without_starting() {
     let dir = std::env::temp_dir();
