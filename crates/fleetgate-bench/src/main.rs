@@ -15,11 +15,14 @@
 //!   keep-alive connections, `GET /` at RATE per second); prints the latency percentiles and
 //!   the worst latency of the requests due in each 100 ms (a diagnosis aid).
 //! * `gcra THREADS...`: only the in-process gcra comparison (a tuning aid).
+//! * `bare-proxy LISTEN UPSTREAM [WORKERS]`: a proxy on tokio with no hyper, as a floor for the
+//!   gateway comparison (see [`bare_proxy`]; a diagnosis aid).
 //! * `redis-sweep`: tries pool sizes, task counts and worker threads for the Redis driver, to
 //!   choose the defaults used by `store` (a tuning aid, not part of `scripts/bench store`).
 //! * `__memory-child N` (hidden): run by `store` in a fresh process; prints the resident-memory
 //!   growth in bytes after inserting N live gcra keys.
 
+mod bare_proxy;
 mod gateway;
 mod memory;
 mod redis_bench;
@@ -29,7 +32,7 @@ mod store_memory;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | load HOST:PORT RATE SECONDS";
+    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | load HOST:PORT RATE SECONDS | bare-proxy LISTEN UPSTREAM [WORKERS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +51,21 @@ fn main() -> ExitCode {
             let secs = args.get(3).and_then(|s| s.parse().ok());
             match (addr, rate, secs) {
                 (Some(addr), Some(rate), Some(secs)) => gateway::load(addr, rate, secs),
+                _ => {
+                    eprintln!("{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("bare-proxy") => {
+            let listen = args.get(1).and_then(|a| a.parse().ok());
+            let upstream = args.get(2).and_then(|a| a.parse().ok());
+            let workers = match args.get(3) {
+                None => Some(2),
+                Some(w) => w.parse().ok(),
+            };
+            match (listen, upstream, workers) {
+                (Some(listen), Some(upstream), Some(workers)) => bare_proxy::run(listen, upstream, workers),
                 _ => {
                     eprintln!("{USAGE}");
                     ExitCode::from(2)
