@@ -270,13 +270,20 @@ fn concurrency_permit_is_released_when_the_response_ends() {
     up.release();
     assert_eq!(holder.join().unwrap().status, 200);
     // The permit comes back when the first response's body ends.
+    wait_until_allowed(&gw, "/x", "permit never released");
+}
+
+/// Retries `GET path` every 20 ms until it answers 200 (while it answers 429); fails with
+/// `why` after 5 s, and at once on any other status.
+fn wait_until_allowed(gw: &Gateway, path: &str, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = gw.get("/x", &[]);
+        let r = gw.get(path, &[]);
         if r.status == 200 {
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "permit never released");
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(Instant::now() < deadline, "{why}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -299,16 +306,7 @@ fn concurrency_permit_is_released_when_the_client_goes_away() {
     );
     drop(client);
     // The upstream still holds that request, but nobody waits for it: the permit comes back.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = gw.get("/x", &[]);
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 429, "{}", r.body);
-        assert!(Instant::now() < deadline, "permit never released after the client left");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_allowed(&gw, "/x", "permit never released after the client left");
     up.release();
 }
 
