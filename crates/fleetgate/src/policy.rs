@@ -89,41 +89,46 @@ fn on_store_failure(policy: FailurePolicy, metrics: &DecisionMetrics, limit: &st
 }
 
 /// What a limit counts by, and what it does for a request that lacks it.
-struct KeyTarget<'a> {
-    name: &'a str,
-    key: &'a [KeyPart],
+struct LimitKey {
+    /// `{prefix}:{concern}:{route}/{name}:`, built once.
+    keys: ScopedKeys,
+    parts: Vec<KeyPart>,
     on_missing_key: MissingKey,
-    metrics: &'a DecisionMetrics,
 }
 
-impl KeyTarget<'_> {
-    /// The request's identity for this limit: its key parts, the shared anonymous identity, or
-    /// a refusal, as `on_missing_key` says.
-    fn identity(&self, req: &Parts, ip: IpAddr, route: &str) -> Result<Vec<u8>, Rejection> {
-        match identify(self.key, req, ip, route) {
-            Identity::Found(id) => Ok(id),
-            Identity::Missing(_) if self.on_missing_key == MissingKey::Shared => Ok(ANONYMOUS.to_vec()),
+impl LimitKey {
+    /// The request's store key for the limit `name`: its key parts, the shared anonymous
+    /// identity, or a refusal (counted in `metrics`), as `on_missing_key` says.
+    fn store_key(
+        &self,
+        name: &str,
+        metrics: &DecisionMetrics,
+        req: &Parts,
+        ip: IpAddr,
+        route: &str,
+    ) -> Result<StoreKey, Rejection> {
+        let id = match identify(&self.parts, req, ip, route) {
+            Identity::Found(id) => id,
+            Identity::Missing(_) if self.on_missing_key == MissingKey::Shared => ANONYMOUS.to_vec(),
             Identity::Missing(what) => {
-                self.metrics.missing_key_refused.increment(1);
-                Err(Rejection::MissingKey {
-                    limit: self.name.to_string(),
+                metrics.missing_key_refused.increment(1);
+                return Err(Rejection::MissingKey {
+                    limit: name.to_string(),
                     what,
-                })
+                });
             }
-        }
+        };
+        Ok(self.keys.key(&id))
     }
 }
 
 /// One configured rate limit, ready to decide.
 pub struct RateLimiter {
     pub name: String,
-    /// `{prefix}:{concern}:{route}/{name}:`, built once.
-    keys: ScopedKeys,
-    key: Vec<KeyPart>,
+    key: LimitKey,
     limit: RateLimit,
     cost: u64,
     on_store_error: FailurePolicy,
-    on_missing_key: MissingKey,
     policy_item: String,
     metrics: DecisionMetrics,
 }
@@ -142,26 +147,17 @@ impl RateLimiter {
     ) -> Self {
         RateLimiter {
             name: name.to_string(),
-            keys: keyspace.scoped(Concern::RateLimit, &format!("{route}/{name}")),
-            key,
+            key: LimitKey {
+                keys: keyspace.scoped(Concern::RateLimit, &format!("{route}/{name}")),
+                parts: key,
+                on_missing_key,
+            },
             policy_item: policy_item(name, &limit),
             limit,
             cost,
             on_store_error,
-            on_missing_key,
             metrics: DecisionMetrics::new(RATE_DECISIONS, route, name),
         }
-    }
-
-    fn store_key(&self, req: &Parts, ip: IpAddr, route: &str) -> Result<StoreKey, Rejection> {
-        let target = KeyTarget {
-            name: &self.name,
-            key: &self.key,
-            on_missing_key: self.on_missing_key,
-            metrics: &self.metrics,
-        };
-        let id = target.identity(req, ip, route)?;
-        Ok(self.keys.key(&id))
     }
 
     /// Decides the request; on success records the limit's headers.
@@ -173,7 +169,7 @@ impl RateLimiter {
         route: &str,
         headers: &mut RateHeaders,
     ) -> Result<(), Rejection> {
-        let key = self.store_key(req, ip, route)?;
+        let key = self.key.store_key(&self.name, &self.metrics, req, ip, route)?;
         let started = ctx.timer();
         let result = ctx.store.rate(&key, &self.limit, self.cost).await;
         ctx.observe(&result, started, &ctx.metrics.rate_seconds);
@@ -228,13 +224,10 @@ impl RateLimiter {
 /// One configured concurrency limit.
 pub struct ConcurrencyLimiter {
     pub name: String,
-    /// `{prefix}:{concern}:{route}/{name}:`, built once.
-    keys: ScopedKeys,
-    key: Vec<KeyPart>,
+    key: LimitKey,
     max: u64,
     lease: Duration,
     on_store_error: FailurePolicy,
-    on_missing_key: MissingKey,
     metrics: DecisionMetrics,
 }
 
@@ -306,12 +299,14 @@ impl ConcurrencyLimiter {
     ) -> Self {
         ConcurrencyLimiter {
             name: name.to_string(),
-            keys: keyspace.scoped(Concern::Concurrency, &format!("{route}/{name}")),
-            key,
+            key: LimitKey {
+                keys: keyspace.scoped(Concern::Concurrency, &format!("{route}/{name}")),
+                parts: key,
+                on_missing_key,
+            },
             max,
             lease,
             on_store_error,
-            on_missing_key,
             metrics: DecisionMetrics::new(CONCURRENCY_DECISIONS, route, name),
         }
     }
@@ -324,14 +319,7 @@ impl ConcurrencyLimiter {
         ip: IpAddr,
         route: &str,
     ) -> Result<Option<PermitGuard>, Rejection> {
-        let target = KeyTarget {
-            name: &self.name,
-            key: &self.key,
-            on_missing_key: self.on_missing_key,
-            metrics: &self.metrics,
-        };
-        let id = target.identity(req, ip, route)?;
-        let key = self.keys.key(&id);
+        let key = self.key.store_key(&self.name, &self.metrics, req, ip, route)?;
         let permit = format!("{instance}:{}", PERMIT_SEQ.fetch_add(1, Ordering::Relaxed));
         let started = ctx.timer();
         let result = ctx.store.acquire_permit(&key, &permit, self.max, self.lease).await;
