@@ -22,10 +22,21 @@ impl Store {
     /// `redis-sentinel://...` or `redis-cluster://...`.
     /// Redis connections are made lazily, so an unreachable server does not fail this call.
     pub fn open(url: &str, options: RedisOptions) -> Result<Store, StoreError> {
+        let health = crate::redis::HealthGroup::new(options.breaker);
+        Self::open_in(url, options, &health)
+    }
+
+    /// Like [`open`](Self::open), joining `health`: the instance's one view of this store's
+    /// health, shared by every worker's connections and `/healthz` (ignored by `memory://`).
+    pub fn open_in(
+        url: &str,
+        options: RedisOptions,
+        health: &std::sync::Arc<crate::redis::HealthGroup>,
+    ) -> Result<Store, StoreError> {
         let scheme = url.split_once("://").map(|(s, _)| s);
         match scheme {
             Some("memory") => Ok(Store::Memory(MemoryStore::new())),
-            Some("redis" | "rediss" | "redis-sentinel" | "redis-cluster") => Ok(Store::Redis(RedisStore::open(url, options)?)),
+            Some("redis" | "rediss" | "redis-sentinel" | "redis-cluster") => Ok(Store::Redis(RedisStore::open_in(url, options, health)?)),
             _ => Err(StoreError::Config(format!(
                 "{}: unknown store URL scheme; accepted: memory://, redis://[user:pass@]host:port[/db], rediss://..., redis-sentinel://h1:26379,h2:26379[/db]?master=NAME, redis-cluster://h1:7000,h2:7001",
                 redact(url)

@@ -5,7 +5,7 @@ use crate::policy::StoreCtx;
 use crate::server::{bind_listeners, run_worker, ServerSettings};
 use crate::telemetry::{install_metrics, StoreMetrics};
 use fleetgate_config::Config;
-use fleetgate_store::{MemoryStore, Store};
+use fleetgate_store::{HealthGroup, MemoryStore, Store};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -59,7 +59,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
     runtime.block_on(flush_on_startup(&config));
     // Opening is lazy: an unreachable Redis does not stop the start; each concern's failure
     // policy applies until it answers.
-    let admin_store = Store::open(&limits_store.url, options.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+    // One view of the store's health for the whole instance: the admin store (healthz,
+    // heartbeat) and every worker's connections share one breaker and its probes.
+    let health = HealthGroup::new(options.breaker);
+    let admin_store =
+        Store::open_in(&limits_store.url, options.clone(), &health).map_err(|e| RunError::Setup(e.to_string()))?;
     if let Store::Redis(redis) = &admin_store {
         match runtime.block_on(redis.startup_check()) {
             Ok(()) => {}
@@ -102,6 +106,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         drain_timeout: config.server.drain_timeout,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let gateway = gateway.clone();
@@ -111,21 +116,28 @@ pub fn run(config: Config) -> Result<(), RunError> {
         };
         let url = limits_store.url.clone();
         let (options, local, metrics, live) = (options.clone(), local.clone(), metrics.clone(), live_instances.clone());
+        let (health, opened) = (health.clone(), opened_tx.clone());
         let settings = settings.clone();
         let rx = shutdown_rx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("fleetgate-worker-{i}"))
             .spawn(move || {
                 // The in-process store is one state for all workers; Redis gets connections per
-                // worker, driven by that worker's runtime.
-                let make_ctx = move || StoreCtx {
-                    store: match shared_memory {
-                        Some(m) => Store::Memory(m),
-                        None => Store::open(&url, options).unwrap_or_else(|_| Store::Memory(local.clone())),
-                    },
-                    local,
-                    metrics,
-                    live_instances: live,
+                // worker, driven by that worker's runtime, under the instance's one health group.
+                // A worker whose store cannot be opened stops the start (never a silent fallback
+                // to an undivided in-process store).
+                let make_ctx = move || {
+                    let store = match shared_memory {
+                        Some(m) => Ok(Store::Memory(m)),
+                        None => Store::open_in(&url, options, &health).map_err(|e| e.to_string()),
+                    };
+                    let _ = opened.send(store.as_ref().map(|_| ()).map_err(Clone::clone));
+                    store.map(|store| StoreCtx {
+                        store,
+                        local,
+                        metrics,
+                        live_instances: live,
+                    })
                 };
                 if let Err(e) = run_worker(listener, gateway, make_ctx, settings, rx) {
                     tracing::error!(error = %e, "worker stopped");
@@ -133,6 +145,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
             })
             .map_err(|e| RunError::Setup(e.to_string()))?;
         threads.push(handle);
+    }
+    drop(opened_tx);
+    for _ in 0..threads.len() {
+        match opened_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RunError::Setup(format!("a worker cannot open the store: {e}"))),
+            Err(_) => return Err(RunError::Setup("a worker stopped before opening the store".into())),
+        }
     }
 
     runtime.block_on(async {

@@ -60,14 +60,15 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std
 pub fn run_worker(
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
-    make_ctx: impl FnOnce() -> StoreCtx,
+    make_ctx: impl FnOnce() -> Result<StoreCtx, String>,
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let worker = Arc::new(Worker::new(&gateway, make_ctx()));
+        let ctx = make_ctx().map_err(std::io::Error::other)?;
+        let worker = Arc::new(Worker::new(&gateway, ctx));
         let graceful = GracefulShutdown::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

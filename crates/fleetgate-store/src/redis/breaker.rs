@@ -1,23 +1,34 @@
-//! A circuit breaker around the store connection. After `threshold` consecutive connectivity
-//! failures (timeouts, refused or dropped connections) it opens: calls fail at once with
-//! [`StoreError::Unavailable`] instead of each waiting for the timeout, so a dead Redis costs
-//! no latency per request. After a backoff one call is let through as a probe (half-open); its
-//! success closes the breaker, its failure reopens it with a doubled backoff (capped).
+//! One view of a store's health per instance: a [`HealthGroup`] holds the circuit breaker that
+//! every connection set of the instance (each worker's, the admin's) shares, so `/healthz`, the
+//! heartbeat and every worker agree on whether the store is usable.
+//!
+//! * Closed: calls go to the store. `threshold` consecutive connectivity failures anywhere in the
+//!   instance (timeouts, refused or dropped connections), or one failed health check, open it.
+//! * Open: calls fail at once with [`StoreError::Unavailable`] instead of each waiting for the
+//!   timeout, so a dead Redis costs no latency per request. No client request is ever a probe.
+//! * Probing: every member of the group runs a small prober on its own runtime that PINGs its
+//!   own connections while the breaker is open (after a backoff that doubles up to a cap). The
+//!   first member whose PING succeeds wakes every other prober at once; the breaker closes only
+//!   when every live member has answered since it opened. So once it closes, the next request on
+//!   every worker goes to a connection that has just been proven, instead of finding a dead one
+//!   and falling back again.
 
 use crate::error::StoreError;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerSettings {
     /// Consecutive connectivity failures that open the breaker (default 3).
     pub threshold: u32,
-    /// First and longest wait before a probe (defaults 100 ms and 1 s).
+    /// First and longest wait between probes while open (defaults 100 ms and 1 s).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -32,14 +43,48 @@ impl Default for BreakerSettings {
     }
 }
 
-pub struct Breaker {
+/// What the probers watch: whether the breaker is open, since when (its generation), and a
+/// counter bumped to ask every prober to PING now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ProbeState {
+    pub open: bool,
+    pub generation: u64,
+    pub probe_seq: u64,
+}
+
+/// One connection set of the group (a worker's store, the admin's store).
+#[derive(Debug, Default)]
+pub(super) struct Member {
+    /// The breaker generation this member last answered a probe in.
+    answered: AtomicU64,
+}
+
+impl Member {
+    pub(super) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+}
+
+/// The instance's one view of a store's health. Cheap to share (`Arc`); see the module doc.
+pub struct HealthGroup {
     settings: BreakerSettings,
+    /// The hot path reads only this.
     state: AtomicU8,
     failures: AtomicU32,
-    origin: Instant,
-    /// Milliseconds since `origin` at which the next probe is allowed.
-    probe_at_ms: AtomicU64,
+    /// Bumped every time the breaker opens.
+    generation: AtomicU64,
     backoff_ms: AtomicU64,
+    members: Mutex<Vec<Weak<Member>>>,
+    probes: watch::Sender<ProbeState>,
+}
+
+impl std::fmt::Debug for HealthGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthGroup")
+            .field("open", &self.is_open())
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 /// What the breaker says about one call.
@@ -47,86 +92,139 @@ pub struct Breaker {
 pub enum Admission {
     /// Closed: call normally.
     Call,
-    /// Half-open: this call is the probe.
-    Probe,
     /// Open: fail fast.
     Reject,
 }
 
-impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Self {
-        Breaker {
+impl HealthGroup {
+    pub fn new(settings: BreakerSettings) -> Arc<Self> {
+        Arc::new(HealthGroup {
             settings,
             state: AtomicU8::new(CLOSED),
             failures: AtomicU32::new(0),
-            origin: Instant::now(),
-            probe_at_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(settings.min_backoff.as_millis() as u64),
-        }
+            members: Mutex::new(Vec::new()),
+            probes: watch::channel(ProbeState::default()).0,
+        })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+    pub(super) fn join(&self) -> Arc<Member> {
+        let member = Arc::new(Member::default());
+        let mut members = self.members.lock();
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(&member));
+        member
+    }
+
+    pub(super) fn watch(&self) -> watch::Receiver<ProbeState> {
+        self.probes.subscribe()
     }
 
     pub fn admit(&self) -> Admission {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => Admission::Call,
-            OPEN if self.now_ms() >= self.probe_at_ms.load(Ordering::Acquire) => {
-                match self
-                    .state
-                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => Admission::Probe,
-                    Err(_) => Admission::Reject,
-                }
-            }
-            _ => Admission::Reject,
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            Admission::Call
+        } else {
+            Admission::Reject
         }
     }
 
+    /// Whether calls currently fail fast.
     pub fn is_open(&self) -> bool {
         self.state.load(Ordering::Acquire) != CLOSED
     }
 
-    pub fn on_success(&self) {
+    /// The store answered a call: the failure streak ends. Only probers close an open breaker.
+    pub(super) fn on_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
-        if self.state.load(Ordering::Acquire) != CLOSED {
-            self.state.store(CLOSED, Ordering::Release);
-            self.backoff_ms
-                .store(self.settings.min_backoff.as_millis() as u64, Ordering::Relaxed);
-            tracing::info!("store answered again; breaker closed");
-        }
     }
 
-    pub fn on_failure(&self, admission: Admission) {
+    /// A call failed to reach the store.
+    pub(super) fn on_failure(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        match admission {
-            Admission::Probe => {
-                let next =
-                    (self.backoff_ms.load(Ordering::Relaxed) * 2).min(self.settings.max_backoff.as_millis() as u64);
-                self.backoff_ms.store(next, Ordering::Relaxed);
-                self.open();
-            }
-            Admission::Call if failures >= self.settings.threshold && self.state.load(Ordering::Acquire) == CLOSED => {
-                tracing::warn!(
-                    failures,
-                    "store failing; breaker opened, calls fail fast until a probe succeeds"
-                );
-                self.open();
-            }
-            _ => {}
+        if failures >= self.settings.threshold {
+            self.open("store failing; breaker opened, calls fail fast until every connection answers a probe");
         }
     }
 
-    fn open(&self) {
-        self.probe_at_ms.store(
-            self.now_ms() + self.backoff_ms.load(Ordering::Relaxed),
-            Ordering::Release,
-        );
-        self.state.store(OPEN, Ordering::Release);
+    /// A health check failed: open at once (it is the authoritative look at the store).
+    pub(super) fn trip(&self) {
+        self.open("store health check failed; breaker opened");
+    }
+
+    fn open(&self, why: &str) {
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.backoff_ms
+            .store(self.settings.min_backoff.as_millis() as u64, Ordering::Relaxed);
+        tracing::warn!(failures = self.failures.load(Ordering::Relaxed), generation, "{why}");
+        self.probes.send_modify(|s| {
+            s.open = true;
+            s.generation = generation;
+        });
+    }
+
+    /// How long a prober waits before its next PING while the breaker stays open.
+    pub(super) fn backoff(&self) -> Duration {
+        Duration::from_millis(self.backoff_ms.load(Ordering::Relaxed))
+    }
+
+    /// A probe failed: wait longer before the next (doubling, capped).
+    pub(super) fn probe_failed(&self) {
+        let cap = self.settings.max_backoff.as_millis() as u64;
+        let _ = self
+            .backoff_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b * 2).min(cap)));
+    }
+
+    /// `member` answered a probe in `generation`: ask the others to probe now, and close the
+    /// breaker once every live member has answered in this generation.
+    pub(super) fn probe_answered(&self, member: &Member, generation: u64) {
+        member.answered.store(generation, Ordering::Release);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let all = {
+            let mut members = self.members.lock();
+            members.retain(|m| m.strong_count() > 0);
+            members
+                .iter()
+                .filter_map(Weak::upgrade)
+                .all(|m| m.answered.load(Ordering::Acquire) >= generation)
+        };
+        if !all {
+            self.probe_now();
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.failures.store(0, Ordering::Relaxed);
+            tracing::info!(generation, "every store connection answered again; breaker closed");
+            self.probes.send_modify(|s| s.open = false);
+        }
+    }
+
+    /// Asks every member's prober to PING now instead of after its backoff.
+    pub(super) fn probe_now(&self) {
+        self.probes.send_modify(|s| s.probe_seq = s.probe_seq.wrapping_add(1));
+    }
+
+    /// Waits until the breaker is closed, at most `bound`. Returns whether it is.
+    pub(super) async fn wait_closed(&self, bound: Duration) -> bool {
+        let mut rx = self.watch();
+        let closed = tokio::time::timeout(bound, rx.wait_for(|s| !s.open)).await;
+        matches!(closed, Ok(Ok(_))) && !self.is_open()
     }
 
     pub fn rejection() -> StoreError {
@@ -138,27 +236,70 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn opens_after_threshold_probes_and_closes() {
-        let b = Breaker::new(BreakerSettings {
-            threshold: 2,
+    fn group(threshold: u32) -> Arc<HealthGroup> {
+        HealthGroup::new(BreakerSettings {
+            threshold,
             min_backoff: Duration::from_millis(30),
             max_backoff: Duration::from_millis(100),
-        });
-        assert_eq!(b.admit(), Admission::Call);
-        b.on_failure(Admission::Call);
-        assert_eq!(b.admit(), Admission::Call);
-        b.on_failure(Admission::Call);
-        assert_eq!(b.admit(), Admission::Reject);
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(b.admit(), Admission::Probe);
-        assert_eq!(b.admit(), Admission::Reject, "one probe at a time");
-        b.on_failure(Admission::Probe);
-        assert_eq!(b.admit(), Admission::Reject);
-        std::thread::sleep(Duration::from_millis(70));
-        assert_eq!(b.admit(), Admission::Probe);
-        b.on_success();
-        assert_eq!(b.admit(), Admission::Call);
-        assert!(!b.is_open());
+        })
+    }
+
+    #[test]
+    fn opens_after_threshold_and_closes_only_when_every_member_answered() {
+        let g = group(2);
+        let (a, b) = (g.join(), g.join());
+        assert_eq!(g.admit(), Admission::Call);
+        g.on_failure();
+        g.on_success();
+        g.on_failure();
+        assert_eq!(g.admit(), Admission::Call, "failures must be consecutive");
+        g.on_failure();
+        assert_eq!(g.admit(), Admission::Reject);
+        let generation = g.watch().borrow().generation;
+        assert_eq!(generation, 1);
+        g.on_success();
+        assert!(g.is_open(), "a late call's success does not close it");
+        g.probe_answered(&a, generation);
+        assert!(g.is_open(), "member b has not answered yet");
+        g.probe_answered(&b, generation);
+        assert!(!g.is_open());
+        assert!(!g.watch().borrow().open);
+    }
+
+    #[test]
+    fn a_dropped_member_does_not_hold_the_breaker_open() {
+        let g = group(1);
+        let a = g.join();
+        let b = g.join();
+        g.on_failure();
+        drop(b);
+        g.probe_answered(&a, 1);
+        assert!(!g.is_open());
+    }
+
+    #[test]
+    fn an_answer_from_an_older_generation_does_not_close_a_newer_opening() {
+        let g = group(1);
+        let a = g.join();
+        g.on_failure();
+        g.probe_answered(&a, 1);
+        g.trip();
+        assert!(g.is_open());
+        g.probe_answered(&a, 1);
+        assert!(g.is_open());
+        g.probe_answered(&a, 2);
+        assert!(!g.is_open());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets_on_opening() {
+        let g = group(1);
+        let _a = g.join();
+        g.on_failure();
+        assert_eq!(g.backoff(), Duration::from_millis(30));
+        g.probe_failed();
+        g.probe_failed();
+        g.probe_failed();
+        assert_eq!(g.backoff(), Duration::from_millis(100));
     }
 }

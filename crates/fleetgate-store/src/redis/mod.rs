@@ -24,8 +24,8 @@ use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, RateDecision, RateLimit};
 use crate::seam::*;
-pub use breaker::BreakerSettings;
-use breaker::{Admission, Breaker};
+use breaker::{Admission, Member};
+pub use breaker::{BreakerSettings, HealthGroup};
 use bytes::Bytes;
 use conn::{Backend, Conn, Pool};
 use redis::{Cmd, RedisError, Value};
@@ -126,7 +126,10 @@ struct Inner {
     options: RedisOptions,
     pubsub: pubsub::Hub,
     redacted_url: String,
-    breaker: Breaker,
+    /// The instance's shared view of this store's health (one breaker for every worker).
+    health: Arc<HealthGroup>,
+    /// This connection set's place in the group.
+    member: Arc<Member>,
     /// Cluster only: how to reach one node directly (credentials and TLS), for prefix flushes.
     cluster_nodes: Option<topology::ClusterSpec>,
 }
@@ -139,6 +142,14 @@ impl RedisStore {
     /// gateway can start during an outage and serve under its failure policies. A malformed URL,
     /// or a TLS file that cannot be read, is an error. Must be called within a Tokio runtime.
     pub fn open(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let health = HealthGroup::new(options.breaker);
+        Self::open_in(url, options, &health)
+    }
+
+    /// Like [`open`](Self::open), with connections of its own but the health (breaker and
+    /// probes) of `health`: every worker of an instance joins the instance's one group, so they
+    /// and `/healthz` agree on whether the store is usable.
+    pub fn open_in(url: &str, options: RedisOptions, health: &Arc<HealthGroup>) -> Result<Self, StoreError> {
         let redacted_url = url::redact(url);
         let config_err = |e: RedisError| StoreError::Config(format!("{redacted_url}: {}", describe(&e)));
         let mut cluster_nodes = None;
@@ -181,12 +192,14 @@ impl RedisStore {
                 hub_target,
                 scripts: Scripts::new(),
                 scripts_stale: Arc::new(AtomicBool::new(true)),
-                breaker: Breaker::new(options.breaker),
+                member: health.join(),
+                health: health.clone(),
                 options,
                 redacted_url,
                 cluster_nodes,
             }),
         };
+        tokio::spawn(run_prober(Arc::downgrade(&store.inner)));
         if let Some(watch) = &store.inner.sentinel {
             store.follow_primary();
             tokio::spawn(watch.clone().watch_switches(
@@ -284,24 +297,10 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let breaker = &self.inner.breaker;
-        match breaker.admit() {
-            Admission::Call => {}
-            Admission::Reject => return Err(Breaker::rejection()),
-            // The probe is a PING in the background: no client request waits out a timeout
-            // against a store that is still down.
-            Admission::Probe => {
-                let store = self.clone();
-                tokio::spawn(async move {
-                    match store.ping_direct().await {
-                        Ok(()) => store.inner.breaker.on_success(),
-                        Err(_) => store.inner.breaker.on_failure(Admission::Probe),
-                    }
-                });
-                return Err(Breaker::rejection());
-            }
+        let breaker = &self.inner.health;
+        if breaker.admit() == Admission::Reject {
+            return Err(HealthGroup::rejection());
         }
-        let admission = Admission::Call;
         let backend = &self.inner.backend;
         let attempt = async {
             let conn = match backend.conn() {
@@ -319,7 +318,7 @@ impl RedisStore {
         match &result {
             Err(err) if err.is_connectivity() => {
                 self.inner.scripts_stale.store(true, Ordering::Relaxed);
-                breaker.on_failure(admission);
+                breaker.on_failure();
                 self.follow_primary();
             }
             Err(StoreError::Server(text)) if text.contains("READONLY") => {
@@ -334,7 +333,24 @@ impl RedisStore {
 
     /// Whether the breaker currently refuses calls.
     pub fn breaker_open(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.health.is_open()
+    }
+
+    /// The health group this store belongs to.
+    pub fn health_group(&self) -> &Arc<HealthGroup> {
+        &self.inner.health
+    }
+
+    /// PING past the breaker, once more after a short pause if the first attempt only found a
+    /// dead connection: that attempt starts the reconnection the second one uses.
+    async fn ping_twice(&self) -> StoreResult<()> {
+        match self.ping_direct().await {
+            Err(e) if e.is_connectivity() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.ping_direct().await
+            }
+            other => other,
+        }
     }
 
     async fn query(&self, cmd: &Cmd) -> StoreResult<Value> {
@@ -699,20 +715,73 @@ impl StoreDriver for RedisStore {
             .await
     }
 
-    /// Pings past the breaker (a health check must see the store, not the breaker's memory of
-    /// it), twice if the first attempt only found a dead connection: that attempt starts the
-    /// reconnection the second one uses. A success closes the breaker for every caller.
+    /// The instance's one answer. Closed breaker: PING this store's connection (a failure
+    /// opens the breaker for every worker). Open breaker: ask every member to probe now and
+    /// wait briefly for the breaker to close, which happens only once every worker's
+    /// connection has answered; so `ok` means the next request on any worker uses the store.
     async fn health(&self) -> StoreHealth {
-        for attempt in 0..2 {
-            match self.ping_direct().await {
-                Ok(()) => {
-                    self.inner.breaker.on_success();
-                    return StoreHealth::Ok;
+        let group = &self.inner.health;
+        if !group.is_open() {
+            return match self.ping_twice().await {
+                Ok(()) => StoreHealth::Ok,
+                Err(_) => {
+                    group.trip();
+                    StoreHealth::Down
                 }
-                Err(e) if attempt == 0 && e.is_connectivity() => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(_) => break,
-            }
+            };
         }
-        StoreHealth::Down
+        group.probe_now();
+        let bound = (self.inner.options.timeout * 4).max(Duration::from_millis(200));
+        if group.wait_closed(bound).await {
+            StoreHealth::Ok
+        } else {
+            StoreHealth::Down
+        }
+    }
+}
+
+/// The prober of one member (see [`HealthGroup`]): while the breaker is open, PINGs this
+/// store's own connections (on the runtime that drives them) after the group's backoff, or at
+/// once when another member asks. Ends when the store is dropped.
+async fn run_prober(inner: std::sync::Weak<Inner>) {
+    let Some(mut rx) = inner.upgrade().map(|i| i.health.watch()) else {
+        return;
+    };
+    loop {
+        // Wait for an opening this member has not answered yet.
+        let generation = {
+            let Some(i) = inner.upgrade() else { return };
+            let state = *rx.borrow_and_update();
+            if state.open && i.member_answered() < state.generation {
+                Some(state.generation)
+            } else {
+                None
+            }
+        };
+        let Some(generation) = generation else {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Some(i) = inner.upgrade() else { return };
+        let store = RedisStore { inner: i };
+        match store.ping_twice().await {
+            Ok(()) => store.inner.health.probe_answered(&store.inner.member, generation),
+            Err(_) => store.inner.health.probe_failed(),
+        }
+        let backoff = store.inner.health.backoff();
+        drop(store);
+        // Probe again after the backoff, or at once when asked (or when the state changes).
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl Inner {
+    fn member_answered(&self) -> u64 {
+        self.member.answered()
     }
 }
