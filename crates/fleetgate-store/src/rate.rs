@@ -247,8 +247,6 @@ pub struct RateCharge {
     pub at_us: u64,
     /// Units charged.
     pub cost: u64,
-    /// gcra: the TAT right after this charge (µs). 0 for the window algorithms.
-    pub tat_us: u64,
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub fn decide(
         };
         let changed = (cost > 0).then_some(new);
         let d = decision(true, cap, cap - new.count, ends_in, 0);
-        (charged(d, now, cost, 0), changed, ends_in)
+        (charged(d, now, cost), changed, ends_in)
     } else {
         let retry = if cost > cap { period } else { ends_in };
         (decision(false, cap, cap - count, ends_in, retry), None, ends_in)

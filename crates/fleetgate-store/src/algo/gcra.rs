@@ -24,7 +24,7 @@ pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (Rate
         let remaining = (horizon - new_tat) / interval;
         let state = (cost > 0).then_some(new_tat);
         let d = decision(true, burst, remaining, new_tat - now, 0);
-        (charged(d, now, cost, new_tat), state)
+        (charged(d, now, cost), state)
     } else {
         let remaining = (horizon - tat) / interval;
         (decision(false, burst, remaining, tat - now, new_tat - horizon), None)
@@ -35,33 +35,39 @@ pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (Rate
 /// when nothing changes. A returned TAT not after `now` means the bucket is full again (drop the
 /// state).
 ///
-/// Why not simply `max(tat - cost·interval, now)`: that is exact only when no other charge
-/// landed on the key between the charge and its refund. Charges move the TAT by
-/// `max(tat, t) + c·interval`, which is monotone and never widens a gap between two TATs but
-/// can narrow it: when time `t` passes the smaller TAT, the `max` clips it. So the TAT without
-/// our charge is between `tat - cost·interval` and `tat`, and it is `tat - cost·interval` only
-/// if no later charge arrived after the smaller TAT. Example (interval 1 s, burst 100): 5 units
-/// at t=0 (TAT 5), 5 more at t=3 (TAT 10; without the first charge it would be 3+5 = 8);
-/// refunding the first at t=3 by 5 would give 5, three units more generous than never charged.
+/// It gives back the charge's `cost·interval` less the time elapsed since the charge:
+/// `tat - min(cost·interval, at + cost·interval - now)`, never below `now`. Why not simply
+/// `max(tat - cost·interval, now)`: that is right only when no other charge landed on the key
+/// after the refill time had passed the TAT the key would have without our charge. A charge
+/// moves the TAT to `max(tat, t) + c·interval`, which is monotone and never widens a gap between
+/// two TATs but narrows it when time `t` has passed the smaller one (the `max` clips it). So
+/// the TAT without our charge lies between `tat - cost·interval` and `tat`, lower only by what
+/// later charges clipped. Example (interval 1 s, burst 100): 5 units at t=0 (TAT 5), 5 more at
+/// t=3 (TAT 10; without the first charge it would be 3+5 = 8); giving back 5 at t=3 would leave
+/// TAT 5, three units more generous than never charged. The rule above gives back 5 - 3 = 2.
 ///
-/// What is safe: the gap can only have been clipped at a charge arriving at some `u <= now`
-/// while the TAT was at least the TAT right after our charge (`charge.tat_us`: TATs only grow
-/// under charges), so the clipped gap is at least `charge.tat_us - now`. Refunding
-/// `min(cost·interval, charge.tat_us - now)` is therefore never more generous than never
-/// charged, and it is exact when nothing else was charged in between: then `tat` is
-/// `charge.tat_us` and the result is `max(tat - cost·interval, now)`, the TAT as if the charge
-/// had never happened. (The property test below checks this against a replay of the charges
-/// that were kept, with other refunds interleaved.) A refund that comes after the bucket has
-/// refilled past the charge gives back nothing: by then the charge no longer mattered.
+/// Why it is safe: compare the TATs with and without our charge, both replaying the charges that
+/// are kept (admitted and not refunded). Right after our charge (at `at`) the one with it is at
+/// least `at + cost·interval`, and without refunds TATs only grow, so a later charge at `u` can
+/// clip the gap only to at least `at + cost·interval - u`, and `u <= now`. The gap is therefore
+/// at least `min(cost·interval, at + cost·interval - now)`, which is what is given back; since
+/// the stored TAT is never below that replay (by induction over charges and refunds, in any
+/// order), neither is the refunded one. The property test below checks this against the replay
+/// with refunds interleaved in every order. A bound using the TAT right after the charge instead
+/// of `at + cost·interval` would be tighter, but an earlier refund moves later charges forward
+/// in the queue and makes it unsafe (see `refund_after_an_earlier_refund_is_not_too_generous`).
+///
+/// Exact when the refund is made at the instant of the charge (as the gateway does, within one
+/// request), or when the bucket was full before the charge; otherwise at most the time elapsed
+/// since the charge (a round trip, in the gateway) is kept. A refund made after the charge's
+/// own refill time gives back nothing: by then the charge no longer holds anything back.
 ///
 /// A charge must be refunded at most once: a second refund would give back units that other
 /// requests were charged.
 pub fn refund(tat: Option<u64>, now: u64, limit: &RateLimit, charge: &RateCharge) -> Option<u64> {
     let tat = tat.filter(|t| *t > now)?;
-    let owed = charge
-        .cost
-        .saturating_mul(limit.interval_us())
-        .min(charge.tat_us.saturating_sub(now));
+    let units = charge.cost.saturating_mul(limit.interval_us());
+    let owed = units.min(charge.at_us.saturating_add(units).saturating_sub(now));
     if owed == 0 {
         return None;
     }
@@ -167,6 +173,22 @@ mod tests {
         assert_eq!(refunded, Some(8 * s));
     }
 
+    /// Refunding with the TAT right after each charge as the bound fails here: X's refund moves
+    /// Y forward in the queue, which a bound taken at Y's charge does not know.
+    #[test]
+    fn refund_after_an_earlier_refund_is_not_too_generous() {
+        let limit = RateLimit::parse(crate::Algorithm::Gcra, "1/1s", Some(100)).unwrap();
+        let ms = 1_000;
+        let (x, tat) = decide(None, 0, &limit, 1);
+        let (y, tat) = decide(tat, 0, &limit, 1);
+        let tat = refund(tat, 0, &limit, &x.charge.unwrap());
+        assert_eq!(tat, Some(1_000 * ms), "refunded at once: exact");
+        let (_, tat) = decide(tat, 900 * ms, &limit, 1);
+        let tat = refund(tat, 900 * ms, &limit, &y.charge.unwrap());
+        // Only Z (at 0.9 s) is kept: TAT 1.9 s. (The TAT after Y, 2 s, as a bound would give 1 s.)
+        assert_eq!(tat, Some(1_900 * ms));
+    }
+
     proptest! {
         /// Charged then refunded at once: the state admits exactly as if never charged.
         #[test]
@@ -221,7 +243,6 @@ mod tests {
                     if let Some(t) = s { tat = Some(t); }
                     if let Some(c) = d.charge {
                         prop_assert_eq!((c.at_us, c.cost), (now, cost));
-                        prop_assert_eq!(Some(c.tat_us), s);
                         charges.push((now, cost, c, false));
                     }
                 }

@@ -30,10 +30,10 @@ pub(crate) fn decision(allowed: bool, limit: u64, remaining: u64, reset_us: u64,
     }
 }
 
-/// An admitted decision that charged `cost` units at `at_us` (`tat_us`: gcra's TAT after it).
-pub(crate) fn charged(mut d: RateDecision, at_us: u64, cost: u64, tat_us: u64) -> RateDecision {
+/// An admitted decision that charged `cost` units at `at_us`.
+pub(crate) fn charged(mut d: RateDecision, at_us: u64, cost: u64) -> RateDecision {
     if cost > 0 {
-        d.charge = Some(RateCharge { at_us, cost, tat_us });
+        d.charge = Some(RateCharge { at_us, cost });
     }
     d
 }

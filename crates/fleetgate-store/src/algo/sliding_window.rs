@@ -54,7 +54,7 @@ pub fn decide(log: &mut SlidingLog, now: u64, limit: &RateLimit, cost: u64) -> (
     let d = decision(allowed, cap, cap - log.total, reset, retry);
     if allowed {
         // The entry's time (the clock clamped to the log's newest entry) identifies the charge.
-        return (charged(d, now, cost, 0), reset);
+        return (charged(d, now, cost), reset);
     }
     (d, reset)
 }
@@ -168,7 +168,7 @@ mod tests {
                 }
                 let mut expected = std::collections::BTreeMap::new();
                 for (c, _) in charges.iter().filter(|c| !c.1 && c.0.at_us + window > now) {
-                    *expected.entry(c.0.at_us).or_insert(0) += c.0.cost;
+                    *expected.entry(c.at_us).or_insert(0) += c.cost;
                 }
                 let live: std::collections::BTreeMap<u64, u64> =
                     log.entries.iter().filter(|e| e.0 + window > now).copied().collect();

@@ -541,6 +541,32 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 
+    /// Fencing tokens only grow: the counter outlives any idle time (it used to be dropped 7 days
+    /// after the last lease, and the next holder got token 1 again).
+    #[test]
+    fn fence_keeps_growing_after_a_long_idle_time() {
+        let clock = ManualClock::at_wall_clock();
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let key = StoreKey::raw("t:lock");
+        let ttl = Duration::from_secs(10);
+        let first = store.lock_now(&key, "a", ttl).unwrap().unwrap().fence;
+        assert!(store.unlock_now(&key, "a").unwrap());
+        let second = store.lock_now(&key, "b", ttl).unwrap().unwrap().fence;
+        assert!(second > first);
+        clock.advance(Duration::from_secs(30 * 86_400));
+        // Other keys come and go meanwhile, and sweeps run.
+        let limit = RateLimit::gcra("10/1s").unwrap();
+        for i in 0..5_000u64 {
+            store.rate_now(&StoreKey::raw(format!("t:r{i}")), &limit, 1).unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        for i in 0..5_000u64 {
+            store.rate_now(&StoreKey::raw(format!("t:s{i}")), &limit, 1).unwrap();
+        }
+        let third = store.lock_now(&key, "c", ttl).unwrap().unwrap().fence;
+        assert!(third > second, "fence went from {second} to {third} after 30 idle days");
+    }
+
     #[test]
     fn wrong_type_leaves_state_untouched() {
         let store = MemoryStore::new();

@@ -528,10 +528,10 @@ fn ints(v: Value, n: usize) -> StoreResult<Vec<i64>> {
     Ok(out)
 }
 
-/// A rate script's reply `{allowed, remaining, reset_us, retry_us, now_us, tat_us}` as a decision
-/// (with its refund receipt when it charged something).
+/// A rate script's reply `{allowed, remaining, reset_us, retry_us, now_us}` as a decision (with
+/// its refund receipt when it charged something).
 fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
-    let r = ints(v, 6)?;
+    let r = ints(v, 5)?;
     let us = |x: i64| Duration::from_micros(x.max(0) as u64);
     let allowed = r[0] == 1;
     Ok(RateDecision {
@@ -543,7 +543,6 @@ fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
         charge: (allowed && cost > 0).then(|| RateCharge {
             at_us: r[4].max(0) as u64,
             cost,
-            tat_us: r[5].max(0) as u64,
         }),
     })
 }
@@ -617,7 +616,6 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(param),
             ScriptArg::Int(charge.cost),
             ScriptArg::Int(charge.at_us),
-            ScriptArg::Int(charge.tat_us),
         ];
         let total = format!("{key}:n");
         let keys: &[&str] = match limit.algorithm() {

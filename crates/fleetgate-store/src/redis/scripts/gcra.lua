@@ -1,6 +1,6 @@
 -- GCRA: mirrors decide in src/algo/gcra.rs. KEYS[1]: the TAT in microseconds of server time.
 -- ARGV: interval_us, burst, cost, period_us[, now_us]. Returns {allowed, remaining, reset_us,
--- retry_us, now_us, tat_us}; tat_us is the TAT after an admitted charge (its refund receipt).
+-- retry_us, now_us}; now_us is the decision's time (an admitted charge's refund receipt).
 -- now_us is for tests only (tests/differential.rs): the driver never sends it, so the server's
 -- TIME decides.
 local now
@@ -24,13 +24,13 @@ if raw then
 end
 local horizon = now + interval * burst
 if cost > burst then
-  return {0, math.floor((horizon - tat) / interval), tat - now, tonumber(ARGV[4]), now, 0}
+  return {0, math.floor((horizon - tat) / interval), tat - now, tonumber(ARGV[4]), now}
 end
 local new_tat = tat + cost * interval
 if new_tat <= horizon then
   if cost > 0 then
     redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
   end
-  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0, now, new_tat}
+  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0, now}
 end
-return {0, math.floor((horizon - tat) / interval), tat - now, new_tat - horizon, now, 0}
+return {0, math.floor((horizon - tat) / interval), tat - now, new_tat - horizon, now}

@@ -3,11 +3,11 @@
 -- generous than if the charge had never been made).
 -- KEYS[1]: the limit's state; KEYS[2]: sliding_window only, the log's total.
 -- ARGV: algorithm (gcra | sliding_window | fixed_window), interval_us (gcra) or period_us, and
--- the charge's cost, at_us and tat_us[, now_us]. Returns 1 if the state changed, else 0.
+-- the charge's cost and at_us[, now_us]. Returns 1 if the state changed, else 0.
 -- now_us is for tests only (tests/differential.rs): the driver never sends it.
 local now
-if ARGV[6] then
-  now = tonumber(ARGV[6])
+if ARGV[5] then
+  now = tonumber(ARGV[5])
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -24,7 +24,9 @@ if algorithm == 'gcra' then
     return redis.error_reply('WRONGTYPE fleetgate: gcra key holds a non-numeric value')
   end
   if tat <= now then return 0 end
-  local owed = math.min(cost * param, tonumber(ARGV[5]) - now)
+  -- The charge's units less the refill time since it was made (see refund in gcra.rs).
+  local units = cost * param
+  local owed = math.min(units, at + units - now)
   if owed <= 0 then return 0 end
   local new_tat = math.max(tat - owed, now)
   if new_tat > now then

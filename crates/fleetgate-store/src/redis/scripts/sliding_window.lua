@@ -1,7 +1,7 @@
 -- Exact sliding log: mirrors decide in src/algo/sliding_window.rs.
 -- KEYS[1]: list of "time_us:cost" entries, oldest first, one per instant. KEYS[2]: their total.
 -- ARGV: window_us, capacity, cost[, now_us]. Returns {allowed, remaining, reset_us, retry_us,
--- now_us, 0}; now_us is the entry's time (the clock clamped to the newest entry), the refund
+-- now_us}; now_us is the entry's time (the clock clamped to the newest entry), the refund
 -- receipt. The now_us argument is for tests only (tests/differential.rs): the driver never
 -- sends it.
 local now
@@ -85,4 +85,4 @@ if reset > 0 then
 else
   redis.call('DEL', KEYS[1], KEYS[2])
 end
-return {allowed and 1 or 0, cap - total, reset, retry, now, 0}
+return {allowed and 1 or 0, cap - total, reset, retry, now}
