@@ -37,7 +37,8 @@ pub fn decide(
         (charged(d, now, cost), changed, ends_in)
     } else {
         let retry = if cost > cap { period } else { ends_in };
-        (decision(false, cap, cap - count, ends_in, retry), None, ends_in)
+        // The count exceeds the capacity when a larger limit left it (a changed config).
+        (decision(false, cap, cap.saturating_sub(count), ends_in, retry), None, ends_in)
     }
 }
 

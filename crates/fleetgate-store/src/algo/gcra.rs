@@ -16,7 +16,7 @@ pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (Rate
     let horizon = now + capacity;
     if cost > burst {
         // Never admissible: report the state as it is and a full period to wait.
-        let remaining = (horizon - tat) / interval;
+        let remaining = horizon.saturating_sub(tat) / interval;
         return (decision(false, burst, remaining, tat - now, limit.period_us()), None);
     }
     let new_tat = tat + cost * interval;
@@ -26,7 +26,9 @@ pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (Rate
         let d = decision(true, burst, remaining, new_tat - now, 0);
         (charged(d, now, cost), state)
     } else {
-        let remaining = (horizon - tat) / interval;
+        // The TAT can lie beyond the horizon: a server clock that stepped back, or a state left
+        // by a larger limit on the same key (a changed config). Nothing is admissible then.
+        let remaining = horizon.saturating_sub(tat) / interval;
         (decision(false, burst, remaining, tat - now, new_tat - horizon), None)
     }
 }

@@ -51,7 +51,8 @@ pub fn decide(log: &mut SlidingLog, now: u64, limit: &RateLimit, cost: u64) -> (
         }
     }
     let reset = log.entries.back().map_or(0, |&(t, _)| t + window - now);
-    let d = decision(allowed, cap, cap - log.total, reset, retry);
+    // The total exceeds the capacity when a larger limit left it (a changed config).
+    let d = decision(allowed, cap, cap.saturating_sub(log.total), reset, retry);
     if allowed {
         // The entry's time (the clock clamped to the log's newest entry) identifies the charge.
         return (charged(d, now, cost), reset);

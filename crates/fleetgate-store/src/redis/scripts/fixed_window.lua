@@ -28,4 +28,4 @@ if cost <= cap and count + cost <= cap then
 end
 local retry = ends
 if cost > cap then retry = period end
-return {0, cap - count, ends, retry, now}
+return {0, math.max(0, cap - count), ends, retry, now}

@@ -24,7 +24,7 @@ if raw then
 end
 local horizon = now + interval * burst
 if cost > burst then
-  return {0, math.floor((horizon - tat) / interval), tat - now, tonumber(ARGV[4]), now}
+  return {0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, tonumber(ARGV[4]), now}
 end
 local new_tat = tat + cost * interval
 if new_tat <= horizon then
@@ -33,4 +33,5 @@ if new_tat <= horizon then
   end
   return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0, now}
 end
-return {0, math.floor((horizon - tat) / interval), tat - now, new_tat - horizon, now}
+-- The TAT can lie beyond the horizon (server clock stepped back, or a larger limit's state).
+return {0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, new_tat - horizon, now}

@@ -85,4 +85,4 @@ if reset > 0 then
 else
   redis.call('DEL', KEYS[1], KEYS[2])
 end
-return {allowed and 1 or 0, cap - total, reset, retry, now}
+return {allowed and 1 or 0, math.max(0, cap - total), reset, retry, now}
