@@ -25,7 +25,7 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use error::StoreError;
 pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, ScopedKeys, StoreKey};
 pub use memory::MemoryStore;
-pub use rate::{Algorithm, LimitError, Rate, RateDecision, RateLimit};
+pub use rate::{Algorithm, LimitError, Rate, RateCharge, RateDecision, RateLimit};
 pub use redis::{BreakerSettings, HealthGroup, RedisOptions, RedisStore, TlsFiles};
 pub use seam::*;
 pub use store::Store;

@@ -230,6 +230,23 @@ pub struct RateDecision {
     pub reset_after: Duration,
     /// When denied: time until this request (with its cost) would be admitted. Zero when allowed.
     pub retry_after: Duration,
+    /// What this decision charged, to give back with
+    /// [`StoreDriver::refund`](crate::StoreDriver::refund): `Some` only when admitted with a
+    /// cost above zero.
+    pub charge: Option<RateCharge>,
+}
+
+/// The receipt of an admitted charge: enough to refund exactly the units it took, in the state
+/// (window, log entry, TAT) it took them from.
+///
+/// Times are on the clock of the store that decided (microseconds since the Unix epoch: the
+/// server's `TIME` for Redis), so a charge is refunded to the store that made it and to no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateCharge {
+    /// When the units were charged: the decision's time (sliding_window: the log entry's time).
+    pub at_us: u64,
+    /// Units charged.
+    pub cost: u64,
 }
 
 #[cfg(test)]

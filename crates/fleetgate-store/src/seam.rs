@@ -6,7 +6,7 @@
 //!
 //! | concern (DESIGN.md)                      | operations                         |
 //! |------------------------------------------|------------------------------------|
-//! | rate limits, outbound throttle, login-failure throttle | [`rate`](StoreDriver::rate) |
+//! | rate limits, outbound throttle, login-failure throttle | [`rate`](StoreDriver::rate), [`refund`](StoreDriver::refund) |
 //! | concurrency limits                       | [`acquire_permit`](StoreDriver::acquire_permit), [`release_permit`](StoreDriver::release_permit) |
 //! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
 //! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
@@ -16,7 +16,7 @@
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{RateDecision, RateLimit};
+use crate::rate::{RateCharge, RateDecision, RateLimit};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -116,6 +116,24 @@ pub trait StoreDriver: Send + Sync + 'static {
         limit: &RateLimit,
         cost: u64,
     ) -> impl Future<Output = StoreResult<RateDecision>> + Send;
+
+    /// Gives back what an admitted [`rate`](Self::rate) decision charged (its
+    /// [`charge`](RateDecision::charge)), so that a request refused by a later limit is charged
+    /// to no limit. Returns whether the state changed.
+    ///
+    /// Never more generous than if the charge had never been made: sliding_window and
+    /// fixed_window give back exactly the units, from the log entry or window they were charged
+    /// to (nothing once that entry or window is gone); gcra gives back exactly when nothing else
+    /// was charged to the key in between, and less when time and other charges may have used the
+    /// room (see [`algo::gcra::refund`](crate::algo::gcra::refund)). Pass the same `key` and
+    /// `limit` as the charge, to the store that made it, at most once per charge: a refund is
+    /// not idempotent, so one that timed out is not retried (a lost refund only errs strict).
+    fn refund(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        charge: &RateCharge,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Takes (or renews) the permit `permit` under `key` if fewer than `max` live leases exist.
     /// A lease lasts `lease`; leases of a crashed holder expire by themselves.

@@ -4,7 +4,7 @@
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::memory::MemoryStore;
-use crate::rate::{RateDecision, RateLimit};
+use crate::rate::{RateCharge, RateDecision, RateLimit};
 use crate::redis::{url::redact, RedisOptions, RedisStore};
 use crate::seam::*;
 use bytes::Bytes;
@@ -62,6 +62,9 @@ macro_rules! dispatch {
 impl StoreDriver for Store {
     async fn rate(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
         dispatch!(self, d => d.rate(key, limit, cost))
+    }
+    async fn refund(&self, key: &StoreKey, limit: &RateLimit, charge: &RateCharge) -> StoreResult<bool> {
+        dispatch!(self, d => d.refund(key, limit, charge))
     }
     async fn acquire_permit(
         &self,

@@ -1,8 +1,8 @@
 //! Fixed window: one counter per aligned window `[k·T, (k+1)·T)`. Cheap and O(1), but a client
 //! can spend N at the end of one window and N again at the start of the next.
 
-use super::decision;
-use crate::rate::{RateDecision, RateLimit};
+use super::{charged, decision};
+use crate::rate::{RateCharge, RateDecision, RateLimit};
 
 /// The counter of the current aligned window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,11 +33,32 @@ pub fn decide(
             count: count + cost,
         };
         let changed = (cost > 0).then_some(new);
-        (decision(true, cap, cap - new.count, ends_in, 0), changed, ends_in)
+        let d = decision(true, cap, cap - new.count, ends_in, 0);
+        (charged(d, now, cost), changed, ends_in)
     } else {
         let retry = if cost > cap { period } else { ends_in };
-        (decision(false, cap, cap - count, ends_in, retry), None, ends_in)
+        // The count exceeds the capacity when a larger limit left it (a changed config).
+        (decision(false, cap, cap.saturating_sub(count), ends_in, retry), None, ends_in)
     }
+}
+
+/// Gives back `charge` (made by [`decide`] on this key) to the window it was charged in: returns
+/// the new state, or `None` when nothing changes.
+///
+/// Exact: the count becomes what it would be had the charge never been made. If the window has
+/// moved on since the charge, the current window's count never included it, so nothing is given
+/// back (refunding the current window would admit more than N in it). A charge must be refunded
+/// at most once.
+pub fn refund(state: Option<WindowCount>, limit: &RateLimit, charge: &RateCharge) -> Option<WindowCount> {
+    let s = state?;
+    let give = charge.cost.min(s.count);
+    if s.window != charge.at_us / limit.period_us() || give == 0 {
+        return None;
+    }
+    Some(WindowCount {
+        window: s.window,
+        count: s.count - give,
+    })
 }
 
 #[cfg(test)]
@@ -75,6 +96,40 @@ mod tests {
             }
             for (w, sum) in per_window {
                 prop_assert!(sum <= count, "window {} admitted {}", w, sum);
+            }
+        }
+    }
+
+    proptest! {
+        /// Charges and refunds interleaved: every window's count is exactly the cost of the
+        /// charges made in it and kept, so a refund never frees room in a window it was not
+        /// charged in.
+        #[test]
+        fn refunds_give_back_exactly_their_window(
+            count in 1u64..40, period_ms in 1u64..3_000,
+            ops in proptest::collection::vec((0u64..200_000, 0u64..6, any::<bool>(), any::<prop::sample::Index>()), 1..300)
+        ) {
+            let limit = RateLimit::parse(Algorithm::FixedWindow, &format!("{count}/{period_ms}ms"), None).unwrap();
+            let period = limit.period_us();
+            let mut now = 1_700_000_000_000_000u64;
+            let mut state = None;
+            let mut charges: Vec<(RateCharge, bool)> = Vec::new();
+            for (gap, cost, is_refund, pick) in ops {
+                now += gap;
+                let outstanding: Vec<usize> = (0..charges.len()).filter(|&i| !charges[i].1).collect();
+                if is_refund && !outstanding.is_empty() {
+                    let i = outstanding[pick.index(outstanding.len())];
+                    charges[i].1 = true;
+                    if let Some(s) = refund(state, &limit, &charges[i].0) { state = Some(s); }
+                } else {
+                    let (d, s, _) = decide(state, now, &limit, cost);
+                    if let Some(s) = s { state = Some(s); }
+                    if let Some(c) = d.charge { charges.push((c, false)); }
+                }
+                let kept: u64 = charges.iter().filter(|c| !c.1 && c.0.at_us / period == now / period).map(|c| c.0.cost).sum();
+                // What the current window admits equals what it would with only the kept charges.
+                let remaining = decide(state, now, &limit, 0).0.remaining;
+                prop_assert_eq!(remaining, count - kept);
             }
         }
     }

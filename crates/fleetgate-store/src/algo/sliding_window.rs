@@ -2,8 +2,8 @@
 //! until it leaves the window, so no window of length T ever holds more than N units. State grows
 //! with N (one entry per admission instant), the price of exactness.
 
-use super::decision;
-use crate::rate::{RateDecision, RateLimit};
+use super::{charged, decision};
+use crate::rate::{RateCharge, RateDecision, RateLimit};
 use std::collections::VecDeque;
 
 /// The log of admissions still inside the window, oldest first, and their total cost.
@@ -51,7 +51,36 @@ pub fn decide(log: &mut SlidingLog, now: u64, limit: &RateLimit, cost: u64) -> (
         }
     }
     let reset = log.entries.back().map_or(0, |&(t, _)| t + window - now);
-    (decision(allowed, cap, cap - log.total, reset, retry), reset)
+    // The total exceeds the capacity when a larger limit left it (a changed config).
+    let d = decision(allowed, cap, cap.saturating_sub(log.total), reset, retry);
+    if allowed {
+        // The entry's time (the clock clamped to the log's newest entry) identifies the charge.
+        return (charged(d, now, cost), reset);
+    }
+    (d, reset)
+}
+
+/// Gives back `charge` (made by [`decide`] on this log) from the entry it was logged in, updating
+/// `log` in place. Returns whether anything changed.
+///
+/// Exact: the log becomes what it would be had the charge never been made. An entry that has
+/// already left the window (or been dropped) is not there to refund, and no other entry is
+/// touched: taking units from a newer entry would let them leave the window early, which is more
+/// generous than never charged. A charge must be refunded at most once (entries of one instant
+/// are merged, so a second refund would take another request's units).
+pub fn refund(log: &mut SlidingLog, charge: &RateCharge) -> bool {
+    // Entries are ordered by time and a refund usually follows its charge closely: search from
+    // the newest.
+    let Some(i) = log.entries.iter().rposition(|&(t, _)| t == charge.at_us) else {
+        return false;
+    };
+    let give = charge.cost.min(log.entries[i].1);
+    log.entries[i].1 -= give;
+    log.total -= give;
+    if log.entries[i].1 == 0 {
+        log.entries.remove(i);
+    }
+    give > 0
 }
 
 #[cfg(test)]
@@ -110,6 +139,42 @@ mod tests {
             for &(start, _) in &admitted {
                 let sum: u64 = admitted.iter().filter(|(t, _)| *t >= start && *t < start + window).map(|e| e.1).sum();
                 prop_assert!(sum <= count, "{} admitted in window from {}", sum, start);
+            }
+        }
+    }
+
+    proptest! {
+        /// Charges and refunds interleaved: the log's entries still in the window are exactly
+        /// the kept charges still in the window, instant by instant.
+        #[test]
+        fn refunds_give_back_exactly_their_entry(
+            count in 1u64..40, period_ms in 1u64..3_000,
+            ops in proptest::collection::vec((0u64..100_000, 0u64..6, any::<bool>(), any::<prop::sample::Index>()), 1..300)
+        ) {
+            let limit = RateLimit::parse(Algorithm::SlidingWindow, &format!("{count}/{period_ms}ms"), None).unwrap();
+            let window = limit.period_us();
+            let mut now = 1_700_000_000_000_000u64;
+            let mut log = SlidingLog::default();
+            let mut charges: Vec<(RateCharge, bool)> = Vec::new();
+            for (gap, cost, is_refund, pick) in ops {
+                now += gap;
+                let outstanding: Vec<usize> = (0..charges.len()).filter(|&i| !charges[i].1).collect();
+                if is_refund && !outstanding.is_empty() {
+                    let i = outstanding[pick.index(outstanding.len())];
+                    charges[i].1 = true;
+                    refund(&mut log, &charges[i].0);
+                } else if let Some(c) = decide(&mut log, now, &limit, cost).0.charge {
+                    prop_assert_eq!((c.at_us, c.cost), (now, cost));
+                    charges.push((c, false));
+                }
+                let mut expected = std::collections::BTreeMap::new();
+                for (c, _) in charges.iter().filter(|c| !c.1 && c.0.at_us + window > now) {
+                    *expected.entry(c.at_us).or_insert(0) += c.cost;
+                }
+                let live: std::collections::BTreeMap<u64, u64> =
+                    log.entries.iter().filter(|e| e.0 + window > now).copied().collect();
+                prop_assert_eq!(live, expected);
+                prop_assert_eq!(log.total, log.entries.iter().map(|e| e.1).sum::<u64>());
             }
         }
     }

@@ -14,7 +14,7 @@ use crate::algo::{fixed_window, gcra, sliding_window};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{Algorithm, RateDecision, RateLimit};
+use crate::rate::{Algorithm, RateCharge, RateDecision, RateLimit};
 use crate::seam::*;
 use bytes::Bytes;
 use entries::{Digest, Entry, Shard, Value};
@@ -28,8 +28,10 @@ use tokio::sync::broadcast;
 const SHARDS: usize = 64;
 /// Messages a slow subscriber may fall behind before it loses the oldest.
 const CHANNEL_CAPACITY: usize = 4096;
-/// Fencing counters outlive their lock by this long, so tokens keep growing across holders.
-const FENCE_RETENTION_US: u64 = 7 * 24 * 3_600_000_000;
+/// A lock's entry (holder and fencing counter) never expires: tokens must only grow, and an
+/// expired counter would restart at 1. The holder's lease is checked against `held_until`.
+/// One small entry per lock name (a fixed set, not per request).
+const NEVER: u64 = u64::MAX;
 
 /// The in-process store. Cheap to clone; clones share state.
 #[derive(Clone)]
@@ -149,6 +151,51 @@ impl MemoryStore {
                     );
                 }
                 Ok(decision)
+            }
+        }
+    }
+
+    /// The refund, synchronously: gives back `charge` with the algorithm's pure `refund`.
+    pub fn refund_now(&self, key: &StoreKey, limit: &RateLimit, charge: &RateCharge) -> StoreResult<bool> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let digest = key.digest();
+        let wrong_type = || StoreError::WrongType(key.to_string());
+        match limit.algorithm() {
+            Algorithm::Gcra => {
+                if let Some(stored) = shard.tats.get_mut(&Digest::from(digest)) {
+                    let tat = (*stored > now).then_some(*stored);
+                    // A TAT not after now is a full bucket: the map treats it as absent.
+                    return Ok(gcra::refund(tat, now, limit, charge).map(|t| *stored = t).is_some());
+                }
+                let tat = shard.tat_elsewhere(digest, now).map_err(|()| wrong_type())?;
+                match gcra::refund(tat, now, limit, charge) {
+                    Some(t) if t > now => shard.insert_tat(digest, t, now),
+                    Some(_) => shard.remove(digest),
+                    None => return Ok(false),
+                }
+                Ok(true)
+            }
+            Algorithm::FixedWindow => match shard.live(digest, now) {
+                Some(Entry {
+                    value: Value::Window(w),
+                    ..
+                }) => Ok(fixed_window::refund(Some(*w), limit, charge).map(|n| *w = n).is_some()),
+                Some(_) => Err(wrong_type()),
+                None => Ok(false),
+            },
+            Algorithm::SlidingWindow => {
+                let (changed, empty) = match shard.live(digest, now) {
+                    Some(Entry {
+                        value: Value::Log(log), ..
+                    }) => (sliding_window::refund(log, charge), log.entries.is_empty()),
+                    Some(_) => return Err(wrong_type()),
+                    None => return Ok(false),
+                };
+                if empty {
+                    shard.remove(digest);
+                }
+                Ok(changed)
             }
         }
     }
@@ -289,11 +336,10 @@ impl MemoryStore {
             state.held_until = now + ttl_us(ttl);
             Some(LockGrant { fence: state.fence })
         };
-        let expires_at = state.held_until.max(now) + FENCE_RETENTION_US;
         shard.insert(
             key.digest(),
             Entry {
-                expires_at,
+                expires_at: NEVER,
                 value: Value::Lock(Box::new(state)),
             },
             now,
@@ -358,6 +404,14 @@ impl StoreDriver for MemoryStore {
         cost: u64,
     ) -> impl Future<Output = StoreResult<RateDecision>> + Send {
         ready(self.rate_now(key, limit, cost))
+    }
+    fn refund(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        charge: &RateCharge,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.refund_now(key, limit, charge))
     }
     fn acquire_permit(
         &self,
@@ -485,6 +539,32 @@ mod tests {
         assert!(!store.delete_now(&key));
         assert_eq!(remaining(&store), 4);
         assert_eq!(store.len(), 1);
+    }
+
+    /// Fencing tokens only grow: the counter outlives any idle time (it used to be dropped 7 days
+    /// after the last lease, and the next holder got token 1 again).
+    #[test]
+    fn fence_keeps_growing_after_a_long_idle_time() {
+        let clock = ManualClock::at_wall_clock();
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let key = StoreKey::raw("t:lock");
+        let ttl = Duration::from_secs(10);
+        let first = store.lock_now(&key, "a", ttl).unwrap().unwrap().fence;
+        assert!(store.unlock_now(&key, "a").unwrap());
+        let second = store.lock_now(&key, "b", ttl).unwrap().unwrap().fence;
+        assert!(second > first);
+        clock.advance(Duration::from_secs(30 * 86_400));
+        // Other keys come and go meanwhile, and sweeps run.
+        let limit = RateLimit::gcra("10/1s").unwrap();
+        for i in 0..5_000u64 {
+            store.rate_now(&StoreKey::raw(format!("t:r{i}")), &limit, 1).unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        for i in 0..5_000u64 {
+            store.rate_now(&StoreKey::raw(format!("t:s{i}")), &limit, 1).unwrap();
+        }
+        let third = store.lock_now(&key, "c", ttl).unwrap().unwrap().fence;
+        assert!(third > second, "fence went from {second} to {third} after 30 idle days");
     }
 
     #[test]

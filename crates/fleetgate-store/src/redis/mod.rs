@@ -22,7 +22,7 @@ pub mod url;
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{Algorithm, RateDecision, RateLimit};
+use crate::rate::{Algorithm, RateCharge, RateDecision, RateLimit};
 use crate::seam::*;
 use breaker::{Admission, Member};
 pub use breaker::{BreakerSettings, HealthGroup};
@@ -544,15 +544,22 @@ fn ints(v: Value, n: usize) -> StoreResult<Vec<i64>> {
     Ok(out)
 }
 
-fn decision(v: Value, limit: u64) -> StoreResult<RateDecision> {
-    let r = ints(v, 4)?;
+/// A rate script's reply `{allowed, remaining, reset_us, retry_us, now_us}` as a decision (with
+/// its refund receipt when it charged something).
+fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
+    let r = ints(v, 5)?;
     let us = |x: i64| Duration::from_micros(x.max(0) as u64);
+    let allowed = r[0] == 1;
     Ok(RateDecision {
-        allowed: r[0] == 1,
+        allowed,
         limit,
         remaining: r[1].max(0) as u64,
         reset_after: us(r[2]),
         retry_after: us(r[3]),
+        charge: (allowed && cost > 0).then(|| RateCharge {
+            at_us: r[4].max(0) as u64,
+            cost,
+        }),
     })
 }
 
@@ -611,7 +618,28 @@ impl StoreDriver for RedisStore {
                 self.eval(&s.fixed_window, &[key.as_str()], &args).await?
             }
         };
-        decision(reply, limit.capacity())
+        decision(reply, limit.capacity(), cost)
+    }
+
+    async fn refund(&self, key: &StoreKey, limit: &RateLimit, charge: &RateCharge) -> StoreResult<bool> {
+        let (algorithm, param) = match limit.algorithm() {
+            Algorithm::Gcra => ("gcra", limit.interval_us()),
+            Algorithm::SlidingWindow => ("sliding_window", limit.period_us()),
+            Algorithm::FixedWindow => ("fixed_window", limit.period_us()),
+        };
+        let args = [
+            ScriptArg::Bytes(algorithm.as_bytes()),
+            ScriptArg::Int(param),
+            ScriptArg::Int(charge.cost),
+            ScriptArg::Int(charge.at_us),
+        ];
+        let total = format!("{key}:n");
+        let keys: &[&str] = match limit.algorithm() {
+            Algorithm::SlidingWindow => &[key.as_str(), &total],
+            _ => &[key.as_str()],
+        };
+        let v = self.eval(&self.inner.scripts.refund, keys, &args).await?;
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 
     async fn acquire_permit(

@@ -1,7 +1,14 @@
--- Fixed window: mirrors src/algo/fixed_window.rs. KEYS[1]: hash {w = window index, n = count}.
--- ARGV: period_us, capacity, cost. Returns {allowed, remaining, reset_us, retry_us}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Fixed window: mirrors decide in src/algo/fixed_window.rs. KEYS[1]: hash {w = window index,
+-- n = count}; windows are aligned to the Unix epoch, as the in-process driver's are.
+-- ARGV: period_us, capacity, cost[, now_us]. Returns {allowed, remaining, reset_us, retry_us,
+-- now_us}. now_us is for tests only (tests/differential.rs): the driver never sends it.
+local now
+if ARGV[4] then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local period = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -17,8 +24,8 @@ if cost <= cap and count + cost <= cap then
     redis.call('HSET', KEYS[1], 'w', string.format('%.0f', window), 'n', string.format('%.0f', count + cost))
     redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(ends / 1000)))
   end
-  return {1, cap - count - cost, ends, 0}
+  return {1, cap - count - cost, ends, 0, now}
 end
 local retry = ends
 if cost > cap then retry = period end
-return {0, cap - count, ends, retry}
+return {0, math.max(0, cap - count), ends, retry, now}

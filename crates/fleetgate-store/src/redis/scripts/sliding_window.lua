@@ -1,8 +1,16 @@
--- Exact sliding log: mirrors src/algo/sliding_window.rs.
--- KEYS[1]: list of "time_us:cost" entries, oldest first. KEYS[2]: their total cost.
--- ARGV: window_us, capacity, cost. Returns {allowed, remaining, reset_us, retry_us}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Exact sliding log: mirrors decide in src/algo/sliding_window.rs.
+-- KEYS[1]: list of "time_us:cost" entries, oldest first, one per instant. KEYS[2]: their total.
+-- ARGV: window_us, capacity, cost[, now_us]. Returns {allowed, remaining, reset_us, retry_us,
+-- now_us}; now_us is the entry's time (the clock clamped to the newest entry), the refund
+-- receipt. The now_us argument is for tests only (tests/differential.rs): the driver never
+-- sends it.
+local now
+if ARGV[4] then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local window = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -77,4 +85,4 @@ if reset > 0 then
 else
   redis.call('DEL', KEYS[1], KEYS[2])
 end
-return {allowed and 1 or 0, cap - total, reset, retry}
+return {allowed and 1 or 0, math.max(0, cap - total), reset, retry, now}
