@@ -661,6 +661,9 @@ pub struct RateLimitConfig {
     /// What to do with a request lacking the header or cookie of the key (`on_missing_key`,
     /// default `shared`).
     pub on_missing_key: MissingKey,
+    /// How many leading bits of an IPv6 client address an `ip` key counts (`ipv6_prefix`,
+    /// default 64: one host rotating addresses within its /64 stays one client).
+    pub ipv6_prefix: u8,
 }
 
 /// One concurrency limit on a route.
@@ -678,6 +681,8 @@ pub struct ConcurrencyLimitConfig {
     pub on_store_error: FailurePolicy,
     /// What to do with a request lacking the header or cookie of the key.
     pub on_missing_key: MissingKey,
+    /// Leading bits of an IPv6 client address an `ip` key counts (`ipv6_prefix`, default 64).
+    pub ipv6_prefix: u8,
 }
 
 /// One part of a limit's key.

@@ -281,6 +281,8 @@ pub(crate) struct RawRateLimit {
     pub on_store_error: Option<S<String>>,
     #[serde(default)]
     pub on_missing_key: Option<S<String>>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +297,8 @@ pub(crate) struct RawConcurrencyLimit {
     pub on_store_error: Option<S<String>>,
     #[serde(default)]
     pub on_missing_key: Option<S<String>>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<S<i64>>,
 }
 
 /// A limit's `key`: one form or a list of forms. Items of a list keep their own location.

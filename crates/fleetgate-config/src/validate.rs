@@ -1153,10 +1153,15 @@ fn validate_rate_limits(list: Option<Vec<S<RawRateLimit>>>, path: &str) -> R<Vec
             cost,
             on_store_error: failure_policy(&l.on_store_error, &join(&lp, "on_store_error"))?,
             on_missing_key: missing_key(&l.on_missing_key, &join(&lp, "on_missing_key"))?,
+            ipv6_prefix: int(&l.ipv6_prefix, DEFAULT_IPV6_PREFIX, &join(&lp, "ipv6_prefix"), 1, 128)? as u8,
         });
     }
     Ok(out)
 }
+
+/// IPv6 clients are counted by /64 unless a limit says otherwise: a host commonly holds a
+/// whole /64 and can rotate addresses within it.
+const DEFAULT_IPV6_PREFIX: i64 = 64;
 
 fn validate_concurrency(list: Option<Vec<S<RawConcurrencyLimit>>>, path: &str) -> R<Vec<ConcurrencyLimitConfig>> {
     let mut out = Vec::new();
@@ -1185,6 +1190,7 @@ fn validate_concurrency(list: Option<Vec<S<RawConcurrencyLimit>>>, path: &str) -
             lease: millis(&l.lease_ms, 60_000, &join(&lp, "lease_ms"))?,
             on_store_error: failure_policy(&l.on_store_error, &join(&lp, "on_store_error"))?,
             on_missing_key: missing_key(&l.on_missing_key, &join(&lp, "on_missing_key"))?,
+            ipv6_prefix: int(&l.ipv6_prefix, DEFAULT_IPV6_PREFIX, &join(&lp, "ipv6_prefix"), 1, 128)? as u8,
         });
     }
     Ok(out)

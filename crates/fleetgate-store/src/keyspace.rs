@@ -3,7 +3,11 @@
 //! Identifiers (API keys, IPs, cookies: any bytes, any length) are hashed with BLAKE3 and
 //! truncated to 128 bits, so keys hold no personal data, have a bounded length and cannot inject
 //! separators. The hash sits in a Redis Cluster hash tag (`{...}`), so every key a decision
-//! touches for one identifier lands in one slot. One prefix per deployment or environment.
+//! touches for one identifier lands in one slot. The hash covers the key's head (prefix,
+//! concern, scope) as well as the identifier: the same identifier under two limits (every
+//! `key: global` limit has the same one) hashes to two slots, so a cluster spreads them instead
+//! of piling every route's global limit onto one node. One prefix per deployment or
+//! environment.
 
 use std::fmt;
 use std::sync::Arc;
@@ -160,12 +164,16 @@ pub struct ScopedKeys {
 }
 
 impl ScopedKeys {
-    /// The key for `identifier` (any bytes): the head, then the identifier's hash as a hash tag.
+    /// The key for `identifier` (any bytes): the head, then the hash of head and identifier as
+    /// a hash tag.
     pub fn key(&self, identifier: &[u8]) -> StoreKey {
         let mut text = String::with_capacity(self.head.len() + 34);
         text.push_str(&self.head);
         text.push('{');
-        push_hash(&mut text, identifier);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.head.as_bytes());
+        hasher.update(identifier);
+        push_digest(&mut text, &hasher.finalize());
         text.push('}');
         StoreKey::raw(text)
     }
@@ -179,8 +187,11 @@ pub fn identifier_hash(identifier: &[u8]) -> String {
 }
 
 fn push_hash(out: &mut String, identifier: &[u8]) {
+    push_digest(out, &blake3::hash(identifier));
+}
+
+fn push_digest(out: &mut String, hash: &blake3::Hash) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hash = blake3::hash(identifier);
     for b in &hash.as_bytes()[..16] {
         out.push(HEX[(b >> 4) as usize] as char);
         out.push(HEX[(b & 15) as usize] as char);
@@ -196,6 +207,7 @@ mod tests {
     fn hash_is_blake3_hex_and_scoped_keys_match_key() {
         let full = blake3::hash(b"alice").to_hex();
         assert_eq!(identifier_hash(b"alice"), &full[..32]);
+        let full = blake3::hash(b"p:rate:api/per-key:alice").to_hex();
         let ks = Keyspace::new("p").unwrap();
         let scoped = ks.scoped(Concern::RateLimit, "api/per-key");
         assert_eq!(
@@ -206,6 +218,44 @@ mod tests {
             scoped.key(b"alice").as_str(),
             format!("p:rate:api/per-key:{{{}}}", &full[..32])
         );
+    }
+
+    /// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag, mod 16384.
+    fn cluster_slot(key: &str) -> u16 {
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        let tag = &key.as_bytes()[open + 1..close];
+        let mut crc: u16 = 0;
+        for &b in tag {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn one_identifier_under_many_scopes_spreads_over_cluster_slots() {
+        let ks = Keyspace::new("p").unwrap();
+        let slots: std::collections::HashSet<u16> = (0..50)
+            .map(|i| {
+                cluster_slot(
+                    ks.key(Concern::RateLimit, &format!("route/r{i}/all/gcra"), b"g\0")
+                        .as_str(),
+                )
+            })
+            .collect();
+        // 50 routes' `key: global` limits: with the identifier alone hashed they all shared one
+        // slot; now they spread (50 draws from 16384 slots collide rarely).
+        assert!(slots.len() >= 45, "{} distinct slots", slots.len());
+        // One decision's keys (a key and its `:n` companion) still share a slot.
+        let k = ks.key(Concern::RateLimit, "route/r1/all/sliding_window", b"alice");
+        assert_eq!(cluster_slot(k.as_str()), cluster_slot(&format!("{k}:n")));
     }
 
     #[test]

@@ -44,6 +44,15 @@ impl Store {
         }
     }
 
+    /// Waits until calls go to the store again (its breaker closed), at most `bound`. The
+    /// in-process store is always usable.
+    pub async fn wait_usable(&self, bound: Duration) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.wait_usable(bound).await,
+        }
+    }
+
     /// Whether this is the in-process store (health `off`).
     pub fn is_memory(&self) -> bool {
         matches!(self, Store::Memory(_))

@@ -3,13 +3,12 @@
 
 use crate::client_ip::TrustedProxies;
 use crate::gateway::Gateway;
-use crate::policy::{ConcurrencyLimiter, RateLimiter};
+use crate::policy::{ConcurrencyLimiter, LimitScope, RateLimiter};
 use crate::route::{respond, Action, Route};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{HealthCheck, Upstream};
 use bytes::Bytes;
 use fleetgate_config::{Config, RouteTarget};
-use fleetgate_store::Keyspace;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::AtomicBool;
@@ -18,19 +17,6 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BuildError(String);
-
-fn rate_limiter(keyspace: &Keyspace, route: &str, l: &fleetgate_config::RateLimitConfig) -> RateLimiter {
-    RateLimiter::new(
-        keyspace,
-        route,
-        &l.name,
-        l.key.clone(),
-        l.limit,
-        l.cost,
-        l.on_store_error,
-        l.on_missing_key,
-    )
-}
 
 pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
     // Limits live in the rate-limit store's keyspace.
@@ -96,23 +82,12 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             rate_limits: r
                 .rate_limits
                 .iter()
-                .map(|l| rate_limiter(keyspace, &r.name, l))
+                .map(|l| RateLimiter::new(keyspace, LimitScope::Route(&r.name), l))
                 .collect(),
             concurrency_limits: r
                 .concurrency_limits
                 .iter()
-                .map(|c| {
-                    ConcurrencyLimiter::new(
-                        keyspace,
-                        &r.name,
-                        &c.name,
-                        c.key.clone(),
-                        c.max,
-                        c.lease,
-                        c.on_store_error,
-                        c.on_missing_key,
-                    )
-                })
+                .map(|c| ConcurrencyLimiter::new(keyspace, &r.name, c))
                 .collect(),
             metrics: RouteMetrics::new(&r.name),
         });
@@ -123,7 +98,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         global_limits: config
             .global_rate_limits
             .iter()
-            .map(|l| rate_limiter(keyspace, "global", l))
+            .map(|l| RateLimiter::new(keyspace, LimitScope::Global, l))
             .collect(),
         upstreams,
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),

@@ -136,10 +136,33 @@ impl Gateway {
         let mut guards: Vec<PermitGuard> = Vec::new();
         let mut upstream_target = None;
         let outcome = async {
-            for limiter in self.global_limits.iter().chain(route.rate_limits.iter()) {
-                limiter
+            // Most specific first (the route's own limits, then the global ones). A request
+            // refused by one limit is charged to none: the limits that admitted it are refunded.
+            let limits = route.rate_limits.len() + self.global_limits.len();
+            let mut charged: Vec<(&crate::policy::RateLimiter, crate::policy::Charge)> = Vec::new();
+            for (i, limiter) in route.rate_limits.iter().chain(self.global_limits.iter()).enumerate() {
+                match limiter
                     .check(&worker.ctx, &parts, ip, &route.name, &mut rate_headers)
-                    .await?;
+                    .await
+                {
+                    // Only kept when a later limit could still refuse (none for the last one,
+                    // so a single limit never allocates).
+                    Ok(Some(charge)) if i + 1 < limits => charged.push((limiter, charge)),
+                    Ok(_) => {}
+                    Err(rejection) => {
+                        if !charged.is_empty() {
+                            // The headers then tell the state after the refunds.
+                            rate_headers = RateHeaders::default();
+                            for (earlier, charge) in charged {
+                                earlier.refund(&worker.ctx, charge, &mut rate_headers).await;
+                            }
+                            if let Rejection::Limited { decision, .. } = &rejection {
+                                limiter.push_headers(&mut rate_headers, decision);
+                            }
+                        }
+                        return Err(rejection);
+                    }
+                }
             }
             for limiter in &route.concurrency_limits {
                 if let Some(g) = limiter

@@ -15,7 +15,7 @@
 //! `SocketAddr` request extension, else 0.0.0.0.
 
 use crate::gateway::rejection_response_as;
-use crate::policy::{RateLimiter, StoreCtx};
+use crate::policy::{LimitScope, RateLimiter, StoreCtx};
 use crate::ratelimit_headers::RateHeaders;
 use crate::telemetry::StoreMetrics;
 use fleetgate_config::{FailurePolicy, KeyPart, MissingKey};
@@ -69,7 +69,16 @@ impl RateLimitLayer {
         on_store_error: FailurePolicy,
         on_missing_key: MissingKey,
     ) -> Self {
-        let limiter = RateLimiter::new(&keyspace, route, name, key, limit, cost, on_store_error, on_missing_key);
+        let config = fleetgate_config::RateLimitConfig {
+            name: name.to_string(),
+            key,
+            limit,
+            cost,
+            on_store_error,
+            on_missing_key,
+            ipv6_prefix: 64,
+        };
+        let limiter = RateLimiter::new(&keyspace, LimitScope::Route(route), &config);
         let ctx = StoreCtx {
             store,
             local: MemoryStore::new(),
@@ -142,7 +151,7 @@ where
                 .check(&shared.ctx, &parts, ip, &shared.route, &mut headers)
                 .await;
             let mut resp = match checked {
-                Ok(()) => inner.call(Request::from_parts(parts, body)).await?,
+                Ok(_) => inner.call(Request::from_parts(parts, body)).await?,
                 Err(rejection) => rejection_response_as(&shared.route, rejection, ResBody::from),
             };
             headers.write(resp.headers_mut());

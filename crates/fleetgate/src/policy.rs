@@ -4,8 +4,8 @@
 
 use crate::identity::{identify, Identity};
 use crate::ratelimit_headers::{policy_item, RateHeaders};
-use crate::telemetry::{DecisionMetrics, StoreMetrics, CONCURRENCY_DECISIONS, RATE_DECISIONS};
-use fleetgate_config::{FailurePolicy, KeyPart, MissingKey};
+use crate::telemetry::{DecisionMetrics, RenewalMetrics, StoreMetrics, CONCURRENCY_DECISIONS, RATE_DECISIONS};
+use fleetgate_config::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
 use fleetgate_store::{
     Concern, Keyspace, MemoryStore, Rate, RateDecision, RateLimit, ScopedKeys, Store, StoreDriver, StoreError, StoreKey,
 };
@@ -81,19 +81,65 @@ fn on_store_failure(policy: FailurePolicy, metrics: &DecisionMetrics, limit: &st
                 limit: limit.to_string(),
             })
         }
-        FailurePolicy::Local => {
-            metrics.fallback_local.increment(1);
-            Fallback::Local
+        // Counted once the local decision is made: `fallback_local` (admitted) or
+        // `fallback_local_limited` (refused).
+        FailurePolicy::Local => Fallback::Local,
+    }
+}
+
+/// Where a limit is declared. Its key scope names the kind, so a route called `global` never
+/// shares keys with the global limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope<'a> {
+    /// Top-level `rate_limits`, checked on every route.
+    Global,
+    /// A route's own limits.
+    Route(&'a str),
+}
+
+impl LimitScope<'_> {
+    /// The `route` label of the limit's metrics and error bodies.
+    pub fn label(&self) -> &str {
+        match self {
+            LimitScope::Global => "global",
+            LimitScope::Route(r) => r,
+        }
+    }
+
+    /// `global/{name}/{kind}` or `route/{route}/{name}/{kind}`. `kind` is the algorithm (or
+    /// `permits`): two versions of a limit with different algorithms, as in a rolling deploy,
+    /// use different keys instead of meeting each other's values (WRONGTYPE, or a counter read
+    /// as another algorithm's state).
+    fn key_scope(&self, name: &str, kind: &str) -> String {
+        match self {
+            LimitScope::Global => format!("global/{name}/{kind}"),
+            LimitScope::Route(route) => format!("route/{route}/{name}/{kind}"),
         }
     }
 }
 
 /// What a limit counts by, and what it does for a request that lacks it.
 struct LimitKey {
-    /// `{prefix}:{concern}:{route}/{name}:`, built once.
+    /// `{prefix}:{concern}:{scope}:`, built once.
     keys: ScopedKeys,
     parts: Vec<KeyPart>,
     on_missing_key: MissingKey,
+    /// IPv6 clients are counted by this many leading bits.
+    ipv6_prefix: u8,
+}
+
+/// `ip` with every bit past `prefix` cleared, for IPv6 (IPv4, and IPv4-mapped IPv6, unchanged).
+fn ip_for_key(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+        }
+        IpAddr::V6(v6) if prefix < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        other => other,
+    }
 }
 
 impl LimitKey {
@@ -107,7 +153,7 @@ impl LimitKey {
         ip: IpAddr,
         route: &str,
     ) -> Result<StoreKey, Rejection> {
-        let id = match identify(&self.parts, req, ip, route) {
+        let id = match identify(&self.parts, req, ip_for_key(ip, self.ipv6_prefix), route) {
             Identity::Found(id) => id,
             Identity::Missing(_) if self.on_missing_key == MissingKey::Shared => ANONYMOUS.to_vec(),
             Identity::Missing(what) => {
@@ -122,6 +168,14 @@ impl LimitKey {
     }
 }
 
+/// Where an admitted request was counted by one rate limit, and what it was told.
+pub struct Charge {
+    key: StoreKey,
+    /// Counted by the in-process fallback, not the shared store.
+    local: bool,
+    decision: RateDecision,
+}
+
 /// One configured rate limit, ready to decide.
 pub struct RateLimiter {
     pub name: String,
@@ -134,33 +188,30 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        keyspace: &Keyspace,
-        route: &str,
-        name: &str,
-        key: Vec<KeyPart>,
-        limit: RateLimit,
-        cost: u64,
-        on_store_error: FailurePolicy,
-        on_missing_key: MissingKey,
-    ) -> Self {
+    pub fn new(keyspace: &Keyspace, scope: LimitScope<'_>, config: &RateLimitConfig) -> Self {
+        let limit = config.limit;
         RateLimiter {
-            name: name.to_string(),
+            name: config.name.clone(),
             key: LimitKey {
-                keys: keyspace.scoped(Concern::RateLimit, &format!("{route}/{name}")),
-                parts: key,
-                on_missing_key,
+                keys: keyspace.scoped(
+                    Concern::RateLimit,
+                    &scope.key_scope(&config.name, limit.algorithm().as_str()),
+                ),
+                parts: config.key.clone(),
+                on_missing_key: config.on_missing_key,
+                ipv6_prefix: config.ipv6_prefix,
             },
-            policy_item: policy_item(name, &limit),
+            policy_item: policy_item(&config.name, &limit),
             limit,
-            cost,
-            on_store_error,
-            metrics: DecisionMetrics::new(RATE_DECISIONS, route, name),
+            cost: config.cost,
+            on_store_error: config.on_store_error,
+            metrics: DecisionMetrics::new(RATE_DECISIONS, scope.label(), &config.name),
         }
     }
 
-    /// Decides the request; on success records the limit's headers.
+    /// Decides the request; records the limit's headers either way. An admitted request's
+    /// [`Charge`] says where it was counted, so that it can be refunded when a later limit
+    /// refuses the request. Every decision is counted once, in exactly one metric outcome.
     pub async fn check(
         &self,
         ctx: &StoreCtx,
@@ -168,35 +219,46 @@ impl RateLimiter {
         ip: IpAddr,
         route: &str,
         headers: &mut RateHeaders,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<Charge>, Rejection> {
         let key = self.key.store_key(&self.name, &self.metrics, req, ip, route)?;
         let started = ctx.timer();
         let result = ctx.store.rate(&key, &self.limit, self.cost).await;
         ctx.observe(&result, started, &ctx.metrics.rate_seconds);
-        let decision = match result {
-            Ok(d) => d,
-            Err(e) => {
-                match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
-                    Fallback::Allow => return Ok(()),
-                    Fallback::Refuse(rejection) => return Err(rejection),
-                    Fallback::Local => {
-                        let local = self.local_limit(ctx.live_instances.load(Ordering::Relaxed));
-                        // The in-process store never fails for rate decisions on its own keys.
-                        match ctx.local.rate_now(&key, &local, self.cost) {
-                            Ok(d) => d,
-                            Err(_) => return Ok(()),
-                        }
+        let (decision, local) = match result {
+            Ok(d) => {
+                let outcome = if d.allowed {
+                    &self.metrics.allowed
+                } else {
+                    &self.metrics.limited
+                };
+                outcome.increment(1);
+                (d, false)
+            }
+            Err(e) => match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
+                Fallback::Allow => return Ok(None),
+                Fallback::Refuse(rejection) => return Err(rejection),
+                Fallback::Local => {
+                    let local = self.local_limit(ctx.live_instances.load(Ordering::Relaxed));
+                    // The in-process store never fails for rate decisions on its own keys.
+                    match ctx.local.rate_now(&key, &local, self.cost) {
+                        Ok(d) => (d, true),
+                        Err(_) => return Ok(None),
                     }
                 }
-            }
+            },
         };
+        if local {
+            let outcome = if decision.allowed {
+                &self.metrics.fallback_local
+            } else {
+                &self.metrics.fallback_local_limited
+            };
+            outcome.increment(1);
+        }
+        headers.push(&self.policy_item, &self.name, &decision);
         if decision.allowed {
-            self.metrics.allowed.increment(1);
-            headers.push(&self.policy_item, &self.name, &decision);
-            Ok(())
+            Ok(Some(Charge { key, local, decision }))
         } else {
-            self.metrics.limited.increment(1);
-            headers.push(&self.policy_item, &self.name, &decision);
             Err(Rejection::Limited {
                 limit: self.name.clone(),
                 decision,
@@ -204,21 +266,68 @@ impl RateLimiter {
         }
     }
 
-    /// This instance's share of the limit while the store is down.
-    fn local_limit(&self, instances: u64) -> RateLimit {
-        let n = instances.max(1);
-        if n == 1 {
-            return self.limit;
-        }
-        let rate = self.limit.rate();
-        let share = Rate {
-            count: (rate.count / n).max(1),
-            period: rate.period,
-        };
-        let burst = (self.limit.algorithm() == fleetgate_store::Algorithm::Gcra)
-            .then(|| ((self.limit.capacity() / n).max(1)) as i64);
-        RateLimit::new(self.limit.algorithm(), share, burst).unwrap_or(self.limit)
+    /// Adds this limit's RateLimit items for `decision`.
+    pub fn push_headers(&self, headers: &mut RateHeaders, decision: &RateDecision) {
+        headers.push(&self.policy_item, &self.name, decision);
     }
+
+    /// Gives back what `charge` took, on the store that took it, because a later limit
+    /// refused the request; records this limit's headers as they stand after the refund. A
+    /// refund that fails (the store went away meanwhile) is counted and logged: the units
+    /// come back when the window or the emission interval passes.
+    pub async fn refund(&self, ctx: &StoreCtx, charge: Charge, headers: &mut RateHeaders) {
+        let Some(receipt) = &charge.decision.charge else {
+            // Nothing was taken (a cost of 0): nothing to give back.
+            self.push_headers(headers, &charge.decision);
+            return;
+        };
+        let result = if charge.local {
+            ctx.local.refund_now(&charge.key, &self.limit, receipt)
+        } else {
+            ctx.store.refund(&charge.key, &self.limit, receipt).await
+        };
+        let mut shown = charge.decision;
+        match result {
+            Ok(false) => self.metrics.refund_failed.increment(1),
+            Ok(true) => {
+                self.metrics.refunded.increment(1);
+                shown.remaining = (shown.remaining + self.cost).min(self.limit.capacity());
+                if self.limit.algorithm() == fleetgate_store::Algorithm::Gcra {
+                    let back = Duration::from_micros(self.limit.interval_us().saturating_mul(self.cost));
+                    shown.reset_after = shown.reset_after.saturating_sub(back);
+                }
+            }
+            Err(e) => {
+                self.metrics.refund_failed.increment(1);
+                tracing::debug!(limit = %self.name, error = %e, "refund of a refused request failed; the units return with time");
+            }
+        }
+        self.push_headers(headers, &shown);
+    }
+
+    /// This instance's share of the limit while the store is down: the limit divided by the
+    /// live instances, but never below one request's cost (a share that could never admit a
+    /// request would turn an outage into refusals).
+    fn local_limit(&self, instances: u64) -> RateLimit {
+        local_share(&self.limit, self.cost, instances)
+    }
+}
+
+/// `limit` divided among `instances` (rate and, for gcra, burst), each at least `cost`.
+fn local_share(limit: &RateLimit, cost: u64, instances: u64) -> RateLimit {
+    let n = instances.max(1);
+    if n == 1 {
+        return *limit;
+    }
+    let floor = cost.max(1);
+    let rate = limit.rate();
+    let share = Rate {
+        count: (rate.count / n).max(floor),
+        period: rate.period,
+    };
+    let burst =
+        (limit.algorithm() == fleetgate_store::Algorithm::Gcra).then(|| ((limit.capacity() / n).max(floor)) as i64);
+    RateLimit::new(limit.algorithm(), share, burst).unwrap_or(*limit)
 }
 
 /// One configured concurrency limit.
@@ -229,6 +338,36 @@ pub struct ConcurrencyLimiter {
     lease: Duration,
     on_store_error: FailurePolicy,
     metrics: DecisionMetrics,
+    renewals: RenewalMetrics,
+}
+
+/// Gives back a permit that a timed-out call may have taken: at once, or, if the store is
+/// unusable now, once it is usable again (within the lease, after which it expires anyway).
+fn release_in_background(store: Store, key: StoreKey, permit: String, lease: Duration) {
+    if store.is_memory() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let deadline = tokio::time::Instant::now() + lease;
+        loop {
+            match store.release_permit(&key, &permit).await {
+                Ok(_) => return,
+                Err(e) if e.is_connectivity() && tokio::time::Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if !store.wait_usable(left).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "release of a timed-out permit failed; its lease will expire");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// A held permit; gives it back when dropped (response body finished or client gone).
@@ -242,15 +381,31 @@ pub struct PermitGuard {
 }
 
 impl PermitGuard {
-    fn new(store: Store, key: StoreKey, id: String, max: u64, lease: Duration) -> Self {
+    fn new(store: Store, key: StoreKey, id: String, max: u64, lease: Duration, renewals: RenewalMetrics) -> Self {
         let (s, k, i) = (store.clone(), key.clone(), id.clone());
         let every = (lease / 2).max(Duration::from_millis(10));
         let renewal = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut warned = false;
             loop {
                 tick.tick().await;
-                if let Err(e) = s.acquire_permit(&k, &i, max, lease).await {
-                    tracing::debug!(error = %e, "permit lease renewal failed; retrying");
+                match s.acquire_permit(&k, &i, max, lease).await {
+                    Ok(d) if d.granted => renewals.renewed.increment(1),
+                    // The lease ran out (the store was unreachable for longer than it) and the
+                    // slots are taken: the request goes on, since cutting a response midway
+                    // would be worse, but it no longer holds a permit. Keep asking: a slot that
+                    // frees is taken back.
+                    Ok(d) => {
+                        renewals.refused.increment(1);
+                        if !warned {
+                            warned = true;
+                            tracing::warn!(in_use = d.in_use, max, "permit renewal refused: the lease had expired and every slot is taken; the request continues without a permit");
+                        }
+                    }
+                    Err(e) => {
+                        renewals.failed.increment(1);
+                        tracing::debug!(error = %e, "permit lease renewal failed; retrying");
+                    }
                 }
             }
         })
@@ -286,28 +441,21 @@ impl Drop for PermitGuard {
 static PERMIT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ConcurrencyLimiter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        keyspace: &Keyspace,
-        route: &str,
-        name: &str,
-        key: Vec<KeyPart>,
-        max: u64,
-        lease: Duration,
-        on_store_error: FailurePolicy,
-        on_missing_key: MissingKey,
-    ) -> Self {
+    pub fn new(keyspace: &Keyspace, route: &str, config: &ConcurrencyLimitConfig) -> Self {
+        let scope = LimitScope::Route(route);
         ConcurrencyLimiter {
-            name: name.to_string(),
+            name: config.name.clone(),
             key: LimitKey {
-                keys: keyspace.scoped(Concern::Concurrency, &format!("{route}/{name}")),
-                parts: key,
-                on_missing_key,
+                keys: keyspace.scoped(Concern::Concurrency, &scope.key_scope(&config.name, "permits")),
+                parts: config.key.clone(),
+                on_missing_key: config.on_missing_key,
+                ipv6_prefix: config.ipv6_prefix,
             },
-            max,
-            lease,
-            on_store_error,
-            metrics: DecisionMetrics::new(CONCURRENCY_DECISIONS, route, name),
+            max: config.max,
+            lease: config.lease,
+            on_store_error: config.on_store_error,
+            metrics: DecisionMetrics::new(CONCURRENCY_DECISIONS, route, &config.name),
+            renewals: RenewalMetrics::new(route, &config.name),
         }
     }
 
@@ -324,25 +472,45 @@ impl ConcurrencyLimiter {
         let started = ctx.timer();
         let result = ctx.store.acquire_permit(&key, &permit, self.max, self.lease).await;
         ctx.observe(&result, started, &ctx.metrics.permit_seconds);
-        let (decision, holder, max) = match result {
-            Ok(d) => (d, ctx.store.clone(), self.max),
-            Err(e) => match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
-                Fallback::Allow => return Ok(None),
-                Fallback::Refuse(rejection) => return Err(rejection),
-                Fallback::Local => {
-                    let share = (self.max / ctx.live_instances.load(Ordering::Relaxed).max(1)).max(1);
-                    match ctx.local.acquire_permit(&key, &permit, share, self.lease).await {
-                        Ok(d) => (d, Store::Memory(ctx.local.clone()), share),
-                        Err(_) => return Ok(None),
+        let (decision, holder, max, local) = match result {
+            Ok(d) => (d, ctx.store.clone(), self.max, false),
+            Err(e) => {
+                if matches!(e, StoreError::Timeout(_)) {
+                    // The call may still have taken the permit on the server after we stopped
+                    // waiting: give it back (release is idempotent) so it does not block a slot
+                    // for a whole lease.
+                    release_in_background(ctx.store.clone(), key.clone(), permit.clone(), self.lease);
+                }
+                match on_store_failure(self.on_store_error, &self.metrics, &self.name, &e) {
+                    Fallback::Allow => return Ok(None),
+                    Fallback::Refuse(rejection) => return Err(rejection),
+                    Fallback::Local => {
+                        let share = (self.max / ctx.live_instances.load(Ordering::Relaxed).max(1)).max(1);
+                        match ctx.local.acquire_permit(&key, &permit, share, self.lease).await {
+                            Ok(d) => (d, Store::Memory(ctx.local.clone()), share, true),
+                            Err(_) => return Ok(None),
+                        }
                     }
                 }
-            },
+            }
         };
+        let outcome = match (local, decision.granted) {
+            (false, true) => &self.metrics.allowed,
+            (false, false) => &self.metrics.limited,
+            (true, true) => &self.metrics.fallback_local,
+            (true, false) => &self.metrics.fallback_local_limited,
+        };
+        outcome.increment(1);
         if decision.granted {
-            self.metrics.allowed.increment(1);
-            Ok(Some(PermitGuard::new(holder, key, permit, max, self.lease)))
+            Ok(Some(PermitGuard::new(
+                holder,
+                key,
+                permit,
+                max,
+                self.lease,
+                self.renewals.clone(),
+            )))
         } else {
-            self.metrics.limited.increment(1);
             Err(Rejection::Concurrency {
                 limit: self.name.clone(),
                 max: self.max,

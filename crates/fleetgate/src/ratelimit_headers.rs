@@ -86,6 +86,7 @@ mod tests {
             remaining: 7,
             reset_after: Duration::from_millis(1500),
             retry_after: Duration::ZERO,
+            charge: None,
         };
         let mut h = RateHeaders::default();
         h.push("\"a\";q=20;w=60", "a", &d);

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub const REQUESTS: &str = "fleetgate_requests_total";
 pub const RATE_DECISIONS: &str = "fleetgate_rate_limit_decisions_total";
 pub const CONCURRENCY_DECISIONS: &str = "fleetgate_concurrency_decisions_total";
+pub const PERMIT_RENEWALS: &str = "fleetgate_concurrency_permit_renewals_total";
 pub const STORE_CALL_SECONDS: &str = "fleetgate_store_call_duration_seconds";
 pub const STORE_ERRORS: &str = "fleetgate_store_errors_total";
 pub const STORE_FALLBACK: &str = "fleetgate_store_fallback_active";
@@ -74,9 +75,14 @@ pub struct DecisionMetrics {
     pub allowed: Counter,
     pub limited: Counter,
     pub fallback_open: Counter,
+    /// Decided by the in-process fallback: admitted, and refused.
     pub fallback_local: Counter,
+    pub fallback_local_limited: Counter,
     pub fallback_closed: Counter,
     pub missing_key_refused: Counter,
+    /// Admissions given back because a later limit refused the request (and failed tries).
+    pub refunded: Counter,
+    pub refund_failed: Counter,
 }
 
 impl DecisionMetrics {
@@ -87,8 +93,31 @@ impl DecisionMetrics {
             limited: c("limited"),
             fallback_open: c("fallback_open"),
             fallback_local: c("fallback_local"),
+            fallback_local_limited: c("fallback_local_limited"),
             fallback_closed: c("fallback_closed"),
             missing_key_refused: c("missing_key_refused"),
+            refunded: c("refunded"),
+            refund_failed: c("refund_failed"),
+        }
+    }
+}
+
+/// Concurrency permit lease renewals of one limit: `renewed`, `refused` (the lease had expired
+/// and the slots were taken), `failed` (the store did not answer).
+#[derive(Clone)]
+pub struct RenewalMetrics {
+    pub renewed: Counter,
+    pub refused: Counter,
+    pub failed: Counter,
+}
+
+impl RenewalMetrics {
+    pub fn new(route: &str, limit: &str) -> Self {
+        let c = |outcome: &'static str| counter!(PERMIT_RENEWALS, "route" => route.to_string(), "limit" => limit.to_string(), "outcome" => outcome);
+        RenewalMetrics {
+            renewed: c("renewed"),
+            refused: c("refused"),
+            failed: c("failed"),
         }
     }
 }

@@ -213,7 +213,7 @@ fn redis_answering_errors_follows_the_policy() {
     // WRONGTYPE: someone wrote a hash where the limit's counter lives.
     let key = Keyspace::new("faults")
         .unwrap()
-        .key(Concern::RateLimit, "exact/all", b"g\0");
+        .key(Concern::RateLimit, "route/exact/all/gcra", b"g\0");
     redis.command(&["HSET", key.as_str(), "x", "y"]);
     for _ in 0..3 {
         assert_eq!(gw.get("/exact", &[]).status, 200, "local policy serves");

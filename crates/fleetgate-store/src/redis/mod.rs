@@ -336,6 +336,11 @@ impl RedisStore {
         self.inner.health.is_open()
     }
 
+    /// Waits until the breaker is closed, at most `bound`; returns whether it is.
+    pub async fn wait_usable(&self, bound: Duration) -> bool {
+        !self.inner.health.is_open() || self.inner.health.wait_closed(bound).await
+    }
+
     /// The health group this store belongs to.
     pub fn health_group(&self) -> &Arc<HealthGroup> {
         &self.inner.health
