@@ -44,6 +44,13 @@ impl Store {
         }
     }
 
+    /// Connects (and loads scripts) ahead of the first decision; never fails.
+    pub async fn warm_up(&self) {
+        if let Store::Redis(r) = self {
+            r.warm_up().await;
+        }
+    }
+
     /// Waits until calls go to the store again (its breaker closed), at most `bound`. The
     /// in-process store is always usable.
     pub async fn wait_usable(&self, bound: Duration) -> bool {

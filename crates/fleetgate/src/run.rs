@@ -131,7 +131,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         Some(m) => Ok(Store::Memory(m)),
                         None => Store::open_in(&url, options, &health).map_err(|e| e.to_string()),
                     };
-                    let _ = opened.send(store.as_ref().map(|_| ()).map_err(Clone::clone));
                     store.map(|store| StoreCtx {
                         store,
                         local,
@@ -139,7 +138,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         live_instances: live,
                     })
                 };
-                if let Err(e) = run_worker(listener, gateway, make_ctx, settings, rx) {
+                if let Err(e) = run_worker(listener, gateway, make_ctx, opened, settings, rx) {
                     tracing::error!(error = %e, "worker stopped");
                 }
             })
@@ -147,6 +146,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         threads.push(handle);
     }
     drop(opened_tx);
+    // Every worker has its store open and connected (or found it unreachable) before the
+    // instance reports ready.
     for _ in 0..threads.len() {
         match opened_rx.recv() {
             Ok(Ok(())) => {}

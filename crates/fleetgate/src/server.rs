@@ -61,13 +61,23 @@ pub fn run_worker(
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
     make_ctx: impl FnOnce() -> Result<StoreCtx, String>,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let ctx = make_ctx().map_err(std::io::Error::other)?;
+        let ctx = match make_ctx() {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let _ = started.send(Err(e.clone()));
+                return Err(std::io::Error::other(e));
+            }
+        };
+        // Connected before the first request, so no first decision times out on a handshake.
+        ctx.store.warm_up().await;
+        let _ = started.send(Ok(()));
         let worker = Arc::new(Worker::new(&gateway, ctx));
         let graceful = GracefulShutdown::new();
         let mut builder = hyper::server::conn::http1::Builder::new();

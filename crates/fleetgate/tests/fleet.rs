@@ -77,8 +77,29 @@ fn concurrency_limit_holds_fleet_wide() {
     let holders: Vec<_> = (0..6)
         .map(|i| std::thread::spawn(move || http_get(addrs[i % 3], "/hold", &[]).unwrap().status))
         .collect();
-    // Wait until the admitted requests reached the upstream and the rest were refused.
-    std::thread::sleep(Duration::from_millis(800));
+    // Wait until the admitted requests reached the upstream and the other four were answered
+    // (refused): only then is the count of requests in the upstream final.
+    up.wait_for_hits(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holders.iter().filter(|h| h.is_finished()).count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests over the limit were never answered; {} reached the upstream; {}",
+            up.hits.load(std::sync::atomic::Ordering::SeqCst),
+            [&a, &b, &c]
+                .map(|g| http_get(g.admin_addr(), "/metrics", &[])
+                    .unwrap()
+                    .body
+                    .lines()
+                    .filter(|l| (l.contains("concurrency") || l.contains("store_errors"))
+                        && !l.ends_with(" 0")
+                        && !l.starts_with('#'))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let in_upstream = up.hits.load(std::sync::atomic::Ordering::SeqCst);
     up.release();
     let statuses: Vec<u16> = holders.into_iter().map(|h| h.join().unwrap()).collect();

@@ -320,7 +320,16 @@ fn active_health_checks_steer_traffic_away_from_a_failing_target() {
         good.url(),
         bad.url()
     ));
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the health checks marked the bad target down (as /healthz reports it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = http_get(gw.admin_addr(), "/healthz", &[]).unwrap().json();
+        if h["upstreams"]["b"]["healthy_targets"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bad target was never marked down: {h}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = bad.hits.load(std::sync::atomic::Ordering::SeqCst);
     for _ in 0..10 {
         assert_eq!(gw.get("/x", &[]).body, "upstream:good");
@@ -374,7 +383,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     ));
     let addr = gw.addr();
     let inflight = std::thread::spawn(move || http_get(addr, "/slow", &[]).unwrap());
-    std::thread::sleep(Duration::from_millis(300));
+    up.wait_for_hits(1);
     let status = gw.terminate();
     assert!(status.success(), "exit status {status:?}");
     let r = inflight.join().unwrap();
@@ -453,8 +462,11 @@ fn one_access_log_line_per_request_unless_turned_off() {
         &off,
     );
     assert_eq!(gw.get("/first", &[]).status, 200);
-    std::thread::sleep(Duration::from_millis(300));
+    // A graceful stop writes "fleetgate stopped" after every request's log line would have been.
+    let mut gw = gw;
+    assert!(gw.terminate().success());
     let text = std::fs::read_to_string(&off).unwrap_or_default();
+    assert!(text.contains("fleetgate stopped"), "the log is complete: {text:?}");
     assert!(text.contains("fleetgate started"), "the log itself is on: {text:?}");
     assert!(
         !text.contains("fleetgate::access"),
@@ -553,8 +565,25 @@ fn a_long_request_keeps_its_permit_past_the_lease() {
     let addr = gw.addr();
     let holder = std::thread::spawn(move || http_get(addr, "/hold", &[]).unwrap());
     up.wait_for_hits(1);
-    // Three leases later the first request still holds the only permit: it is renewed.
-    std::thread::sleep(Duration::from_millis(1000));
+    // Three renewals later (each one every lease / 2) the first request still holds the only
+    // permit: more than a whole lease has passed since it took it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
+        let renewed = m
+            .lines()
+            .find(|l| l.starts_with("fleetgate_concurrency_permit_renewals_total") && l.contains("outcome=\"renewed\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if renewed >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the permit was never renewed three times: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(gw.get("/x", &[]).status, 429);
     up.release();
     assert_eq!(holder.join().unwrap().status, 200);

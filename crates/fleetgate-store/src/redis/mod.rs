@@ -336,6 +336,30 @@ impl RedisStore {
         self.inner.health.is_open()
     }
 
+    /// Connects and loads the scripts now, within the connect timeout, so that the first
+    /// decision does not pay for the connection inside its store timeout. An unreachable store
+    /// is left to the breaker and the failure policies: this never fails.
+    pub async fn warm_up(&self) {
+        let inner = &self.inner;
+        let backend = &inner.backend;
+        let attempt = async {
+            let mut conn = backend.conn_wait(|| self.follow_primary()).await;
+            if matches!(conn, Conn::Single(_)) && inner.scripts_stale.swap(false, Ordering::Relaxed) {
+                if let Err(e) = inner.scripts.load_pipeline().exec_async(&mut conn).await {
+                    inner.scripts_stale.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            redis::cmd("PING").query_async::<Value>(&mut conn).await.map(|_| ())
+        };
+        if let Ok(Err(e)) | Err(e) = tokio::time::timeout(inner.options.connect_timeout, attempt)
+            .await
+            .map_err(|_| RedisError::from((redis::ErrorKind::Io, "timed out")))
+        {
+            tracing::debug!(error = %describe(&e), "store warm-up failed; decisions follow the failure policies until it answers");
+        }
+    }
+
     /// Waits until the breaker is closed, at most `bound`; returns whether it is.
     pub async fn wait_usable(&self, bound: Duration) -> bool {
         !self.inner.health.is_open() || self.inner.health.wait_closed(bound).await
