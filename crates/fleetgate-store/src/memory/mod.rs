@@ -82,6 +82,12 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Whether `key` holds live (unexpired) state of any kind.
+    pub fn holds(&self, key: &StoreKey) -> bool {
+        let now = self.inner.clock.now_us();
+        self.shard(key).lock().live(key.digest(), now).is_some()
+    }
+
     /// The rate decision, synchronously: the in-process driver never waits.
     #[inline]
     pub fn rate_now(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> Result<RateDecision, StoreError> {
