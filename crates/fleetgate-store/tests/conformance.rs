@@ -722,3 +722,32 @@ conformance!(
     pubsub_reaches_every_subscriber,
     wrong_type_is_an_error_and_leaves_state,
 );
+
+/// Fixed windows have their edges at the same instants on both drivers (multiples of the period
+/// since the Unix epoch), so a `local` fallback from Redis to the in-process store does not move
+/// them. Uses the in-process store's real clock, the one a gateway runs on.
+#[tokio::test]
+async fn fixed_windows_align_to_the_unix_epoch_on_both_drivers() {
+    let redis = RedisFleet::standalone();
+    let (memory, shared) = (MemoryStore::new(), redis.handle());
+    for rate in ["1/1s", "1/1m", "1/1h", "1/1d", "1/7d"] {
+        let limit = RateLimit::parse(Algorithm::FixedWindow, rate, None).unwrap();
+        let period = limit.period_us();
+        // The end of the current window, in µs since the Unix epoch, as each store sees it.
+        let mut ends = Vec::new();
+        for store in [Store::Memory(memory.clone()), Store::Redis(shared.clone())] {
+            let d = store.rate(&key("epoch"), &limit, 1).await.unwrap();
+            let at = d.charge.expect("admitted").at_us;
+            let end = at + d.reset_after.as_micros() as u64;
+            assert_eq!(end % period, 0, "{rate}: window ends at {end}, not on an edge since the epoch");
+            ends.push(end);
+        }
+        // The same window, or (if an edge passed between the two calls) the next one.
+        let (m, r) = (ends[0], ends[1]);
+        assert!(
+            m == r || m.abs_diff(r) == period,
+            "{rate}: in-process window ends at {m}, Redis's at {r}"
+        );
+    }
+    redis.after_scenario();
+}
