@@ -165,6 +165,7 @@ impl RedisFleet {
         for url in &self.nodes {
             let mut conn = Self::node(url);
             let mut cursor = 0u64;
+            let mut done = false;
             // Bounded: a scenario leaves at most a few hundred keys.
             for _ in 0..10_000 {
                 let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
@@ -180,11 +181,12 @@ impl RedisFleet {
                     out.push((k, pttl));
                 }
                 if next == 0 {
-                    return out;
+                    done = true;
+                    break;
                 }
                 cursor = next;
             }
-            panic!("SCAN of {url} did not finish");
+            assert!(done, "SCAN of {url} did not finish");
         }
         out
     }
