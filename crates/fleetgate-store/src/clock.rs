@@ -98,7 +98,10 @@ mod tests {
         let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
         assert!(now >= before, "{now} before the wall clock's {before}");
         // Same day as the wall clock (or the next one, if midnight passed in between).
-        assert!((before / day..=after / day + 1).contains(&(now / day)), "{now} vs {before}");
+        assert!(
+            (before / day..=after / day + 1).contains(&(now / day)),
+            "{now} vs {before}"
+        );
     }
 
     #[test]

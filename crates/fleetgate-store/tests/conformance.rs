@@ -318,7 +318,11 @@ async fn refund_gives_back_the_charge<F: Fleet>(f: &F) {
         assert_eq!(charge.cost, 3, "{algorithm}");
         let refused = s.rate(&k, &limit, 3).await.unwrap();
         assert!(!refused.allowed && refused.charge.is_none(), "{algorithm}: {refused:?}");
-        assert_eq!(s.rate(&k, &limit, 0).await.unwrap().charge, None, "{algorithm}: zero cost");
+        assert_eq!(
+            s.rate(&k, &limit, 0).await.unwrap().charge,
+            None,
+            "{algorithm}: zero cost"
+        );
         assert!(s.refund(&k, &limit, &charge).await.unwrap(), "{algorithm}");
         // As if never charged: the whole limit is there again, and no more.
         let d = s.rate(&k, &limit, 5).await.unwrap();
@@ -369,7 +373,10 @@ async fn refused_requests_are_charged_to_no_limit<F: Fleet>(f: &F) {
         for _ in 0..10 {
             others += admit(key("client")).await as u32;
         }
-        assert_eq!(others, 8, "{algorithm}: refused requests left the route limit untouched");
+        assert_eq!(
+            others, 8,
+            "{algorithm}: refused requests left the route limit untouched"
+        );
     }
 }
 
@@ -384,7 +391,10 @@ async fn refund_after_its_window_passed_gives_nothing<F: Fleet>(f: &F) {
         f.advance(old.reset_after + Duration::from_millis(5)).await;
         let now = s.rate(&k, &limit, 1).await.unwrap();
         assert!(now.allowed && now.remaining == 0, "{algorithm}: {now:?}");
-        assert!(!s.refund(&k, &limit, &old.charge.unwrap()).await.unwrap(), "{algorithm}");
+        assert!(
+            !s.refund(&k, &limit, &old.charge.unwrap()).await.unwrap(),
+            "{algorithm}"
+        );
         assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}: still full");
     }
 }
@@ -425,7 +435,10 @@ async fn concurrent_refunds_give_back_exactly<F: Fleet>(f: &F) {
             // gcra keeps the refill time that passed between a charge and its refund (on Redis,
             // real milliseconds; far less than one unit of 864 s), so when refunds overlap in time
             // rounding may lose one unit, never give one too many.
-            assert!((99..=100).contains(&(kept + rest)), "{algorithm}: kept {kept}, remaining {rest}");
+            assert!(
+                (99..=100).contains(&(kept + rest)),
+                "{algorithm}: kept {kept}, remaining {rest}"
+            );
         } else {
             assert_eq!(kept + rest, 100, "{algorithm}: kept {kept}, remaining {rest}");
         }
@@ -481,9 +494,15 @@ async fn values_expire<F: Fleet>(f: &F) {
         assert!(f.holds(&k), "{algorithm}: state while it matters");
         // Past the state's lifetime: at most the 2 s period for each algorithm.
         f.advance(Duration::from_millis(2200)).await;
-        assert!(!f.holds(&k), "{algorithm}: the state expired once it no longer mattered");
+        assert!(
+            !f.holds(&k),
+            "{algorithm}: the state expired once it no longer mattered"
+        );
         let d = s.rate(&k, &limit, 2).await.unwrap();
-        assert!(d.allowed && d.remaining == 0, "{algorithm}: the full burst is back: {d:?}");
+        assert!(
+            d.allowed && d.remaining == 0,
+            "{algorithm}: the full burst is back: {d:?}"
+        );
     }
     let k = key("ttl-rate");
     // Delete reports whether the key existed.
@@ -741,7 +760,11 @@ async fn fixed_windows_align_to_the_unix_epoch_on_both_drivers() {
             let d = store.rate(&key("epoch"), &limit, 1).await.unwrap();
             let at = d.charge.expect("admitted").at_us;
             let end = at + d.reset_after.as_micros() as u64;
-            assert_eq!(end % period, 0, "{rate}: window ends at {end}, not on an edge since the epoch");
+            assert_eq!(
+                end % period,
+                0,
+                "{rate}: window ends at {end}, not on an edge since the epoch"
+            );
             ends.push(end);
         }
         // The same window, or (if an edge passed between the two calls) the next one.

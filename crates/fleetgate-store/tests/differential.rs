@@ -27,7 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const SCRIPTS: [(&str, &str); 4] = [
     ("gcra", include_str!("../src/redis/scripts/gcra.lua")),
-    ("sliding_window", include_str!("../src/redis/scripts/sliding_window.lua")),
+    (
+        "sliding_window",
+        include_str!("../src/redis/scripts/sliding_window.lua"),
+    ),
     ("fixed_window", include_str!("../src/redis/scripts/fixed_window.lua")),
     ("refund", include_str!("../src/redis/scripts/refund.lua")),
 ];
@@ -39,7 +42,12 @@ const CASES: u32 = 64;
 enum Op {
     /// Time moves by `gap` µs (back when `back`), then `cost` units are asked for, under the
     /// case's second limit when `other` (a changed config sharing the key).
-    Charge { gap: u64, back: bool, other: bool, cost: u64 },
+    Charge {
+        gap: u64,
+        back: bool,
+        other: bool,
+        cost: u64,
+    },
     /// Time moves by `gap` µs, then one outstanding charge (picked by `pick`) is refunded.
     Refund { gap: u64, pick: Index },
 }
@@ -200,7 +208,11 @@ fn run_case(
                         if s.is_some() {
                             *state = s;
                         }
-                        let t = if d.charge.is_some() { Ttl::Set(ceil_ms(ends)) } else { Ttl::Unchanged };
+                        let t = if d.charge.is_some() {
+                            Ttl::Set(ceil_ms(ends))
+                        } else {
+                            Ttl::Unchanged
+                        };
                         (d, t)
                     }
                     Model::Sliding(log) => {
@@ -227,13 +239,16 @@ fn run_case(
                         "gcra",
                         vec![limit.interval_us(), limit.capacity(), cost, limit.period_us(), now],
                     ),
-                    Algorithm::SlidingWindow => (
-                        "sliding_window",
-                        vec![limit.period_us(), limit.capacity(), cost, now],
-                    ),
+                    Algorithm::SlidingWindow => {
+                        ("sliding_window", vec![limit.period_us(), limit.capacity(), cost, now])
+                    }
                     Algorithm::FixedWindow => ("fixed_window", vec![limit.period_us(), limit.capacity(), cost, now]),
                 };
-                pipe.cmd("EVALSHA").arg(lua.sha(script)).arg(keys.len()).arg(&keys).arg(args);
+                pipe.cmd("EVALSHA")
+                    .arg(lua.sha(script))
+                    .arg(keys.len())
+                    .arg(&keys)
+                    .arg(args);
             }
             Op::Refund { gap, pick } => {
                 now += gap;
@@ -372,7 +387,12 @@ fn run_case(
                 Ttl::Set(ms) => prop_assert!(
                     (before..=after).contains(&(got - ms as i64)),
                     "{}: {} expires at {} ms, not {} ms after a time in [{}, {}]",
-                    what, k, got, ms, before, after
+                    what,
+                    k,
+                    got,
+                    ms,
+                    before,
+                    after
                 ),
                 Ttl::Gone => prop_assert_eq!(got, -2, "{}: {} is gone", what, k),
                 Ttl::Unchanged => prop_assert_eq!(got, if exists { -1 } else { -2 }, "{}: {} unchanged", what, k),

@@ -38,7 +38,11 @@ pub fn decide(
     } else {
         let retry = if cost > cap { period } else { ends_in };
         // The count exceeds the capacity when a larger limit left it (a changed config).
-        (decision(false, cap, cap.saturating_sub(count), ends_in, retry), None, ends_in)
+        (
+            decision(false, cap, cap.saturating_sub(count), ends_in, retry),
+            None,
+            ends_in,
+        )
     }
 }
 

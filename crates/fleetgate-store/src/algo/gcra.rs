@@ -158,8 +158,7 @@ mod tests {
 
     /// The TAT as if only `kept` (time, cost) charges had been made, in order.
     fn replay(kept: &[(u64, u64)], interval: u64) -> u64 {
-        kept.iter()
-            .fold(0, |tat, &(t, c)| tat.max(t) + c * interval)
+        kept.iter().fold(0, |tat, &(t, c)| tat.max(t) + c * interval)
     }
 
     #[test]
