@@ -573,6 +573,23 @@ mod tests {
         assert!(third > second, "fence went from {second} to {third} after 30 idle days");
     }
 
+    /// A smaller limit on a key that a larger one filled (a changed config, or two versions in
+    /// a rolling deploy) refuses with nothing remaining; `remaining` used to underflow.
+    #[test]
+    fn smaller_limit_on_a_fuller_key_reports_nothing_remaining() {
+        let store = MemoryStore::with_clock(Arc::new(ManualClock::at_wall_clock()));
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+            let key = StoreKey::raw(format!("t:shrink:{algorithm}"));
+            let large = RateLimit::parse(algorithm, "10/1d", None).unwrap();
+            let small = RateLimit::parse(algorithm, "2/1d", None).unwrap();
+            assert!(store.rate_now(&key, &large, 8).unwrap().allowed);
+            for cost in [1, 3] {
+                let d = store.rate_now(&key, &small, cost).unwrap();
+                assert!(!d.allowed && d.remaining == 0, "{algorithm}, cost {cost}: {d:?}");
+            }
+        }
+    }
+
     #[test]
     fn wrong_type_leaves_state_untouched() {
         let store = MemoryStore::new();
