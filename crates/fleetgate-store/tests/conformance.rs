@@ -1,5 +1,11 @@
 //! One conformance suite, run against every driver: the same scenarios must give the same
 //! decisions on the in-process store and on a real redis-server started by the test.
+//!
+//! Time: the in-process store runs on a [`ManualClock`] that the scenarios advance; Redis
+//! scripts read the server's own clock, which only real time moves, so there "advancing" is
+//! waiting that long (the passage of time is what is tested, not a guess at when something
+//! happens). After every scenario on Redis, every key under the suite's prefix must have a TTL,
+//! except the fencing counters, which must have none (docs/store.md).
 
 use bytes::Bytes;
 use fleetgate_store::*;
@@ -13,13 +19,40 @@ use std::time::Duration;
 trait Fleet {
     type S: StoreDriver + Clone;
     fn handle(&self) -> Self::S;
+    /// Lets `by` pass on the store's clock.
+    async fn advance(&self, by: Duration);
+    /// Whether `key` holds any state.
+    fn holds(&self, key: &StoreKey) -> bool;
+    /// Checks what must hold after every scenario.
+    fn after_scenario(&self) {}
 }
 
-struct MemoryFleet(MemoryStore);
+/// The in-process store on a manual clock that starts at the wall clock's time.
+struct MemoryFleet {
+    store: MemoryStore,
+    clock: ManualClock,
+}
+
+impl MemoryFleet {
+    fn new() -> Self {
+        let clock = ManualClock::at_wall_clock();
+        MemoryFleet {
+            store: MemoryStore::with_clock(Arc::new(clock.clone())),
+            clock,
+        }
+    }
+}
+
 impl Fleet for MemoryFleet {
     type S = MemoryStore;
     fn handle(&self) -> MemoryStore {
-        self.0.clone()
+        self.store.clone()
+    }
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+    fn holds(&self, key: &StoreKey) -> bool {
+        self.store.holds(key)
     }
 }
 
@@ -27,6 +60,8 @@ impl Fleet for MemoryFleet {
 struct RedisFleet {
     url: String,
     options: RedisOptions,
+    /// Plain `redis://` URLs of every primary, for inspecting keys directly.
+    nodes: Vec<String>,
     _servers: Box<dyn std::any::Any + Send>,
     _slot: FleetSlot,
 }
@@ -64,6 +99,7 @@ impl RedisFleet {
         RedisFleet {
             url: server.url(),
             options: Self::base(),
+            nodes: vec![server.url()],
             _servers: Box::new(server),
             _slot: slot,
         }
@@ -74,6 +110,7 @@ impl RedisFleet {
         RedisFleet {
             url: cluster.url(),
             options: Self::base(),
+            nodes: cluster.nodes.iter().map(|n| n.url()).collect(),
             _servers: Box::new(cluster),
             _slot: slot,
         }
@@ -84,6 +121,7 @@ impl RedisFleet {
         RedisFleet {
             url: group.url(),
             options: Self::base(),
+            nodes: vec![group.primary.url()],
             _servers: Box::new(group),
             _slot: slot,
         }
@@ -100,6 +138,7 @@ impl RedisFleet {
         RedisFleet {
             url: format!("rediss://127.0.0.1:{port}"),
             options,
+            nodes: vec![server.url()],
             _servers: Box::new((server, certs)),
             _slot: slot,
         }
@@ -113,10 +152,68 @@ impl RedisFleet {
     }
 }
 
+impl RedisFleet {
+    fn node(url: &str) -> ::redis::Connection {
+        ::redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("connect to a redis node")
+    }
+
+    /// Every key under the suite's prefix, on every primary, with its PTTL.
+    fn keys_with_pttl(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for url in &self.nodes {
+            let mut conn = Self::node(url);
+            let mut cursor = 0u64;
+            let mut done = false;
+            // Bounded: a scenario leaves at most a few hundred keys.
+            for _ in 0..10_000 {
+                let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("conf:*")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(&mut conn)
+                    .expect("SCAN");
+                for k in keys {
+                    let pttl: i64 = ::redis::cmd("PTTL").arg(&k).query(&mut conn).expect("PTTL");
+                    out.push((k, pttl));
+                }
+                if next == 0 {
+                    done = true;
+                    break;
+                }
+                cursor = next;
+            }
+            assert!(done, "SCAN of {url} did not finish");
+        }
+        out
+    }
+}
+
 impl Fleet for RedisFleet {
     type S = RedisStore;
     fn handle(&self) -> RedisStore {
         RedisStore::open(&self.url, self.options.clone()).expect("open redis store")
+    }
+    async fn advance(&self, by: Duration) {
+        // The scripts read the server's clock: only real time moves it.
+        tokio::time::sleep(by).await;
+    }
+    fn holds(&self, key: &StoreKey) -> bool {
+        self.keys_with_pttl().iter().any(|(k, _)| k.starts_with(key.as_str()))
+    }
+    /// Every key has a TTL (PTTL -2 means it expired between SCAN and PTTL); fencing counters
+    /// are the one documented exception and must have none, so tokens only grow.
+    fn after_scenario(&self) {
+        for (key, pttl) in self.keys_with_pttl() {
+            if key.ends_with(":fence") {
+                assert!(pttl == -1 || pttl == -2, "fencing counter {key} expires (PTTL {pttl})");
+            } else {
+                assert!(pttl > 0 || pttl == -2, "{key} has no TTL (PTTL {pttl})");
+            }
+        }
     }
 }
 
@@ -131,7 +228,7 @@ fn key(scope: &str) -> StoreKey {
     )
 }
 
-async fn gcra_burst_then_denial<F: Fleet>(f: F) {
+async fn gcra_burst_then_denial<F: Fleet>(f: &F) {
     // One unit per 2 s: slow enough that no refill lands between the calls of a loaded machine.
     let s = f.handle();
     let limit = RateLimit::parse(Algorithm::Gcra, "5/10s", Some(5)).unwrap();
@@ -154,11 +251,11 @@ async fn gcra_burst_then_denial<F: Fleet>(f: F) {
         d.reset_after > Duration::from_secs(8) && d.reset_after <= Duration::from_secs(10),
         "{d:?}"
     );
-    tokio::time::sleep(d.retry_after + Duration::from_millis(5)).await;
+    f.advance(d.retry_after + Duration::from_millis(5)).await;
     assert!(s.rate(&k, &limit, 1).await.unwrap().allowed);
 }
 
-async fn cost_counts_units<F: Fleet>(f: F) {
+async fn cost_counts_units<F: Fleet>(f: &F) {
     let s = f.handle();
     for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
         let limit = RateLimit::parse(algorithm, "5/1d", None).unwrap();
@@ -176,7 +273,7 @@ async fn cost_counts_units<F: Fleet>(f: F) {
     }
 }
 
-async fn sliding_window_exact<F: Fleet>(f: F) {
+async fn sliding_window_exact<F: Fleet>(f: &F) {
     let s = f.handle();
     let limit = RateLimit::parse(Algorithm::SlidingWindow, "3/2s", None).unwrap();
     let k = key("sliding");
@@ -189,12 +286,12 @@ async fn sliding_window_exact<F: Fleet>(f: F) {
         d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_secs(2),
         "{d:?}"
     );
-    tokio::time::sleep(d.retry_after + Duration::from_millis(5)).await;
+    f.advance(d.retry_after + Duration::from_millis(5)).await;
     let d = s.rate(&k, &limit, 1).await.unwrap();
     assert!(d.allowed, "{d:?}");
 }
 
-async fn fixed_window_per_aligned_window<F: Fleet>(f: F) {
+async fn fixed_window_per_aligned_window<F: Fleet>(f: &F) {
     let s = f.handle();
     let limit = RateLimit::parse(Algorithm::FixedWindow, "3/1d", None).unwrap();
     let k = key("fixed");
@@ -207,8 +304,149 @@ async fn fixed_window_per_aligned_window<F: Fleet>(f: F) {
     assert!(d.retry_after <= Duration::from_secs(86_400));
 }
 
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow];
+
+/// A refund gives back exactly what its charge took; refusals and zero costs have nothing to
+/// refund.
+async fn refund_gives_back_the_charge<F: Fleet>(f: &F) {
+    let s = f.handle();
+    for algorithm in ALGORITHMS {
+        let limit = RateLimit::parse(algorithm, "5/1d", None).unwrap();
+        let k = key("refund");
+        let first = s.rate(&k, &limit, 3).await.unwrap();
+        let charge = first.charge.expect("an admitted charge has a receipt");
+        assert_eq!(charge.cost, 3, "{algorithm}");
+        let refused = s.rate(&k, &limit, 3).await.unwrap();
+        assert!(!refused.allowed && refused.charge.is_none(), "{algorithm}: {refused:?}");
+        assert_eq!(
+            s.rate(&k, &limit, 0).await.unwrap().charge,
+            None,
+            "{algorithm}: zero cost"
+        );
+        assert!(s.refund(&k, &limit, &charge).await.unwrap(), "{algorithm}");
+        // As if never charged: the whole limit is there again, and no more.
+        let d = s.rate(&k, &limit, 5).await.unwrap();
+        assert!(d.allowed && d.remaining == 0, "{algorithm}: {d:?}");
+        assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}");
+        // Refunding a key with no state changes nothing.
+        let empty = key("refund-empty");
+        assert!(!s.refund(&empty, &limit, &charge).await.unwrap(), "{algorithm}");
+        assert!(!f.holds(&empty), "{algorithm}: a refund creates no state");
+    }
+}
+
+/// The case, at the store: a route limit of 10 checked before a per-key limit of 2.
+/// One key sends 5 (2 admitted, 3 refused by the per-key limit, their route charge refunded);
+/// then 10 other keys get the 8 the route limit has left, not 5.
+async fn refused_requests_are_charged_to_no_limit<F: Fleet>(f: &F) {
+    let s = f.handle();
+    for algorithm in ALGORITHMS {
+        let route = RateLimit::parse(algorithm, "10/1d", None).unwrap();
+        let per_key = RateLimit::parse(algorithm, "2/1d", None).unwrap();
+        let route_key = key("route");
+        let admit = |k: StoreKey| {
+            let (s, route_key) = (s.clone(), route_key.clone());
+            async move {
+                let mut charged = Vec::new();
+                for (key, limit) in [(&route_key, &route), (&k, &per_key)] {
+                    let d = s.rate(key, limit, 1).await.unwrap();
+                    match d.charge {
+                        Some(c) => charged.push((key.clone(), limit, c)),
+                        None => {
+                            for (key, limit, c) in charged {
+                                assert!(s.refund(&key, limit, &c).await.unwrap(), "{algorithm}");
+                            }
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+        };
+        let one = key("client");
+        let mut admitted = 0;
+        for _ in 0..5 {
+            admitted += admit(one.clone()).await as u32;
+        }
+        assert_eq!(admitted, 2, "{algorithm}: the per-key limit");
+        let mut others = 0;
+        for _ in 0..10 {
+            others += admit(key("client")).await as u32;
+        }
+        assert_eq!(
+            others, 8,
+            "{algorithm}: refused requests left the route limit untouched"
+        );
+    }
+}
+
+/// A refund goes to the window or log entry its charge was made in: once that has passed, a
+/// refund gives nothing back (giving back from the current window would admit more than N in it).
+async fn refund_after_its_window_passed_gives_nothing<F: Fleet>(f: &F) {
+    let s = f.handle();
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+        let limit = RateLimit::parse(algorithm, "1/300ms", None).unwrap();
+        let k = key("refund-late");
+        let old = s.rate(&k, &limit, 1).await.unwrap();
+        f.advance(old.reset_after + Duration::from_millis(5)).await;
+        let now = s.rate(&k, &limit, 1).await.unwrap();
+        assert!(now.allowed && now.remaining == 0, "{algorithm}: {now:?}");
+        assert!(
+            !s.refund(&k, &limit, &old.charge.unwrap()).await.unwrap(),
+            "{algorithm}"
+        );
+        assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}: still full");
+    }
+}
+
+/// Refunds from many tasks over several connections, interleaved with charges on one key: the
+/// refunded units (and only they) are admitted again.
+async fn concurrent_refunds_give_back_exactly<F: Fleet>(f: &F) {
+    let handles: Vec<F::S> = (0..4).map(|_| f.handle()).collect();
+    for algorithm in ALGORITHMS {
+        let limit = RateLimit::parse(algorithm, "100/1d", None).unwrap();
+        let k = key("refund-hammer");
+        let admitted = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let s = handles[t % handles.len()].clone();
+            let (k, admitted) = (k.clone(), admitted.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let d = s.rate(&k, &limit, 1).await.unwrap();
+                    if let Some(c) = d.charge {
+                        // Every other task refunds every other admission.
+                        if t % 2 == 0 && i % 2 == 0 {
+                            assert!(s.refund(&k, &limit, &c).await.unwrap());
+                        } else {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // The state holds exactly the kept admissions: what is left is the rest of the limit.
+        let kept = admitted.load(Ordering::Relaxed);
+        let rest = handles[0].rate(&k, &limit, 0).await.unwrap().remaining;
+        if algorithm == Algorithm::Gcra {
+            // gcra keeps the refill time that passed between a charge and its refund (on Redis,
+            // real milliseconds; far less than one unit of 864 s), so when refunds overlap in time
+            // rounding may lose one unit, never give one too many.
+            assert!(
+                (99..=100).contains(&(kept + rest)),
+                "{algorithm}: kept {kept}, remaining {rest}"
+            );
+        } else {
+            assert_eq!(kept + rest, 100, "{algorithm}: kept {kept}, remaining {rest}");
+        }
+    }
+}
+
 /// 16 tasks over several connections hammer one key: exactly the allowed count is admitted.
-async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: F) {
+async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: &F) {
     let handles: Vec<F::S> = (0..4).map(|_| f.handle()).collect();
     for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
         let limit = RateLimit::parse(algorithm, "100/1d", None).unwrap();
@@ -237,22 +475,36 @@ async fn concurrent_hammer_admits_exactly_the_limit<F: Fleet>(f: F) {
     }
 }
 
-async fn values_expire<F: Fleet>(f: F) {
+async fn values_expire<F: Fleet>(f: &F) {
     let s = f.handle();
     let k = key("ttl");
     s.set(&k, Bytes::from_static(b"session"), Duration::from_millis(1000))
         .await
         .unwrap();
     assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"session"[..]));
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    f.advance(Duration::from_millis(1300)).await;
     assert_eq!(s.get(&k).await.unwrap(), None);
-    // A rate key's state expires once it no longer matters: the full burst is back.
-    let limit = RateLimit::parse(Algorithm::Gcra, "2/2s", None).unwrap();
+    assert!(!f.holds(&k), "an expired value is gone from the store");
+    // A rate key's state expires once it no longer matters, and the full burst is back.
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+        let limit = RateLimit::parse(algorithm, "2/2s", None).unwrap();
+        let k = key("ttl-rate");
+        assert!(s.rate(&k, &limit, 2).await.unwrap().allowed, "{algorithm}");
+        assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}");
+        assert!(f.holds(&k), "{algorithm}: state while it matters");
+        // Past the state's lifetime: at most the 2 s period for each algorithm.
+        f.advance(Duration::from_millis(2200)).await;
+        assert!(
+            !f.holds(&k),
+            "{algorithm}: the state expired once it no longer mattered"
+        );
+        let d = s.rate(&k, &limit, 2).await.unwrap();
+        assert!(
+            d.allowed && d.remaining == 0,
+            "{algorithm}: the full burst is back: {d:?}"
+        );
+    }
     let k = key("ttl-rate");
-    assert!(s.rate(&k, &limit, 2).await.unwrap().allowed);
-    assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(s.rate(&k, &limit, 2).await.unwrap().remaining, 0);
     // Delete reports whether the key existed.
     s.set(&k, Bytes::from_static(b"x"), Duration::from_secs(5))
         .await
@@ -262,7 +514,7 @@ async fn values_expire<F: Fleet>(f: F) {
 }
 
 /// Claim-once is won by exactly one of many concurrent claimants; the others see its value.
-async fn claim_once_has_one_winner<F: Fleet>(f: F) {
+async fn claim_once_has_one_winner<F: Fleet>(f: &F) {
     let k = key("claim");
     let mut tasks = Vec::new();
     for i in 0..32u32 {
@@ -297,7 +549,7 @@ async fn claim_once_has_one_winner<F: Fleet>(f: F) {
             .unwrap(),
         ClaimOutcome::Won
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.advance(Duration::from_millis(200)).await;
     assert_eq!(
         s.claim(&short, Bytes::from_static(b"b"), Duration::from_millis(100))
             .await
@@ -306,7 +558,7 @@ async fn claim_once_has_one_winner<F: Fleet>(f: F) {
     );
 }
 
-async fn permits_are_bounded_and_leased<F: Fleet>(f: F) {
+async fn permits_are_bounded_and_leased<F: Fleet>(f: &F) {
     let k = key("permits");
     let mut tasks = Vec::new();
     for i in 0..12 {
@@ -363,7 +615,7 @@ async fn permits_are_bounded_and_leased<F: Fleet>(f: F) {
             .unwrap()
             .granted
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    f.advance(Duration::from_millis(1200)).await;
     let d = s
         .acquire_permit(&lease, "next", 1, Duration::from_secs(5))
         .await
@@ -371,7 +623,7 @@ async fn permits_are_bounded_and_leased<F: Fleet>(f: F) {
     assert!(d.granted && d.in_use == 1, "{d:?}");
 }
 
-async fn locks_fence<F: Fleet>(f: F) {
+async fn locks_fence<F: Fleet>(f: &F) {
     let (a, b) = (f.handle(), f.handle());
     let k = key("lock");
     let first = a
@@ -393,7 +645,7 @@ async fn locks_fence<F: Fleet>(f: F) {
         .unwrap()
         .expect("b locks");
     assert!(second.fence > first.fence);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.advance(Duration::from_millis(200)).await;
     let third = a
         .lock(&k, "a", Duration::from_secs(1))
         .await
@@ -402,7 +654,7 @@ async fn locks_fence<F: Fleet>(f: F) {
     assert!(third.fence > second.fence);
 }
 
-async fn pubsub_reaches_every_subscriber<F: Fleet>(f: F) {
+async fn pubsub_reaches_every_subscriber<F: Fleet>(f: &F) {
     let publisher = f.handle();
     let channel = format!("conf:chan:{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let mut subs = Vec::new();
@@ -430,7 +682,7 @@ async fn pubsub_reaches_every_subscriber<F: Fleet>(f: F) {
     }
 }
 
-async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: F) {
+async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: &F) {
     let s = f.handle();
     let k = key("wrongtype");
     s.set(&k, Bytes::from_static(b"not a counter"), Duration::from_secs(10))
@@ -454,7 +706,10 @@ macro_rules! driver {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
-                    super::$scenario($fleet).await;
+                    use super::Fleet;
+                    let fleet = $fleet;
+                    super::$scenario(&fleet).await;
+                    fleet.after_scenario();
                 }
             )*
         }
@@ -463,7 +718,7 @@ macro_rules! driver {
 
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
-        driver!(memory, super::MemoryFleet(fleetgate_store::MemoryStore::new()), $($scenario),*);
+        driver!(memory, super::MemoryFleet::new(), $($scenario),*);
         driver!(redis, super::RedisFleet::standalone(), $($scenario),*);
         driver!(redis_cluster, super::RedisFleet::cluster(), $($scenario),*);
         driver!(redis_sentinel, super::RedisFleet::sentinel(), $($scenario),*);
@@ -481,6 +736,43 @@ conformance!(
     claim_once_has_one_winner,
     permits_are_bounded_and_leased,
     locks_fence,
+    refund_gives_back_the_charge,
+    refused_requests_are_charged_to_no_limit,
+    refund_after_its_window_passed_gives_nothing,
+    concurrent_refunds_give_back_exactly,
     pubsub_reaches_every_subscriber,
     wrong_type_is_an_error_and_leaves_state,
 );
+
+/// Fixed windows have their edges at the same instants on both drivers (multiples of the period
+/// since the Unix epoch), so a `local` fallback from Redis to the in-process store does not move
+/// them. Uses the in-process store's real clock, the one a gateway runs on.
+#[tokio::test]
+async fn fixed_windows_align_to_the_unix_epoch_on_both_drivers() {
+    let redis = RedisFleet::standalone();
+    let (memory, shared) = (MemoryStore::new(), redis.handle());
+    for rate in ["1/1s", "1/1m", "1/1h", "1/1d", "1/7d"] {
+        let limit = RateLimit::parse(Algorithm::FixedWindow, rate, None).unwrap();
+        let period = limit.period_us();
+        // The end of the current window, in µs since the Unix epoch, as each store sees it.
+        let mut ends = Vec::new();
+        for store in [Store::Memory(memory.clone()), Store::Redis(shared.clone())] {
+            let d = store.rate(&key("epoch"), &limit, 1).await.unwrap();
+            let at = d.charge.expect("admitted").at_us;
+            let end = at + d.reset_after.as_micros() as u64;
+            assert_eq!(
+                end % period,
+                0,
+                "{rate}: window ends at {end}, not on an edge since the epoch"
+            );
+            ends.push(end);
+        }
+        // The same window, or (if an edge passed between the two calls) the next one.
+        let (m, r) = (ends[0], ends[1]);
+        assert!(
+            m == r || m.abs_diff(r) == period,
+            "{rate}: in-process window ends at {m}, Redis's at {r}"
+        );
+    }
+    redis.after_scenario();
+}

@@ -82,6 +82,12 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Whether `key` holds live (unexpired) state of any kind.
+    pub fn holds(&self, key: &StoreKey) -> bool {
+        let now = self.inner.clock.now_us();
+        self.shard(key).lock().live(key.digest(), now).is_some()
+    }
+
     /// The rate decision, synchronously: the in-process driver never waits.
     #[inline]
     pub fn rate_now(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> Result<RateDecision, StoreError> {
@@ -565,6 +571,23 @@ mod tests {
         }
         let third = store.lock_now(&key, "c", ttl).unwrap().unwrap().fence;
         assert!(third > second, "fence went from {second} to {third} after 30 idle days");
+    }
+
+    /// A smaller limit on a key that a larger one filled (a changed config, or two versions in
+    /// a rolling deploy) refuses with nothing remaining; `remaining` used to underflow.
+    #[test]
+    fn smaller_limit_on_a_fuller_key_reports_nothing_remaining() {
+        let store = MemoryStore::with_clock(Arc::new(ManualClock::at_wall_clock()));
+        for algorithm in [Algorithm::Gcra, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+            let key = StoreKey::raw(format!("t:shrink:{algorithm}"));
+            let large = RateLimit::parse(algorithm, "10/1d", None).unwrap();
+            let small = RateLimit::parse(algorithm, "2/1d", None).unwrap();
+            assert!(store.rate_now(&key, &large, 8).unwrap().allowed);
+            for cost in [1, 3] {
+                let d = store.rate_now(&key, &small, cost).unwrap();
+                assert!(!d.allowed && d.remaining == 0, "{algorithm}, cost {cost}: {d:?}");
+            }
+        }
     }
 
     #[test]
