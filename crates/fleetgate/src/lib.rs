@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod identity;
 pub mod layer;
+pub mod path_normalize;
 pub mod policy;
 pub mod ratelimit_headers;
 pub mod route;
