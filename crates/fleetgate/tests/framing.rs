@@ -77,9 +77,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Option<Resp> {
     Some(resp)
 }
 
-/// Writes `bytes` on a new connection and reads up to `max` responses; also says whether the
-/// gateway then closed the connection (EOF rather than a read timeout).
-fn exchange(gw: &Gateway, bytes: &[u8], max: usize, half_close: bool) -> (Vec<Resp>, bool) {
+/// Writes `bytes` on a new connection and reads up to `max` responses. Also says whether the
+/// gateway then closed the connection: EOF before `max` responses, or, with `probe_close`, EOF
+/// right after them (a connection left open makes the probe wait for the read timeout).
+fn exchange(gw: &Gateway, bytes: &[u8], max: usize, half_close: bool, probe_close: bool) -> (Vec<Resp>, bool) {
     let mut s = TcpStream::connect(gw.addr()).expect("connect to the gateway");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(bytes).unwrap();
@@ -94,7 +95,9 @@ fn exchange(gw: &Gateway, bytes: &[u8], max: usize, half_close: bool) -> (Vec<Re
             None => return (out, true),
         }
     }
-    // Closed after the last expected response?
+    if !probe_close {
+        return (out, false);
+    }
     let mut byte = [0u8; 1];
     let closed = matches!(r.read(&mut byte), Ok(0));
     (out, closed)
@@ -127,14 +130,16 @@ impl Harness {
         self.sentinels += 1;
         let path = format!("/sentinel-{}", self.sentinels);
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let (resps, _) = exchange(&self.gw, req.as_bytes(), 1, false);
+        let (resps, _) = exchange(&self.gw, req.as_bytes(), 1, false, false);
         assert_eq!(resps.first().map(|r| r.status), Some(200), "sentinel {path}");
         assert_eq!(self.seen_for(&path).len(), 1, "sentinel {path} seen once");
     }
 
     /// The case is forwarded: 200, and the upstream saw it once, cleanly framed, with `body`.
-    fn forwarded(&mut self, case: &str, path: &str, raw: &[u8], body: &[u8]) -> Seen {
-        let (resps, _) = exchange(&self.gw, raw, 1, false);
+    /// With `closes`, the gateway must also close the connection after answering.
+    fn forwarded(&mut self, case: &str, path: &str, raw: &[u8], body: &[u8], closes: bool) -> Seen {
+        let (resps, closed) = exchange(&self.gw, raw, 1, false, closes);
+        assert_eq!(closed, closes, "{case}: connection closed after the answer");
         let resp = resps.first().unwrap_or_else(|| panic!("{case}: no response"));
         assert_eq!(resp.status, 200, "{case}: {:?}", String::from_utf8_lossy(&resp.body));
         let seen = self.seen_for(path);
@@ -151,7 +156,7 @@ impl Harness {
 
     /// The case is refused with a 4xx and nothing of it reaches the upstream.
     fn refused(&mut self, case: &str, path: &str, raw: &[u8]) -> u16 {
-        let (resps, _) = exchange(&self.gw, raw, 1, false);
+        let (resps, _) = exchange(&self.gw, raw, 1, false, false);
         let status = resps.first().map(|r| r.status);
         assert!(
             matches!(status, Some(400..=499)),
@@ -167,7 +172,7 @@ impl Harness {
     /// The head is fine but the body turns out malformed after it went upstream: the client
     /// gets a 4xx if it gets an answer at all, and the upstream never sees the request whole.
     fn cut_off(&mut self, case: &str, path: &str, raw: &[u8], half_close: bool) {
-        let (resps, _) = exchange(&self.gw, raw, 1, half_close);
+        let (resps, _) = exchange(&self.gw, raw, 1, half_close, false);
         if let Some(r) = resps.first() {
             assert!(
                 (400..=499).contains(&r.status),
@@ -195,6 +200,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/cl",
         b"POST /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
         b"hello",
+        false,
     );
     assert_eq!(s.one("content-length"), "5");
     let s = h.forwarded(
@@ -202,6 +208,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/te",
         b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
         b"hello world",
+        false,
     );
     assert_eq!(s.one("transfer-encoding"), "chunked");
     // A body on a GET is still a body: dropping it would leave the upstream reading a
@@ -211,18 +218,21 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/get-te",
         b"GET /get-te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"hello",
+        false,
     );
     h.forwarded(
         "content-length GET",
         "/get-cl",
         b"GET /get-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
         b"hello",
+        false,
     );
     h.forwarded(
         "Chunked in upper case",
         "/te-case",
         b"POST /te-case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"hello",
+        false,
     );
     // The same Content-Length twice is one length (RFC 9112 section 6.3): one header upstream.
     let s = h.forwarded(
@@ -230,6 +240,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/cl-dup",
         b"POST /cl-dup HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
         b"hello",
+        false,
     );
     assert_eq!(s.one("content-length"), "5");
     // Leading zeros are a valid length; upstream gets it in its plain spelling.
@@ -238,6 +249,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/cl-zeros",
         b"POST /cl-zeros HTTP/1.1\r\nHost: x\r\nContent-Length: 005\r\n\r\nhello",
         b"hello",
+        false,
     );
     assert_eq!(s.one("content-length"), "5");
     // Transfer-Encoding wins over Content-Length and the length is dropped (RFC 9112 section
@@ -251,7 +263,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
     {
         let path = format!("/cl-te-{i}");
         let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n");
-        let s = h.forwarded("CL and TE", &path, raw.as_bytes(), b"SMUGGLED");
+        let s = h.forwarded("CL and TE", &path, raw.as_bytes(), b"SMUGGLED", true);
         assert!(!s.has("content-length"), "{:?}", s.headers);
         assert_eq!(s.one("transfer-encoding"), "chunked");
     }
@@ -262,6 +274,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/lf",
         b"POST /lf HTTP/1.1\nHost: x\nContent-Length: 5\n\nhello",
         b"hello",
+        false,
     );
     // Chunk extensions, leading zeros in sizes and trailers: the data is what counts.
     h.forwarded(
@@ -269,6 +282,7 @@ fn well_framed_and_tolerated_requests_arrive_framed_as_read() {
         "/ext",
         b"POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0005;name=\"v\"\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
         b"hello",
+        false,
     );
 }
 
@@ -340,7 +354,7 @@ fn pipelined_requests_are_answered_in_order_and_each_reaches_the_upstream_once()
 POST /p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
 POST /p3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
 GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let (resps, closed) = exchange(&h.gw, raw, 4, false);
+    let (resps, closed) = exchange(&h.gw, raw, 4, false, true);
     let answers: Vec<(u16, String)> = resps
         .iter()
         .map(|r| {
@@ -372,7 +386,7 @@ GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let raw = b"GET /q1 HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /q2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab\
 GET /q3 HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (resps, closed) = exchange(&h.gw, raw, 3, false);
+    let (resps, closed) = exchange(&h.gw, raw, 3, false, true);
     let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 400], "{resps:?}");
     assert!(closed);
@@ -385,7 +399,7 @@ GET /q3 HTTP/1.1\r\nHost: x\r\n\r\n";
     // length and closes after answering, so the hidden request is never read.
     let raw = b"POST /s1 HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
 GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (resps, closed) = exchange(&h.gw, raw, 2, false);
+    let (resps, closed) = exchange(&h.gw, raw, 2, false, true);
     assert_eq!(resps.iter().map(|r| r.status).collect::<Vec<_>>(), [200], "{resps:?}");
     assert!(closed, "the connection closes after a CL+TE request");
     h.sentinel();
