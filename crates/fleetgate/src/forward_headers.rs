@@ -231,7 +231,10 @@ mod tests {
     #[test]
     fn connection_cannot_name_protected_headers() {
         let mut h = map(&[
-            ("connection", "Host, content-length, X-Forwarded-For, x-forwarded-proto, x-forwarded-host"),
+            (
+                "connection",
+                "Host, content-length, X-Forwarded-For, x-forwarded-proto, x-forwarded-host",
+            ),
             ("connection", "forwarded, x-real-ip, x-gone"),
             ("host", "a"),
             ("content-length", "3"),
@@ -281,7 +284,13 @@ mod tests {
         set_forwarded(&mut h, false, peer, peer, Some(HeaderValue::from_static("example.com")));
         assert_eq!(
             names(&h),
-            ["accept", "x-api-key", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+            [
+                "accept",
+                "x-api-key",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -301,7 +310,13 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
         ]);
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        set_forwarded(&mut h, true, peer, "6.6.6.6".parse().unwrap(), Some(HeaderValue::from_static("h")));
+        set_forwarded(
+            &mut h,
+            true,
+            peer,
+            "6.6.6.6".parse().unwrap(),
+            Some(HeaderValue::from_static("h")),
+        );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");

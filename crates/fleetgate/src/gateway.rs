@@ -215,7 +215,10 @@ impl Gateway {
         // The host the client asked for: its Host, or an HTTP/1.0 absolute target's authority.
         let client_host = match parts.headers.get(header::HOST) {
             Some(h) => Some(h.clone()),
-            None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         strip_hop_by_hop(&mut parts.headers);
         if chunked {

@@ -301,8 +301,14 @@ fn ambiguous_framing_is_refused_before_anything_goes_upstream() {
         ("identity before chunked", "Transfer-Encoding: identity, chunked"),
         ("gzip before chunked", "Transfer-Encoding: gzip, chunked"),
         ("chunked twice in one line", "Transfer-Encoding: chunked, chunked"),
-        ("two transfer-encoding lines", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
-        ("gzip line then chunked line", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"),
+        (
+            "two transfer-encoding lines",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ),
+        (
+            "gzip line then chunked line",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        ),
         ("obs-fold in transfer-encoding", "Transfer-Encoding:\r\n chunked"),
         ("obs-fold in another header", "X-Folded: a\r\n b"),
         ("space before the colon", "Transfer-Encoding : chunked"),
@@ -327,7 +333,10 @@ fn malformed_chunked_bodies_never_reach_the_upstream_whole() {
     let mut h = Harness::start();
     let head = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     let cases: Vec<(&str, String)> = vec![
-        ("chunk size overflows 64 bits", "1FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n".into()),
+        (
+            "chunk size overflows 64 bits",
+            "1FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n".into(),
+        ),
         ("chunk size not hex", "5z\r\nhello\r\n0\r\n\r\n".into()),
         ("bare LF after the chunk size", "5\nhello\r\n0\r\n\r\n".into()),
         ("chunk data longer than its size", "5\r\nhelloEXTRA\r\n0\r\n\r\n".into()),
@@ -360,7 +369,12 @@ GET /p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         .map(|r| {
             // The upstream answers "{index} {method} {target} {body length}".
             let text = String::from_utf8_lossy(&r.body);
-            (r.status, text.split_once(' ').map(|(_, rest)| rest.to_string()).unwrap_or_default())
+            (
+                r.status,
+                text.split_once(' ')
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or_default(),
+            )
         })
         .collect();
     assert_eq!(
@@ -393,7 +407,10 @@ GET /q3 HTTP/1.1\r\nHost: x\r\n\r\n";
     h.sentinel();
     assert_eq!(h.seen_for("/q1").len(), 1);
     assert!(h.seen_for("/q2").is_empty());
-    assert!(h.seen_for("/q3").is_empty(), "nothing after the malformed request is read");
+    assert!(
+        h.seen_for("/q3").is_empty(),
+        "nothing after the malformed request is read"
+    );
 
     // A request smuggled behind CL+TE: the gateway reads the chunked body (empty), drops the
     // length and closes after answering, so the hidden request is never read.

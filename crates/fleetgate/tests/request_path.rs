@@ -120,18 +120,38 @@ fn host_must_be_single_present_and_agree_with_an_absolute_target() {
     let (gw, up) = guarded("");
     let send = |raw: String| raw_request(gw.addr(), raw.as_bytes()).unwrap();
     let r = send("GET /h HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".into());
-    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("duplicate_host")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("duplicate_host")),
+        "{}",
+        r.body
+    );
     let r = send("GET /h HTTP/1.1\r\nConnection: close\r\n\r\n".into());
-    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("missing_host")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("missing_host")),
+        "{}",
+        r.body
+    );
     let r = send("GET /h HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n".into());
     assert_eq!(r.status, 400, "{}", r.body);
     let r = send("GET /h HTTP/1.1\r\nHost: user@127.0.0.1\r\nConnection: close\r\n\r\n".into());
     assert_eq!(r.status, 400, "{}", r.body);
     // Absolute form must name the same authority as Host.
     let r = send("GET http://evil.example/h HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".into());
-    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("host_mismatch")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("host_mismatch")),
+        "{}",
+        r.body
+    );
     let r = send("GET http://127.0.0.1:81/h HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".into());
-    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("host_mismatch")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("host_mismatch")),
+        "{}",
+        r.body
+    );
     let r = send("GET http://u:p@127.0.0.1/h HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".into());
     assert_eq!(r.status, 400, "{}", r.body);
     // The absolute form cannot reach a guarded route's path either.
@@ -170,7 +190,11 @@ fn forwarding_headers_from_an_untrusted_client_are_replaced_or_removed() {
         "true-client-ip",
         "x-forwarded-port",
     ] {
-        assert!(!s.has(name), "{name} from an untrusted client reached the upstream: {:?}", s.headers);
+        assert!(
+            !s.has(name),
+            "{name} from an untrusted client reached the upstream: {:?}",
+            s.headers
+        );
     }
     // Without a Host (HTTP/1.0), the client's X-Forwarded-Host is not kept either.
     let r = raw_request(

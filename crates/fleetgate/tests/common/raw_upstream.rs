@@ -53,7 +53,11 @@ impl Seen {
     /// A well framed, complete request: one framing header at most, and no problems.
     pub fn assert_clean(&self) {
         assert!(self.complete, "incomplete request upstream: {self:?}");
-        assert!(self.problems.is_empty(), "upstream saw problems {:?} in {self:?}", self.problems);
+        assert!(
+            self.problems.is_empty(),
+            "upstream saw problems {:?} in {self:?}",
+            self.problems
+        );
         let framing = self.all("content-length").len() + self.all("transfer-encoding").len();
         assert!(framing <= 1, "more than one framing header: {:?}", self.headers);
     }
@@ -281,7 +285,17 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Seen>>) {
             match read_chunked(&mut conn, &mut problems) {
                 Some(b) if problems.is_empty() => b,
                 other => {
-                    push(seen, &conn, start, method, target, headers, other.unwrap_or_default(), false, problems);
+                    push(
+                        seen,
+                        &conn,
+                        start,
+                        method,
+                        target,
+                        headers,
+                        other.unwrap_or_default(),
+                        false,
+                        problems,
+                    );
                     return;
                 }
             }
