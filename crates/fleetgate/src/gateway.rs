@@ -98,6 +98,7 @@ impl Gateway {
         let checked = match checked {
             Ok(c) => c,
             Err(refusal) => {
+                crate::telemetry::request_refused(refusal.kind);
                 let resp = refusal.response();
                 self.log(access, None, peer, resp.status(), None);
                 return resp;
@@ -273,6 +274,7 @@ impl Gateway {
                         // the head went upstream: the client's fault, and the upstream never
                         // got the request whole.
                         tracing::debug!(error = %e, "request body from the client failed");
+                        crate::telemetry::request_refused("bad_request_body");
                         let mut resp = json_error(
                             StatusCode::BAD_REQUEST,
                             "bad_request_body",

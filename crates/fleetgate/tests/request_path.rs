@@ -66,6 +66,11 @@ fn dot_segments_repeated_slashes_and_escapes_cannot_get_around_a_route() {
     .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(up.count(), 0, "nothing reached the upstream: {:?}", up.seen());
+    let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
+    assert!(
+        metrics.contains("fleetgate_requests_refused_total{reason=\"path_encoded_slash\"} 2"),
+        "{metrics}"
+    );
 
     // Other paths go upstream in their normal form; the query is left as sent.
     let r = get(&gw, "/public/a/../b//c/./%7euser%2d?q=/../x&y=%2e", "");
