@@ -63,10 +63,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn is_claim(name: &HeaderName) -> bool {
-    // Standard headers (host, accept, ...) are never claims; this keeps the common case to
-    // a tag check per header.
+    // The first byte rules out most headers (host, accept, user-agent, ...) at once.
     let s = name.as_str();
-    (s.starts_with("x-") || s.len() > 8) && CLAIMS.contains(&s)
+    match s.as_bytes().first() {
+        Some(b'x') => s.starts_with("x-") && CLAIMS.contains(&s),
+        Some(b'f' | b't' | b'c') => CLAIMS.contains(&s),
+        _ => false,
+    }
 }
 
 /// Names `Connection` may not remove: what routing and framing rest on, and the headers the

@@ -214,7 +214,9 @@ impl Gateway {
             );
         };
         // The host the client asked for: its Host, or an HTTP/1.0 absolute target's authority.
-        let client_host = match parts.headers.get(header::HOST) {
+        let sent_host = parts.headers.get(header::HOST);
+        let has_host = sent_host.is_some();
+        let client_host = match sent_host {
             Some(h) => Some(h.clone()),
             None => parts
                 .uri
@@ -229,8 +231,9 @@ impl Gateway {
                 .headers
                 .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/1.0 clients may leave Host out; HTTP/1.1 upstreams need one.
+        if !has_host {
+            // HTTP/1.0 clients may leave Host out; HTTP/1.1 upstreams need one. (`Connection`
+            // cannot remove a Host that was sent.)
             let host = client_host
                 .clone()
                 .or_else(|| HeaderValue::from_str(upstream.targets[t].authority.as_str()).ok());

@@ -114,6 +114,16 @@ fn is_dot_segment(p: &[u8], i: usize) -> bool {
     }
 }
 
+/// The bytes the scan stops at: `/` (what follows may be an empty or dot segment), `%` and
+/// `\`. Everything else passes with one table load.
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'/' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// One scan: refuses what cannot be normalised, and says whether anything would change.
 /// Must agree with [`rewrite`]: when it says no, `rewrite(p) == p` (a property test holds them
 /// to it).
@@ -123,11 +133,20 @@ fn needs_rewrite(p: &[u8]) -> Result<bool, PathError> {
     }
     let mut change = false;
     let mut i = 0;
-    while i < p.len() {
-        match p[i] {
+    while let Some(&b) = p.get(i) {
+        if !STOP[b as usize] {
+            i += 1;
+            continue;
+        }
+        match b {
             b'/' => {
-                // An empty segment (`//`) or a dot segment follows.
-                change |= p.get(i + 1) == Some(&b'/') || is_dot_segment(p, i + 1);
+                // An empty segment (`//`) or a dot segment follows. Most segments start with
+                // neither, which one comparison of the next byte settles.
+                match p.get(i + 1) {
+                    Some(b'/') => change = true,
+                    Some(b'.') => change |= is_dot_segment(p, i + 1),
+                    _ => {}
+                }
                 i += 1;
             }
             b'%' => {
@@ -136,15 +155,17 @@ fn needs_rewrite(p: &[u8]) -> Result<bool, PathError> {
                 change |= is_unreserved(octet) || p[i + 1].is_ascii_lowercase() || p[i + 2].is_ascii_lowercase();
                 i += 3;
             }
-            b'\\' => return Err(PathError::Backslash),
-            _ => i += 1,
+            _ => return Err(PathError::Backslash),
         }
     }
     Ok(change)
 }
 
 /// The slow path: decode, then remove empty and dot segments. `p` has passed
-/// [`needs_rewrite`], so every escape is well formed and allowed.
+/// [`needs_rewrite`], so every escape is well formed and allowed. Kept out of line so that the
+/// scan, the common case, stays small.
+#[cold]
+#[inline(never)]
 fn rewrite(p: &str) -> String {
     let p = p.as_bytes();
     // 1. Escapes: unreserved ones decoded, others in upper case. Decoding cannot make a `/`

@@ -201,10 +201,18 @@ fn check_host(parts: &http::request::Parts) -> Result<(), Refusal> {
 /// `Host` (RFC 9110 section 7.2): `uri-host [ ":" port ]`, where a host is a reg-name, an
 /// IPv4 address or a bracketed IP literal; empty is allowed. No user information, no path.
 fn is_valid_host(h: &[u8]) -> bool {
-    h.iter().all(|b| {
-        b.is_ascii_alphanumeric()
+    h.iter().all(|b| HOST_BYTE[*b as usize])
+}
+
+/// unreserved, sub-delims, `%` (pct-encoded), `:` (port) and `[` `]` (IP literals).
+static HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -223,9 +231,11 @@ fn is_valid_host(h: &[u8]) -> bool {
                     | b':'
                     | b'['
                     | b']'
-            )
-    })
-}
+            );
+        b += 1;
+    }
+    t
+};
 
 /// `host[:port]` or `[v6][:port]` into the host (brackets kept) and the port, if any.
 fn split_host_port(h: &[u8]) -> (&[u8], Option<&[u8]>) {
