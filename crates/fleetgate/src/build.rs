@@ -103,6 +103,8 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         upstreams,
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),
         max_body_bytes: config.server.max_body_bytes,
+        header_limit: (config.server.max_header_bytes < crate::request_head::MIN_HYPER_BUF)
+            .then_some(config.server.max_header_bytes),
         request_timeout: config.server.request_timeout,
         access_log: config.log.access_log,
         ready: AtomicBool::new(false),

@@ -3,13 +3,16 @@
 
 use crate::body::{full, json_error, json_error_as, GatewayBody, Guarded};
 use crate::client_ip::TrustedProxies;
+use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
 use crate::policy::{PermitGuard, Rejection, StoreCtx};
 use crate::ratelimit_headers::{ceil_secs, RateHeaders};
+use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
 use crate::upstream_pool::{TargetPool, UpstreamError};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -26,6 +29,9 @@ pub struct Gateway {
     pub upstreams: Vec<Arc<Upstream>>,
     pub trusted: TrustedProxies,
     pub max_body_bytes: u64,
+    /// `server.max_header_bytes` when it is below what hyper can enforce itself
+    /// ([`request_head::MIN_HYPER_BUF`]); the gateway then counts each head.
+    pub header_limit: Option<usize>,
     pub request_timeout: Duration,
     pub access_log: bool,
     pub ready: AtomicBool,
@@ -58,56 +64,9 @@ impl Worker {
     }
 }
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
-const HOP_BY_HOP: [&HeaderName; 8] = [
-    &header::CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
-}
-
-/// Removes the hop-by-hop headers and any header that `Connection` names. One pass over the
-/// names when there are none (the common case for requests); no allocation unless `Connection`
-/// names a header other than the usual `keep-alive` and `close` options (the common case for
-/// responses).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim) {
-            if token.is_empty() || token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                listed.push(name);
-            }
-        }
-    }
-    // Then the hop-by-hop names themselves: only those present (usually just `Connection`).
-    listed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
-    for name in listed {
-        headers.remove(name);
-    }
-}
-
 impl Gateway {
+    /// The route for a checked request: its Host (or, without one, an absolute target's host)
+    /// and its normalised path.
     fn route_for(&self, parts: &http::request::Parts) -> Option<&Route> {
         let host = parts
             .headers
@@ -120,12 +79,31 @@ impl Gateway {
 
     /// Handles one request end to end. Never fails: every problem becomes a response.
     pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
-        let (parts, body) = req.into_parts();
+        // A known length: no body, or Content-Length. Otherwise hyper read a chunked body.
+        let body_length_known = req.body().size_hint().exact().is_some();
+        let (mut parts, body) = req.into_parts();
         // Only what the access log needs, captured before the request moves on (and no clock
-        // read when there is no access log).
+        // read when there is no access log). The path as the client sent it.
         let access = self
             .access_log
             .then(|| (Instant::now(), parts.method.clone(), parts.uri.path().to_string()));
+        // Before anything else: refuse what is malformed or ambiguous, and normalise the path
+        // so that routing, limits and the upstream all see the same one.
+        let checked = request_head::check(&parts, body_length_known, self.header_limit).and_then(|checked| {
+            if let Some(path) = &checked.normalized_path {
+                parts.uri = with_path(&parts.uri, path)?;
+            }
+            Ok(checked)
+        });
+        let checked = match checked {
+            Ok(c) => c,
+            Err(refusal) => {
+                crate::telemetry::request_refused(refusal.kind);
+                let resp = refusal.response();
+                self.log(access, None, peer, resp.status(), None);
+                return resp;
+            }
+        };
         let Some(route) = self.route_for(&parts) else {
             let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
             self.log(access, None, peer, resp.status(), None);
@@ -187,7 +165,9 @@ impl Gateway {
                 }
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
-                    let (resp, target) = self.proxy(worker, route, *idx, upstream, parts, body, peer, ip).await;
+                    let (resp, target) = self
+                        .proxy(worker, route, *idx, upstream, parts, body, peer, ip, checked.chunked)
+                        .await;
                     if access.is_some() {
                         upstream_target = target.map(|t| upstream.targets[t].url());
                     }
@@ -217,13 +197,18 @@ impl Gateway {
         body: Incoming,
         peer: SocketAddr,
         ip: std::net::IpAddr,
+        chunked: bool,
     ) -> (Response<GatewayBody>, Option<usize>) {
-        if let Some(len) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        // hyper has checked it: one value, digits only.
+        let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| {
+            let digits = v.to_str().ok()?;
+            Some((digits.parse::<u64>().ok()?, digits.len() > 1 && digits.starts_with('0')))
+        });
+        if let Some((len, zero_padded)) = content_length {
+            if zero_padded {
+                // `005` is 5; the upstream gets the plain spelling.
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             if len > self.max_body_bytes {
                 let msg = format!(
                     "request body of {len} bytes exceeds the limit of {} bytes",
@@ -251,9 +236,41 @@ impl Gateway {
                 None,
             );
         };
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // The host the client asked for: its Host, or an HTTP/1.0 absolute target's authority.
+        let sent_host = parts.headers.get(header::HOST);
+        let has_host = sent_host.is_some();
+        let client_host = match sent_host {
+            Some(h) => Some(h.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
         strip_hop_by_hop(&mut parts.headers);
-        self.set_forwarded(&mut parts.headers, peer, ip, original_host);
+        if chunked {
+            // Transfer-Encoding went with the hop-by-hop headers. Said again, so the body is
+            // sent as it was read: without it, hyper sends a GET's unknown-length body as empty.
+            parts
+                .headers
+                .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        if !has_host {
+            // HTTP/1.0 clients may leave Host out; HTTP/1.1 upstreams need one. (`Connection`
+            // cannot remove a Host that was sent.)
+            let host = client_host
+                .clone()
+                .or_else(|| HeaderValue::from_str(upstream.targets[t].authority.as_str()).ok());
+            if let Some(h) = host {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+        set_forwarded(
+            &mut parts.headers,
+            self.trusted.contains(peer.ip()),
+            peer.ip(),
+            ip,
+            client_host,
+        );
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
@@ -277,6 +294,24 @@ impl Gateway {
                     UpstreamError::Request(err) => error_chain_has::<http_body_util::LengthLimitError>(err),
                     UpstreamError::Connect(_) => false,
                 };
+                if let UpstreamError::Request(err) = &e {
+                    if client_body_failed(err) {
+                        // The client's body broke off or was malformed (a bad chunk) after
+                        // the head went upstream: the client's fault, and the upstream never
+                        // got the request whole.
+                        tracing::debug!(error = %e, "request body from the client failed");
+                        crate::telemetry::request_refused("bad_request_body");
+                        let mut resp = json_error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request_body",
+                            "the request body could not be read (malformed chunked encoding, or the body ended early)",
+                            &[],
+                        );
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return (resp, target_url);
+                    }
+                }
                 if too_large {
                     let msg = format!("request body exceeds the limit of {} bytes", self.max_body_bytes);
                     return (
@@ -304,31 +339,6 @@ impl Gateway {
         }
     }
 
-    fn set_forwarded(
-        &self,
-        headers: &mut HeaderMap,
-        peer: SocketAddr,
-        client: std::net::IpAddr,
-        host: Option<HeaderValue>,
-    ) {
-        let trusted = self.trusted.contains(peer.ip());
-        let xff = match (trusted, headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
-            (true, Some(prior)) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok(),
-            _ => Some(ip_header_value(client)),
-        };
-        if let Some(v) = xff {
-            headers.insert(&X_FORWARDED_FOR, v);
-        }
-        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
-        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            if let Some(h) = host {
-                headers.insert(&X_FORWARDED_HOST, h);
-            }
-        }
-    }
-
     fn log(
         &self,
         access: Option<(Instant, http::Method, String)>,
@@ -352,21 +362,33 @@ impl Gateway {
     }
 }
 
-/// An address as a header value, formatted without `fmt` for IPv4 (the common case).
-fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut out = Vec::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
-            }
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).expect("digits and dots are a valid header value")
-        }
-        v6 => HeaderValue::from_str(&v6.to_string()).expect("an IPv6 address is a valid header value"),
+/// `uri` with its path replaced by `path` (already normal) and its query kept.
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, Refusal> {
+    let mut pq = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
     }
+    let mut b = Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build().map_err(|_| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        kind: "bad_target",
+        message: "the normalised request target is not a valid URI".into(),
+    })
+}
+
+/// Whether a request to the upstream failed because the client's body did: hyper reports the
+/// body's own error as the cause, and the only `hyper::Error` a request body can carry is the
+/// one the server side raised while reading the client.
+fn client_body_failed(e: &hyper::Error) -> bool {
+    std::error::Error::source(e).is_some_and(error_chain_has::<hyper::Error>)
 }
 
 fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -429,59 +451,5 @@ pub fn rejection_response_as<B>(route: &str, rejection: Rejection, make: impl Fn
             let msg = format!("limit {limit} needs {what}, which the request lacks");
             json_error_as(StatusCode::BAD_REQUEST, "missing_key", &msg, &ids(&limit), make)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_listed_headers() {
-        let mut h = map(&[
-            ("connection", "keep-alive, X-Secret , close"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("x-other", "2"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "Basic eA=="),
-            ("trailer", "x-t"),
-            ("content-type", "text/plain"),
-            ("x-kept", "3"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["content-type", "x-kept"]);
-    }
-
-    #[test]
-    fn leaves_end_to_end_headers_alone() {
-        let mut h = map(&[("content-type", "text/plain"), ("x-forwarded-for", "10.0.0.1")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2);
-    }
-
-    #[test]
-    fn formats_addresses_for_x_forwarded_for() {
-        assert_eq!(ip_header_value("192.0.2.1".parse().unwrap()), "192.0.2.1");
-        assert_eq!(ip_header_value("0.0.0.0".parse().unwrap()), "0.0.0.0");
-        assert_eq!(ip_header_value("255.255.255.255".parse().unwrap()), "255.255.255.255");
-        assert_eq!(ip_header_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
     }
 }

@@ -84,7 +84,7 @@ pub fn run_worker(
         builder
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .max_buf_size(settings.max_header_bytes.max(8192))
+            .max_buf_size(settings.max_header_bytes.max(crate::request_head::MIN_HYPER_BUF))
             .header_read_timeout(settings.idle_timeout);
         loop {
             tokio::select! {

@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 pub const REQUESTS: &str = "fleetgate_requests_total";
+pub const REQUESTS_REFUSED: &str = "fleetgate_requests_refused_total";
 pub const RATE_DECISIONS: &str = "fleetgate_rate_limit_decisions_total";
 pub const CONCURRENCY_DECISIONS: &str = "fleetgate_concurrency_decisions_total";
 pub const PERMIT_RENEWALS: &str = "fleetgate_concurrency_permit_renewals_total";
@@ -46,6 +47,12 @@ pub fn run_metrics_upkeep() {
 
 pub fn render_metrics() -> String {
     PROMETHEUS.get().map(|h| h.render()).unwrap_or_default()
+}
+
+/// A request refused before routing (`reason`: the `error` of its answer, e.g.
+/// `path_encoded_slash`, `duplicate_host`). Off the hot path: the handle is looked up per call.
+pub fn request_refused(reason: &'static str) {
+    counter!(REQUESTS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Per-route request counters, one handle per status code, created on first use.

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod raw_upstream;
+
 pub use fleetgate_testkit::free_port;
 
 /// A running gateway process; SIGKILLed on drop unless stopped.
