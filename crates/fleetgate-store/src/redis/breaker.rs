@@ -76,6 +76,9 @@ pub struct HealthGroup {
     backoff_ms: AtomicU64,
     members: Mutex<Vec<Weak<Member>>>,
     probes: watch::Sender<ProbeState>,
+    /// When the first member answered in the current generation (for the log: how long the
+    /// others took to follow).
+    first_answer: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for HealthGroup {
@@ -106,6 +109,7 @@ impl HealthGroup {
             backoff_ms: AtomicU64::new(settings.min_backoff.as_millis() as u64),
             members: Mutex::new(Vec::new()),
             probes: watch::channel(ProbeState::default()).0,
+            first_answer: Mutex::new(None),
         })
     }
 
@@ -192,6 +196,17 @@ impl HealthGroup {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
+        let first = {
+            let mut first = self.first_answer.lock();
+            match *first {
+                Some((g, at)) if g == generation => at,
+                _ => {
+                    let now = std::time::Instant::now();
+                    *first = Some((generation, now));
+                    now
+                }
+            }
+        };
         let all = {
             let mut members = self.members.lock();
             members.retain(|m| m.strong_count() > 0);
@@ -210,7 +225,11 @@ impl HealthGroup {
             .is_ok()
         {
             self.failures.store(0, Ordering::Relaxed);
-            tracing::info!(generation, "every store connection answered again; breaker closed");
+            tracing::info!(
+                generation,
+                after_first_answer_us = first.elapsed().as_micros() as u64,
+                "every store connection answered again; breaker closed"
+            );
             self.probes.send_modify(|s| s.open = false);
         }
     }
