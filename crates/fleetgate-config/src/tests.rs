@@ -846,6 +846,14 @@ fn other_refusals() {
         "routes[0].rate_limits[0].on_missing_key",
         &["accepted: shared, refuse"],
     );
+    for bits in ["0", "129"] {
+        refused(
+            &with_limit(&format!("key: ip\nrate: 1/s\nipv6_prefix: {bits}")),
+            11,
+            "routes[0].rate_limits[0].ipv6_prefix",
+            &["accepted: a whole number of bits from 1 to 128"],
+        );
+    }
     refused(
         "rate_limits:\n  - { name: g, key: global, rate: 1/0s }\n",
         2,
