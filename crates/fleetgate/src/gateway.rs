@@ -7,7 +7,7 @@ use crate::policy::{PermitGuard, Rejection, StoreCtx};
 use crate::ratelimit_headers::{ceil_secs, RateHeaders};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
-use crate::upstream_pool::{TargetPool, UpstreamError};
+use crate::upstream_pool::{PoolSettings, TargetPool, UpstreamError};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -27,6 +27,8 @@ pub struct Gateway {
     pub trusted: TrustedProxies,
     pub max_body_bytes: u64,
     pub request_timeout: Duration,
+    /// Longest wait for the next bytes of a client's request body.
+    pub body_idle_timeout: Duration,
     pub access_log: bool,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
@@ -50,7 +52,12 @@ impl Worker {
             .map(|u| {
                 u.targets
                     .iter()
-                    .map(|t| TargetPool::new(t.authority.to_string(), u.connect_timeout, u.idle_timeout))
+                    .map(|t| {
+                        TargetPool::new(
+                            t.authority.to_string(),
+                            PoolSettings::for_upstream(u, gateway.body_idle_timeout),
+                        )
+                    })
                     .collect()
             })
             .collect();
@@ -249,10 +256,29 @@ impl Gateway {
                     target_url,
                 )
             }
+            Ok(Err(UpstreamError::ClientBodyIdle(bound))) => {
+                let msg = format!("no request body bytes arrived for {} ms", bound.as_millis());
+                let mut resp = json_error(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", &msg, &[]);
+                // The rest of the body is not going to be read.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (resp, target_url)
+            }
+            Ok(Err(UpstreamError::UpstreamStalled(bound))) => {
+                let msg = format!(
+                    "upstream {} read nothing of the request for {} ms",
+                    upstream.name,
+                    bound.as_millis()
+                );
+                (
+                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[]),
+                    target_url,
+                )
+            }
             Ok(Err(e)) => {
                 let too_large = match &e {
                     UpstreamError::Request(err) => error_chain_has::<http_body_util::LengthLimitError>(err),
-                    UpstreamError::Connect(_) => false,
+                    _ => false,
                 };
                 if too_large {
                     let msg = format!("request body exceeds the limit of {} bytes", self.max_body_bytes);
@@ -275,7 +301,7 @@ impl Gateway {
                 upstream.report_success(t);
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
+                let body = body.boxed_unsync();
                 (Response::from_parts(parts, body), target_url)
             }
         }

@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod fleet;
 pub mod gateway;
 pub mod identity;
+pub mod idle;
 pub mod layer;
 pub mod policy;
 pub mod ratelimit_headers;
