@@ -7,7 +7,7 @@ use crate::policy::{PermitGuard, Rejection, StoreCtx};
 use crate::ratelimit_headers::{ceil_secs, RateHeaders};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
-use crate::upstream_pool::{PoolSettings, TargetPool, UpstreamError};
+use crate::upstream_pool::{OutboundBody, PoolSettings, TargetPool, UpstreamError};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -240,7 +240,8 @@ impl Gateway {
         self.set_forwarded(&mut parts.headers, peer, ip, original_host);
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
+        let body = OutboundBody::new(Limited::new(body, self.max_body_bytes as usize));
+        let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
         let result = tokio::time::timeout(timeout, worker.pools[idx][t].send(req)).await;
         let target_url = Some(t);

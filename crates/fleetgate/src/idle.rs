@@ -14,41 +14,50 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The deadline of one kind of wait.
+/// The deadline of one kind of wait. One word until a wait first happens: it sits in bodies
+/// and futures that are moved on every request, so its size counts. The bound itself is
+/// passed in by the owner, which has it at hand.
+#[derive(Default)]
 pub struct IdleBound {
-    bound: Duration,
-    /// When the current wait began; `None` while not waiting.
-    waiting_since: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    armed: Option<Pin<Box<Armed>>>,
+}
+
+pin_project_lite::pin_project! {
+    struct Armed {
+        #[pin]
+        sleep: Sleep,
+        // When the current wait began; `None` while not waiting.
+        waiting_since: Option<Instant>,
+    }
 }
 
 impl IdleBound {
-    pub fn new(bound: Duration) -> Self {
-        IdleBound {
-            bound,
-            waiting_since: None,
-            sleep: None,
-        }
-    }
-
-    pub fn bound(&self) -> Duration {
-        self.bound
+    pub const fn new() -> Self {
+        IdleBound { armed: None }
     }
 
     /// The guarded operation made progress: any wait is over.
     #[inline]
     pub fn progressed(&mut self) {
-        self.waiting_since = None;
+        if let Some(armed) = &mut self.armed {
+            *armed.as_mut().project().waiting_since = None;
+        }
     }
 
     /// The guarded operation would wait (it returned `Pending` and registered `cx`).
-    /// `Ready(())` once the wait has lasted the bound; otherwise `cx` is woken when it would.
-    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        let due = since + self.bound;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+    /// `Ready(())` once the wait has lasted `bound`; otherwise `cx` is woken when it would.
+    pub fn poll_expired(&mut self, bound: Duration, cx: &mut Context<'_>) -> Poll<()> {
+        let armed = self.armed.get_or_insert_with(|| {
+            let now = Instant::now();
+            Box::pin(Armed {
+                sleep: tokio::time::sleep_until(now + bound),
+                waiting_since: Some(now),
+            })
+        });
+        let armed = armed.as_mut().project();
+        let since = *armed.waiting_since.get_or_insert_with(Instant::now);
+        let due = since + bound;
+        let mut sleep = armed.sleep;
         if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
@@ -57,10 +66,7 @@ impl IdleBound {
         }
         // Armed for an earlier wait that ended: move it to this wait's deadline.
         sleep.as_mut().reset(due);
-        match sleep.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(()),
-        }
+        sleep.poll(cx)
     }
 }
 
@@ -102,6 +108,7 @@ pin_project_lite::pin_project! {
     pub struct WriteBound<T> {
         #[pin]
         inner: T,
+        bound: Duration,
         idle: IdleBound,
     }
 }
@@ -110,25 +117,32 @@ impl<T> WriteBound<T> {
     pub fn new(inner: T, bound: Duration) -> Self {
         WriteBound {
             inner,
-            idle: IdleBound::new(bound),
+            bound,
+            idle: IdleBound::new(),
         }
     }
 
+    /// Bounds a `Pending` write; `wrote` says whether a ready result moved bytes (a flush or
+    /// shutdown that is ready at once proves nothing about the peer).
     fn check<R>(
         idle: &mut IdleBound,
+        bound: Duration,
         polled: Poll<std::io::Result<R>>,
+        wrote: bool,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<R>> {
         match polled {
-            Poll::Pending => match idle.poll_expired(cx) {
+            Poll::Pending => match idle.poll_expired(bound, cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    WriteStalled(idle.bound()),
+                    WriteStalled(bound),
                 ))),
             },
             ready => {
-                idle.progressed();
+                if wrote {
+                    idle.progressed();
+                }
                 ready
             }
         }
@@ -147,7 +161,7 @@ impl<T: AsyncWrite> AsyncWrite for WriteBound<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write(cx, buf);
-        Self::check(this.idle, polled, cx)
+        Self::check(this.idle, *this.bound, polled, true, cx)
     }
 
     #[inline]
@@ -158,7 +172,7 @@ impl<T: AsyncWrite> AsyncWrite for WriteBound<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write_vectored(cx, bufs);
-        Self::check(this.idle, polled, cx)
+        Self::check(this.idle, *this.bound, polled, true, cx)
     }
 
     #[inline]
@@ -170,14 +184,14 @@ impl<T: AsyncWrite> AsyncWrite for WriteBound<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let polled = this.inner.poll_flush(cx);
-        Self::check(this.idle, polled, cx)
+        Self::check(this.idle, *this.bound, polled, false, cx)
     }
 
     #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let polled = this.inner.poll_shutdown(cx);
-        Self::check(this.idle, polled, cx)
+        Self::check(this.idle, *this.bound, polled, false, cx)
     }
 }
 
@@ -188,19 +202,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_expires_after_the_bound_and_progress_restarts_it() {
-        let mut idle = IdleBound::new(Duration::from_secs(2));
+        let bound = Duration::from_secs(2);
+        let mut idle = IdleBound::new();
         let start = Instant::now();
         // A wait of 1.5 s, then progress: not expired.
         let first = tokio::time::timeout(
             Duration::from_millis(1500),
-            std::future::poll_fn(|cx| idle.poll_expired(cx)),
+            std::future::poll_fn(|cx| idle.poll_expired(bound, cx)),
         )
         .await;
         assert!(first.is_err(), "expired before its bound");
         idle.progressed();
         // A new wait runs its whole bound from its own start, although the timer was armed
         // for the first one.
-        std::future::poll_fn(|cx| idle.poll_expired(cx)).await;
+        std::future::poll_fn(|cx| idle.poll_expired(bound, cx)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(3500));
     }
 

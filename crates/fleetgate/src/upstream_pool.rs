@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// The request body as the gateway hands it over (the client's, bounded in size).
-pub type UpstreamRequestBody = Limited<Incoming>;
+/// The request body as the gateway hands it over: the client's, bounded in size.
+pub type UpstreamRequestBody = OutboundBody;
 type Sender = SendRequest<OutboundBody>;
 
 /// Why a request to a target failed.
@@ -88,24 +88,27 @@ impl PoolSettings {
     }
 }
 
-/// What a connection's request body tells the pool.
+/// What a connection's pool and its current request body share. Behind one `Arc` made per
+/// connection, so that a request pays no allocation and the bodies stay small.
 struct ConnShared {
     /// The current request's body has been handed to hyper whole.
     request_sent: AtomicBool,
+    /// Longest wait for the next bytes of the client's request body.
+    request_body_idle: Duration,
+    /// The task driving the connection: aborting it closes the socket at once, even while
+    /// hyper is still writing a request body.
+    task: tokio::task::AbortHandle,
 }
 
 /// One client connection to a target.
 struct Conn {
     sender: Sender,
     shared: Arc<ConnShared>,
-    /// The task driving the connection: aborting it closes the socket at once, even while
-    /// hyper is still writing a request body.
-    task: tokio::task::AbortHandle,
 }
 
 impl Conn {
     fn close(self) {
-        self.task.abort();
+        self.shared.task.abort();
     }
 }
 
@@ -178,8 +181,9 @@ impl TargetPool {
             sender,
             shared: Arc::new(ConnShared {
                 request_sent: AtomicBool::new(true),
+                request_body_idle: self.settings.request_body_idle,
+                task,
             }),
-            task,
         })
     }
 
@@ -187,13 +191,8 @@ impl TargetPool {
     /// (and the request body went whole).
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamRequestBody>,
+        mut req: Request<UpstreamRequestBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut req = req.map(|body| OutboundBody {
-            inner: body,
-            idle: IdleBound::new(self.settings.request_body_idle),
-            shared: None,
-        });
         loop {
             let (mut conn, fresh) = match self.checkout() {
                 Some(c) => (c, false),
@@ -211,8 +210,11 @@ impl TargetPool {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let home = Some((conn, self.clone()));
-                    let idle = IdleBound::new(self.settings.response_body_idle);
-                    return Ok(resp.map(|inner| PooledBody { inner, idle, home }));
+                    return Ok(resp.map(|inner| PooledBody {
+                        inner,
+                        idle: IdleBound::new(),
+                        home,
+                    }));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never sent: the idle connection had gone stale. Try again on another.
@@ -272,7 +274,7 @@ pin_project_lite::pin_project! {
     /// telling its connection when it has gone whole.
     pub struct OutboundBody {
         #[pin]
-        inner: UpstreamRequestBody,
+        inner: Limited<Incoming>,
         idle: IdleBound,
         // `None` once sent whole (or when there was nothing to send).
         shared: Option<Arc<ConnShared>>,
@@ -280,6 +282,14 @@ pin_project_lite::pin_project! {
 }
 
 impl OutboundBody {
+    pub fn new(inner: Limited<Incoming>) -> Self {
+        OutboundBody {
+            inner,
+            idle: IdleBound::new(),
+            shared: None,
+        }
+    }
+
     /// Rides on the connection of `shared` from now on.
     fn attach(&mut self, shared: &Arc<ConnShared>) {
         let empty = self.inner.is_end_stream();
@@ -302,10 +312,16 @@ impl Body for OutboundBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
-            Poll::Pending => match this.idle.poll_expired(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyIdle(this.idle.bound()))))),
-            },
+            Poll::Pending => {
+                // Polled only while not yet sent whole, so `shared` is there.
+                let Some(bound) = this.shared.as_ref().map(|s| s.request_body_idle) else {
+                    return Poll::Pending;
+                };
+                match this.idle.poll_expired(bound, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyIdle(bound))))),
+                }
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progressed();
                 // hyper stops polling after the last data (end of stream) or after trailers.
@@ -364,17 +380,23 @@ impl Body for PooledBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
-            Poll::Pending => match this.idle.poll_expired(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(()) => {
-                    // The error makes hyper abort the client's response (never completed as if
-                    // whole); the upstream connection goes with it.
-                    if let Some((conn, _)) = this.home.take() {
-                        conn.close();
+            Poll::Pending => {
+                // Polled only until the end, while the connection is still here.
+                let Some(bound) = this.home.as_ref().map(|(_, pool)| pool.settings.response_body_idle) else {
+                    return Poll::Pending;
+                };
+                match this.idle.poll_expired(bound, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        // The error makes hyper abort the client's response (never completed as
+                        // if whole); the upstream connection goes with it.
+                        if let Some((conn, _)) = this.home.take() {
+                            conn.close();
+                        }
+                        Poll::Ready(Some(Err(Box::new(ResponseBodyIdle(bound)))))
                     }
-                    Poll::Ready(Some(Err(Box::new(ResponseBodyIdle(this.idle.bound())))))
                 }
-            },
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progressed();
                 Poll::Ready(Some(Ok(frame)))
