@@ -10,7 +10,7 @@ use crate::upstream::Upstream;
 use crate::upstream_pool::{OutboundBody, PoolSettings, TargetPool, UpstreamError};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ impl Worker {
                     .map(|t| {
                         TargetPool::new(
                             t.authority.to_string(),
-                            PoolSettings::for_upstream(u, gateway.body_idle_timeout),
+                            PoolSettings::for_upstream(u, gateway.body_idle_timeout, gateway.max_body_bytes),
                         )
                     })
                     .collect()
@@ -240,7 +240,7 @@ impl Gateway {
         self.set_forwarded(&mut parts.headers, peer, ip, original_host);
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let body = OutboundBody::new(Limited::new(body, self.max_body_bytes as usize));
+        let body = OutboundBody::new(body);
         let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
         let result = tokio::time::timeout(timeout, worker.pools[idx][t].send(req)).await;
@@ -278,7 +278,7 @@ impl Gateway {
             }
             Ok(Err(e)) => {
                 let too_large = match &e {
-                    UpstreamError::Request(err) => error_chain_has::<http_body_util::LengthLimitError>(err),
+                    UpstreamError::Request(err) => error_chain_has::<crate::upstream_pool::BodyTooLarge>(err),
                     _ => false,
                 };
                 if too_large {
