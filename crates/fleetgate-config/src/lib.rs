@@ -34,6 +34,7 @@
 //! The file format is described in `docs/configuration.md`.
 #![forbid(unsafe_code)]
 
+mod duration;
 mod env;
 mod error;
 mod model;

@@ -435,7 +435,19 @@ pub struct ServerConfig {
     /// Bound on draining in-flight requests at shutdown (`server.drain_timeout_ms`, default
     /// 10 s).
     pub drain_timeout: Duration,
+    /// Longest wait for the next bytes of a client's request body (`server.body_idle_timeout`,
+    /// default 60 s); past it the request is refused with 408 and its connection closed.
+    pub body_idle_timeout: Duration,
+    /// Longest time a write to a client may make no progress (`server.write_timeout`,
+    /// default 60 s); past it the connection is closed.
+    pub write_timeout: Duration,
+    /// Open client connections per instance, all workers together (`server.max_connections`,
+    /// default 10000); a connection beyond it is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
+
+/// Default of `server.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -445,6 +457,9 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_millis(30_000),
             idle_timeout: Duration::from_millis(60_000),
             drain_timeout: Duration::from_millis(10_000),
+            body_idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -462,6 +477,12 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// How long a pooled idle connection is kept (`idle_timeout_ms`, default 90 s).
     pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a response body (`body_idle_timeout`, default 60 s);
+    /// past it the response to the client is cut off (never completed as if whole).
+    pub body_idle_timeout: Duration,
+    /// Longest time writing a request to a target may make no progress (`write_timeout`,
+    /// default 60 s); past it the connection is closed.
+    pub write_timeout: Duration,
     /// Active health checks (`health_check`); `None`: no active checks.
     pub health_check: Option<HealthCheckConfig>,
     /// Passive ejection on connection failures (`passive`).

@@ -184,6 +184,12 @@ pub(crate) struct RawServer {
     pub idle_timeout_ms: Option<S<i64>>,
     #[serde(default)]
     pub drain_timeout_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub body_idle_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub write_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +202,10 @@ pub(crate) struct RawUpstream {
     pub request_timeout_ms: Option<S<i64>>,
     #[serde(default)]
     pub idle_timeout_ms: Option<S<i64>>,
+    #[serde(default)]
+    pub body_idle_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub write_timeout: Option<S<String>>,
     #[serde(default)]
     pub health_check: Option<S<RawHealthCheck>>,
     #[serde(default)]

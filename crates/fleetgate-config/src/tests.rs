@@ -147,6 +147,66 @@ fn nested_defaults() {
     );
 }
 
+/// The body and write bounds and the connection cap: defaults, durations as written, and
+/// located refusals.
+#[test]
+fn connection_bounds_read_durations_and_refuse_bad_ones() {
+    let c = p(BASE).unwrap();
+    assert_eq!(c.server.body_idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, 10_000);
+    let up = c.upstream("backend").unwrap();
+    assert_eq!(up.body_idle_timeout, Duration::from_secs(60));
+    assert_eq!(up.write_timeout, Duration::from_secs(60));
+
+    let text = "server:\n  body_idle_timeout: 500ms\n  write_timeout: 2m\n  max_connections: 3\nupstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n    body_idle_timeout: 7d\n    write_timeout: \" 1s \"\n";
+    let c = p(text).unwrap();
+    assert_eq!(c.server.body_idle_timeout, Duration::from_millis(500));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(120));
+    assert_eq!(c.server.max_connections, 3);
+    let up = c.upstream("backend").unwrap();
+    assert_eq!(up.body_idle_timeout, Duration::from_secs(7 * 86_400));
+    assert_eq!(up.write_timeout, Duration::from_secs(1));
+
+    let accepted = "accepted: a whole number and a unit (ms, s, m, h or d) from 1ms to 7d";
+    refused(
+        "server:\n  body_idle_timeout: 30\n",
+        2,
+        "server.body_idle_timeout",
+        &["\"30\" has no unit", accepted],
+    );
+    refused(
+        "server:\n  write_timeout: 0s\n",
+        2,
+        "server.write_timeout",
+        &["0s is out of range", accepted],
+    );
+    refused(
+        "server:\n  write_timeout: 8d\n",
+        2,
+        "server.write_timeout",
+        &["8d is out of range", accepted],
+    );
+    refused(
+        "server:\n  max_connections: 0\n",
+        2,
+        "server.max_connections",
+        &["0 is out of range", "accepted: a whole number from 1 to 1000000"],
+    );
+    refused(
+        "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n    body_idle_timeout: 5 seconds\n",
+        4,
+        "upstreams.backend.body_idle_timeout",
+        &["\"5 seconds\" has unit \" seconds\"", accepted],
+    );
+    refused(
+        "upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n    write_timeout: fast\n",
+        4,
+        "upstreams.backend.write_timeout",
+        &["\"fast\" does not start with a whole number", accepted],
+    );
+}
+
 const FULL: &str = r#"
 listen: 0.0.0.0:8081
 admin:

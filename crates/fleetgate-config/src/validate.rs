@@ -1,6 +1,7 @@
 //! From the file as written ([`crate::raw`]) to the validated [`Config`], stopping at the first
 //! problem with its location, field path, why, and what is accepted.
 
+use crate::duration::{parse_duration, DURATION_ACCEPTED, MAX_DURATION};
 use crate::error::{
     accepted_for, Invalid, CERT_FILE_ACCEPTED, KEY_FILE_ACCEPTED, LISTEN_ACCEPTED, MS_ACCEPTED, STORE_URL_ACCEPTED,
     TARGETS_ACCEPTED, TTL_ACCEPTED, USERNAME_ACCEPTED,
@@ -20,6 +21,9 @@ type R<T> = Result<T, Invalid>;
 const SCOPE_ACCEPTED: &str = "1 to 64 characters from A-Z a-z 0-9 . _ - (no ':', braces or spaces)";
 const MAX_MS: i64 = 7 * 24 * 3600 * 1000;
 const TTL_MAX_MS: i64 = 365 * 24 * 3600 * 1000;
+const MAX_CONNECTIONS: i64 = 1_000_000;
+const UPSTREAM_BODY_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+const UPSTREAM_WRITE_DEFAULT: Duration = Duration::from_secs(60);
 
 fn loc<T>(s: &S<T>) -> Option<Location> {
     Some(s.referenced)
@@ -72,6 +76,21 @@ fn millis_or(v: &Option<S<i64>>, default: Duration, path: &str) -> R<Duration> {
         ));
     }
     Ok(Duration::from_millis(s.value as u64))
+}
+
+/// A duration written like `500ms` or `30s`, 1 ms to 7 days, or the default.
+fn duration(v: &Option<S<String>>, default: Duration, path: &str) -> R<Duration> {
+    let Some(s) = v else { return Ok(default) };
+    let d = parse_duration(&s.value)
+        .map_err(|why| Invalid::new(loc(s), path, format!("{why}; accepted: {DURATION_ACCEPTED}")))?;
+    if d < Duration::from_millis(1) || d > MAX_DURATION {
+        return Err(Invalid::new(
+            loc(s),
+            path,
+            format!("{} is out of range; accepted: {DURATION_ACCEPTED}", s.value.trim()),
+        ));
+    }
+    Ok(d)
 }
 
 fn socket_addr(v: &Option<S<String>>, default: SocketAddr, path: &str) -> R<SocketAddr> {
@@ -664,6 +683,15 @@ fn validate_server(server: Option<RawServer>) -> R<ServerConfig> {
     out.request_timeout = millis(&s.request_timeout_ms, 30_000, "server.request_timeout_ms")?;
     out.idle_timeout = millis(&s.idle_timeout_ms, 60_000, "server.idle_timeout_ms")?;
     out.drain_timeout = millis(&s.drain_timeout_ms, 10_000, "server.drain_timeout_ms")?;
+    out.body_idle_timeout = duration(&s.body_idle_timeout, out.body_idle_timeout, "server.body_idle_timeout")?;
+    out.write_timeout = duration(&s.write_timeout, out.write_timeout, "server.write_timeout")?;
+    out.max_connections = int(
+        &s.max_connections,
+        DEFAULT_MAX_CONNECTIONS as i64,
+        "server.max_connections",
+        1,
+        MAX_CONNECTIONS,
+    )? as usize;
     Ok(out)
 }
 
@@ -772,6 +800,12 @@ fn validate_upstreams(ups: Option<Entries<S<RawUpstream>>>) -> R<BTreeMap<String
                 connect_timeout: millis(&up.connect_timeout_ms, 1000, &join(&path, "connect_timeout_ms"))?,
                 request_timeout: millis(&up.request_timeout_ms, 30_000, &join(&path, "request_timeout_ms"))?,
                 idle_timeout: millis(&up.idle_timeout_ms, 90_000, &join(&path, "idle_timeout_ms"))?,
+                body_idle_timeout: duration(
+                    &up.body_idle_timeout,
+                    UPSTREAM_BODY_IDLE_DEFAULT,
+                    &join(&path, "body_idle_timeout"),
+                )?,
+                write_timeout: duration(&up.write_timeout, UPSTREAM_WRITE_DEFAULT, &join(&path, "write_timeout"))?,
                 health_check,
                 passive,
             },

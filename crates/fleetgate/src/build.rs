@@ -40,16 +40,19 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             healthy_threshold: h.healthy_threshold,
         });
         index.insert(name.clone(), upstreams.len());
-        upstreams.push(Arc::new(Upstream::new(
-            name,
-            targets,
-            u.connect_timeout,
-            u.request_timeout,
-            u.idle_timeout,
-            health_check,
-            u.passive.failures,
-            u.passive.eject,
-        )));
+        upstreams.push(Arc::new(
+            Upstream::new(
+                name,
+                targets,
+                u.connect_timeout,
+                u.request_timeout,
+                u.idle_timeout,
+                health_check,
+                u.passive.failures,
+                u.passive.eject,
+            )
+            .with_io_bounds(u.body_idle_timeout, u.write_timeout),
+        ));
     }
     let mut routes = Vec::new();
     for r in &config.routes {
@@ -106,6 +109,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         header_limit: (config.server.max_header_bytes < crate::request_head::MIN_HYPER_BUF)
             .then_some(config.server.max_header_bytes),
         request_timeout: config.server.request_timeout,
+        body_idle_timeout: config.server.body_idle_timeout,
         access_log: config.log.access_log,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),

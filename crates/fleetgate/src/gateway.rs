@@ -9,11 +9,11 @@ use crate::ratelimit_headers::{ceil_secs, RateHeaders};
 use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
-use crate::upstream_pool::{TargetPool, UpstreamError};
+use crate::upstream_pool::{OutboundBody, PoolSettings, TargetPool, UpstreamError};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -33,6 +33,8 @@ pub struct Gateway {
     /// ([`request_head::MIN_HYPER_BUF`]); the gateway then counts each head.
     pub header_limit: Option<usize>,
     pub request_timeout: Duration,
+    /// Longest wait for the next bytes of a client's request body.
+    pub body_idle_timeout: Duration,
     pub access_log: bool,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
@@ -56,7 +58,12 @@ impl Worker {
             .map(|u| {
                 u.targets
                     .iter()
-                    .map(|t| TargetPool::new(t.authority.to_string(), u.connect_timeout, u.idle_timeout))
+                    .map(|t| {
+                        TargetPool::new(
+                            t.authority.to_string(),
+                            PoolSettings::for_upstream(u, gateway.body_idle_timeout, gateway.max_body_bytes),
+                        )
+                    })
                     .collect()
             })
             .collect();
@@ -273,7 +280,8 @@ impl Gateway {
         );
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let req = Request::from_parts(parts, Limited::new(body, self.max_body_bytes as usize));
+        let body = OutboundBody::new(body);
+        let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
         let result = tokio::time::timeout(timeout, worker.pools[idx][t].send(req)).await;
         let target_url = Some(t);
@@ -289,10 +297,29 @@ impl Gateway {
                     target_url,
                 )
             }
+            Ok(Err(UpstreamError::ClientBodyIdle(bound))) => {
+                let msg = format!("no request body bytes arrived for {} ms", bound.as_millis());
+                let mut resp = json_error(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", &msg, &[]);
+                // The rest of the body is not going to be read.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (resp, target_url)
+            }
+            Ok(Err(UpstreamError::UpstreamStalled(bound))) => {
+                let msg = format!(
+                    "upstream {} read nothing of the request for {} ms",
+                    upstream.name,
+                    bound.as_millis()
+                );
+                (
+                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[]),
+                    target_url,
+                )
+            }
             Ok(Err(e)) => {
                 let too_large = match &e {
-                    UpstreamError::Request(err) => error_chain_has::<http_body_util::LengthLimitError>(err),
-                    UpstreamError::Connect(_) => false,
+                    UpstreamError::Request(err) => error_chain_has::<crate::upstream_pool::BodyTooLarge>(err),
+                    _ => false,
                 };
                 if let UpstreamError::Request(err) = &e {
                     if client_body_failed(err) {
@@ -333,7 +360,7 @@ impl Gateway {
                 upstream.report_success(t);
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(|e| Box::new(e) as crate::body::BoxError).boxed_unsync();
+                let body = body.boxed_unsync();
                 (Response::from_parts(parts, body), target_url)
             }
         }

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod forward_headers;
 pub mod gateway;
 pub mod identity;
+pub mod idle;
 pub mod layer;
 pub mod path_normalize;
 pub mod policy;

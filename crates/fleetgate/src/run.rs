@@ -104,6 +104,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         max_header_bytes: config.server.max_header_bytes,
         idle_timeout: config.server.idle_timeout,
         drain_timeout: config.server.drain_timeout,
+        write_timeout: config.server.write_timeout,
+        connections: crate::server::ConnectionCap::new(config.server.max_connections),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), String>>();

@@ -2,14 +2,20 @@
 //! SO_REUSEPORT listener on the same address (the kernel spreads connections), HTTP/1.1 only.
 //! This layout measured fastest for a hyper proxy on small machines (DESIGN.md, performance
 //! notes). Shutdown: stop accepting, let in-flight requests finish up to the drain bound.
+//!
+//! Client connections are capped per instance (all workers share one count): one past the cap
+//! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
+//! wait for nothing. Writes to a client that stops reading fail after `write_timeout`.
 
 use crate::gateway::{Gateway, Worker};
+use crate::idle::WriteBound;
 use crate::policy::StoreCtx;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -20,6 +26,55 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Longest time a write to a client may make no progress.
+    pub write_timeout: Duration,
+    /// The instance's count of open client connections (clones share it).
+    pub connections: ConnectionCap,
+}
+
+/// Open client connections of the instance, against `server.max_connections`.
+#[derive(Debug, Clone)]
+pub struct ConnectionCap(Arc<CapState>);
+
+#[derive(Debug)]
+struct CapState {
+    max: usize,
+    open: AtomicUsize,
+    gauge: metrics::Gauge,
+    refused: metrics::Counter,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize) -> Self {
+        ConnectionCap(Arc::new(CapState {
+            max,
+            open: AtomicUsize::new(0),
+            gauge: metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS),
+            refused: metrics::counter!(crate::telemetry::CLIENT_CONNECTIONS_REFUSED),
+        }))
+    }
+
+    /// A slot for one more connection, held until dropped; `None` (counted) at the cap.
+    fn admit(&self) -> Option<ConnectionSlot> {
+        let before = self.0.open.fetch_add(1, Ordering::Relaxed);
+        if before >= self.0.max {
+            self.0.open.fetch_sub(1, Ordering::Relaxed);
+            self.0.refused.increment(1);
+            return None;
+        }
+        self.0.gauge.increment(1.0);
+        Some(ConnectionSlot(self.0.clone()))
+    }
+}
+
+/// One admitted connection; gives its slot back when dropped.
+struct ConnectionSlot(Arc<CapState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.decrement(1.0);
+    }
 }
 
 /// Binds `count` listeners to `addr` with SO_REUSEPORT (the first resolves port 0).
@@ -98,7 +153,13 @@ pub fn run_worker(
                             continue;
                         }
                     };
+                    let Some(slot) = settings.connections.admit() else {
+                        tracing::debug!(peer = %peer, "connection refused: server.max_connections reached");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
+                    let stream = WriteBound::new(stream, settings.write_timeout);
                     let (gateway, worker) = (gateway.clone(), worker.clone());
                     let service = service_fn(move |req| {
                         let (gateway, worker) = (gateway.clone(), worker.clone());
@@ -109,6 +170,7 @@ pub fn run_worker(
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 _ = shutdown.changed() => break,

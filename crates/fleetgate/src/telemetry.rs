@@ -15,6 +15,8 @@ pub const STORE_ERRORS: &str = "fleetgate_store_errors_total";
 pub const STORE_FALLBACK: &str = "fleetgate_store_fallback_active";
 pub const UPSTREAM_ERRORS: &str = "fleetgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "fleetgate_upstream_target_healthy";
+pub const CLIENT_CONNECTIONS: &str = "fleetgate_client_connections";
+pub const CLIENT_CONNECTIONS_REFUSED: &str = "fleetgate_client_connections_refused_total";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -34,6 +34,9 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
 }
 
+/// The default of both I/O bounds (as in the configuration).
+const DEFAULT_IO_BOUND: Duration = Duration::from_secs(60);
+
 pub struct Upstream {
     pub name: String,
     pub targets: Vec<Target>,
@@ -42,6 +45,10 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a response body.
+    pub body_idle_timeout: Duration,
+    /// Longest time a write to a target may make no progress.
+    pub write_timeout: Duration,
     pub health_check: Option<HealthCheck>,
     eject_after: u32,
     eject_for: Duration,
@@ -82,10 +89,19 @@ impl Upstream {
             connect_timeout,
             request_timeout,
             idle_timeout,
+            body_idle_timeout: DEFAULT_IO_BOUND,
+            write_timeout: DEFAULT_IO_BOUND,
             health_check,
             eject_after: eject_after.max(1),
             eject_for,
         }
+    }
+
+    /// Sets the bounds on waiting for response body bytes and on stalled writes.
+    pub fn with_io_bounds(mut self, body_idle_timeout: Duration, write_timeout: Duration) -> Self {
+        self.body_idle_timeout = body_idle_timeout;
+        self.write_timeout = write_timeout;
+        self
     }
 
     fn now_ms(&self) -> u64 {

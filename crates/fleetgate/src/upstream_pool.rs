@@ -1,27 +1,38 @@
 //! Per-worker connection pools to upstream targets, on hyper's HTTP/1 client connections.
 //!
 //! Each worker keeps, per target, a stack of idle keep-alive connections. A request takes the
-//! most recently used one (or connects), and its connection goes back to the stack when the
-//! response body has been read to the end. Everything stays on the worker's own thread: no
-//! shared pool lock, no background task per request (hyper-util's pooled client measured at
-//! 0.6x nginx here; see `scripts/bench gateway`). A request that found a stale idle connection
-//! (closed by the upstream before it was sent) is retried once on a fresh one.
+//! most recently used one (or connects). A connection goes back to the stack only when it is
+//! done both ways: the response body read to the end and the request body sent whole. One
+//! whose upstream answered before taking the whole request body (an early 413 or 401) is
+//! closed instead: hyper would keep streaming the rest of that body on it, and the next request
+//! would wait behind it. Everything stays on the worker's own thread: no shared pool lock, no
+//! background task per request (hyper-util's pooled client measured at 0.6x nginx here; see
+//! `scripts/bench gateway`). A request that found a stale idle connection (closed by the
+//! upstream before it was sent) is retried once on a fresh one.
+//!
+//! Bounds ([`crate::idle`]): a request body that stops arriving, a response body that stops
+//! arriving, and an upstream that stops taking our writes each end the exchange after their
+//! bound instead of holding both sides open.
 
+use crate::body::BoxError;
+use crate::idle::{is_write_stall, IdleBound, WriteBound};
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-pub type UpstreamRequestBody = Limited<Incoming>;
-type Sender = SendRequest<UpstreamRequestBody>;
+/// The request body as the gateway hands it over.
+pub type UpstreamRequestBody = OutboundBody;
+type Sender = SendRequest<OutboundBody>;
 
 /// Why a request to a target failed.
 #[derive(Debug)]
@@ -30,6 +41,10 @@ pub enum UpstreamError {
     Connect(std::io::Error),
     /// The exchange failed after connecting.
     Request(hyper::Error),
+    /// The client stopped sending its request body for longer than this.
+    ClientBodyIdle(Duration),
+    /// The upstream took none of the request for longer than this.
+    UpstreamStalled(Duration),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -37,81 +52,169 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(e) => write!(f, "connect: {e}"),
             UpstreamError::Request(e) => write!(f, "request: {e}"),
+            UpstreamError::ClientBodyIdle(d) => {
+                write!(f, "the client sent no request body bytes for {} ms", d.as_millis())
+            }
+            UpstreamError::UpstreamStalled(d) => write!(f, "the upstream read nothing for {} ms", d.as_millis()),
         }
+    }
+}
+
+/// The timeouts of one worker's connections to one target.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a response body.
+    pub response_body_idle: Duration,
+    /// Longest wait for the next bytes of the client's request body.
+    pub request_body_idle: Duration,
+    /// Longest time a write to the target may make no progress.
+    pub write_timeout: Duration,
+    /// Largest request body forwarded (`server.max_body_bytes`).
+    pub max_body_bytes: u64,
+}
+
+impl PoolSettings {
+    /// The settings of `upstream`'s targets, with the server's bounds on request bodies.
+    pub fn for_upstream(upstream: &Upstream, request_body_idle: Duration, max_body_bytes: u64) -> Self {
+        PoolSettings {
+            max_body_bytes,
+            connect_timeout: upstream.connect_timeout,
+            idle_timeout: upstream.idle_timeout,
+            response_body_idle: upstream.body_idle_timeout,
+            request_body_idle,
+            write_timeout: upstream.write_timeout,
+        }
+    }
+}
+
+/// What a connection's pool and its current request body share. Behind one `Arc` made per
+/// connection, so that a request pays no allocation and its body stays one word bigger than
+/// hyper's own (the request is moved several times on its way: at 256 bytes, a move is a few
+/// inline copies; past it, a call to memcpy, measured under callgrind). A connection carries
+/// one request at a time, so the request body's state can live here.
+struct ConnShared {
+    /// The current request's body has been handed to hyper whole.
+    request_sent: AtomicBool,
+    /// Bytes the current request body may still carry (`server.max_body_bytes` at the start).
+    remaining: AtomicU64,
+    max_body_bytes: u64,
+    /// Whether `idle` may be waiting (so that progress takes its lock only then).
+    waiting: AtomicBool,
+    /// The bound on the current request body's waits.
+    idle: Mutex<IdleBound>,
+    /// Longest wait for the next bytes of the client's request body.
+    request_body_idle: Duration,
+    /// The task driving the connection: aborting it closes the socket at once, even while
+    /// hyper is still writing a request body.
+    task: tokio::task::AbortHandle,
+}
+
+/// One client connection to a target.
+struct Conn {
+    sender: Sender,
+    shared: Arc<ConnShared>,
+}
+
+impl Conn {
+    fn close(self) {
+        self.shared.task.abort();
     }
 }
 
 /// Idle connections of one worker to one target.
 pub struct TargetPool {
     authority: String,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    settings: PoolSettings,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 /// Idle connections kept per target and worker.
 const MAX_IDLE: usize = 256;
 
 impl TargetPool {
-    pub fn new(authority: String, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(authority: String, settings: PoolSettings) -> Arc<Self> {
         Arc::new(TargetPool {
             authority,
-            connect_timeout,
-            idle_timeout,
+            settings,
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if !conn.sender.is_closed() && since.elapsed() < self.settings.idle_timeout {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Keeps `conn` for the next request if it is done both ways; closes it otherwise.
+    fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        if !conn.shared.request_sent.load(Ordering::Acquire) {
+            // The upstream answered before the request body was through: hyper would go on
+            // streaming it here, and the next request would wait behind it.
+            conn.close();
             return;
         }
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&self.authority))
-            .await
-            .map_err(|_| {
-                UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
-            })?
-            .map_err(UpstreamError::Connect)?;
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let stream = tokio::time::timeout(
+            self.settings.connect_timeout,
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let io = TokioIo::new(WriteBound::new(stream, self.settings.write_timeout));
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
-        });
-        Ok(sender)
+        })
+        .abort_handle();
+        Ok(Conn {
+            sender,
+            shared: Arc::new(ConnShared {
+                request_sent: AtomicBool::new(true),
+                remaining: AtomicU64::new(0),
+                max_body_bytes: self.settings.max_body_bytes,
+                waiting: AtomicBool::new(false),
+                idle: Mutex::new(IdleBound::new()),
+                request_body_idle: self.settings.request_body_idle,
+                task,
+            }),
+        })
     }
 
-    /// Sends `req`; the response body returns the connection to the pool when read to the end.
+    /// Sends `req`; the response body returns the connection to the pool when read to the end
+    /// (and the request body went whole).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamRequestBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         loop {
-            let (mut sender, fresh) = match self.checkout() {
-                Some(s) => (s, false),
+            let (mut conn, fresh) = match self.checkout() {
+                Some(c) => (c, false),
                 None => (self.connect().await?, true),
             };
-            if sender.ready().await.is_err() {
+            if conn.sender.ready().await.is_err() {
                 if fresh {
                     return Err(UpstreamError::Connect(std::io::Error::other(
                         "connection closed at once",
@@ -119,38 +222,192 @@ impl TargetPool {
                 }
                 continue;
             }
-            match sender.try_send_request(req).await {
+            req.body_mut().attach(&conn.shared);
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let pool = self.clone();
-                    return Ok(resp.map(|body| PooledBody {
-                        inner: body,
-                        home: Some((sender, pool)),
+                    let home = Some((conn, self.clone()));
+                    return Ok(resp.map(|inner| PooledBody {
+                        inner,
+                        idle: IdleBound::new(),
+                        home,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never sent: the idle connection had gone stale. Try again on another.
                     Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(UpstreamError::Request(e.into_error())),
+                    _ => return Err(self.classify(e.into_error())),
                 },
             }
         }
     }
+
+    /// Names the bound that ended an exchange, if one did.
+    fn classify(&self, e: hyper::Error) -> UpstreamError {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = cur {
+            if let Some(idle) = err.downcast_ref::<RequestBodyIdle>() {
+                return UpstreamError::ClientBodyIdle(idle.0);
+            }
+            cur = err.source();
+        }
+        if is_write_stall(&e) {
+            return UpstreamError::UpstreamStalled(self.settings.write_timeout);
+        }
+        UpstreamError::Request(e)
+    }
+}
+
+/// The client sent no request body bytes for this long.
+#[derive(Debug)]
+pub struct RequestBodyIdle(pub Duration);
+
+impl std::fmt::Display for RequestBodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no request body bytes for {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for RequestBodyIdle {}
+
+/// The client's request body went past `server.max_body_bytes`.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than server.max_body_bytes")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// The upstream sent no response body bytes for this long.
+#[derive(Debug)]
+pub struct ResponseBodyIdle(pub Duration);
+
+impl std::fmt::Display for ResponseBodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no response body bytes from the upstream for {} ms",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for ResponseBodyIdle {}
+
+pin_project_lite::pin_project! {
+    /// The client's request body on its way to the upstream: bounded between reads, and
+    /// telling its connection when it has gone whole.
+    /// The client's request body on its way to the upstream: at most `max_body_bytes`
+    /// (else [`BodyTooLarge`]), bounded between reads,
+    /// and telling its connection when it has gone whole.
+    pub struct OutboundBody {
+        #[pin]
+        inner: Incoming,
+        // `None` once sent whole (or when there was nothing to send).
+        shared: Option<Arc<ConnShared>>,
+    }
+}
+
+impl OutboundBody {
+    pub fn new(inner: Incoming) -> Self {
+        OutboundBody { inner, shared: None }
+    }
+
+    /// Rides on the connection of `shared` from now on.
+    fn attach(&mut self, shared: &Arc<ConnShared>) {
+        let empty = self.inner.is_end_stream();
+        shared.request_sent.store(empty, Ordering::Release);
+        shared.remaining.store(shared.max_body_bytes, Ordering::Relaxed);
+        if shared.waiting.swap(false, Ordering::Relaxed) {
+            shared.idle.lock().progressed();
+        }
+        // Bodiless requests (the common case) keep no reference: nothing to report.
+        self.shared = if empty { None } else { Some(shared.clone()) };
+    }
+}
+
+fn mark_sent(shared: &mut Option<Arc<ConnShared>>) {
+    if let Some(s) = shared.take() {
+        s.request_sent.store(true, Ordering::Release);
+    }
+}
+
+impl Body for OutboundBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // Polled only while not yet sent whole, so `shared` is there.
+        let Some(shared) = this.shared.as_ref() else {
+            return polled.map_err(|e| Box::new(e) as BoxError);
+        };
+        match polled {
+            Poll::Pending => {
+                shared.waiting.store(true, Ordering::Relaxed);
+                match shared.idle.lock().poll_expired(shared.request_body_idle, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyIdle(shared.request_body_idle))))),
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if shared.waiting.swap(false, Ordering::Relaxed) {
+                    shared.idle.lock().progressed();
+                }
+                if let Some(data) = frame.data_ref() {
+                    let (len, left) = (data.len() as u64, shared.remaining.load(Ordering::Relaxed));
+                    if len > left {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    shared.remaining.store(left - len, Ordering::Relaxed);
+                }
+                // hyper stops polling after the last data (end of stream) or after trailers.
+                if frame.is_trailers() || this.inner.is_end_stream() {
+                    mark_sent(this.shared);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                mark_sent(this.shared);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream response body that gives its connection back once fully read.
+    /// An upstream response body, bounded between reads, that gives its connection back once
+    /// done both ways and closes it otherwise.
     pub struct PooledBody {
         #[pin]
         inner: Incoming,
-        home: Option<(Sender, Arc<TargetPool>)>,
+        idle: IdleBound,
+        home: Option<(Conn, Arc<TargetPool>)>,
     }
 
     impl PinnedDrop for PooledBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if this.inner.is_end_stream() {
-                if let Some((sender, pool)) = this.home.take() {
-                    pool.checkin(sender);
+            if let Some((conn, pool)) = this.home.take() {
+                if this.inner.is_end_stream() {
+                    pool.checkin(conn);
+                } else {
+                    // Not read to the end (the client left, or a bound ended it): the rest of
+                    // the answer is of no use, and neither is the connection.
+                    conn.close();
                 }
             }
         }
@@ -159,17 +416,40 @@ pin_project_lite::pin_project! {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some((sender, pool)) = this.home.take() {
-                pool.checkin(sender);
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                // Polled only until the end, while the connection is still here.
+                let Some(bound) = this.home.as_ref().map(|(_, pool)| pool.settings.response_body_idle) else {
+                    return Poll::Pending;
+                };
+                match this.idle.poll_expired(bound, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        // The error makes hyper abort the client's response (never completed as
+                        // if whole); the upstream connection goes with it.
+                        if let Some((conn, _)) = this.home.take() {
+                            conn.close();
+                        }
+                        Poll::Ready(Some(Err(Box::new(ResponseBodyIdle(bound)))))
+                    }
+                }
             }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                if let Some((conn, pool)) = this.home.take() {
+                    pool.checkin(conn);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
