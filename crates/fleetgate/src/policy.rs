@@ -130,10 +130,7 @@ struct LimitKey {
 
 /// `ip` with every bit past `prefix` cleared, for IPv6 (IPv4, and IPv4-mapped IPv6, unchanged).
 fn ip_for_key(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
-            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
-        }
+    match crate::client_ip::canonical(ip) {
         IpAddr::V6(v6) if prefix < 128 => {
             let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
             IpAddr::V6((u128::from(v6) & mask).into())

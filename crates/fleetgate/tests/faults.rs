@@ -58,24 +58,6 @@ impl Load {
     }
 }
 
-fn store_health(gw: &Gateway) -> String {
-    http_get(gw.admin_addr(), "/healthz", &[])
-        .map(|r| r.json()["store"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_default()
-}
-
-/// Polls `/healthz` until the store reads `want`; returns how long it took.
-fn wait_store(gw: &Gateway, want: &str) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(15) {
-        if store_health(gw) == want {
-            return started.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("/healthz never reported store {want}");
-}
-
 /// The closed route answers 503 (not a hang, not a 500) while the store is out.
 fn closed_answers_503(gw: &Gateway) -> Duration {
     let mut slowest = Duration::ZERO;

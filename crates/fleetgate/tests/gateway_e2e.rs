@@ -570,11 +570,10 @@ fn a_long_request_keeps_its_permit_past_the_lease() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
-        let renewed = m
-            .lines()
-            .find(|l| l.starts_with("fleetgate_concurrency_permit_renewals_total") && l.contains("outcome=\"renewed\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let renewed = metric_sum(
+            &m,
+            "fleetgate_concurrency_permit_renewals_total{route=\"r\",limit=\"one\",outcome=\"renewed\"}",
+        );
         if renewed >= 3.0 {
             break;
         }

@@ -24,28 +24,6 @@ fn metrics(gw: &Gateway) -> String {
     http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body
 }
 
-/// The sum of every sample whose line contains `needle`.
-fn metric_sum(metrics: &str, needle: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls `/healthz` until the store reads `want`.
-fn wait_store(gw: &Gateway, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let health = http_get(gw.admin_addr(), "/healthz", &[]).map(|r| r.json());
-        if matches!(&health, Ok(j) if j["store"] == want) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("/healthz never reported store {want}");
-}
-
 /// Route-wide 10/1h and per-key 2/1h, declared as two route limits (`/both`) and as a global
 /// limit plus a route limit (`/mixed`). One key sends 5: 2 pass, 3 are refused by the per-key
 /// limit, and none of those 3 may use the route-wide budget: 10 other keys then get 8.

@@ -416,3 +416,31 @@ pub fn drive(gateways: &[&Gateway], path: &str, total: usize, threads: usize) ->
 pub fn count(statuses: &[u16], code: u16) -> usize {
     statuses.iter().filter(|s| **s == code).count()
 }
+
+/// What `/healthz` says of the store (`ok`, `down`, `off`), or "" when it does not answer.
+pub fn store_health(gw: &Gateway) -> String {
+    http_get(gw.admin_addr(), "/healthz", &[])
+        .map(|r| r.json()["store"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_default()
+}
+
+/// Polls `/healthz` (up to 15 s) until the store reads `want`; returns how long it took.
+pub fn wait_store(gw: &Gateway, want: &str) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if store_health(gw) == want {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("/healthz never reported store {want}");
+}
+
+/// The sum of every Prometheus sample whose line contains `needle`.
+pub fn metric_sum(metrics: &str, needle: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
