@@ -25,14 +25,36 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use redis::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+// As the driver loads them: the shared clock prelude, then the script.
 const SCRIPTS: [(&str, &str); 4] = [
-    ("gcra", include_str!("../src/redis/scripts/gcra.lua")),
+    (
+        "gcra",
+        concat!(
+            include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/gcra.lua")
+        ),
+    ),
     (
         "sliding_window",
-        include_str!("../src/redis/scripts/sliding_window.lua"),
+        concat!(
+            include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/sliding_window.lua")
+        ),
     ),
-    ("fixed_window", include_str!("../src/redis/scripts/fixed_window.lua")),
-    ("refund", include_str!("../src/redis/scripts/refund.lua")),
+    (
+        "fixed_window",
+        concat!(
+            include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/fixed_window.lua")
+        ),
+    ),
+    (
+        "refund",
+        concat!(
+            include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/refund.lua")
+        ),
+    ),
 ];
 
 /// Sequences per algorithm: enough to cover edge cases in a few seconds.

@@ -35,10 +35,22 @@ pub(super) struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            gcra: LuaScript::new(include_str!("scripts/gcra.lua")),
-            sliding_window: LuaScript::new(include_str!("scripts/sliding_window.lua")),
-            fixed_window: LuaScript::new(include_str!("scripts/fixed_window.lua")),
-            refund: LuaScript::new(include_str!("scripts/refund.lua")),
+            gcra: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/gcra.lua")
+            )),
+            sliding_window: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_window.lua")
+            )),
+            fixed_window: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/fixed_window.lua")
+            )),
+            refund: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/refund.lua")
+            )),
             acquire_permit: LuaScript::new(include_str!("scripts/acquire_permit.lua")),
             release_permit: LuaScript::new(include_str!("scripts/release_permit.lua")),
             claim: LuaScript::new(include_str!("scripts/claim.lua")),

@@ -2,13 +2,7 @@
 -- n = count}; windows are aligned to the Unix epoch, as the in-process driver's are.
 -- ARGV: period_us, capacity, cost[, now_us]. Returns {allowed, remaining, reset_us, retry_us,
 -- now_us}. now_us is for tests only (tests/differential.rs): the driver never sends it.
-local now
-if ARGV[4] then
-  now = tonumber(ARGV[4])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = decision_now(ARGV[4])
 local period = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])

@@ -3,13 +3,7 @@
 -- retry_us, now_us}; now_us is the decision's time (an admitted charge's refund receipt).
 -- now_us is for tests only (tests/differential.rs): the driver never sends it, so the server's
 -- TIME decides.
-local now
-if ARGV[5] then
-  now = tonumber(ARGV[5])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = decision_now(ARGV[5])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])

@@ -5,13 +5,7 @@
 -- ARGV: algorithm (gcra | sliding_window | fixed_window), interval_us (gcra) or period_us, and
 -- the charge's cost and at_us[, now_us]. Returns 1 if the state changed, else 0.
 -- now_us is for tests only (tests/differential.rs): the driver never sends it.
-local now
-if ARGV[5] then
-  now = tonumber(ARGV[5])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = decision_now(ARGV[5])
 local algorithm = ARGV[1]
 local param = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])

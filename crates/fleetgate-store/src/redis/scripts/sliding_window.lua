@@ -4,13 +4,7 @@
 -- now_us}; now_us is the entry's time (the clock clamped to the newest entry), the refund
 -- receipt. The now_us argument is for tests only (tests/differential.rs): the driver never
 -- sends it.
-local now
-if ARGV[4] then
-  now = tonumber(ARGV[4])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = decision_now(ARGV[4])
 local window = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
