@@ -1,0 +1,44 @@
+//! What a concern does when the store fails or times out.
+
+use std::fmt;
+
+/// What a limit does when the store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailurePolicy {
+    /// Allow the request, and count it in metrics.
+    Open,
+    /// Refuse fast with 503.
+    Closed,
+    /// Fall back to the in-process store, dividing the limit by the number of live instances.
+    Local,
+}
+
+impl FailurePolicy {
+    /// The accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "open, closed, local";
+
+    /// The policy as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Open => "open",
+            FailurePolicy::Closed => "closed",
+            FailurePolicy::Local => "local",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => FailurePolicy::Open,
+            "closed" => FailurePolicy::Closed,
+            "local" => FailurePolicy::Local,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+

@@ -1,0 +1,2 @@
+mod config;
+pub use config::RateLimitConfig;
