@@ -41,4 +41,3 @@ impl fmt::Display for FailurePolicy {
         f.write_str(self.as_str())
     }
 }
-

@@ -76,4 +76,3 @@ impl fmt::Display for MissingKey {
         f.write_str(self.as_str())
     }
 }
-

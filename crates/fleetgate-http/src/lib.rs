@@ -1,15 +1,46 @@
 //! # fleetgate-http
 //!
 //! fleetgate's concerns as a library, usable without the gateway binary: the per-request
-//! context, the stage pipeline, one module per concern, and each concern as a tower layer.
+//! [`RequestCtx`], the [`Stage`] abstraction and its composition into pipelines, one module per
+//! concern, and any stage as a tower layer ([`StageLayer`]) over any store driver.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
+//! | [`concurrency`] | requests in flight, with leased permits |
+//!
+//! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
+//! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
+//! share of the fleet).
 #![forbid(unsafe_code)]
 
+pub mod body;
+pub mod client_ip;
 pub mod concurrency;
+pub mod context;
+pub mod error;
 pub mod failure;
+pub mod fleet;
+pub mod identity;
 pub mod key;
+pub mod layer;
+mod limit_key;
+pub mod metrics;
+pub mod rate_headers;
 pub mod ratelimit;
+pub mod refusal;
+pub mod stage;
+pub mod store_ctx;
 
-pub use concurrency::ConcurrencyLimitConfig;
+pub use client_ip::TrustedProxies;
+pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
+pub use context::{Completion, Principal, RequestCtx};
+pub use error::StageError;
 pub use failure::FailurePolicy;
 pub use key::{KeyPart, MissingKey};
-pub use ratelimit::RateLimitConfig;
+pub use layer::{StageLayer, StageService};
+pub use limit_key::LimitScope;
+pub use ratelimit::{RateLimitConfig, RateLimiter, RateLimits};
+pub use refusal::Refusal;
+pub use stage::{Flow, Stage, Then};
+pub use store_ctx::{Decided, StageStore, StoreCtx};

@@ -1,14 +1,13 @@
 //! Turns a validated configuration into the runtime structures of the request path.
 //! This is the only module that reads configuration types.
 
-use crate::client_ip::TrustedProxies;
 use crate::gateway::Gateway;
-use crate::policy::{ConcurrencyLimiter, LimitScope, RateLimiter};
 use crate::route::{respond, Action, Route};
 use crate::telemetry::RouteMetrics;
 use crate::upstream::{HealthCheck, Upstream};
 use bytes::Bytes;
 use fleetgate_config::{Config, RouteTarget};
+use fleetgate_http::TrustedProxies;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::AtomicBool;
@@ -17,6 +16,12 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BuildError(String);
+
+impl BuildError {
+    pub fn new(message: String) -> Self {
+        BuildError(message)
+    }
+}
 
 pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
     // Limits live in the rate-limit store's keyspace.
@@ -82,27 +87,13 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             name: r.name.clone(),
             config: r.clone(),
             action,
-            rate_limits: r
-                .rate_limits
-                .iter()
-                .map(|l| RateLimiter::new(keyspace, LimitScope::Route(&r.name), l))
-                .collect(),
-            concurrency_limits: r
-                .concurrency_limits
-                .iter()
-                .map(|c| ConcurrencyLimiter::new(keyspace, &r.name, c))
-                .collect(),
+            pipeline: crate::pipeline::assemble(config, keyspace, r)?,
             metrics: RouteMetrics::new(&r.name),
         });
     }
     Ok(Gateway {
         instance_id: instance_id.to_string(),
         routes,
-        global_limits: config
-            .global_rate_limits
-            .iter()
-            .map(|l| RateLimiter::new(keyspace, LimitScope::Global, l))
-            .collect(),
         upstreams,
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),
         max_body_bytes: config.server.max_body_bytes,

@@ -1,21 +1,20 @@
 //! The request path: route, limits, then answer or proxy. One `Gateway` is shared by all
 //! workers; each worker has its own `Worker` (store connections and upstream client pools).
 
-use crate::body::{full, json_error, json_error_as, GatewayBody, Guarded};
-use crate::client_ip::TrustedProxies;
+use crate::body::{full, json_error, GatewayBody};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
-use crate::policy::{PermitGuard, Rejection, StoreCtx};
-use crate::ratelimit_headers::{ceil_secs, RateHeaders};
+use crate::pipeline::RoutePipeline;
 use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
 use crate::upstream::Upstream;
 use crate::upstream_pool::{OutboundBody, PoolSettings, TargetPool, UpstreamError};
+use fleetgate_http::body::{Finish, Finishing};
+use fleetgate_http::{Flow, RequestCtx, Stage, StoreCtx, TrustedProxies};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use std::time::{Duration, Instant};
 pub struct Gateway {
     pub instance_id: String,
     pub routes: Vec<Route>,
-    pub global_limits: Vec<crate::policy::RateLimiter>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub trusted: TrustedProxies,
     pub max_body_bytes: u64,
@@ -117,52 +115,11 @@ impl Gateway {
             return resp;
         };
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
-        let mut rate_headers = RateHeaders::default();
-        let mut guards: Vec<PermitGuard> = Vec::new();
+        let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
         let mut upstream_target = None;
-        let outcome = async {
-            // Most specific first (the route's own limits, then the global ones). A request
-            // refused by one limit is charged to none: the limits that admitted it are refunded.
-            let limits = route.rate_limits.len() + self.global_limits.len();
-            let mut charged: Vec<(&crate::policy::RateLimiter, crate::policy::Charge)> = Vec::new();
-            for (i, limiter) in route.rate_limits.iter().chain(self.global_limits.iter()).enumerate() {
-                match limiter
-                    .check(&worker.ctx, &parts, ip, &route.name, &mut rate_headers)
-                    .await
-                {
-                    // Only kept when a later limit could still refuse (none for the last one,
-                    // so a single limit never allocates).
-                    Ok(Some(charge)) if i + 1 < limits => charged.push((limiter, charge)),
-                    Ok(_) => {}
-                    Err(rejection) => {
-                        if !charged.is_empty() {
-                            // The headers then tell the state after the refunds.
-                            rate_headers = RateHeaders::default();
-                            for (earlier, charge) in charged {
-                                earlier.refund(&worker.ctx, charge, &mut rate_headers).await;
-                            }
-                            if let Rejection::Limited { decision, .. } = &rejection {
-                                limiter.push_headers(&mut rate_headers, decision);
-                            }
-                        }
-                        return Err(rejection);
-                    }
-                }
-            }
-            for limiter in &route.concurrency_limits {
-                if let Some(g) = limiter
-                    .acquire(&worker.ctx, &self.instance_id, &parts, ip, &route.name)
-                    .await?
-                {
-                    guards.push(g);
-                }
-            }
-            Ok::<(), Rejection>(())
-        }
-        .await;
-        let mut resp = match outcome {
-            Err(rejection) => rejection_response(&route.name, rejection),
-            Ok(()) => match &route.action {
+        let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
+            Flow::Answer(answer) => answer.map(full),
+            Flow::Continue => match &route.action {
                 Action::Respond { status, body, headers } => {
                     let mut resp = Response::new(full(body.clone()));
                     *resp.status_mut() = *status;
@@ -182,14 +139,16 @@ impl Gateway {
                 }
             },
         };
-        rate_headers.write(resp.headers_mut());
+        route.pipeline.response(&mut cx, &mut resp).await;
         let status = resp.status();
         route.metrics.request(status.as_u16());
         self.log(access, Some(&route.name), peer, status, upstream_target);
-        if guards.is_empty() {
+        // Permits are held, and complete phases run, when the body is over.
+        if cx.guards.is_empty() && !<RoutePipeline as Stage>::COMPLETES {
             resp
         } else {
-            resp.map(|b| Guarded::new(b, guards).boxed_unsync())
+            let finish = Finish::new(std::mem::take(&mut cx.guards), None);
+            resp.map(|b| Finishing::new(b, finish).boxed_unsync())
         }
     }
 
@@ -427,56 +386,4 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
         cur = err.source();
     }
     false
-}
-
-fn rejection_response(route: &str, rejection: Rejection) -> Response<GatewayBody> {
-    rejection_response_as(route, rejection, full)
-}
-
-/// The response for a refused request (429, 503 or 400 with a JSON body), with any body type.
-pub fn rejection_response_as<B>(route: &str, rejection: Rejection, make: impl FnOnce(String) -> B) -> Response<B> {
-    let ids = |limit: &str| [("route", json!(route)), ("limit", json!(limit))];
-    match rejection {
-        Rejection::Limited { limit, decision } => {
-            let retry = ceil_secs(decision.retry_after).max(1);
-            let msg = format!("rate limit {limit} exceeded; retry in {retry} s");
-            let [r, l] = ids(&limit);
-            let mut resp = json_error_as(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                &msg,
-                &[r, l, ("retry_after", json!(retry))],
-                make,
-            );
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
-            resp
-        }
-        Rejection::Concurrency { limit, max } => {
-            let msg = format!("concurrency limit {limit} reached ({max} in flight)");
-            let mut resp = json_error_as(
-                StatusCode::TOO_MANY_REQUESTS,
-                "concurrency_limited",
-                &msg,
-                &ids(&limit),
-                make,
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
-        }
-        Rejection::StoreDown { limit } => {
-            let msg = format!("limit {limit} cannot be checked: the store is unavailable and its policy is closed");
-            json_error_as(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &msg,
-                &ids(&limit),
-                make,
-            )
-        }
-        Rejection::MissingKey { limit, what } => {
-            let msg = format!("limit {limit} needs {what}, which the request lacks");
-            json_error_as(StatusCode::BAD_REQUEST, "missing_key", &msg, &ids(&limit), make)
-        }
-    }
 }

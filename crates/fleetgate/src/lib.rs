@@ -7,16 +7,11 @@
 pub mod admin;
 pub mod body;
 pub mod build;
-pub mod client_ip;
-pub mod fleet;
 pub mod forward_headers;
 pub mod gateway;
-pub mod identity;
 pub mod idle;
-pub mod layer;
 pub mod path_normalize;
-pub mod policy;
-pub mod ratelimit_headers;
+pub mod pipeline;
 pub mod request_head;
 pub mod route;
 pub mod run;

@@ -1,7 +1,7 @@
 //! Routes: matched in order on path prefix (at segment boundaries), host and method; the first
 //! match wins. Matching itself lives with the configuration (`fleetgate_config::RouteMatch`).
 
-use crate::policy::{ConcurrencyLimiter, RateLimiter};
+use crate::pipeline::RoutePipeline;
 use crate::telemetry::RouteMetrics;
 use bytes::Bytes;
 use fleetgate_config::RouteConfig;
@@ -23,8 +23,8 @@ pub struct Route {
     pub name: String,
     pub config: RouteConfig,
     pub action: Action,
-    pub rate_limits: Vec<RateLimiter>,
-    pub concurrency_limits: Vec<ConcurrencyLimiter>,
+    /// The route's stages (limits...), compiled from its configuration at start-up.
+    pub pipeline: RoutePipeline,
     pub metrics: RouteMetrics,
 }
 

@@ -1,10 +1,10 @@
 //! Starts everything a configuration asks for and runs until SIGTERM or SIGINT.
 
 use crate::build::build_gateway;
-use crate::policy::StoreCtx;
 use crate::server::{bind_listeners, run_worker, ServerSettings};
 use crate::telemetry::{install_metrics, StoreMetrics};
 use fleetgate_config::Config;
+use fleetgate_http::StoreCtx;
 use fleetgate_store::{HealthGroup, MemoryStore, Store};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -118,6 +118,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         };
         let url = limits_store.url.clone();
         let (options, local, metrics, live) = (options.clone(), local.clone(), metrics.clone(), live_instances.clone());
+        let instance: std::sync::Arc<str> = gateway.instance_id.as_str().into();
         let (health, opened) = (health.clone(), opened_tx.clone());
         let settings = settings.clone();
         let rx = shutdown_rx.clone();
@@ -138,6 +139,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         local,
                         metrics,
                         live_instances: live,
+                        instance,
                     })
                 };
                 if let Err(e) = run_worker(listener, gateway, make_ctx, opened, settings, rx) {
@@ -178,7 +180,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         });
-        tokio::spawn(crate::fleet::run_heartbeat(
+        tokio::spawn(fleetgate_http::fleet::run_heartbeat(
             admin_store.clone(),
             keyspace.clone(),
             gateway.instance_id.clone(),
@@ -200,7 +202,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         );
         gateway.draining.store(true, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
-        crate::fleet::leave(&admin_store, &keyspace, &gateway.instance_id).await;
+        fleetgate_http::fleet::leave(&admin_store, &keyspace, &gateway.instance_id).await;
         Ok::<(), RunError>(())
     })?;
     for t in threads {

@@ -9,7 +9,7 @@
 
 use crate::gateway::{Gateway, Worker};
 use crate::idle::WriteBound;
-use crate::policy::StoreCtx;
+use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;

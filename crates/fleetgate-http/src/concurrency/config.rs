@@ -21,4 +21,3 @@ pub struct ConcurrencyLimitConfig {
     /// Leading bits of an IPv6 client address an `ip` key counts (`ipv6_prefix`, default 64).
     pub ipv6_prefix: u8,
 }
-

@@ -23,4 +23,3 @@ pub struct RateLimitConfig {
     /// default 64: one host rotating addresses within its /64 stays one client).
     pub ipv6_prefix: u8,
 }
-

@@ -1,2 +1,106 @@
+//! Rate limits as a stage: every limit of a route, most specific first (the route's own, then
+//! the global ones). A request refused by one limit is charged to none: the limits that had
+//! admitted it are refunded. Allowed and refused responses carry the RateLimit headers.
+
 mod config;
+mod limiter;
+
 pub use config::RateLimitConfig;
+pub use limiter::{Charge, RateLimiter};
+
+use crate::context::RequestCtx;
+use crate::error::StageError;
+use crate::limit_key::LimitScope;
+use crate::rate_headers::RateHeaders;
+use crate::refusal::Refusal;
+use crate::stage::{Flow, Stage};
+use crate::store_ctx::StageStore;
+use fleetgate_store::Keyspace;
+use http::request::Parts;
+use http::Response;
+
+impl RateLimitConfig {
+    /// A limit named `name` counting by `key`, with the file's defaults: cost 1,
+    /// `on_store_error: local`, `on_missing_key: shared`, IPv6 clients by their /64.
+    pub fn new(name: &str, key: Vec<crate::KeyPart>, limit: fleetgate_store::RateLimit) -> Self {
+        RateLimitConfig {
+            name: name.to_string(),
+            key,
+            limit,
+            cost: 1,
+            on_store_error: crate::FailurePolicy::Local,
+            on_missing_key: crate::MissingKey::Shared,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// The rate limits of one route, in the order they are checked.
+pub struct RateLimits {
+    limiters: Vec<RateLimiter>,
+}
+
+impl RateLimits {
+    /// The limits in the order given (most specific first); `None` when there are none, so a
+    /// route without limits has no stage.
+    pub fn new(limiters: Vec<RateLimiter>) -> Option<Self> {
+        (!limiters.is_empty()).then_some(RateLimits { limiters })
+    }
+
+    /// Route `route`'s own limits, then the global ones, with keys under `keyspace`.
+    pub fn for_route(
+        keyspace: &Keyspace,
+        route: &str,
+        own: &[RateLimitConfig],
+        global: &[RateLimitConfig],
+    ) -> Result<Option<Self>, StageError> {
+        let own = own
+            .iter()
+            .map(|c| RateLimiter::new(keyspace, LimitScope::Route(route), c));
+        let global = global.iter().map(|c| RateLimiter::new(keyspace, LimitScope::Global, c));
+        Ok(Self::new(own.chain(global).collect::<Result<_, _>>()?))
+    }
+
+    /// The limiters, in order.
+    pub fn limiters(&self) -> &[RateLimiter] {
+        &self.limiters
+    }
+}
+
+impl<D: StageStore> Stage<D> for RateLimits {
+    async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
+        let last = self.limiters.len() - 1;
+        // Only kept when a later limit could still refuse (none for the last one, so a single
+        // limit never allocates).
+        let mut charged: Vec<(&RateLimiter, Charge)> = Vec::new();
+        for (i, limiter) in self.limiters.iter().enumerate() {
+            let refusal = match limiter
+                .check(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)
+                .await
+            {
+                Ok(Some(charge)) if i < last => {
+                    charged.push((limiter, charge));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(refusal) => refusal,
+            };
+            if !charged.is_empty() {
+                // The headers then tell the state after the refunds.
+                cx.rate_headers = RateHeaders::default();
+                for (earlier, charge) in charged {
+                    earlier.refund(cx.store, charge, &mut cx.rate_headers).await;
+                }
+                if let Refusal::Limited { decision, .. } = &refusal {
+                    limiter.push_headers(&mut cx.rate_headers, decision);
+                }
+            }
+            return Flow::Answer(refusal.response(cx.route));
+        }
+        Flow::Continue
+    }
+
+    async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
+        std::mem::take(&mut cx.rate_headers).write(resp.headers_mut());
+    }
+}

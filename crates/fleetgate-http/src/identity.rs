@@ -2,7 +2,7 @@
 //! cookie:NAME, route, global). Header and cookie values are taken as raw bytes, UTF-8 or not:
 //! the store hashes whatever arrives into a bounded key.
 
-use fleetgate_config::KeyPart;
+use crate::KeyPart;
 use http::request::Parts;
 use std::net::IpAddr;
 

@@ -3,7 +3,8 @@
 //! instances. The `local` failure policy divides limits by the last count known before the
 //! store went away, so N instances falling back together still approximate one budget.
 
-use fleetgate_store::{Concern, Keyspace, Store, StoreDriver};
+use crate::store_ctx::StageStore;
+use fleetgate_store::{Concern, Keyspace};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,8 @@ pub const MEMBER_LEASE: Duration = Duration::from_secs(3);
 const MAX_MEMBERS: u64 = 100_000;
 
 /// Announces `instance` until the process ends, keeping `live` up to date.
-pub async fn run_heartbeat(store: Store, keyspace: Keyspace, instance: String, live: Arc<AtomicU64>) {
-    if store.is_memory() {
+pub async fn run_heartbeat<D: StageStore>(store: D, keyspace: Keyspace, instance: String, live: Arc<AtomicU64>) {
+    if store.in_process() {
         return;
     }
     let key = keyspace.key(Concern::Instance, "fleet", b"members");
@@ -38,8 +39,8 @@ pub async fn run_heartbeat(store: Store, keyspace: Keyspace, instance: String, l
 }
 
 /// Leaves the fleet at shutdown so the others stop counting this instance at once.
-pub async fn leave(store: &Store, keyspace: &Keyspace, instance: &str) {
-    if store.is_memory() {
+pub async fn leave<D: StageStore>(store: &D, keyspace: &Keyspace, instance: &str) {
+    if store.in_process() {
         return;
     }
     let key = keyspace.key(Concern::Instance, "fleet", b"members");

@@ -1,0 +1,68 @@
+//! What the stages of one request share: who the client is, which route it took, who it acts
+//! as, the RateLimit headers gathered so far, what must be held until the response is over
+//! (guards), and when it started.
+
+use crate::rate_headers::RateHeaders;
+use crate::store_ctx::StoreCtx;
+use fleetgate_store::Store;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Who a request acts as, once a stage has established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A payer (the address that paid for the request).
+    Payer(String),
+    /// A gateway session.
+    Session(String),
+    /// An identity vouched for by the forward-auth service.
+    Authenticated(String),
+}
+
+/// Something held until the response is over: dropped when its body has ended or the client
+/// has gone (a concurrency permit gives its slot back when dropped).
+pub type Guard = Box<dyn Send + 'static>;
+
+/// The per-request context the stages of a pipeline share.
+pub struct RequestCtx<'r, D = Store> {
+    /// The store, its fallback and the fleet size, for this worker.
+    pub store: &'r StoreCtx<D>,
+    /// The client: the TCP peer, or the address a trusted proxy forwarded for.
+    pub client_ip: IpAddr,
+    /// The route's name.
+    pub route: &'r str,
+    /// Who the request acts as, if a stage has established it.
+    pub principal: Option<Principal>,
+    /// RateLimit-Policy and RateLimit items of every limit the request passed.
+    pub rate_headers: RateHeaders,
+    /// Held until the response body ends or the client leaves.
+    pub guards: Vec<Guard>,
+    /// When the request arrived, when something (an access log, a stage) needs it: reading the
+    /// clock is not free, so it is only read on demand.
+    pub started: Option<Instant>,
+}
+
+impl<'r, D> RequestCtx<'r, D> {
+    pub fn new(store: &'r StoreCtx<D>, client_ip: IpAddr, route: &'r str) -> Self {
+        RequestCtx {
+            store,
+            client_ip,
+            route,
+            principal: None,
+            rate_headers: RateHeaders::default(),
+            guards: Vec::new(),
+            started: None,
+        }
+    }
+}
+
+/// What the complete phase sees: how the request ended.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub status: u16,
+    pub client_ip: IpAddr,
+    pub principal: Option<Principal>,
+    pub started: Option<Instant>,
+    /// Whether the whole body was sent (false: the client left, or the body failed).
+    pub body_finished: bool,
+}

@@ -1,0 +1,29 @@
+//! Each route's pipeline: the stages its configuration asks for, in the fixed order of the way
+//! in (the way out is the reverse). A stage the route does not configure is `None` and costs
+//! one branch per phase.
+//!
+//! Adding a concern: its module in `fleetgate-http` (the stage and its configuration type),
+//! its field in the route's configuration, and one line in [`RoutePipeline`] and [`assemble`]
+//! each, at its place in the order.
+
+use crate::build::BuildError;
+use fleetgate_config::{Config, RouteConfig};
+use fleetgate_http::{Concurrency, RateLimits};
+use fleetgate_store::Keyspace;
+
+/// The stages of a route, in order: normalise and identify happen before routing (they decide
+/// the route), then rate limits (most specific first), then concurrency.
+pub type RoutePipeline = fleetgate_http::stages![
+    RateLimits,  // the route's own limits, then the global ones
+    Concurrency, // permits held until the response is over
+];
+
+/// Compiles `route`'s configuration into its pipeline.
+pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Result<RoutePipeline, BuildError> {
+    let r = route.name.as_str();
+    let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
+    Ok(fleetgate_http::pipeline![
+        RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
+        Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
+    ])
+}
