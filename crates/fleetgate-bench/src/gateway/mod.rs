@@ -163,7 +163,16 @@ fn start_redis(cpus: &Cpus) -> RedisServer {
 const MEMORY: usize = 0;
 const NGINX: usize = 1;
 const REDIS: usize = 2;
-const SIDES: [&str; 3] = ["fleetgate (memory store)", "nginx", "fleetgate (redis store)"];
+/// Present when `FLEETGATE_BENCH_BASELINE` names an earlier fleetgate binary: it runs the
+/// in-process-store setup beside the binary under test, so a change's cost is a ratio from one
+/// run (`gateway_memory_limit_vs_baseline`).
+const BASELINE: usize = 3;
+const SIDES: [&str; 4] = [
+    "fleetgate (memory store)",
+    "nginx",
+    "fleetgate (redis store)",
+    "fleetgate baseline (memory store)",
+];
 
 pub fn run(fleetgate_bin: &Path) -> ExitCode {
     let cpus = cpus();
@@ -197,7 +206,19 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     };
     let fg_memory = Fleetgate::start(fleetgate_bin, &scratch, &memory_setup, upstream.port, cpus.proxy);
     let fg_redis = Fleetgate::start(fleetgate_bin, &scratch, &redis_setup, upstream.port, cpus.proxy);
-    let ports = [fg_memory.port, peer.port, fg_redis.port];
+    let baseline_bin = std::env::var_os("FLEETGATE_BENCH_BASELINE").filter(|v| !v.is_empty());
+    let baseline_setup = FleetgateSetup {
+        name: "fleetgate-baseline",
+        ..memory_setup
+    };
+    let fg_baseline = baseline_bin.as_ref().map(|bin| {
+        let bin = Path::new(bin);
+        assert!(bin.is_file(), "FLEETGATE_BENCH_BASELINE={}: no such file", bin.display());
+        Fleetgate::start(bin, &scratch, &baseline_setup, upstream.port, cpus.proxy)
+    });
+    let mut ports = vec![fg_memory.port, peer.port, fg_redis.port];
+    ports.extend(fg_baseline.as_ref().map(|b| b.port));
+    let sides = ports.len();
     eprintln!(
         "gateway: fleetgate pids: memory store {}, redis store {} (for perf -p)",
         fg_memory.pid(),
@@ -213,15 +234,19 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     }
     // CPU per request of the proxy under test (and of redis-server on the Redis side), from
     // /proc: where a lower throughput comes from.
-    let proxy_pids = [vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()]];
+    let mut proxy_pids = vec![vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()]];
+    proxy_pids.extend(fg_baseline.as_ref().map(|b| vec![b.pid()]));
     let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
-    let mut rps: [Vec<f64>; 3] = Default::default();
-    let mut cpu_us: [Vec<f64>; 3] = Default::default();
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); sides];
+    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); sides];
     for round in 0..ROUNDS {
-        for k in 0..3 {
-            let side = (round + k) % 3;
+        for k in 0..sides {
+            let side = (round + k) % sides;
             let allowed = |fg: &Fleetgate| fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\"");
-            let before = match side {
+            let before = match (side, &fg_baseline) {
+                (BASELINE, Some(b)) => allowed(b) as u64,
+                _ => 0,
+            } + match side {
                 MEMORY => allowed(&fg_memory) as u64,
                 REDIS => evalsha_calls(&redis),
                 _ => 0,
@@ -237,11 +262,13 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             let (user_us, sys_us) = (per_request(cpu0.0, cpu1.0), per_request(cpu0.1, cpu1.1));
             let redis_us = per_request(redis_cpu0.0 + redis_cpu0.1, redis_cpu1.0 + redis_cpu1.1);
             match side {
-                MEMORY => {
-                    let decided = allowed(&fg_memory) as u64 - before;
+                MEMORY | BASELINE => {
+                    let fg = if side == MEMORY { &fg_memory } else { fg_baseline.as_ref().unwrap() };
+                    let decided = allowed(fg) as u64 - before;
                     assert!(
                         decided >= w.requests,
-                        "fleetgate (memory) allowed {decided} requests, wrk counted {}",
+                        "{} allowed {decided} requests, wrk counted {}",
+                        SIDES[side],
                         w.requests
                     );
                 }
@@ -307,6 +334,21 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         &peer_desc,
         medians[NGINX],
     );
+    if let (Some(bin), Some(&base)) = (&baseline_bin, medians.get(BASELINE)) {
+        eprintln!(
+            "gateway: baseline {}: median {base:.0} req/s, CPU per request {:.1} µs",
+            Path::new(bin).display(),
+            cpu[BASELINE]
+        );
+        report::ratio(
+            "gateway_memory_limit_vs_baseline",
+            medians[MEMORY],
+            "req/s",
+            &format!("fleetgate baseline {}", Path::new(bin).display()),
+            base,
+        );
+    }
+    drop(fg_baseline);
     drop(fg_redis);
     drop(redis);
 
