@@ -1,15 +1,18 @@
 //! What a concern does when the store fails or times out.
 
+use serde::{Deserialize, Deserializer};
 use std::fmt;
 
 /// What a limit does when the store fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum FailurePolicy {
     /// Allow the request, and count it in metrics.
     Open,
     /// Refuse fast with 503.
     Closed,
-    /// Fall back to the in-process store, dividing the limit by the number of live instances.
+    /// Fall back to the in-process store, dividing the limit by the number of live instances
+    /// (the limits' default).
+    #[default]
     Local,
 }
 
@@ -42,3 +45,9 @@ impl fmt::Display for FailurePolicy {
     }
 }
 
+/// Errors follow [`crate::key::FIELD_MARK`].
+impl<'de> Deserialize<'de> for FailurePolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::key::policy(d, FailurePolicy::parse, FailurePolicy::ACCEPTED)
+    }
+}
