@@ -1,0 +1,160 @@
+//! The file's leaf values: newtypes that validate inside `Deserialize`, so that a refused value
+//! is reported where it was written, and adapters that give the model's field types.
+//!
+//! Every refusal is marked with [`fleetgate_http::key::FIELD_MARK`] like the limit types'
+//! (see [`crate::error`]): a marked message is a validation failure, not a syntax error.
+
+use crate::error::{LISTEN_ACCEPTED, MS_ACCEPTED, TTL_ACCEPTED};
+use fleetgate_http::key::{FIELD_MARK, NAME_ACCEPTED};
+use fleetgate_store::Keyspace;
+use ipnet::IpNet;
+use serde::de::{Deserializer, Error};
+use serde::Deserialize;
+use std::fmt::Display;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A refusal of the value being read.
+pub(crate) fn refuse<E: Error>(message: impl Display) -> E {
+    E::custom(format_args!("{FIELD_MARK}{FIELD_MARK}{message}"))
+}
+
+/// Stands for "what the field accepts" in a message; filled in from [`crate::error::accepted_at`]
+/// once the field's path is known.
+pub(crate) const ACCEPTED_HERE: &str = "\u{2}";
+
+/// Reads `N` and converts it to the model's type.
+pub(crate) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de> + Into<T>, T>(d: D) -> Result<T, D::Error> {
+    N::deserialize(d).map(Into::into)
+}
+
+/// A section or list that may be written empty (`server:` with nothing after it).
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A whole number of milliseconds, 1 ms to 7 days (`*_ms` fields).
+pub(crate) struct Ms(Duration);
+
+impl<'de> Deserialize<'de> for Ms {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ms = i64::deserialize(d)?;
+        if !(1..=7 * 24 * 3600 * 1000).contains(&ms) {
+            return Err(refuse(format!("{ms} ms is out of range; accepted: {MS_ACCEPTED}")));
+        }
+        Ok(Ms(Duration::from_millis(ms as u64)))
+    }
+}
+
+impl From<Ms> for Duration {
+    fn from(ms: Ms) -> Duration {
+        ms.0
+    }
+}
+
+/// A TTL in whole milliseconds, 1 ms to 365 days (`default_ttl_ms`).
+pub(crate) struct TtlMs(Duration);
+
+impl<'de> Deserialize<'de> for TtlMs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ms = i64::deserialize(d)?;
+        if !(1..=365 * 24 * 3600 * 1000).contains(&ms) {
+            return Err(refuse(format!("{ms} ms is out of range; accepted: {TTL_ACCEPTED}")));
+        }
+        Ok(TtlMs(Duration::from_millis(ms as u64)))
+    }
+}
+
+impl From<TtlMs> for Duration {
+    fn from(ms: TtlMs) -> Duration {
+        ms.0
+    }
+}
+
+/// A whole number from `MIN` to `MAX`, converted to the field's type.
+pub(crate) fn int<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64, T: TryFrom<i64>>(
+    d: D,
+) -> Result<T, D::Error> {
+    let n = i64::deserialize(d)?;
+    (MIN..=MAX)
+        .contains(&n)
+        .then(|| T::try_from(n).ok())
+        .flatten()
+        .ok_or_else(|| refuse(format!("{n} is out of range; accepted: {ACCEPTED_HERE}")))
+}
+
+/// `IP:PORT`.
+pub(crate) struct Listen(SocketAddr);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim().parse().map(Listen).map_err(|_| {
+            let why = if s.trim().is_empty() {
+                "an address is required".to_string()
+            } else if !s.contains(':') {
+                format!("{s:?} has no port")
+            } else {
+                format!("{s:?} is not an IP address and port (host names are not accepted)")
+            };
+            refuse(format!("{why}; accepted: {LISTEN_ACCEPTED}"))
+        })
+    }
+}
+
+impl From<Listen> for SocketAddr {
+    fn from(l: Listen) -> SocketAddr {
+        l.0
+    }
+}
+
+/// A key prefix (`key_prefix`).
+pub(crate) struct Prefix(pub Keyspace);
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = String::deserialize(d)?;
+        Keyspace::new(&p)
+            .map(Prefix)
+            .map_err(|_| refuse(format!("key prefix {p:?} is not accepted; accepted: {NAME_ACCEPTED}")))
+    }
+}
+
+impl From<Prefix> for Keyspace {
+    fn from(p: Prefix) -> Keyspace {
+        p.0
+    }
+}
+
+/// A route's name: a valid store scope.
+pub(crate) fn route_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    Keyspace::check_scope(&name)
+        .map_err(|_| refuse(format!("route name {name:?} is not accepted; accepted: {NAME_ACCEPTED}")))?;
+    Ok(name)
+}
+
+/// A trusted proxy: a network, or one address (a /32 or /128); host bits are cleared.
+pub(crate) struct Proxy(IpNet);
+
+impl<'de> Deserialize<'de> for Proxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let text = s.trim();
+        match (text.parse::<IpNet>(), text.parse::<IpAddr>()) {
+            (Ok(net), _) => Ok(Proxy(net.trunc())),
+            (_, Ok(ip)) => Ok(Proxy(IpNet::from(ip))),
+            _ => Err(refuse(format!("{s:?} is not a CIDR or IP address; accepted: IPv4 or IPv6 addresses or networks, e.g. 127.0.0.1, 10.0.0.0/8, ::1, fd00::/8"))),
+        }
+    }
+}
+
+pub(crate) fn proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let list: Vec<Proxy> = nullable(d)?;
+    Ok(list.into_iter().map(|p| p.0).collect())
+}
+
+/// Defaults of duration fields, in milliseconds.
+pub(crate) fn ms<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
