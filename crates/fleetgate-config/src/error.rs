@@ -158,9 +158,13 @@ impl Source<'_> {
 
     /// A refusal from [`crate::validate`], at the place of its `at` path.
     pub(crate) fn invalid(&self, inv: Invalid, loc: &Locator) -> ConfigError {
-        let place = Some(inv.at.as_str()).filter(|at| !at.is_empty()).and_then(|at| loc.find(at));
+        let place = Some(inv.at.as_str())
+            .filter(|at| !at.is_empty())
+            .and_then(|at| loc.find(at));
         let at = match place {
-            Some(Place { key: Some(k), value, .. }) if inv.at_key && k.line() != value.line() => k,
+            Some(Place {
+                key: Some(k), value, ..
+            }) if inv.at_key && k.line() != value.line() => k,
             Some(p) => p.value,
             None => Location::UNKNOWN,
         };
@@ -213,7 +217,12 @@ impl Source<'_> {
     }
 
     /// Turns a parser or schema error into one clear message.
-    pub(crate) fn yaml_error(&self, err: &YamlError, raw_path: Option<&serde_path_to_error::Path>, locator: &Locator) -> ConfigError {
+    pub(crate) fn yaml_error(
+        &self,
+        err: &YamlError,
+        raw_path: Option<&serde_path_to_error::Path>,
+        locator: &Locator,
+    ) -> ConfigError {
         let err = innermost(err);
         let loc = err.location().filter(|l| l.line() > 0);
         let mut path = raw_path.map(clean_path).filter(|p| !p.is_empty());

@@ -33,40 +33,26 @@ pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
-/// A whole number of milliseconds, 1 ms to 7 days (`*_ms` fields).
-pub(crate) struct Ms(Duration);
+/// A whole number of milliseconds, 1 ms to `MAX_DAYS` days: 7 for `*_ms` fields ([`Ms`]), 365
+/// for TTLs ([`TtlMs`]).
+pub(crate) struct Millis<const MAX_DAYS: i64>(Duration);
 
-impl<'de> Deserialize<'de> for Ms {
+pub(crate) type Ms = Millis<7>;
+pub(crate) type TtlMs = Millis<365>;
+
+impl<'de, const MAX_DAYS: i64> Deserialize<'de> for Millis<MAX_DAYS> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let ms = i64::deserialize(d)?;
-        if !(1..=7 * 24 * 3600 * 1000).contains(&ms) {
-            return Err(refuse(format!("{ms} ms is out of range; accepted: {MS_ACCEPTED}")));
+        if !(1..=MAX_DAYS * 24 * 3600 * 1000).contains(&ms) {
+            let accepted = if MAX_DAYS == 7 { MS_ACCEPTED } else { TTL_ACCEPTED };
+            return Err(refuse(format!("{ms} ms is out of range; accepted: {accepted}")));
         }
-        Ok(Ms(Duration::from_millis(ms as u64)))
+        Ok(Millis(Duration::from_millis(ms as u64)))
     }
 }
 
-impl From<Ms> for Duration {
-    fn from(ms: Ms) -> Duration {
-        ms.0
-    }
-}
-
-/// A TTL in whole milliseconds, 1 ms to 365 days (`default_ttl_ms`).
-pub(crate) struct TtlMs(Duration);
-
-impl<'de> Deserialize<'de> for TtlMs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let ms = i64::deserialize(d)?;
-        if !(1..=365 * 24 * 3600 * 1000).contains(&ms) {
-            return Err(refuse(format!("{ms} ms is out of range; accepted: {TTL_ACCEPTED}")));
-        }
-        Ok(TtlMs(Duration::from_millis(ms as u64)))
-    }
-}
-
-impl From<TtlMs> for Duration {
-    fn from(ms: TtlMs) -> Duration {
+impl<const MAX_DAYS: i64> From<Millis<MAX_DAYS>> for Duration {
+    fn from(ms: Millis<MAX_DAYS>) -> Duration {
         ms.0
     }
 }
@@ -129,8 +115,11 @@ impl From<Prefix> for Keyspace {
 /// A route's name: a valid store scope.
 pub(crate) fn route_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let name = String::deserialize(d)?;
-    Keyspace::check_scope(&name)
-        .map_err(|_| refuse(format!("route name {name:?} is not accepted; accepted: {NAME_ACCEPTED}")))?;
+    Keyspace::check_scope(&name).map_err(|_| {
+        refuse(format!(
+            "route name {name:?} is not accepted; accepted: {NAME_ACCEPTED}"
+        ))
+    })?;
     Ok(name)
 }
 

@@ -120,19 +120,18 @@ pub fn parse_with_env(
     options.with_snippet = false;
     let mut path = None;
     let loc = locate::Locator::new(&substituted, options.clone());
-    let file: validate::File =
-        serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                path = Some(e.path().clone());
-                e.into_inner()
-            })
+    let file: validate::File = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().clone());
+            e.into_inner()
         })
-        .map_err(|e| match loc.syntax_error().filter(|_| error::is_refusal(&e)) {
-            // A refused value is read before the rest of the file: a syntax error anywhere
-            // comes first, as the text must be YAML before its values mean anything.
-            Some(syntax) => source.yaml_error(syntax, None, &loc),
-            None => source.yaml_error(&e, path.as_ref(), &loc),
-        })?;
+    })
+    .map_err(|e| match loc.syntax_error().filter(|_| error::is_refusal(&e)) {
+        // A refused value is read before the rest of the file: a syntax error anywhere
+        // comes first, as the text must be YAML before its values mean anything.
+        Some(syntax) => source.yaml_error(syntax, None, &loc),
+        None => source.yaml_error(&e, path.as_ref(), &loc),
+    })?;
 
     let redis_url = env("REDIS_URL")
         .map(|v| v.to_string_lossy().into_owned())

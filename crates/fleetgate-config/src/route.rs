@@ -162,8 +162,13 @@ pub struct RouteMatch {
 }
 
 fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let Some(p) = Option::<String>::deserialize(d)? else { return Ok(None) };
-    if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+    let Some(p) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if !p.starts_with('/')
+        || p.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
         return Err(refuse(format!(
             "{p:?} is not a path prefix; accepted: a path starting with / without spaces, '?' or '#', e.g. /api"
         )));
@@ -172,9 +177,14 @@ fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
 }
 
 fn host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let Some(h) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    let Some(h) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
     let lower = h.trim().to_ascii_lowercase();
-    let host = lower.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(&lower);
+    let host = lower
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(&lower);
     let name_ok = !host.is_empty()
         && host
             .bytes()

@@ -358,9 +358,22 @@ impl fmt::Debug for StoreConfig {
 impl PartialEq for StoreConfig {
     fn eq(&self, o: &Self) -> bool {
         let breaker = |b: &BreakerSettings| (b.threshold, b.min_backoff, b.max_backoff);
-        let connection = |s: &Self| (s.timeout, s.connect_timeout, s.pool_size, s.reconnect_min, s.reconnect_max);
+        let connection = |s: &Self| {
+            (
+                s.timeout,
+                s.connect_timeout,
+                s.pool_size,
+                s.reconnect_min,
+                s.reconnect_max,
+            )
+        };
         let credentials = |s: &Self| {
-            (s.username.clone(), s.password.clone(), s.sentinel_username.clone(), s.sentinel_password.clone())
+            (
+                s.username.clone(),
+                s.password.clone(),
+                s.sentinel_username.clone(),
+                s.sentinel_password.clone(),
+            )
         };
         (&self.url, self.kind, self.url_source, &self.keyspace) == (&o.url, o.kind, o.url_source, &o.keyspace)
             && connection(self) == connection(o)
@@ -404,7 +417,10 @@ impl StoreConfig {
 /// A user name; empty (e.g. `${REDIS_USER:-}` with the variable unset) is not set.
 fn user_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = Option::<String>::deserialize(d)?.filter(|n| !n.is_empty());
-    if let Some(n) = name.as_ref().filter(|n| n.chars().any(|c| c.is_whitespace() || c.is_control())) {
+    if let Some(n) = name
+        .as_ref()
+        .filter(|n| n.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
         return Err(refuse(format!(
             "user name {n:?} holds spaces or control characters; accepted: {USERNAME_ACCEPTED}"
         )));
@@ -495,7 +511,11 @@ const PEM_MAX_BYTES: u64 = 4 << 20;
 /// appear in a message.
 fn pem_file(name: &str, certificate: bool) -> Result<PathBuf, String> {
     use std::io::Read;
-    let accepted = if certificate { CERT_FILE_ACCEPTED } else { KEY_FILE_ACCEPTED };
+    let accepted = if certificate {
+        CERT_FILE_ACCEPTED
+    } else {
+        KEY_FILE_ACCEPTED
+    };
     let bad = |why: String| format!("{why}; accepted: {accepted}");
     if name.trim().is_empty() {
         return Err(bad("no file is named".to_string()));
@@ -544,7 +564,11 @@ fn pem_file(name: &str, certificate: bool) -> Result<PathBuf, String> {
         false => l.ends_with("PRIVATE KEY-----"),
     });
     if !found {
-        let what = if certificate { "no certificate" } else { "no private key" };
+        let what = if certificate {
+            "no certificate"
+        } else {
+            "no private key"
+        };
         return Err(bad(format!("file {name:?} holds {what}")));
     }
     Ok(file)
@@ -635,7 +659,10 @@ pub(crate) fn resolve(
         let accepted = "accepted: a rediss:// URL (e.g. rediss://host:6380), redis-sentinel:// or redis-cluster:// (store.tls turns TLS on for them), or no store.tls";
         if base.url_source == UrlSource::File {
             // The URL in the file: blame it, it is what needs changing.
-            return Err(err("store.url", format!("{shown:?} {why}, but store.tls is set; {accepted}")));
+            return Err(err(
+                "store.url",
+                format!("{shown:?} {why}, but store.tls is set; {accepted}"),
+            ));
         }
         let from = match base.url_source {
             UrlSource::RedisUrlEnv => " (from the REDIS_URL environment variable)",

@@ -11,8 +11,18 @@ fn no_env(_: &str) -> Option<OsString> {
 fn golden(text: &str, env: &[(&str, &str)], r: &Result<Config, ConfigError>) {
     if let (Ok(path), Err(e)) = (std::env::var("FG_GOLDEN"), r) {
         use std::io::Write;
-        let rec = format!("{text:?} {env:?}\n{:?} {:?} {:?} {:?}\n{e}\n\u{1e}\n", e.kind(), e.line(), e.column(), e.path());
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).unwrap();
+        let rec = format!(
+            "{text:?} {env:?}\n{:?} {:?} {:?} {:?}\n{e}\n\u{1e}\n",
+            e.kind(),
+            e.line(),
+            e.column(),
+            e.path()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
         f.write_all(rec.as_bytes()).unwrap();
     }
 }
@@ -1839,7 +1849,10 @@ fn accepted_field_names() -> Vec<String> {
                 rename = after.split('"').next().map(str::to_string);
             }
             skip |= text.starts_with("#[serde(skip");
-            let field = text.strip_prefix("pub(crate) ").or_else(|| text.strip_prefix("pub ")).unwrap_or(text);
+            let field = text
+                .strip_prefix("pub(crate) ")
+                .or_else(|| text.strip_prefix("pub "))
+                .unwrap_or(text);
             if let Some((name, _)) = field.split_once(": ") {
                 if in_serde_struct && !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                     if !skip {
@@ -2132,8 +2145,8 @@ mod error_units {
 
 mod env_units {
     use crate::env::*;
-    use std::ffi::OsString;
     use std::collections::HashMap;
+    use std::ffi::OsString;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -18,13 +18,25 @@ pub struct UpstreamConfig {
     #[serde(deserialize_with = "targets")]
     pub targets: Vec<Target>,
     /// Bound on connecting to a target (`connect_timeout_ms`, default 1000 ms).
-    #[serde(rename = "connect_timeout_ms", default = "ms::<1000>", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(
+        rename = "connect_timeout_ms",
+        default = "ms::<1000>",
+        deserialize_with = "via::<_, Ms, _>"
+    )]
     pub connect_timeout: Duration,
     /// Bound on waiting for the response headers (`request_timeout_ms`, default 30 s).
-    #[serde(rename = "request_timeout_ms", default = "ms::<30_000>", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(
+        rename = "request_timeout_ms",
+        default = "ms::<30_000>",
+        deserialize_with = "via::<_, Ms, _>"
+    )]
     pub request_timeout: Duration,
     /// How long a pooled idle connection is kept (`idle_timeout_ms`, default 90 s).
-    #[serde(rename = "idle_timeout_ms", default = "ms::<90_000>", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(
+        rename = "idle_timeout_ms",
+        default = "ms::<90_000>",
+        deserialize_with = "via::<_, Ms, _>"
+    )]
     pub idle_timeout: Duration,
     /// Longest wait for the next bytes of a response body (`body_idle_timeout`, default 60 s);
     /// past it the response to the client is cut off (never completed as if whole).

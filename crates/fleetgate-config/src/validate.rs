@@ -85,15 +85,26 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
             ),
         ));
     }
-    ordered(loc, "store.reconnect_min_ms", store.reconnect_min, "store.reconnect_max_ms", store.reconnect_max)?;
-    let (b, min, max) = (&store.breaker, "store.breaker.min_backoff_ms", "store.breaker.max_backoff_ms");
+    ordered(
+        loc,
+        "store.reconnect_min_ms",
+        store.reconnect_min,
+        "store.reconnect_max_ms",
+        store.reconnect_max,
+    )?;
+    let (b, min, max) = (
+        &store.breaker,
+        "store.breaker.min_backoff_ms",
+        "store.breaker.max_backoff_ms",
+    );
     ordered(loc, min, b.min_backoff, max, b.max_backoff)?;
-    let (store, stores) = crate::store::resolve(store, stores, redis_url).map_err(|(path, at, message, at_key)| Invalid {
-        path,
-        at,
-        message,
-        at_key,
-    })?;
+    let (store, stores) =
+        crate::store::resolve(store, stores, redis_url).map_err(|(path, at, message, at_key)| Invalid {
+            path,
+            at,
+            message,
+            at_key,
+        })?;
     for (name, up) in &mut upstreams {
         if Keyspace::check_scope(name).is_err() {
             return Err(invalid(
@@ -140,7 +151,11 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
                 "strip_prefix: true needs match.path_prefix; accepted: false, or add a path_prefix",
             ));
         }
-        unique(loc, &format!("{path}.rate_limits"), r.rate_limits.iter().map(|l| l.name.as_str()))?;
+        unique(
+            loc,
+            &format!("{path}.rate_limits"),
+            r.rate_limits.iter().map(|l| l.name.as_str()),
+        )?;
         let concurrency = r.concurrency_limits.iter().map(|l| l.name.as_str());
         unique(loc, &format!("{path}.concurrency_limits"), concurrency)?;
         out.push(RouteConfig {

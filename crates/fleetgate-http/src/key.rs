@@ -31,8 +31,12 @@ pub(crate) fn marked(field: &str, message: impl fmt::Display) -> String {
 /// A limit's name: a valid store scope.
 pub(crate) fn limit_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let name = String::deserialize(d)?;
-    fleetgate_store::Keyspace::check_scope(&name)
-        .map_err(|_| error_at("", format!("limit name {name:?} is not accepted; accepted: {NAME_ACCEPTED}")))?;
+    fleetgate_store::Keyspace::check_scope(&name).map_err(|_| {
+        error_at(
+            "",
+            format!("limit name {name:?} is not accepted; accepted: {NAME_ACCEPTED}"),
+        )
+    })?;
     Ok(name)
 }
 
@@ -45,12 +49,15 @@ pub(crate) fn default_ipv6_prefix() -> u8 {
 /// `ipv6_prefix`: 1 to 128 bits.
 pub(crate) fn ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     let bits = i64::deserialize(d)?;
-    u8::try_from(bits).ok().filter(|b| (1..=128).contains(b)).ok_or_else(|| {
-        error_at(
-            "",
-            format!("{bits} is out of range; accepted: a whole number of bits from 1 to 128 (default 64)"),
-        )
-    })
+    u8::try_from(bits)
+        .ok()
+        .filter(|b| (1..=128).contains(b))
+        .ok_or_else(|| {
+            error_at(
+                "",
+                format!("{bits} is out of range; accepted: a whole number of bits from 1 to 128 (default 64)"),
+            )
+        })
 }
 
 /// One part of a limit's key.
@@ -117,8 +124,12 @@ impl fmt::Display for KeyPart {
 pub(crate) fn key<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyPart>, D::Error> {
     struct V;
     fn part<E: de::Error>(text: &str, at: &str, seen: &[KeyPart]) -> Result<KeyPart, E> {
-        let part = KeyPart::parse(text)
-            .ok_or_else(|| error_at(at, format!("unknown key part {text:?}; accepted: {}", KeyPart::ACCEPTED)))?;
+        let part = KeyPart::parse(text).ok_or_else(|| {
+            error_at(
+                at,
+                format!("unknown key part {text:?}; accepted: {}", KeyPart::ACCEPTED),
+            )
+        })?;
         if seen.contains(&part) {
             return Err(error_at(
                 at,

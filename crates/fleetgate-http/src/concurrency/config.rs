@@ -57,7 +57,9 @@ fn lease_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .ok_or_else(|| {
             error_at(
                 "",
-                format!("{ms} ms is out of range; accepted: a whole number of milliseconds from 1 to 604800000 (7 days)"),
+                format!(
+                    "{ms} ms is out of range; accepted: a whole number of milliseconds from 1 to 604800000 (7 days)"
+                ),
             )
         })
 }

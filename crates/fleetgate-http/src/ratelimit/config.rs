@@ -79,7 +79,14 @@ impl TryFrom<Written> for RateLimitConfig {
                 e,
                 LimitError::BadBurst(_) | LimitError::BurstNotSupported(_) | LimitError::TooLarge(..)
             );
-            key::marked(if burst_is_wrong && w.burst.is_some() { ".burst" } else { ".rate" }, e)
+            key::marked(
+                if burst_is_wrong && w.burst.is_some() {
+                    ".burst"
+                } else {
+                    ".rate"
+                },
+                e,
+            )
         })?;
         let capacity = limit.capacity();
         let cost = u64::try_from(w.cost).ok().filter(|c| *c <= capacity).ok_or_else(|| {
