@@ -41,7 +41,10 @@ mod fields;
 mod locate;
 mod model;
 mod route;
+mod snippet;
 mod store;
+mod store_url;
+mod tls;
 mod upstream;
 mod validate;
 

@@ -5,7 +5,8 @@
 use crate::duration::Dur;
 use crate::fields::{int, ms, refuse, via, Listen, Ms};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
-pub use crate::store::{redact_url, ConcernStores, StoreConfig, StoreKind, StoreUrl, UrlSource};
+pub use crate::store::{ConcernStores, StoreConfig};
+pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
 use ipnet::IpNet;

@@ -1994,7 +1994,8 @@ mod model_units {
 
 mod error_units {
     use crate::error::*;
-    use crate::store::redact_url as redact_urls;
+    use crate::snippet::*;
+    use crate::store_url::redact_url as redact_urls;
 
     #[test]
     fn snippet_points_at_the_column() {

@@ -74,7 +74,7 @@ impl Target {
 
     /// `http://HOST[:PORT][/]`; the message says why not.
     fn parse(text: &str) -> Result<Target, String> {
-        let shown = crate::store::redact_url(text.trim());
+        let shown = crate::store_url::redact_url(text.trim());
         let t = shown.as_str();
         let Some((scheme, rest)) = t.split_once("://") else {
             return Err(format!("{t:?} is not a URL"));
