@@ -30,9 +30,13 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-impl From<Dur> for Duration {
-    fn from(d: Dur) -> Duration {
-        d.0
+impl<'de> crate::fields::Leaf<'de> for Dur {
+    type Out = Duration;
+    fn out(self) -> Duration {
+        self.0
+    }
+    fn default_of(ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 }
 

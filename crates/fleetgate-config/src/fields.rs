@@ -23,9 +23,18 @@ pub(crate) fn refuse<E: Error>(message: impl Display) -> E {
 /// once the field's path is known.
 pub(crate) const ACCEPTED_HERE: &str = "\u{2}";
 
-/// Reads `N` and converts it to the model's type.
-pub(crate) fn via<'de, D: Deserializer<'de>, N: Deserialize<'de> + Into<T>, T>(d: D) -> Result<T, D::Error> {
-    N::deserialize(d).map(Into::into)
+/// A leaf value of the file: what it reads as, and what a written null means (the field's
+/// default, as if the field were left out: `timeout_ms: ${TIMEOUT:-}`).
+pub(crate) trait Leaf<'de>: Deserialize<'de> {
+    type Out;
+    fn out(self) -> Self::Out;
+    /// The field's default, from the number given with it (see [`or`]).
+    fn default_of(n: u64) -> Self::Out;
+}
+
+/// Reads the leaf `N`, or its default `DEFAULT` when written null.
+pub(crate) fn or<'de, D: Deserializer<'de>, N: Leaf<'de>, const DEFAULT: u64>(d: D) -> Result<N::Out, D::Error> {
+    Ok(Option::<N>::deserialize(d)?.map_or_else(|| N::default_of(DEFAULT), N::out))
 }
 
 /// A section or list that may be written empty (`server:` with nothing after it).
@@ -51,17 +60,22 @@ impl<'de, const MAX_DAYS: i64> Deserialize<'de> for Millis<MAX_DAYS> {
     }
 }
 
-impl<const MAX_DAYS: i64> From<Millis<MAX_DAYS>> for Duration {
-    fn from(ms: Millis<MAX_DAYS>) -> Duration {
-        ms.0
+impl<'de, const MAX_DAYS: i64> Leaf<'de> for Millis<MAX_DAYS> {
+    type Out = Duration;
+    fn out(self) -> Duration {
+        self.0
+    }
+    fn default_of(ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 }
 
-/// A whole number from `MIN` to `MAX`, converted to the field's type.
-pub(crate) fn int<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64, T: TryFrom<i64>>(
+/// A whole number from `MIN` to `MAX` (`DEFAULT` when written null), converted to the field's
+/// type.
+pub(crate) fn int<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64, const DEFAULT: i64, T: TryFrom<i64>>(
     d: D,
 ) -> Result<T, D::Error> {
-    let n = i64::deserialize(d)?;
+    let n = Option::<i64>::deserialize(d)?.unwrap_or(DEFAULT);
     (MIN..=MAX)
         .contains(&n)
         .then(|| T::try_from(n).ok())
@@ -88,9 +102,34 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
-impl From<Listen> for SocketAddr {
-    fn from(l: Listen) -> SocketAddr {
-        l.0
+/// Defaults are on the loopback address: the port is given.
+impl<'de> Leaf<'de> for Listen {
+    type Out = SocketAddr;
+    fn out(self) -> SocketAddr {
+        self.0
+    }
+    fn default_of(port: u64) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port as u16))
+    }
+}
+
+/// `true` or `false`.
+pub(crate) struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bool::deserialize(d).map(Flag)
+    }
+}
+
+/// The default is given as 1 (`true`) or 0 (`false`).
+impl<'de> Leaf<'de> for Flag {
+    type Out = bool;
+    fn out(self) -> bool {
+        self.0
+    }
+    fn default_of(n: u64) -> bool {
+        n != 0
     }
 }
 
@@ -106,10 +145,12 @@ impl<'de> Deserialize<'de> for Prefix {
     }
 }
 
-impl From<Prefix> for Keyspace {
-    fn from(p: Prefix) -> Keyspace {
-        p.0
-    }
+/// `key_prefix` (default `fleetgate`).
+pub(crate) fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Keyspace, D::Error> {
+    Ok(match Option::<Prefix>::deserialize(d)? {
+        Some(p) => p.0,
+        None => Keyspace::new("fleetgate").expect("the default key prefix is valid"),
+    })
 }
 
 /// A route's name: a valid store scope.

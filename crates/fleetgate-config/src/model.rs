@@ -3,7 +3,7 @@
 //! docs/configuration.md for the format.
 
 use crate::duration::Dur;
-use crate::fields::{int, ms, refuse, via, Listen, Ms};
+use crate::fields::{int, ms, or, refuse, Flag, Listen, Ms};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 pub use crate::store::{ConcernStores, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
@@ -94,7 +94,7 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener (`admin.listen`, default `127.0.0.1:9090`).
-    #[serde(deserialize_with = "via::<_, Listen, _>")]
+    #[serde(deserialize_with = "or::<_, Listen, 9090>")]
     pub listen: SocketAddr,
 }
 
@@ -114,6 +114,7 @@ pub struct LogConfig {
     /// time.
     pub level: LogLevel,
     /// Whether each completed request is logged (`log.access_log`, default `true`).
+    #[serde(deserialize_with = "or::<_, Flag, 1>")]
     pub access_log: bool,
 }
 
@@ -176,7 +177,9 @@ impl fmt::Display for LogLevel {
 
 impl<'de> Deserialize<'de> for LogLevel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let level = String::deserialize(d)?;
+        let Some(level) = Option::<String>::deserialize(d)? else {
+            return Ok(LogLevel::Info);
+        };
         LogLevel::parse(level.trim())
             .ok_or_else(|| refuse(format!("unknown level {level:?}; accepted: {}", LogLevel::ACCEPTED)))
     }
@@ -188,34 +191,34 @@ impl<'de> Deserialize<'de> for LogLevel {
 pub struct ServerConfig {
     /// Largest request head (request line and headers) accepted; larger gets 431
     /// (`server.max_header_bytes`, default 16384, 1024..=1048576).
-    #[serde(deserialize_with = "int::<_, 1024, 1_048_576, _>")]
+    #[serde(deserialize_with = "int::<_, 1024, 1_048_576, 16384, _>")]
     pub max_header_bytes: usize,
     /// Largest request body accepted; larger gets 413 (`server.max_body_bytes`, default
     /// 10485760 = 10 MiB).
-    #[serde(deserialize_with = "int::<_, 0, { i64::MAX }, _>")]
+    #[serde(deserialize_with = "int::<_, 0, { i64::MAX }, 10_485_760, _>")]
     pub max_body_bytes: u64,
     /// Bound on a whole request, upstream included (`server.request_timeout_ms`, default 30 s).
-    #[serde(rename = "request_timeout_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "request_timeout_ms", deserialize_with = "or::<_, Ms, 30_000>")]
     pub request_timeout: Duration,
     /// How long an idle client keep-alive connection is kept (`server.idle_timeout_ms`,
     /// default 60 s).
-    #[serde(rename = "idle_timeout_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "or::<_, Ms, 60_000>")]
     pub idle_timeout: Duration,
     /// Bound on draining in-flight requests at shutdown (`server.drain_timeout_ms`, default
     /// 10 s).
-    #[serde(rename = "drain_timeout_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "drain_timeout_ms", deserialize_with = "or::<_, Ms, 10_000>")]
     pub drain_timeout: Duration,
     /// Longest wait for the next bytes of a client's request body (`server.body_idle_timeout`,
     /// default 60 s); past it the request is refused with 408 and its connection closed.
-    #[serde(deserialize_with = "via::<_, Dur, _>")]
+    #[serde(deserialize_with = "or::<_, Dur, 60_000>")]
     pub body_idle_timeout: Duration,
     /// Longest time a write to a client may make no progress (`server.write_timeout`,
     /// default 60 s); past it the connection is closed.
-    #[serde(deserialize_with = "via::<_, Dur, _>")]
+    #[serde(deserialize_with = "or::<_, Dur, 60_000>")]
     pub write_timeout: Duration,
     /// Open client connections per instance, all workers together (`server.max_connections`,
     /// default 10000); a connection beyond it is closed as soon as it is accepted.
-    #[serde(deserialize_with = "int::<_, 1, 1_000_000, _>")]
+    #[serde(deserialize_with = "int::<_, 1, 1_000_000, 10_000, _>")]
     pub max_connections: usize,
 }
 

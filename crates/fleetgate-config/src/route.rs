@@ -1,6 +1,6 @@
 //! Routes (`routes`): which requests a route takes, what answers them, and its limits.
 
-use crate::fields::{int, nullable, refuse, route_name};
+use crate::fields::{int, nullable, or, refuse, route_name, Flag};
 use fleetgate_http::key::is_token;
 use fleetgate_http::{ConcurrencyLimitConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -40,7 +40,7 @@ pub(crate) struct WrittenRoute {
     pub upstream: Option<String>,
     #[serde(default)]
     pub respond: Option<Respond>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or::<_, Flag, 0>")]
     pub strip_prefix: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub rate_limits: Vec<RateLimitConfig>,
@@ -52,7 +52,7 @@ pub(crate) struct WrittenRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Respond {
-    #[serde(default = "ok", deserialize_with = "int::<_, 100, 599, _>")]
+    #[serde(default = "ok", deserialize_with = "int::<_, 100, 599, 200, _>")]
     status: u16,
     #[serde(default)]
     body: Option<String>,
@@ -76,24 +76,25 @@ impl From<Respond> for RouteTarget {
 
 /// Response headers in file order; names lowercase, values header-safe.
 fn headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Vec<(String, String)>;
+    struct Headers(Vec<(String, String)>);
+    impl<'de> Deserialize<'de> for Headers {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Headers(Vec::new()))
+        }
+    }
+    impl<'de> Visitor<'de> for Headers {
+        type Value = Headers;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a mapping of names to values")
         }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
             while let Some(name) = map.next_key::<String>()? {
-                out.push(map.next_value_seed(Header(name))?);
+                self.0.push(map.next_value_seed(Header(name))?);
             }
-            Ok(out)
+            Ok(self)
         }
     }
-    d.deserialize_map(V)
+    Ok(Option::<Headers>::deserialize(d)?.map_or_else(Vec::new, |h| h.0))
 }
 
 /// One header's value, checked with its name (a bad name is reported at the value).

@@ -2,7 +2,7 @@
 //! each concern's, resolved in one step ([`resolve`]).
 
 use crate::error::USERNAME_ACCEPTED;
-use crate::fields::{int, nullable, refuse, via, Ms, Prefix, TtlMs};
+use crate::fields::{int, key_prefix, nullable, or, refuse, Flag, Leaf, Ms, Prefix, TtlMs};
 use crate::store_url::{StoreKind, StoreUrl, UrlSource};
 use fleetgate_store::{BreakerSettings, Keyspace, RedisOptions, TlsFiles};
 use serde::{Deserialize, Deserializer};
@@ -28,23 +28,23 @@ pub struct StoreConfig {
     #[serde(skip)]
     pub url_source: UrlSource,
     /// The key namespace (`key_prefix`, default `fleetgate`).
-    #[serde(rename = "key_prefix", deserialize_with = "via::<_, Prefix, _>")]
+    #[serde(rename = "key_prefix", deserialize_with = "key_prefix")]
     pub keyspace: Keyspace,
     /// Bound on every store call (`timeout_ms`, default 50 ms).
-    #[serde(rename = "timeout_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "timeout_ms", deserialize_with = "or::<_, Ms, 50>")]
     pub timeout: Duration,
     /// Bound on establishing one connection (`store.connect_timeout_ms`, default 1000 ms).
-    #[serde(rename = "connect_timeout_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "or::<_, Ms, 1000>")]
     pub connect_timeout: Duration,
     /// Multiplexed connections per worker thread (`store.pool_size`, default 1, 1..=64).
-    #[serde(deserialize_with = "int::<_, 1, 64, _>")]
+    #[serde(deserialize_with = "int::<_, 1, 64, 1, _>")]
     pub pool_size: usize,
     /// First delay between reconnection attempts (`store.reconnect_min_ms`, default 50 ms).
-    #[serde(rename = "reconnect_min_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "reconnect_min_ms", deserialize_with = "or::<_, Ms, 50>")]
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts (`store.reconnect_max_ms`, default 500 ms,
     /// at least `reconnect_min`).
-    #[serde(rename = "reconnect_max_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "reconnect_max_ms", deserialize_with = "or::<_, Ms, 500>")]
     pub reconnect_max: Duration,
     /// ACL user name (`store.username`), overriding the URL's; `None`: the URL's, if any.
     #[serde(deserialize_with = "user_name")]
@@ -70,9 +70,10 @@ pub struct StoreConfig {
     pub breaker: BreakerSettings,
     /// DANGEROUS: delete every key under the key prefix when the gateway starts
     /// (`store.flush_on_startup`, default `false`).
+    #[serde(deserialize_with = "or::<_, Flag, 0>")]
     pub flush_on_startup: bool,
     /// TTL for stored values that have no TTL of their own (`default_ttl_ms`, default 1 day).
-    #[serde(rename = "default_ttl_ms", deserialize_with = "via::<_, TtlMs, _>")]
+    #[serde(rename = "default_ttl_ms", deserialize_with = "or::<_, TtlMs, 86_400_000>")]
     pub default_ttl: Duration,
 }
 
@@ -209,11 +210,11 @@ fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Breaker {
-    #[serde(deserialize_with = "int::<_, 1, 1000, _>")]
+    #[serde(deserialize_with = "int::<_, 1, 1000, 3, _>")]
     failures: u32,
-    #[serde(deserialize_with = "via::<_, Ms, _>")]
+    #[serde(deserialize_with = "or::<_, Ms, 100>")]
     min_backoff_ms: Duration,
-    #[serde(deserialize_with = "via::<_, Ms, _>")]
+    #[serde(deserialize_with = "or::<_, Ms, 1000>")]
     max_backoff_ms: Duration,
 }
 
@@ -351,9 +352,9 @@ pub(crate) fn resolve(
                 ));
             }
         }
-        out.keyspace = w.key_prefix.map_or(out.keyspace, Into::into);
-        out.timeout = w.timeout_ms.map_or(out.timeout, Into::into);
-        out.default_ttl = w.default_ttl_ms.map_or(out.default_ttl, Into::into);
+        out.keyspace = w.key_prefix.map_or(out.keyspace, |p| p.0);
+        out.timeout = w.timeout_ms.map_or(out.timeout, Leaf::out);
+        out.default_ttl = w.default_ttl_ms.map_or(out.default_ttl, Leaf::out);
         Ok(out)
     };
     let stores = ConcernStores {

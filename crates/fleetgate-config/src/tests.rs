@@ -147,6 +147,24 @@ fn nested_defaults() {
     );
 }
 
+/// A field written with no value (null, e.g. `${VAR:-}` with VAR unset) takes its default,
+/// as if it were left out.
+#[test]
+fn null_fields_take_their_defaults() {
+    let every_section = "listen:\nadmin:\n  listen:\nlog:\n  level:\n  access_log:\nstore:\n  url:\n  key_prefix:\n  timeout_ms:\n  connect_timeout_ms:\n  pool_size:\n  reconnect_min_ms:\n  reconnect_max_ms:\n  username:\n  password:\n  sentinel_username:\n  sentinel_password:\n  breaker:\n    failures:\n    min_backoff_ms:\n    max_backoff_ms:\n  flush_on_startup:\n  default_ttl_ms:\nstores:\n  cache:\n    url:\n    key_prefix:\n    timeout_ms:\n    default_ttl_ms:\nserver:\n  max_header_bytes:\n  max_body_bytes:\n  request_timeout_ms:\n  idle_timeout_ms:\n  drain_timeout_ms:\n  body_idle_timeout:\n  write_timeout:\n  max_connections:\ntrusted_proxies:\nupstreams:\nrate_limits:\nroutes:\n";
+    assert_eq!(p(every_section).unwrap_or_else(|e| panic!("{e}")), Config::default());
+    let written = "upstreams:\n  b:\n    targets: [http://x]\n    connect_timeout_ms:\n    request_timeout_ms:\n    idle_timeout_ms:\n    body_idle_timeout:\n    write_timeout:\n    health_check:\n      path: /h\n      interval_ms:\n      timeout_ms:\n      unhealthy_threshold:\n      healthy_threshold:\n    passive:\n      failures:\n      eject_ms:\nroutes:\n  - name: r\n    upstream: b\n    match:\n      path_prefix:\n      host:\n      methods:\n    strip_prefix:\n    rate_limits:\n      - name: l\n        key: ip\n        rate: 1/s\n        burst:\n        algorithm:\n        cost:\n        on_store_error:\n        on_missing_key:\n        ipv6_prefix:\n    concurrency_limits:\n      - name: c\n        key: ip\n        max: 1\n        lease_ms:\n        on_store_error:\n        on_missing_key:\n        ipv6_prefix:\n  - name: s\n    respond:\n      status:\n      body:\n      headers:\n";
+    let left_out = "upstreams:\n  b:\n    targets: [http://x]\n    health_check:\n      path: /h\nroutes:\n  - name: r\n    upstream: b\n    rate_limits:\n      - { name: l, key: ip, rate: 1/s }\n    concurrency_limits:\n      - { name: c, key: ip, max: 1 }\n  - name: s\n    respond: {}\n";
+    assert_eq!(p(written).unwrap_or_else(|e| panic!("{e}")), p(left_out).unwrap());
+    // A required field is still required.
+    refused(
+        "routes:\n  - name:\n    respond: {}\n",
+        2,
+        "routes[0].name",
+        &["a value is required"],
+    );
+}
+
 /// The body and write bounds and the connection cap: defaults, durations as written, and
 /// located refusals.
 #[test]

@@ -2,7 +2,7 @@
 
 use crate::duration::Dur;
 use crate::error::TARGETS_ACCEPTED;
-use crate::fields::{int, ms, nullable, refuse, via, Ms};
+use crate::fields::{int, ms, nullable, or, refuse, Ms};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
@@ -21,30 +21,30 @@ pub struct UpstreamConfig {
     #[serde(
         rename = "connect_timeout_ms",
         default = "ms::<1000>",
-        deserialize_with = "via::<_, Ms, _>"
+        deserialize_with = "or::<_, Ms, 1000>"
     )]
     pub connect_timeout: Duration,
     /// Bound on waiting for the response headers (`request_timeout_ms`, default 30 s).
     #[serde(
         rename = "request_timeout_ms",
         default = "ms::<30_000>",
-        deserialize_with = "via::<_, Ms, _>"
+        deserialize_with = "or::<_, Ms, 30_000>"
     )]
     pub request_timeout: Duration,
     /// How long a pooled idle connection is kept (`idle_timeout_ms`, default 90 s).
     #[serde(
         rename = "idle_timeout_ms",
         default = "ms::<90_000>",
-        deserialize_with = "via::<_, Ms, _>"
+        deserialize_with = "or::<_, Ms, 90_000>"
     )]
     pub idle_timeout: Duration,
     /// Longest wait for the next bytes of a response body (`body_idle_timeout`, default 60 s);
     /// past it the response to the client is cut off (never completed as if whole).
-    #[serde(default = "ms::<60_000>", deserialize_with = "via::<_, Dur, _>")]
+    #[serde(default = "ms::<60_000>", deserialize_with = "or::<_, Dur, 60_000>")]
     pub body_idle_timeout: Duration,
     /// Longest time writing a request to a target may make no progress (`write_timeout`,
     /// default 60 s); past it the connection is closed.
-    #[serde(default = "ms::<60_000>", deserialize_with = "via::<_, Dur, _>")]
+    #[serde(default = "ms::<60_000>", deserialize_with = "or::<_, Dur, 60_000>")]
     pub write_timeout: Duration,
     /// Active health checks (`health_check`); `None`: no active checks.
     #[serde(default)]
@@ -169,16 +169,24 @@ pub struct HealthCheckConfig {
     #[serde(deserialize_with = "check_path")]
     pub path: String,
     /// Time between checks of one target (`interval_ms`, default 5000 ms).
-    #[serde(rename = "interval_ms", default = "ms::<5000>", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(
+        rename = "interval_ms",
+        default = "ms::<5000>",
+        deserialize_with = "or::<_, Ms, 5000>"
+    )]
     pub interval: Duration,
     /// Bound on one check (`timeout_ms`, default 1000 ms).
-    #[serde(rename = "timeout_ms", default = "ms::<1000>", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(
+        rename = "timeout_ms",
+        default = "ms::<1000>",
+        deserialize_with = "or::<_, Ms, 1000>"
+    )]
     pub timeout: Duration,
     /// Consecutive failures that mark a target down (`unhealthy_threshold`, default 2).
-    #[serde(default = "two", deserialize_with = "int::<_, 1, 1000, _>")]
+    #[serde(default = "two", deserialize_with = "int::<_, 1, 1000, 2, _>")]
     pub unhealthy_threshold: u32,
     /// Consecutive successes that mark a target up again (`healthy_threshold`, default 1).
-    #[serde(default = "one", deserialize_with = "int::<_, 1, 1000, _>")]
+    #[serde(default = "one", deserialize_with = "int::<_, 1, 1000, 1, _>")]
     pub healthy_threshold: u32,
 }
 
@@ -205,10 +213,10 @@ fn check_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveConfig {
     /// Consecutive connection failures that eject a target (`failures`, default 3).
-    #[serde(deserialize_with = "int::<_, 1, 1000, _>")]
+    #[serde(deserialize_with = "int::<_, 1, 1000, 3, _>")]
     pub failures: u32,
     /// How long an ejected target stays out (`eject_ms`, default 10000 ms).
-    #[serde(rename = "eject_ms", deserialize_with = "via::<_, Ms, _>")]
+    #[serde(rename = "eject_ms", deserialize_with = "or::<_, Ms, 10_000>")]
     pub eject: Duration,
 }
 

@@ -46,9 +46,9 @@ pub(crate) fn default_ipv6_prefix() -> u8 {
     64
 }
 
-/// `ipv6_prefix`: 1 to 128 bits.
+/// `ipv6_prefix`: 1 to 128 bits (null: the default).
 pub(crate) fn ipv6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-    let bits = i64::deserialize(d)?;
+    let bits = Option::<i64>::deserialize(d)?.unwrap_or(64);
     u8::try_from(bits)
         .ok()
         .filter(|b| (1..=128).contains(b))
@@ -201,13 +201,16 @@ impl fmt::Display for MissingKey {
     }
 }
 
-/// A policy as written (surrounding spaces allowed); the error names what is accepted.
-pub(crate) fn policy<'de, D: Deserializer<'de>, T>(
+/// A policy as written (surrounding spaces allowed; null: the default); the error names what
+/// is accepted.
+pub(crate) fn policy<'de, D: Deserializer<'de>, T: Default>(
     d: D,
     parse: fn(&str) -> Option<T>,
     accepted: &str,
 ) -> Result<T, D::Error> {
-    let text = String::deserialize(d)?;
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(T::default());
+    };
     parse(text.trim()).ok_or_else(|| error_at("", format!("unknown policy {text:?}; accepted: {accepted}")))
 }
 

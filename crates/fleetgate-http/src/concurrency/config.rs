@@ -47,9 +47,10 @@ fn default_lease() -> Duration {
     Duration::from_secs(60)
 }
 
-/// A lease in whole milliseconds, 1 ms to 7 days, like every `*_ms` field of the file.
+/// A lease in whole milliseconds, 1 ms to 7 days, like every `*_ms` field of the file (null:
+/// the default).
 fn lease_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let ms = i64::deserialize(d)?;
+    let ms = Option::<i64>::deserialize(d)?.unwrap_or(60_000);
     u64::try_from(ms)
         .ok()
         .filter(|ms| (1..=604_800_000).contains(ms))

@@ -43,10 +43,10 @@ struct Written {
     rate: Rate,
     #[serde(default)]
     burst: Option<i64>,
-    #[serde(default = "gcra", deserialize_with = "algorithm")]
-    algorithm: Algorithm,
-    #[serde(default = "one")]
-    cost: i64,
+    #[serde(default, deserialize_with = "algorithm")]
+    algorithm: Option<Algorithm>,
+    #[serde(default)]
+    cost: Option<i64>,
     #[serde(default)]
     on_store_error: FailurePolicy,
     #[serde(default)]
@@ -55,26 +55,22 @@ struct Written {
     ipv6_prefix: u8,
 }
 
-fn one() -> i64 {
-    1
-}
-
-fn gcra() -> Algorithm {
-    Algorithm::Gcra
-}
-
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
     String::deserialize(d)?.parse().map_err(|e| error_at("", e))
 }
 
-fn algorithm<'de, D: Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
-    String::deserialize(d)?.trim().parse().map_err(|e| error_at("", e))
+fn algorithm<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Algorithm>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    text.trim().parse().map(Some).map_err(|e| error_at("", e))
 }
 
 impl TryFrom<Written> for RateLimitConfig {
     type Error = String;
     fn try_from(w: Written) -> Result<Self, String> {
-        let limit = RateLimit::new(w.algorithm, w.rate, w.burst).map_err(|e| {
+        let (algorithm, cost) = (w.algorithm.unwrap_or(Algorithm::Gcra), w.cost.unwrap_or(1));
+        let limit = RateLimit::new(algorithm, w.rate, w.burst).map_err(|e| {
             let burst_is_wrong = matches!(
                 e,
                 LimitError::BadBurst(_) | LimitError::BurstNotSupported(_) | LimitError::TooLarge(..)
@@ -89,12 +85,12 @@ impl TryFrom<Written> for RateLimitConfig {
             )
         })?;
         let capacity = limit.capacity();
-        let cost = u64::try_from(w.cost).ok().filter(|c| *c <= capacity).ok_or_else(|| {
+        let cost = u64::try_from(cost).ok().filter(|c| *c <= capacity).ok_or_else(|| {
             key::marked(
                 ".cost",
                 format!(
                     "cost {} is outside 0 to {capacity} (the limit's capacity: burst for gcra, N for the window algorithms), so it could never pass; accepted: a whole number from 0 to {capacity}",
-                    w.cost
+                    cost
                 ),
             )
         })?;
