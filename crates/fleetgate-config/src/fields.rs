@@ -16,7 +16,12 @@ use std::time::Duration;
 
 /// A refusal of the value being read.
 pub(crate) fn refuse<E: Error>(message: impl Display) -> E {
-    E::custom(format_args!("{FIELD_MARK}{FIELD_MARK}{message}"))
+    refuse_at("", message)
+}
+
+/// A refusal of the field at `field` below the value being read (`.cert_file`, `[1]`).
+pub(crate) fn refuse_at<E: Error>(field: &str, message: impl Display) -> E {
+    E::custom(format_args!("{FIELD_MARK}{field}{FIELD_MARK}{message}"))
 }
 
 /// Stands for "what the field accepts" in a message; filled in from [`crate::error::accepted_at`]

@@ -2,7 +2,7 @@
 //! hold what they should), never echoing their contents.
 
 use crate::error::{CERT_FILE_ACCEPTED, KEY_FILE_ACCEPTED};
-use crate::fields::{nullable, refuse};
+use crate::fields::{nullable, refuse_at};
 use fleetgate_store::TlsFiles;
 use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
@@ -10,40 +10,40 @@ use std::path::PathBuf;
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Tls {
-    #[serde(deserialize_with = "certificate")]
-    ca_file: Option<PathBuf>,
-    #[serde(deserialize_with = "certificate")]
-    cert_file: Option<PathBuf>,
-    #[serde(deserialize_with = "private_key")]
-    key_file: Option<PathBuf>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
 }
 
-/// `store.tls`: written (even empty) turns TLS on; a client certificate comes with its key.
+/// `store.tls`: written (even empty) turns TLS on; a client certificate comes with its key, and
+/// then each file named is checked.
 pub(crate) fn tls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsFiles>, D::Error> {
     let t: Tls = nullable(d)?;
     let pair = "accepted: both cert_file and key_file (a client certificate and its private key), or neither";
-    let mark = fleetgate_http::key::FIELD_MARK;
     match (&t.cert_file, &t.key_file) {
-        (Some(_), None) => Err(serde::de::Error::custom(format!(
-            "{mark}.cert_file{mark}cert_file is set without key_file; {pair}"
-        ))),
-        (None, Some(_)) => Err(serde::de::Error::custom(format!(
-            "{mark}.key_file{mark}key_file is set without cert_file; {pair}"
-        ))),
-        _ => Ok(Some(TlsFiles {
-            ca_file: t.ca_file,
-            cert_file: t.cert_file,
-            key_file: t.key_file,
-        })),
+        (Some(_), None) => {
+            return Err(refuse_at(
+                ".cert_file",
+                format!("cert_file is set without key_file; {pair}"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(refuse_at(
+                ".key_file",
+                format!("key_file is set without cert_file; {pair}"),
+            ))
+        }
+        _ => {}
     }
-}
-
-fn certificate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    pem_file(&String::deserialize(d)?, true).map(Some).map_err(refuse)
-}
-
-fn private_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    pem_file(&String::deserialize(d)?, false).map(Some).map_err(refuse)
+    let check = |field: &str, name: Option<String>, certificate: bool| {
+        name.map(|n| pem_file(&n, certificate).map_err(|why| refuse_at(field, why)))
+            .transpose()
+    };
+    Ok(Some(TlsFiles {
+        ca_file: check(".ca_file", t.ca_file, true)?,
+        cert_file: check(".cert_file", t.cert_file, true)?,
+        key_file: check(".key_file", t.key_file, false)?,
+    }))
 }
 
 /// Largest TLS file read, in bytes (a CA bundle is a few hundred KiB).
