@@ -78,7 +78,8 @@ pub(crate) struct Place {
 pub(crate) struct Locator<'a> {
     text: &'a str,
     options: serde_saphyr::Options,
-    tree: OnceCell<Result<Spanned<Node>, serde_saphyr::Error>>,
+    /// The tree, and why the whole text is not well-formed YAML, if it is not.
+    tree: OnceCell<(Option<Spanned<Node>>, Option<serde_saphyr::Error>)>,
 }
 
 impl<'a> Locator<'a> {
@@ -90,20 +91,29 @@ impl<'a> Locator<'a> {
         }
     }
 
-    fn tree(&self) -> &Result<Spanned<Node>, serde_saphyr::Error> {
-        self.tree
-            .get_or_init(|| serde_saphyr::from_str_with_options(self.text, self.options.clone()))
+    fn tree(&self) -> &(Option<Spanned<Node>>, Option<serde_saphyr::Error>) {
+        let parse = |text: &str| serde_saphyr::from_str_with_options::<Spanned<Node>>(text, self.options.clone());
+        self.tree.get_or_init(|| match parse(self.text) {
+            Ok(tree) => (Some(tree), None),
+            // The reader stops at the first problem, which may come before a syntax error
+            // further down: the lines before the syntax error still place it.
+            Err(e) => {
+                let line = e.location().map_or(0, |l| l.line()) as usize;
+                let before: String = self.text.split_inclusive('\n').take(line.saturating_sub(1)).collect();
+                (parse(&before).ok(), Some(e))
+            }
+        })
     }
 
     /// Why the text is not well-formed YAML, if it is not: such a problem is reported before
     /// any refused value, wherever it is.
     pub(crate) fn syntax_error(&self) -> Option<&serde_saphyr::Error> {
-        self.tree().as_ref().err()
+        self.tree().1.as_ref()
     }
 
     /// The place of the value at `path`, if it was written.
     pub(crate) fn find(&self, path: &str) -> Option<Place> {
-        let tree = self.tree().as_ref().ok()?;
+        let tree = self.tree().0.as_ref()?;
         let (mut node, mut key, mut rest) = (tree, None, path);
         while !rest.is_empty() {
             if let Some(after) = rest.strip_prefix('[') {
