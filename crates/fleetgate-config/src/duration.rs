@@ -30,14 +30,9 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-impl<'de> crate::fields::Leaf<'de> for Dur {
-    type Out = Duration;
-    fn out(self) -> Duration {
-        self.0
-    }
-    fn default_of(ms: u64) -> Duration {
-        Duration::from_millis(ms)
-    }
+/// A duration field (`DEFAULT` ms when written null).
+pub(crate) fn dur<'de, D: Deserializer<'de>, const DEFAULT: u64>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<Dur>::deserialize(d)?.map_or(crate::fields::millis::<DEFAULT>(), |d| d.0))
 }
 
 /// Parses `text` (surrounding spaces allowed); the error says why, without the accepted forms.

@@ -28,20 +28,6 @@ pub(crate) fn refuse_at<E: Error>(field: &str, message: impl Display) -> E {
 /// once the field's path is known.
 pub(crate) const ACCEPTED_HERE: &str = "\u{2}";
 
-/// A leaf value of the file: what it reads as, and what a written null means (the field's
-/// default, as if the field were left out: `timeout_ms: ${TIMEOUT:-}`).
-pub(crate) trait Leaf<'de>: Deserialize<'de> {
-    type Out;
-    fn out(self) -> Self::Out;
-    /// The field's default, from the number given with it (see [`or`]).
-    fn default_of(n: u64) -> Self::Out;
-}
-
-/// Reads the leaf `N`, or its default `DEFAULT` when written null.
-pub(crate) fn or<'de, D: Deserializer<'de>, N: Leaf<'de>, const DEFAULT: u64>(d: D) -> Result<N::Out, D::Error> {
-    Ok(Option::<N>::deserialize(d)?.map_or_else(|| N::default_of(DEFAULT), N::out))
-}
-
 /// A section or list that may be written empty (`server:` with nothing after it).
 pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
@@ -49,7 +35,7 @@ pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>
 
 /// A whole number of milliseconds, 1 ms to `MAX_DAYS` days: 7 for `*_ms` fields ([`Ms`]), 365
 /// for TTLs ([`TtlMs`]).
-pub(crate) struct Millis<const MAX_DAYS: i64>(Duration);
+pub(crate) struct Millis<const MAX_DAYS: i64>(pub Duration);
 
 pub(crate) type Ms = Millis<7>;
 pub(crate) type TtlMs = Millis<365>;
@@ -65,14 +51,14 @@ impl<'de, const MAX_DAYS: i64> Deserialize<'de> for Millis<MAX_DAYS> {
     }
 }
 
-impl<'de, const MAX_DAYS: i64> Leaf<'de> for Millis<MAX_DAYS> {
-    type Out = Duration;
-    fn out(self) -> Duration {
-        self.0
-    }
-    fn default_of(ms: u64) -> Duration {
-        Duration::from_millis(ms)
-    }
+/// A `*_ms` field (`DEFAULT` ms when written null, as when left out: `timeout_ms: ${T:-}`).
+pub(crate) fn ms<'de, D: Deserializer<'de>, const DEFAULT: u64>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<Ms>::deserialize(d)?.map_or(millis::<DEFAULT>(), |m| m.0))
+}
+
+/// A TTL field (`DEFAULT` ms when written null).
+pub(crate) fn ttl<'de, D: Deserializer<'de>, const DEFAULT: u64>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<TtlMs>::deserialize(d)?.map_or(millis::<DEFAULT>(), |m| m.0))
 }
 
 /// A whole number from `MIN` to `MAX` (`DEFAULT` when written null), converted to the field's
@@ -107,35 +93,15 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
-/// Defaults are on the loopback address: the port is given.
-impl<'de> Leaf<'de> for Listen {
-    type Out = SocketAddr;
-    fn out(self) -> SocketAddr {
-        self.0
-    }
-    fn default_of(port: u64) -> SocketAddr {
-        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port as u16))
-    }
+/// A listen address (`127.0.0.1:PORT` when written null).
+pub(crate) fn listen<'de, D: Deserializer<'de>, const PORT: u16>(d: D) -> Result<SocketAddr, D::Error> {
+    let default = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, PORT));
+    Ok(Option::<Listen>::deserialize(d)?.map_or(default, |l| l.0))
 }
 
-/// `true` or `false`.
-pub(crate) struct Flag(bool);
-
-impl<'de> Deserialize<'de> for Flag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        bool::deserialize(d).map(Flag)
-    }
-}
-
-/// The default is given as 1 (`true`) or 0 (`false`).
-impl<'de> Leaf<'de> for Flag {
-    type Out = bool;
-    fn out(self) -> bool {
-        self.0
-    }
-    fn default_of(n: u64) -> bool {
-        n != 0
-    }
+/// `true` or `false` (`DEFAULT` when written null).
+pub(crate) fn flag<'de, D: Deserializer<'de>, const DEFAULT: bool>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(DEFAULT))
 }
 
 /// A key prefix (`key_prefix`).
@@ -190,6 +156,6 @@ pub(crate) fn proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::
 }
 
 /// Defaults of duration fields, in milliseconds.
-pub(crate) fn ms<const N: u64>() -> Duration {
+pub(crate) fn millis<const N: u64>() -> Duration {
     Duration::from_millis(N)
 }

@@ -2,10 +2,9 @@
 //! defaults are filled in. Each section's type reads itself from the file (`Deserialize`); see
 //! docs/configuration.md for the format.
 
-use crate::duration::Dur;
-use crate::fields::{int, ms, or, refuse, Flag, Listen, Ms};
+use crate::fields::{flag, int, listen, millis, ms, refuse};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
-pub use crate::store::{ConcernStores, StoreConfig};
+pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
@@ -94,7 +93,7 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener (`admin.listen`, default `127.0.0.1:9090`).
-    #[serde(deserialize_with = "or::<_, Listen, 9090>")]
+    #[serde(deserialize_with = "listen::<_, 9090>")]
     pub listen: SocketAddr,
 }
 
@@ -114,7 +113,7 @@ pub struct LogConfig {
     /// time.
     pub level: LogLevel,
     /// Whether each completed request is logged (`log.access_log`, default `true`).
-    #[serde(deserialize_with = "or::<_, Flag, 1>")]
+    #[serde(deserialize_with = "flag::<_, true>")]
     pub access_log: bool,
 }
 
@@ -198,23 +197,23 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "int::<_, 0, { i64::MAX }, 10_485_760, _>")]
     pub max_body_bytes: u64,
     /// Bound on a whole request, upstream included (`server.request_timeout_ms`, default 30 s).
-    #[serde(rename = "request_timeout_ms", deserialize_with = "or::<_, Ms, 30_000>")]
+    #[serde(rename = "request_timeout_ms", deserialize_with = "ms::<_, 30_000>")]
     pub request_timeout: Duration,
     /// How long an idle client keep-alive connection is kept (`server.idle_timeout_ms`,
     /// default 60 s).
-    #[serde(rename = "idle_timeout_ms", deserialize_with = "or::<_, Ms, 60_000>")]
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "ms::<_, 60_000>")]
     pub idle_timeout: Duration,
     /// Bound on draining in-flight requests at shutdown (`server.drain_timeout_ms`, default
     /// 10 s).
-    #[serde(rename = "drain_timeout_ms", deserialize_with = "or::<_, Ms, 10_000>")]
+    #[serde(rename = "drain_timeout_ms", deserialize_with = "ms::<_, 10_000>")]
     pub drain_timeout: Duration,
     /// Longest wait for the next bytes of a client's request body (`server.body_idle_timeout`,
     /// default 60 s); past it the request is refused with 408 and its connection closed.
-    #[serde(deserialize_with = "or::<_, Dur, 60_000>")]
+    #[serde(deserialize_with = "crate::duration::dur::<_, 60_000>")]
     pub body_idle_timeout: Duration,
     /// Longest time a write to a client may make no progress (`server.write_timeout`,
     /// default 60 s); past it the connection is closed.
-    #[serde(deserialize_with = "or::<_, Dur, 60_000>")]
+    #[serde(deserialize_with = "crate::duration::dur::<_, 60_000>")]
     pub write_timeout: Duration,
     /// Open client connections per instance, all workers together (`server.max_connections`,
     /// default 10000); a connection beyond it is closed as soon as it is accepted.
@@ -230,11 +229,11 @@ impl Default for ServerConfig {
         ServerConfig {
             max_header_bytes: 16384,
             max_body_bytes: 10 * 1024 * 1024,
-            request_timeout: ms::<30_000>(),
-            idle_timeout: ms::<60_000>(),
-            drain_timeout: ms::<10_000>(),
-            body_idle_timeout: ms::<60_000>(),
-            write_timeout: ms::<60_000>(),
+            request_timeout: millis::<30_000>(),
+            idle_timeout: millis::<60_000>(),
+            drain_timeout: millis::<10_000>(),
+            body_idle_timeout: millis::<60_000>(),
+            write_timeout: millis::<60_000>(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

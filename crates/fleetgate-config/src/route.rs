@@ -1,6 +1,6 @@
 //! Routes (`routes`): which requests a route takes, what answers them, and its limits.
 
-use crate::fields::{int, nullable, or, refuse, route_name, Flag};
+use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
 use fleetgate_http::{ConcurrencyLimitConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -40,7 +40,7 @@ pub(crate) struct WrittenRoute {
     pub upstream: Option<String>,
     #[serde(default)]
     pub respond: Option<Respond>,
-    #[serde(default, deserialize_with = "or::<_, Flag, 0>")]
+    #[serde(default, deserialize_with = "flag::<_, false>")]
     pub strip_prefix: bool,
     #[serde(default, deserialize_with = "nullable")]
     pub rate_limits: Vec<RateLimitConfig>,

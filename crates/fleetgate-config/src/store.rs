@@ -2,7 +2,7 @@
 //! each concern's, resolved in one step ([`resolve`]).
 
 use crate::error::USERNAME_ACCEPTED;
-use crate::fields::{int, key_prefix, nullable, or, refuse, Flag, Leaf, Ms, Prefix, TtlMs};
+use crate::fields::{flag, int, key_prefix, ms, nullable, refuse, ttl, Ms, Prefix, TtlMs};
 use crate::store_url::{StoreKind, StoreUrl, UrlSource};
 use fleetgate_store::{BreakerSettings, Keyspace, RedisOptions, TlsFiles};
 use serde::{Deserialize, Deserializer};
@@ -14,7 +14,7 @@ use std::time::Duration;
 ///
 /// `Debug` never shows a password: the URL is redacted and `password` and
 /// `sentinel_password` print as `***`. Log [`StoreConfig::redacted_url`], never `url`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store URL (`store.url`, default `memory://`; `REDIS_URL` overrides it; a concern's
@@ -31,20 +31,20 @@ pub struct StoreConfig {
     #[serde(rename = "key_prefix", deserialize_with = "key_prefix")]
     pub keyspace: Keyspace,
     /// Bound on every store call (`timeout_ms`, default 50 ms).
-    #[serde(rename = "timeout_ms", deserialize_with = "or::<_, Ms, 50>")]
+    #[serde(rename = "timeout_ms", deserialize_with = "ms::<_, 50>")]
     pub timeout: Duration,
     /// Bound on establishing one connection (`store.connect_timeout_ms`, default 1000 ms).
-    #[serde(rename = "connect_timeout_ms", deserialize_with = "or::<_, Ms, 1000>")]
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "ms::<_, 1000>")]
     pub connect_timeout: Duration,
     /// Multiplexed connections per worker thread (`store.pool_size`, default 1, 1..=64).
     #[serde(deserialize_with = "int::<_, 1, 64, 1, _>")]
     pub pool_size: usize,
     /// First delay between reconnection attempts (`store.reconnect_min_ms`, default 50 ms).
-    #[serde(rename = "reconnect_min_ms", deserialize_with = "or::<_, Ms, 50>")]
+    #[serde(rename = "reconnect_min_ms", deserialize_with = "ms::<_, 50>")]
     pub reconnect_min: Duration,
     /// Longest delay between reconnection attempts (`store.reconnect_max_ms`, default 500 ms,
     /// at least `reconnect_min`).
-    #[serde(rename = "reconnect_max_ms", deserialize_with = "or::<_, Ms, 500>")]
+    #[serde(rename = "reconnect_max_ms", deserialize_with = "ms::<_, 500>")]
     pub reconnect_max: Duration,
     /// ACL user name (`store.username`), overriding the URL's; `None`: the URL's, if any.
     #[serde(deserialize_with = "user_name")]
@@ -52,13 +52,13 @@ pub struct StoreConfig {
     /// Password (`store.password`), overriding the URL's; `None`: the URL's, if any. A secret:
     /// never log it.
     #[serde(deserialize_with = "secret")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// ACL user name for the sentinels themselves (`store.sentinel_username`).
     #[serde(deserialize_with = "user_name")]
     pub sentinel_username: Option<String>,
     /// Password for the sentinels themselves (`store.sentinel_password`). A secret.
     #[serde(deserialize_with = "secret")]
-    pub sentinel_password: Option<String>,
+    pub sentinel_password: Option<Secret>,
     /// TLS files (`store.tls`); `Some` turns TLS on for `redis-sentinel://` and
     /// `redis-cluster://`, and sets the CA and client certificate for `rediss://`. Never set
     /// with `redis://` or `memory://` (refused by validation). Every file named was a readable
@@ -70,10 +70,10 @@ pub struct StoreConfig {
     pub breaker: BreakerSettings,
     /// DANGEROUS: delete every key under the key prefix when the gateway starts
     /// (`store.flush_on_startup`, default `false`).
-    #[serde(deserialize_with = "or::<_, Flag, 0>")]
+    #[serde(deserialize_with = "flag::<_, false>")]
     pub flush_on_startup: bool,
     /// TTL for stored values that have no TTL of their own (`default_ttl_ms`, default 1 day).
-    #[serde(rename = "default_ttl_ms", deserialize_with = "or::<_, TtlMs, 86_400_000>")]
+    #[serde(rename = "default_ttl_ms", deserialize_with = "ttl::<_, 86_400_000>")]
     pub default_ttl: Duration,
 }
 
@@ -99,32 +99,6 @@ impl Default for StoreConfig {
             flush_on_startup: false,
             default_ttl: Duration::from_secs(86_400),
         }
-    }
-}
-
-/// Prints the redacted URL and `***` for passwords.
-impl fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hide = |o: &Option<String>| o.as_ref().map(|_| "***");
-        f.debug_struct("StoreConfig")
-            .field("url", &self.url)
-            .field("kind", &self.kind)
-            .field("url_source", &self.url_source)
-            .field("keyspace", &self.keyspace)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("pool_size", &self.pool_size)
-            .field("reconnect_min", &self.reconnect_min)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("username", &self.username)
-            .field("password", &hide(&self.password))
-            .field("sentinel_username", &self.sentinel_username)
-            .field("sentinel_password", &hide(&self.sentinel_password))
-            .field("tls", &self.tls)
-            .field("breaker", &self.breaker)
-            .field("flush_on_startup", &self.flush_on_startup)
-            .field("default_ttl", &self.default_ttl)
-            .finish()
     }
 }
 
@@ -181,9 +155,9 @@ impl StoreConfig {
             breaker: self.breaker,
             tls: self.tls.clone(),
             username: self.username.clone(),
-            password: self.password.clone(),
+            password: self.password.as_deref().map(str::to_string),
             sentinel_username: self.sentinel_username.clone(),
-            sentinel_password: self.sentinel_password.clone(),
+            sentinel_password: self.sentinel_password.as_deref().map(str::to_string),
         }
     }
 }
@@ -203,8 +177,26 @@ fn user_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
 }
 
 /// A password, taken as written; empty is not set. Never echoed in a message.
-fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()).map(Secret))
+}
+
+/// A secret (a password) as written: derefs to the text; `Debug` shows `"***"`. A newtype
+/// rather than a crate: the one need is that printing the configuration never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt("***", f)
+    }
 }
 
 #[derive(Deserialize)]
@@ -212,9 +204,9 @@ fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 struct Breaker {
     #[serde(deserialize_with = "int::<_, 1, 1000, 3, _>")]
     failures: u32,
-    #[serde(deserialize_with = "or::<_, Ms, 100>")]
+    #[serde(deserialize_with = "ms::<_, 100>")]
     min_backoff_ms: Duration,
-    #[serde(deserialize_with = "or::<_, Ms, 1000>")]
+    #[serde(deserialize_with = "ms::<_, 1000>")]
     max_backoff_ms: Duration,
 }
 
@@ -353,8 +345,8 @@ pub(crate) fn resolve(
             }
         }
         out.keyspace = w.key_prefix.map_or(out.keyspace, |p| p.0);
-        out.timeout = w.timeout_ms.map_or(out.timeout, Leaf::out);
-        out.default_ttl = w.default_ttl_ms.map_or(out.default_ttl, Leaf::out);
+        out.timeout = w.timeout_ms.map_or(out.timeout, |m| m.0);
+        out.default_ttl = w.default_ttl_ms.map_or(out.default_ttl, |m| m.0);
         Ok(out)
     };
     let stores = ConcernStores {

@@ -1,8 +1,7 @@
 //! Upstreams (`upstreams`): where requests go, with their timeouts and health checks.
 
-use crate::duration::Dur;
 use crate::error::TARGETS_ACCEPTED;
-use crate::fields::{int, ms, nullable, or, refuse, Ms};
+use crate::fields::{int, millis, ms, nullable, refuse};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
@@ -20,31 +19,31 @@ pub struct UpstreamConfig {
     /// Bound on connecting to a target (`connect_timeout_ms`, default 1000 ms).
     #[serde(
         rename = "connect_timeout_ms",
-        default = "ms::<1000>",
-        deserialize_with = "or::<_, Ms, 1000>"
+        default = "millis::<1000>",
+        deserialize_with = "ms::<_, 1000>"
     )]
     pub connect_timeout: Duration,
     /// Bound on waiting for the response headers (`request_timeout_ms`, default 30 s).
     #[serde(
         rename = "request_timeout_ms",
-        default = "ms::<30_000>",
-        deserialize_with = "or::<_, Ms, 30_000>"
+        default = "millis::<30_000>",
+        deserialize_with = "ms::<_, 30_000>"
     )]
     pub request_timeout: Duration,
     /// How long a pooled idle connection is kept (`idle_timeout_ms`, default 90 s).
     #[serde(
         rename = "idle_timeout_ms",
-        default = "ms::<90_000>",
-        deserialize_with = "or::<_, Ms, 90_000>"
+        default = "millis::<90_000>",
+        deserialize_with = "ms::<_, 90_000>"
     )]
     pub idle_timeout: Duration,
     /// Longest wait for the next bytes of a response body (`body_idle_timeout`, default 60 s);
     /// past it the response to the client is cut off (never completed as if whole).
-    #[serde(default = "ms::<60_000>", deserialize_with = "or::<_, Dur, 60_000>")]
+    #[serde(default = "millis::<60_000>", deserialize_with = "crate::duration::dur::<_, 60_000>")]
     pub body_idle_timeout: Duration,
     /// Longest time writing a request to a target may make no progress (`write_timeout`,
     /// default 60 s); past it the connection is closed.
-    #[serde(default = "ms::<60_000>", deserialize_with = "or::<_, Dur, 60_000>")]
+    #[serde(default = "millis::<60_000>", deserialize_with = "crate::duration::dur::<_, 60_000>")]
     pub write_timeout: Duration,
     /// Active health checks (`health_check`); `None`: no active checks.
     #[serde(default)]
@@ -171,15 +170,15 @@ pub struct HealthCheckConfig {
     /// Time between checks of one target (`interval_ms`, default 5000 ms).
     #[serde(
         rename = "interval_ms",
-        default = "ms::<5000>",
-        deserialize_with = "or::<_, Ms, 5000>"
+        default = "millis::<5000>",
+        deserialize_with = "ms::<_, 5000>"
     )]
     pub interval: Duration,
     /// Bound on one check (`timeout_ms`, default 1000 ms).
     #[serde(
         rename = "timeout_ms",
-        default = "ms::<1000>",
-        deserialize_with = "or::<_, Ms, 1000>"
+        default = "millis::<1000>",
+        deserialize_with = "ms::<_, 1000>"
     )]
     pub timeout: Duration,
     /// Consecutive failures that mark a target down (`unhealthy_threshold`, default 2).
@@ -216,7 +215,7 @@ pub struct PassiveConfig {
     #[serde(deserialize_with = "int::<_, 1, 1000, 3, _>")]
     pub failures: u32,
     /// How long an ejected target stays out (`eject_ms`, default 10000 ms).
-    #[serde(rename = "eject_ms", deserialize_with = "or::<_, Ms, 10_000>")]
+    #[serde(rename = "eject_ms", deserialize_with = "ms::<_, 10_000>")]
     pub eject: Duration,
 }
 

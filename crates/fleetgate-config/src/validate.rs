@@ -2,7 +2,7 @@
 //! ordered pairs, store URLs against TLS, upstream names, unique names, route targets), each
 //! refusal naming the field and located through [`Locator`].
 
-use crate::fields::{nullable, or, proxies, Listen};
+use crate::fields::{listen, nullable, proxies};
 use crate::locate::Locator;
 use crate::model::*;
 use crate::route::WrittenRoute;
@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct File {
-    #[serde(default = "default_listen", deserialize_with = "or::<_, Listen, 8080>")]
+    #[serde(default = "default_listen", deserialize_with = "listen::<_, 8080>")]
     listen: SocketAddr,
     #[serde(default, deserialize_with = "nullable")]
     admin: AdminConfig,
