@@ -4,15 +4,13 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 
 /// What a limit does when the store fails or times out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailurePolicy {
     /// Allow the request, and count it in metrics.
     Open,
     /// Refuse fast with 503.
     Closed,
-    /// Fall back to the in-process store, dividing the limit by the number of live instances
-    /// (the limits' default).
-    #[default]
+    /// Fall back to the in-process store, dividing the limit by the number of live instances.
     Local,
 }
 
@@ -45,9 +43,19 @@ impl fmt::Display for FailurePolicy {
     }
 }
 
-/// Errors follow [`crate::key::FIELD_MARK`].
+/// Errors follow [`crate::key::FIELD_MARK`]. Each concern has its own default (no `Default`):
+/// a concern's field reads an `Option<FailurePolicy>`, null or missing being its default.
 impl<'de> Deserialize<'de> for FailurePolicy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::key::policy(d, FailurePolicy::parse, FailurePolicy::ACCEPTED)
+        crate::key::policy(String::deserialize(d)?, FailurePolicy::parse, FailurePolicy::ACCEPTED)
     }
+}
+
+/// The limits' policy: `local` when not written (or written null).
+pub(crate) fn local<'de, D: Deserializer<'de>>(d: D) -> Result<FailurePolicy, D::Error> {
+    Ok(Option::<FailurePolicy>::deserialize(d)?.unwrap_or(FailurePolicy::Local))
+}
+
+pub(crate) fn default_local() -> FailurePolicy {
+    FailurePolicy::Local
 }

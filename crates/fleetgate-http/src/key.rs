@@ -201,21 +201,17 @@ impl fmt::Display for MissingKey {
     }
 }
 
-/// A policy as written (surrounding spaces allowed; null: the default); the error names what
-/// is accepted.
-pub(crate) fn policy<'de, D: Deserializer<'de>, T: Default>(
-    d: D,
-    parse: fn(&str) -> Option<T>,
-    accepted: &str,
-) -> Result<T, D::Error> {
-    let Some(text) = Option::<String>::deserialize(d)? else {
-        return Ok(T::default());
-    };
+/// A policy as written (surrounding spaces allowed); the error names what is accepted.
+pub(crate) fn policy<E: de::Error, T>(text: String, parse: fn(&str) -> Option<T>, accepted: &str) -> Result<T, E> {
     parse(text.trim()).ok_or_else(|| error_at("", format!("unknown policy {text:?}; accepted: {accepted}")))
 }
 
+/// Null is the default, `shared`.
 impl<'de> Deserialize<'de> for MissingKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        policy(d, MissingKey::parse, MissingKey::ACCEPTED)
+        let written = Option::<String>::deserialize(d)?;
+        written.map_or(Ok(MissingKey::Shared), |t| {
+            policy(t, MissingKey::parse, MissingKey::ACCEPTED)
+        })
     }
 }

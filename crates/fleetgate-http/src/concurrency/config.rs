@@ -1,5 +1,6 @@
 //! A concurrency limit's parameters, and how the configuration file writes them.
 
+use crate::failure;
 use crate::key::{self, error_at};
 use crate::{FailurePolicy, KeyPart, MissingKey};
 use serde::{Deserialize, Deserializer};
@@ -25,7 +26,7 @@ pub struct ConcurrencyLimitConfig {
     #[serde(rename = "lease_ms", default = "default_lease", deserialize_with = "lease_ms")]
     pub lease: Duration,
     /// What to do when the store fails (`on_store_error`, default `local`).
-    #[serde(default)]
+    #[serde(default = "failure::default_local", deserialize_with = "failure::local")]
     pub on_store_error: FailurePolicy,
     /// What to do with a request lacking the header or cookie of the key.
     #[serde(default)]

@@ -1,5 +1,6 @@
 //! A rate limit's parameters, and how the configuration file writes them.
 
+use crate::failure;
 use crate::key::{self, error_at};
 use crate::{FailurePolicy, KeyPart, MissingKey};
 use fleetgate_store::{Algorithm, LimitError, Rate, RateLimit};
@@ -47,7 +48,7 @@ struct Written {
     algorithm: Option<Algorithm>,
     #[serde(default)]
     cost: Option<i64>,
-    #[serde(default)]
+    #[serde(default = "failure::default_local", deserialize_with = "failure::local")]
     on_store_error: FailurePolicy,
     #[serde(default)]
     on_missing_key: MissingKey,
