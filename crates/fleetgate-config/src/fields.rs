@@ -1,5 +1,6 @@
 //! The file's leaf values: newtypes that validate inside `Deserialize`, so that a refused value
-//! is reported where it was written, and adapters that give the model's field types.
+//! is reported where it was written, and the functions that read them into the model's field
+//! types, a value written null (`timeout_ms: ${T:-}` with T unset) being the field's default.
 //!
 //! Every refusal is marked with [`fleetgate_http::key::FIELD_MARK`] like the limit types'
 //! (see [`crate::error`]): a marked message is a validation failure, not a syntax error.
