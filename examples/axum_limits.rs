@@ -15,8 +15,8 @@
 use axum::routing::get;
 use axum::Router;
 use fleetgate_http::{
-    fleet, pipeline, stages, Concurrency, ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey,
-    RateLimitConfig, RateLimits, StageLayer, StoreCtx,
+    fleet, pipeline, stages, Concurrency, ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig,
+    RateLimits, StageLayer, StoreCtx,
 };
 use fleetgate_store::{Keyspace, RateLimit, RedisOptions, Store};
 use std::net::SocketAddr;
@@ -54,9 +54,7 @@ pub fn app(store: Store, instance: &str) -> Result<Router, Box<dyn std::error::E
     let api = Router::new()
         .route("/api/{*rest}", get(|| async { "hello from the api\n" }))
         .layer(StageLayer::new(stages, ctx, "api"));
-    Ok(Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        .merge(api))
+    Ok(Router::new().route("/health", get(|| async { "ok\n" })).merge(api))
 }
 
 /// Serves `app` on `listener` until the process ends, with each request's peer address (the

@@ -1,7 +1,9 @@
 //! Durations as the file writes them (DESIGN.md, "Durations"): a whole number and one of the
 //! units of rate periods, `500ms`, `30s`, `10m`, `24h`, `7d`. Fields named `*_ms` predate this
-//! and stay plain numbers of milliseconds.
+//! and stay plain numbers of milliseconds ([`crate::fields::Ms`]).
 
+use crate::fields::refuse;
+use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
 /// What a duration field accepts, for messages.
@@ -10,6 +12,28 @@ pub(crate) const DURATION_ACCEPTED: &str =
 
 /// The longest duration a field takes (7 days, as for `*_ms` fields).
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration field: 1 ms to 7 days.
+pub(crate) struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let d = parse_duration(&text).map_err(|why| refuse(format!("{why}; accepted: {DURATION_ACCEPTED}")))?;
+        if d < Duration::from_millis(1) || d > MAX_DURATION {
+            return Err(refuse(format!(
+                "{} is out of range; accepted: {DURATION_ACCEPTED}",
+                text.trim()
+            )));
+        }
+        Ok(Dur(d))
+    }
+}
+
+/// A duration field (`DEFAULT` ms when written null).
+pub(crate) fn dur<'de, D: Deserializer<'de>, const DEFAULT: u64>(d: D) -> Result<Duration, D::Error> {
+    Ok(Option::<Dur>::deserialize(d)?.map_or(crate::fields::millis::<DEFAULT>(), |d| d.0))
+}
 
 /// Parses `text` (surrounding spaces allowed); the error says why, without the accepted forms.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -38,44 +62,4 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = digits.parse().map_err(|_| too_long())?;
     let ms = n.checked_mul(unit_ms).ok_or_else(too_long)?;
     Ok(Duration::from_millis(ms))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_every_unit() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("7d"), Ok(MAX_DURATION));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-    }
-
-    #[test]
-    fn says_what_is_wrong() {
-        assert_eq!(parse_duration(""), Err("a duration is required".to_string()));
-        assert_eq!(parse_duration("30"), Err("\"30\" has no unit".to_string()));
-        assert_eq!(
-            parse_duration("s"),
-            Err("\"s\" does not start with a whole number".to_string())
-        );
-        assert_eq!(
-            parse_duration("-1s"),
-            Err("\"-1s\" does not start with a whole number".to_string())
-        );
-        assert_eq!(parse_duration("1.5s"), Err("\"1.5s\" has unit \".5s\"".to_string()));
-        assert_eq!(parse_duration("3 s"), Err("\"3 s\" has unit \" s\"".to_string()));
-        assert_eq!(parse_duration("2w"), Err("\"2w\" has unit \"w\"".to_string()));
-        assert_eq!(
-            parse_duration("99999999999999999999d"),
-            Err("\"99999999999999999999d\" is longer than 7d".to_string())
-        );
-        assert_eq!(
-            parse_duration("18446744073709551615d"),
-            Err("\"18446744073709551615d\" is longer than 7d".to_string())
-        );
-    }
 }

@@ -2,6 +2,11 @@
 //! what is accepted; and the translation of parser errors into it.
 
 use crate::env::ColumnMap;
+use crate::locate::{Locator, Place};
+use crate::snippet::{secret_value_start, snippet};
+use crate::store_url::redact_url;
+use crate::validate::Invalid;
+use fleetgate_http::key::FIELD_MARK;
 use serde_saphyr::{Error as YamlError, Location};
 use std::fmt;
 
@@ -98,34 +103,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A validation failure before it is tied to a file: where, which field, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Invalid {
-    pub loc: Option<Location>,
-    pub path: String,
-    pub message: String,
-    /// `loc` is a mapping value's; point at its key instead when the value is a block mapping
-    /// starting on a later line (where a person looks for `tls:`, not its first entry).
-    pub at_key: bool,
-}
-
-impl Invalid {
-    pub(crate) fn new(loc: Option<Location>, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Invalid {
-            loc: loc.filter(|l| l.line() > 0),
-            path: path.into(),
-            message: message.into(),
-            at_key: false,
-        }
-    }
-
-    /// See [`Invalid::at_key`].
-    pub(crate) fn at_key(mut self) -> Self {
-        self.at_key = true;
-        self
-    }
-}
-
 /// The original text of a file and how to map locations in the substituted text back to it.
 pub(crate) struct Source<'a> {
     pub file: &'a str,
@@ -180,64 +157,19 @@ impl Source<'_> {
         }
     }
 
-    pub(crate) fn invalid(&self, inv: Invalid) -> ConfigError {
-        let (mut line, mut col) = inv.loc.map_or((0, 0), |l| (l.line(), l.column()));
-        if inv.at_key {
-            if let Some((l, c)) = self.key_of_block_value(line, col, last_field(&inv.path)) {
-                (line, col) = (l, c);
-            }
-        }
-        self.error(ErrorKind::Invalid, line, col, Some(inv.path), inv.message)
-    }
-
-    /// For a block mapping value starting at `line`/`col` (substituted text) on its own line,
-    /// the line and column of its key `key:` above it. Nothing is substituted before a key at
-    /// the start of a line, so its column is the same in both texts.
-    fn key_of_block_value(&self, line: u64, col: u64, key: &str) -> Option<(u64, u64)> {
-        let line_no = u32::try_from(line).ok().filter(|l| *l > 0)?;
-        let orig_col = self.columns.original_column(line_no, col);
-        let lines: Vec<&str> = self.original.lines().collect();
-        let text = lines.get(line_no as usize - 1)?;
-        let before: String = text
-            .chars()
-            .take(usize::try_from(orig_col.checked_sub(1)?).ok()?)
-            .collect();
-        if !before.trim().is_empty() {
-            return None;
-        }
-        let indent = before.chars().count();
-        for l in (1..line_no as usize).rev() {
-            let t = lines[l - 1];
-            let trimmed = t.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let key_indent = t.chars().count() - trimmed.chars().count();
-            if key_indent >= indent {
-                return None;
-            }
-            let after_dash = trimmed.strip_prefix("- ").map(str::trim_start).unwrap_or(trimmed);
-            let rest = after_dash.strip_prefix(key)?;
-            if !rest.trim_start().starts_with(':') {
-                return None;
-            }
-            let column = t.chars().count() - after_dash.chars().count() + 1;
-            return Some((l as u64, column as u64));
-        }
-        None
-    }
-
-    /// An error about a value that did not come from the file (`REDIS_URL`).
-    pub(crate) fn env_error(&self, path: &str, message: String) -> ConfigError {
-        ConfigError {
-            kind: ErrorKind::Invalid,
-            file: self.file.to_string(),
-            line: None,
-            column: None,
-            path: Some(path.to_string()),
-            message,
-            snippet: None,
-        }
+    /// A refusal from [`crate::validate`], at the place of its `at` path.
+    pub(crate) fn invalid(&self, inv: Invalid, loc: &Locator) -> ConfigError {
+        let place = Some(inv.at.as_str())
+            .filter(|at| !at.is_empty())
+            .and_then(|at| loc.find(at));
+        let at = match place {
+            Some(Place {
+                key: Some(k), value, ..
+            }) if inv.at_key && k.line() != value.line() => k,
+            Some(p) => p.value,
+            None => Location::UNKNOWN,
+        };
+        self.error(ErrorKind::Invalid, at.line(), at.column(), Some(inv.path), inv.message)
     }
 
     /// The scalar text at a location of the substituted text, read from the original text
@@ -281,12 +213,17 @@ impl Source<'_> {
             }
             rest[..end].trim()
         };
-        let token: String = redact_urls(token).chars().take(80).collect();
+        let token: String = redact_url(token).chars().take(80).collect();
         (!token.is_empty()).then_some(token)
     }
 
     /// Turns a parser or schema error into one clear message.
-    pub(crate) fn yaml_error(&self, err: &YamlError, raw_path: Option<&serde_path_to_error::Path>) -> ConfigError {
+    pub(crate) fn yaml_error(
+        &self,
+        err: &YamlError,
+        raw_path: Option<&serde_path_to_error::Path>,
+        locator: &Locator,
+    ) -> ConfigError {
         let err = innermost(err);
         let loc = err.location().filter(|l| l.line() > 0);
         let mut path = raw_path.map(clean_path).filter(|p| !p.is_empty());
@@ -317,8 +254,22 @@ impl Source<'_> {
                     format!("unknown field `{field}`; {hint}accepted fields here: {list}{shared}"),
                 )
             }
+            // A refusal from a value's own `Deserialize` (see [`FIELD_MARK`]): at the field it
+            // names, found in the file.
+            YamlError::Message { msg, location } if msg.starts_with(FIELD_MARK) => {
+                let (field, message) = msg[1..].split_once(FIELD_MARK).unwrap_or(("", msg));
+                let full = format!("{full_path}{field}");
+                let at = locator.find(&full).map_or(*location, |p| p.value);
+                let accepted = accepted_at(&full).unwrap_or("a value in range");
+                let message = message.replace(crate::fields::ACCEPTED_HERE, accepted);
+                return self.error(ErrorKind::Invalid, at.line(), at.column(), Some(full), message);
+            }
             YamlError::SerdeMissingField { field, location } => {
-                let (l, c) = mapping_start(self.original, &self.columns, location);
+                // Parsers report a missing field at the mapping's last key, while a person
+                // looks for its first.
+                let first = locator.find(path.as_deref().unwrap_or_default()).and_then(|p| p.first_key);
+                let at = first.filter(|k| k.line() != location.line()).unwrap_or(*location);
+                let (l, c) = (at.line(), at.column());
                 let parent = path.take().unwrap_or_default();
                 let full = if parent.is_empty() {
                     field.to_string()
@@ -388,6 +339,11 @@ impl Source<'_> {
     }
 }
 
+/// Whether `err` is a value's refusal (see [`FIELD_MARK`]) rather than a syntax or schema error.
+pub(crate) fn is_refusal(err: &YamlError) -> bool {
+    matches!(innermost(err), YamlError::Message { msg, .. } if msg.starts_with(FIELD_MARK))
+}
+
 /// The error under alias and snippet wrappers.
 fn innermost(err: &YamlError) -> &YamlError {
     let mut e = err.without_snippet();
@@ -409,37 +365,15 @@ fn strip_location_suffix(text: &str) -> &str {
     }
 }
 
-/// The path as `routes[0].rate_limits[1].rate`, without the segments that `Spanned` adds.
+/// The path as `routes[0].rate_limits[1].rate`.
 fn clean_path(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
-    let mut prev: Option<String> = None;
     for seg in path.iter() {
         match seg {
-            Segment::Seq { index } => {
-                out.push_str(&format!("[{index}]"));
-                prev = None;
-            }
-            Segment::Map { key } => {
-                // `Spanned<T>` shows up as a `value` field; user-named keys (upstream names,
-                // header names) directly follow `upstreams` and `headers`.
-                let user_key = matches!(prev.as_deref(), Some("upstreams" | "headers"));
-                if key == "value" && !user_key {
-                    continue;
-                }
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-                prev = Some(if user_key { String::new() } else { key.clone() });
-            }
-            Segment::Enum { variant } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(variant);
-                prev = None;
-            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => out.push_str(&format!("{}{key}", if out.is_empty() { "" } else { "." })),
+            Segment::Enum { variant } => out.push_str(&format!("{}{variant}", if out.is_empty() { "" } else { "." })),
             Segment::Unknown => {}
         }
     }
@@ -487,7 +421,7 @@ fn human_expected(expected: &str) -> String {
 }
 
 /// The closest accepted name, for "did you mean".
-fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
@@ -496,19 +430,10 @@ fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().take(64).collect();
-    let b: Vec<char> = b.chars().take(64).collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+/// Levenshtein distance over the first 64 characters (names are short; input may not be).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let cut = |s: &str| s.char_indices().nth(64).map_or(s.len(), |(i, _)| i);
+    strsim::levenshtein(&a[..cut(a)], &b[..cut(b)])
 }
 
 /// What a field accepts, for messages about it.
@@ -597,335 +522,3 @@ pub(crate) fn accepted_at(path: &str) -> Option<&'static str> {
 }
 pub(crate) const TARGETS_ACCEPTED: &str =
     "a non-empty list of http://HOST[:PORT] URLs, e.g. [http://127.0.0.1:3000] (port defaults to 80)";
-
-/// Where the block mapping that holds the key at `loc` starts: parsers report a missing field
-/// at the mapping's last key, while a person looks for the mapping's first line. Flow mappings
-/// (`{ ... }`) and anything unexpected keep `loc`. Returns (line, column) in the substituted
-/// text's terms (columns are left as reported).
-fn mapping_start(original: &str, columns: &ColumnMap, loc: &Location) -> (u64, u64) {
-    let (line, col) = (loc.line(), loc.column());
-    let keep = (line, col);
-    let Ok(line_no) = u32::try_from(line) else { return keep };
-    if line_no == 0 || col == 0 {
-        return keep;
-    }
-    let lines: Vec<&str> = original.lines().collect();
-    let orig_col = columns.original_column(line_no, col);
-    let key_indent = (orig_col - 1) as usize;
-    // (indentation of the first key on the line, whether a `- ` came before it)
-    let indent_of = |text: &str| -> (usize, bool) {
-        let mut n = 0;
-        let mut dash = false;
-        let mut chars = text.chars().peekable();
-        while let Some(&c) = chars.peek() {
-            if c == ' ' {
-                n += 1;
-                chars.next();
-            } else if c == '-' {
-                chars.next();
-                if chars.peek() == Some(&' ') {
-                    dash = true;
-                    n += 1;
-                } else {
-                    break;
-                }
-            } else {
-                break;
-            }
-        }
-        (n, dash)
-    };
-    match lines.get(line_no as usize - 1) {
-        Some(text) if indent_of(text).0 == key_indent => {}
-        _ => return keep,
-    }
-    let mut best = line_no as usize;
-    let mut l = line_no as usize;
-    while l >= 1 {
-        let text = lines[l - 1];
-        let trimmed = text.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            l -= 1;
-            continue;
-        }
-        let (indent, dash) = indent_of(text);
-        if indent < key_indent {
-            break;
-        }
-        if indent == key_indent {
-            best = l;
-            if dash {
-                break;
-            }
-        }
-        l -= 1;
-    }
-    if best == line_no as usize {
-        return keep;
-    }
-    // Nothing is substituted before a key at the line's indentation, so the column is the
-    // same in both texts.
-    (best as u64, orig_col)
-}
-
-/// `line` with the password of every `scheme://user:password@host` URL replaced by `***`, so
-/// that an error about a store URL never shows its password. The user info of a URL is taken
-/// to run up to the last `@` of the line: a password may hold `,`, `]`, `}`, `/` or spaces, and
-/// hiding too much is preferred to showing a secret.
-fn redact_urls(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(i) = rest.find("://") {
-        let tail = &rest[i + 3..];
-        out.push_str(&rest[..i + 3]);
-        rest = match tail.rfind('@') {
-            Some(at) => {
-                let userinfo = &tail[..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) => {
-                        out.push_str(user);
-                        out.push_str(":***@");
-                    }
-                    None => {
-                        out.push_str(userinfo);
-                        out.push('@');
-                    }
-                }
-                &tail[at + 1..]
-            }
-            None => tail,
-        };
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Whether a key names a secret (`password`, `sentinel_password`, and near misses such as a
-/// mistyped `pasword`, whose value is still someone's password).
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("passw")
-        || k.contains("secret")
-        || k.contains("pwd")
-        || k.contains("token")
-        || edit_distance(&k, "password") <= 2
-        || edit_distance(&k, "sentinel_password") <= 3
-}
-
-/// Where, in bytes, the value of the first secret key on `line` starts (`password: VALUE`,
-/// also in flow mappings and quoted), if any: from there on the line is not shown.
-fn secret_value_start(line: &str) -> Option<usize> {
-    let bytes = line.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if b != b':' {
-            continue;
-        }
-        if bytes.get(i + 1).is_some_and(|n| !n.is_ascii_whitespace()) {
-            continue;
-        }
-        let before = &line[..i];
-        let key = before
-            .rsplit(|c: char| c.is_whitespace() || matches!(c, '{' | ',' | '[' | '-' | '?'))
-            .next()
-            .unwrap_or(before)
-            .trim_matches(|c| c == '"' || c == '\'');
-        if !key.is_empty() && is_secret_key(key) {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
-/// `line` as it may be shown: secret values replaced by `***` (the rest of the line after a
-/// secret key is dropped), and URL passwords hidden.
-fn shown_line(line: &str) -> String {
-    let line = match secret_value_start(line) {
-        Some(at) => format!("{} ***", &line[..at]),
-        None => line.to_string(),
-    };
-    redact_urls(&line)
-}
-
-/// The numbered line `line` of `text` with a caret under `column`.
-fn snippet(text: &str, line: u32, column: Option<u32>) -> Option<String> {
-    let content = text.lines().nth(line.checked_sub(1)? as usize)?;
-    let shown: String = shown_line(content)
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-        .collect();
-    let number = line.to_string();
-    let pad = " ".repeat(number.len());
-    let mut out = format!("{pad} |\n{number} | {}", shown.trim_end());
-    if let Some(col) = column {
-        let col = col.max(1) as usize;
-        // The column in the shown line: hidden secrets before it change its position.
-        let before: String = content.chars().take(col - 1).collect();
-        let col = match secret_value_start(content) {
-            // At or after a hidden value: on its `***`.
-            Some(at) if before.len() >= at => redact_urls(&content[..at]).chars().count() + 2,
-            _ if before.chars().count() == col - 1 => redact_urls(&before).chars().count() + 1,
-            _ => col,
-        };
-        if col <= shown.chars().count() + 1 {
-            let lead: String = shown
-                .chars()
-                .take(col - 1)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            out.push_str(&format!("\n{pad} | {lead}^"));
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snippet_points_at_the_column() {
-        let s = snippet("a: 1\n  rate: 0/s\n", 2, Some(9)).unwrap();
-        assert_eq!(s, "  |\n2 |   rate: 0/s\n  |         ^");
-        assert!(snippet("a\n", 5, None).is_none());
-        assert!(snippet("a\n", 0, None).is_none());
-    }
-
-    #[test]
-    fn snippets_hide_url_passwords() {
-        assert_eq!(
-            redact_urls("  url: redis://u:secret@h:1/0 # x"),
-            "  url: redis://u:***@h:1/0 # x"
-        );
-        assert_eq!(
-            redact_urls("x: [\"rediss://:p@a\", http://b]"),
-            "x: [\"rediss://:***@a\", http://b]"
-        );
-        assert_eq!(redact_urls("no url :// here"), "no url :// here");
-        assert_eq!(redact_urls("x:\u{3000}redis://a:b@c"), "x:\u{3000}redis://a:***@c");
-        let s = snippet("store:\n  url: redis://u:pw@h\n", 2, Some(8)).unwrap();
-        assert!(!s.contains("pw"), "{s}");
-    }
-
-    #[test]
-    fn snippets_hide_secret_values_and_keep_the_caret() {
-        let s = snippet(
-            "store: { url: \"redis://:longsecret@h\", timeout_ms: x }\n",
-            1,
-            Some(52),
-        )
-        .unwrap();
-        assert!(!s.contains("longsecret"), "{s}");
-        assert_eq!(
-            s,
-            "  |\n1 | store: { url: \"redis://:***@h\", timeout_ms: x }\n  |                                             ^"
-        );
-        assert_eq!(shown_line("  password: hunter2 # x"), "  password: ***");
-        assert_eq!(
-            shown_line("  - \"sentinel_password\":  a b"),
-            "  - \"sentinel_password\": ***"
-        );
-        assert_eq!(shown_line("store: { pasword: hunter2, x: 1 }"), "store: { pasword: ***");
-        assert_eq!(shown_line("  passive: { failures: 3 }"), "  passive: { failures: 3 }");
-        assert_eq!(shown_line("  url: redis://u:p ss,w@h"), "  url: redis://u:***@h");
-        let s = snippet("store:\n  password: [hunter2]\n", 2, Some(13)).unwrap();
-        assert_eq!(s, "  |\n2 |   password: ***\n  |             ^");
-    }
-
-    #[test]
-    fn only_secret_keys_are_hidden() {
-        for key in [
-            "password",
-            "sentinel_password",
-            "Password",
-            "pasword",
-            "sentinel_pasword",
-            "db_secret",
-            "api-token",
-        ] {
-            assert!(is_secret_key(key), "{key}");
-        }
-        // Every other field name of the schema is shown.
-        for key in [
-            "listen",
-            "admin",
-            "log",
-            "level",
-            "access_log",
-            "store",
-            "stores",
-            "url",
-            "key_prefix",
-            "timeout_ms",
-            "connect_timeout_ms",
-            "pool_size",
-            "reconnect_min_ms",
-            "reconnect_max_ms",
-            "username",
-            "sentinel_username",
-            "tls",
-            "ca_file",
-            "cert_file",
-            "key_file",
-            "breaker",
-            "failures",
-            "min_backoff_ms",
-            "max_backoff_ms",
-            "flush_on_startup",
-            "default_ttl_ms",
-            "rate_limits",
-            "sessions",
-            "markers",
-            "cache",
-            "events",
-            "server",
-            "max_header_bytes",
-            "max_body_bytes",
-            "request_timeout_ms",
-            "idle_timeout_ms",
-            "drain_timeout_ms",
-            "trusted_proxies",
-            "upstreams",
-            "targets",
-            "health_check",
-            "path",
-            "interval_ms",
-            "unhealthy_threshold",
-            "healthy_threshold",
-            "passive",
-            "eject_ms",
-            "routes",
-            "name",
-            "match",
-            "path_prefix",
-            "host",
-            "methods",
-            "upstream",
-            "respond",
-            "status",
-            "body",
-            "headers",
-            "strip_prefix",
-            "concurrency_limits",
-            "key",
-            "rate",
-            "burst",
-            "algorithm",
-            "cost",
-            "on_store_error",
-            "on_missing_key",
-            "ipv6_prefix",
-            "max",
-            "lease_ms",
-        ] {
-            assert!(!is_secret_key(key), "{key}");
-        }
-    }
-
-    #[test]
-    fn closest_suggests_near_names() {
-        assert_eq!(closest("rtae", &["name", "rate", "burst"]), Some("rate"));
-        assert_eq!(closest("algoritm", &["algorithm", "cost"]), Some("algorithm"));
-        assert_eq!(closest("zzzzzz", &["name", "rate"]), None);
-    }
-}

@@ -37,8 +37,15 @@
 mod duration;
 mod env;
 mod error;
+mod fields;
+mod locate;
 mod model;
-mod raw;
+mod route;
+mod snippet;
+mod store;
+mod store_url;
+mod tls;
+mod upstream;
 mod validate;
 
 pub use error::{ConfigError, ErrorKind};
@@ -115,21 +122,24 @@ pub fn parse_with_env(
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     let mut path = None;
-    let raw: raw::RawConfig = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
+    let loc = locate::Locator::new(&substituted, options.clone());
+    let file: validate::File = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = Some(e.path().clone());
             e.into_inner()
         })
     })
-    .map_err(|e| source.yaml_error(&e, path.as_ref()))?;
+    .map_err(|e| match loc.syntax_error().filter(|_| error::is_refusal(&e)) {
+        // A refused value is read before the rest of the file: a syntax error anywhere
+        // comes first, as the text must be YAML before its values mean anything.
+        Some(syntax) => source.yaml_error(syntax, None, &loc),
+        None => source.yaml_error(&e, path.as_ref(), &loc),
+    })?;
 
     let redis_url = env("REDIS_URL")
         .map(|v| v.to_string_lossy().into_owned())
         .filter(|v| !v.trim().is_empty());
-    validate::validate(raw, redis_url).map_err(|f| match f {
-        validate::ValidationFailure::File(inv) => source.invalid(inv),
-        validate::ValidationFailure::RedisUrlEnv(msg) => source.env_error("store.url", msg),
-    })
+    validate::validate(file, redis_url.as_deref(), &loc).map_err(|inv| source.invalid(inv, &loc))
 }
 
 #[cfg(test)]

@@ -147,6 +147,24 @@ fn nested_defaults() {
     );
 }
 
+/// A field written with no value (null, e.g. `${VAR:-}` with VAR unset) takes its default,
+/// as if it were left out.
+#[test]
+fn null_fields_take_their_defaults() {
+    let every_section = "listen:\nadmin:\n  listen:\nlog:\n  level:\n  access_log:\nstore:\n  url:\n  key_prefix:\n  timeout_ms:\n  connect_timeout_ms:\n  pool_size:\n  reconnect_min_ms:\n  reconnect_max_ms:\n  username:\n  password:\n  sentinel_username:\n  sentinel_password:\n  breaker:\n    failures:\n    min_backoff_ms:\n    max_backoff_ms:\n  flush_on_startup:\n  default_ttl_ms:\nstores:\n  cache:\n    url:\n    key_prefix:\n    timeout_ms:\n    default_ttl_ms:\nserver:\n  max_header_bytes:\n  max_body_bytes:\n  request_timeout_ms:\n  idle_timeout_ms:\n  drain_timeout_ms:\n  body_idle_timeout:\n  write_timeout:\n  max_connections:\ntrusted_proxies:\nupstreams:\nrate_limits:\nroutes:\n";
+    assert_eq!(p(every_section).unwrap_or_else(|e| panic!("{e}")), Config::default());
+    let written = "upstreams:\n  b:\n    targets: [http://x]\n    connect_timeout_ms:\n    request_timeout_ms:\n    idle_timeout_ms:\n    body_idle_timeout:\n    write_timeout:\n    health_check:\n      path: /h\n      interval_ms:\n      timeout_ms:\n      unhealthy_threshold:\n      healthy_threshold:\n    passive:\n      failures:\n      eject_ms:\nroutes:\n  - name: r\n    upstream: b\n    match:\n      path_prefix:\n      host:\n      methods:\n    strip_prefix:\n    rate_limits:\n      - name: l\n        key: ip\n        rate: 1/s\n        burst:\n        algorithm:\n        cost:\n        on_store_error:\n        on_missing_key:\n        ipv6_prefix:\n    concurrency_limits:\n      - name: c\n        key: ip\n        max: 1\n        lease_ms:\n        on_store_error:\n        on_missing_key:\n        ipv6_prefix:\n  - name: s\n    respond:\n      status:\n      body:\n      headers:\n";
+    let left_out = "upstreams:\n  b:\n    targets: [http://x]\n    health_check:\n      path: /h\nroutes:\n  - name: r\n    upstream: b\n    rate_limits:\n      - { name: l, key: ip, rate: 1/s }\n    concurrency_limits:\n      - { name: c, key: ip, max: 1 }\n  - name: s\n    respond: {}\n";
+    assert_eq!(p(written).unwrap_or_else(|e| panic!("{e}")), p(left_out).unwrap());
+    // A required field is still required.
+    refused(
+        "routes:\n  - name:\n    respond: {}\n",
+        2,
+        "routes[0].name",
+        &["a value is required"],
+    );
+}
+
 /// The body and write bounds and the connection cap: defaults, durations as written, and
 /// located refusals.
 #[test]
@@ -1792,29 +1810,53 @@ mod props {
     }
 }
 
-/// The field names the file format accepts: every `pub` field of the `Deserialize` structs in
-/// raw.rs, under its serde `rename` when it has one.
+/// The field names the file format accepts: every field of the `Deserialize` structs of the
+/// type tree (this crate's sections and the limit types beside their concern), under its serde
+/// `rename` when it has one; `#[serde(skip)]` fields are not read from the file, and a
+/// `try_from` struct is read through the struct it names.
 fn accepted_field_names() -> Vec<String> {
+    let sources = [
+        include_str!("model.rs"),
+        include_str!("store.rs"),
+        include_str!("tls.rs"),
+        include_str!("upstream.rs"),
+        include_str!("route.rs"),
+        include_str!("validate.rs"),
+        include_str!("../../fleetgate-http/src/ratelimit/config.rs"),
+        include_str!("../../fleetgate-http/src/concurrency/config.rs"),
+    ];
     let mut fields = Vec::new();
-    let (mut derive_seen, mut in_serde_struct, mut rename) = (false, false, None::<String>);
-    for line in include_str!("raw.rs").lines() {
-        let text = line.trim();
-        if text.starts_with("#[derive(") {
-            derive_seen = text.contains("Deserialize");
-        } else if text.starts_with("pub(crate) struct ") || text.starts_with("pub struct ") {
-            in_serde_struct = derive_seen;
-            derive_seen = false;
-        } else if line.starts_with('}') {
-            in_serde_struct = false;
-        }
-        if let Some((_, after)) = text.split_once("rename = \"") {
-            rename = after.split('"').next().map(str::to_string);
-        }
-        if let Some((name, _)) = text.strip_prefix("pub ").and_then(|rest| rest.split_once(':')) {
-            if in_serde_struct && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                fields.push(rename.take().unwrap_or_else(|| name.to_string()));
+    for source in sources {
+        let (mut derive_seen, mut in_serde_struct, mut rename, mut skip) = (false, false, None::<String>, false);
+        for line in source.lines() {
+            let text = line.trim();
+            if text.starts_with("#[derive(") {
+                derive_seen = text.contains("Deserialize");
+            } else if text.contains("try_from = ") {
+                // Read through another struct, which names the fields.
+                derive_seen = false;
+            } else if text.contains("struct ") && text.ends_with('{') {
+                in_serde_struct = derive_seen;
+                derive_seen = false;
+            } else if line.starts_with('}') {
+                in_serde_struct = false;
             }
-            rename = None;
+            if let Some((_, after)) = text.split_once("rename = \"") {
+                rename = after.split('"').next().map(str::to_string);
+            }
+            skip |= text.starts_with("#[serde(skip");
+            let field = text
+                .strip_prefix("pub(crate) ")
+                .or_else(|| text.strip_prefix("pub "))
+                .unwrap_or(text);
+            if let Some((name, _)) = field.split_once(": ") {
+                if in_serde_struct && !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    if !skip {
+                        fields.push(rename.take().unwrap_or_else(|| name.to_string()));
+                    }
+                    (rename, skip) = (None, false);
+                }
+            }
         }
     }
     fields
@@ -1832,7 +1874,7 @@ fn the_configuration_reference_names_every_field() {
         .flat_map(|span| span.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
         .collect();
     let fields = accepted_field_names();
-    assert!(fields.len() > 60, "raw.rs was read: {fields:?}");
+    assert!(fields.len() > 60, "the sources were read: {fields:?}");
     for expected in [
         "listen",
         "match",
@@ -1847,4 +1889,371 @@ fn the_configuration_reference_names_every_field() {
         missing.is_empty(),
         "fields missing from docs/configuration.md: {missing:?}"
     );
+}
+
+// ---- unit tests of the modules (moved here from each module) ----
+
+mod model_units {
+    use crate::model::*;
+
+    fn route(prefix: Option<&str>, strip: bool) -> RouteConfig {
+        RouteConfig {
+            name: "r".into(),
+            matcher: RouteMatch {
+                path_prefix: prefix.map(str::to_string),
+                host: None,
+                methods: Vec::new(),
+            },
+            target: RouteTarget::Upstream("u".into()),
+            strip_prefix: strip,
+            rate_limits: Vec::new(),
+            concurrency_limits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn path_prefix_matches_at_segment_boundaries() {
+        let m = |p: &str, path: &str| route(Some(p), false).matcher.matches("GET", None, path);
+        assert!(m("/api", "/api"));
+        assert!(m("/api", "/api/"));
+        assert!(m("/api", "/api/x"));
+        assert!(!m("/api", "/apix"));
+        assert!(!m("/api", "/"));
+        assert!(m("/api/", "/api/x"));
+        assert!(!m("/api/", "/api"));
+        assert!(m("/", "/anything"));
+        assert!(route(None, false).matcher.matches("PUT", None, "/x"));
+    }
+
+    #[test]
+    fn host_and_methods_match() {
+        let m = RouteMatch {
+            path_prefix: None,
+            host: Some("api.example.com".into()),
+            methods: vec!["GET".into(), "POST".into()],
+        };
+        assert!(m.matches("GET", Some("API.example.com:8080"), "/"));
+        assert!(m.matches("POST", Some("api.example.com"), "/"));
+        assert!(!m.matches("DELETE", Some("api.example.com"), "/"));
+        assert!(!m.matches("GET", Some("other.example.com"), "/"));
+        assert!(!m.matches("GET", None, "/"));
+        let v6 = RouteMatch {
+            host: Some("::1".into()),
+            ..RouteMatch::default()
+        };
+        assert!(v6.matches("GET", Some("[::1]:80"), "/"));
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let r = route(Some("/api"), true);
+        assert_eq!(r.upstream_path("/api"), "/");
+        assert_eq!(r.upstream_path("/api/x/y"), "/x/y");
+        assert_eq!(r.upstream_path("/api/x?q=1"), "/x?q=1");
+        assert_eq!(r.upstream_path("/api?q=/a"), "/?q=/a");
+        let r = route(Some("/api/"), true);
+        assert_eq!(r.upstream_path("/api/x"), "/x");
+        assert_eq!(route(Some("/api"), false).upstream_path("/api/x"), "/api/x");
+    }
+
+    #[test]
+    fn redacted_urls_hide_passwords_however_written() {
+        for (url, shown) in [
+            ("redis://app:s3cret@h:6379/0", "redis://app:***@h:6379/0"),
+            ("rediss://:s3cret@h", "rediss://:***@h"),
+            ("redis://a:p@ss@h/0", "redis://a:***@h/0"),
+            ("redis://a:se/cr?et@h/0", "redis://a:***@h/0"),
+            (
+                "redis-sentinel://u:pw@h1:1,h2:2?master=m",
+                "redis-sentinel://u:***@h1:1,h2:2?master=m",
+            ),
+            ("redis://user@h", "redis://user@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("memory://", "memory://"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_include_mapped_v4() {
+        let cfg = Config {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
+        assert!(cfg.is_trusted_proxy("10.1.2.3".parse().unwrap()));
+        assert!(cfg.is_trusted_proxy("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!cfg.is_trusted_proxy("11.0.0.1".parse().unwrap()));
+    }
+}
+
+mod error_units {
+    use crate::error::*;
+    use crate::snippet::*;
+    use crate::store_url::redact_url as redact_urls;
+
+    #[test]
+    fn snippet_points_at_the_column() {
+        let s = snippet("a: 1\n  rate: 0/s\n", 2, Some(9)).unwrap();
+        assert_eq!(s, "  |\n2 |   rate: 0/s\n  |         ^");
+        assert!(snippet("a\n", 5, None).is_none());
+        assert!(snippet("a\n", 0, None).is_none());
+    }
+
+    #[test]
+    fn snippets_hide_url_passwords() {
+        assert_eq!(
+            redact_urls("  url: redis://u:secret@h:1/0 # x"),
+            "  url: redis://u:***@h:1/0 # x"
+        );
+        assert_eq!(
+            redact_urls("x: [\"rediss://:p@a\", http://b]"),
+            "x: [\"rediss://:***@a\", http://b]"
+        );
+        assert_eq!(redact_urls("no url :// here"), "no url :// here");
+        assert_eq!(redact_urls("x:\u{3000}redis://a:b@c"), "x:\u{3000}redis://a:***@c");
+        let s = snippet("store:\n  url: redis://u:pw@h\n", 2, Some(8)).unwrap();
+        assert!(!s.contains("pw"), "{s}");
+    }
+
+    #[test]
+    fn snippets_hide_secret_values_and_keep_the_caret() {
+        let s = snippet(
+            "store: { url: \"redis://:longsecret@h\", timeout_ms: x }\n",
+            1,
+            Some(52),
+        )
+        .unwrap();
+        assert!(!s.contains("longsecret"), "{s}");
+        assert_eq!(
+            s,
+            "  |\n1 | store: { url: \"redis://:***@h\", timeout_ms: x }\n  |                                             ^"
+        );
+        assert_eq!(shown_line("  password: hunter2 # x"), "  password: ***");
+        assert_eq!(
+            shown_line("  - \"sentinel_password\":  a b"),
+            "  - \"sentinel_password\": ***"
+        );
+        assert_eq!(shown_line("store: { pasword: hunter2, x: 1 }"), "store: { pasword: ***");
+        assert_eq!(shown_line("  passive: { failures: 3 }"), "  passive: { failures: 3 }");
+        assert_eq!(shown_line("  url: redis://u:p ss,w@h"), "  url: redis://u:***@h");
+        let s = snippet("store:\n  password: [hunter2]\n", 2, Some(13)).unwrap();
+        assert_eq!(s, "  |\n2 |   password: ***\n  |             ^");
+    }
+
+    #[test]
+    fn only_secret_keys_are_hidden() {
+        for key in [
+            "password",
+            "sentinel_password",
+            "Password",
+            "pasword",
+            "sentinel_pasword",
+            "db_secret",
+            "api-token",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        // Every other field name of the schema is shown.
+        for key in [
+            "listen",
+            "admin",
+            "log",
+            "level",
+            "access_log",
+            "store",
+            "stores",
+            "url",
+            "key_prefix",
+            "timeout_ms",
+            "connect_timeout_ms",
+            "pool_size",
+            "reconnect_min_ms",
+            "reconnect_max_ms",
+            "username",
+            "sentinel_username",
+            "tls",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "breaker",
+            "failures",
+            "min_backoff_ms",
+            "max_backoff_ms",
+            "flush_on_startup",
+            "default_ttl_ms",
+            "rate_limits",
+            "sessions",
+            "markers",
+            "cache",
+            "events",
+            "server",
+            "max_header_bytes",
+            "max_body_bytes",
+            "request_timeout_ms",
+            "idle_timeout_ms",
+            "drain_timeout_ms",
+            "trusted_proxies",
+            "upstreams",
+            "targets",
+            "health_check",
+            "path",
+            "interval_ms",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "passive",
+            "eject_ms",
+            "routes",
+            "name",
+            "match",
+            "path_prefix",
+            "host",
+            "methods",
+            "upstream",
+            "respond",
+            "status",
+            "body",
+            "headers",
+            "strip_prefix",
+            "concurrency_limits",
+            "key",
+            "rate",
+            "burst",
+            "algorithm",
+            "cost",
+            "on_store_error",
+            "on_missing_key",
+            "ipv6_prefix",
+            "max",
+            "lease_ms",
+        ] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn closest_suggests_near_names() {
+        assert_eq!(closest("rtae", &["name", "rate", "burst"]), Some("rate"));
+        assert_eq!(closest("algoritm", &["algorithm", "cost"]), Some("algorithm"));
+        assert_eq!(closest("zzzzzz", &["name", "rate"]), None);
+    }
+}
+
+mod env_units {
+    use crate::env::*;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).map(OsString::from)
+    }
+
+    fn sub(text: &str, pairs: &[(&str, &str)]) -> Result<String, SubstError> {
+        substitute(text, &env(pairs)).map(|(t, _)| t)
+    }
+
+    #[test]
+    fn substitutes_set_unset_and_defaults() {
+        let e = [("HOST", "10.1.2.3"), ("EMPTY", "")];
+        assert_eq!(sub("a: ${HOST}:80\n", &e).unwrap(), "a: 10.1.2.3:80\n");
+        assert_eq!(sub("a: ${NOPE:-x y}\n", &e).unwrap(), "a: x y\n");
+        assert_eq!(sub("a: ${EMPTY:-dflt}\n", &e).unwrap(), "a: dflt\n");
+        assert_eq!(sub("a: '${EMPTY}'\n", &e).unwrap(), "a: ''\n");
+        assert_eq!(sub("a: ${HOST:-x}\n", &e).unwrap(), "a: 10.1.2.3\n");
+        assert_eq!(sub("a: ${NOPE:-}\n", &e).unwrap(), "a: \n");
+        assert_eq!(sub("a: \"${HOST}\"\n", &e).unwrap(), "a: \"10.1.2.3\"\n");
+    }
+
+    #[test]
+    fn escapes_comments_and_lone_dollars() {
+        assert_eq!(sub("a: $${X}\n", &[]).unwrap(), "a: ${X}\n");
+        assert_eq!(sub("a: $5 and $X\n", &[]).unwrap(), "a: $5 and $X\n");
+        assert_eq!(
+            sub("a: b # see ${UNSET}\n# ${UNSET}\n", &[]).unwrap(),
+            "a: b # see ${UNSET}\n# ${UNSET}\n"
+        );
+        // A '#' inside a quoted string or a word is not a comment.
+        assert!(sub("a: \"x # ${UNSET}\"\n", &[]).is_err());
+        assert!(sub("a: x#${UNSET}\n", &[]).is_err());
+    }
+
+    #[test]
+    fn unset_variable_names_variable_and_line() {
+        let e = sub("a: 1\nb: ${FG_SURELY_UNSET}\n", &[]).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 4));
+        assert!(e.message.contains("FG_SURELY_UNSET is not set"), "{}", e.message);
+        assert!(e.message.contains("line 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        for bad in ["${}", "${1A}", "${A-b}", "${A", "${A:-${B}}", "${A B}"] {
+            let e = sub(&format!("x: {bad}\n"), &[("A", "1"), ("B", "2")]).unwrap_err();
+            assert!(
+                e.message.contains("accepted: ${NAME}") || e.message.contains("unclosed"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn line_breaks_in_values_are_refused() {
+        let e = sub("x: ${ML}\n", &[("ML", "a\nb")]).unwrap_err();
+        assert!(e.message.contains("line break"));
+    }
+
+    #[test]
+    fn columns_map_back() {
+        let (text, map) = substitute("k: ${LONGNAME}, after\n", &env(&[("LONGNAME", "v")])).unwrap();
+        assert_eq!(text, "k: v, after\n");
+        // 'a' of "after" is column 7 in the new text, column 17 in the original.
+        assert_eq!(map.original_column(1, 7), 17);
+        // Inside the value: the reference's '$'.
+        assert_eq!(map.original_column(1, 4), 4);
+        assert_eq!(map.original_column(1, 2), 2);
+        assert_eq!(map.original_column(2, 9), 9);
+    }
+}
+
+mod duration_units {
+    use crate::duration::*;
+    use std::time::Duration;
+
+    #[test]
+    fn reads_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn says_what_is_wrong() {
+        assert_eq!(parse_duration(""), Err("a duration is required".to_string()));
+        assert_eq!(parse_duration("30"), Err("\"30\" has no unit".to_string()));
+        assert_eq!(
+            parse_duration("s"),
+            Err("\"s\" does not start with a whole number".to_string())
+        );
+        assert_eq!(
+            parse_duration("-1s"),
+            Err("\"-1s\" does not start with a whole number".to_string())
+        );
+        assert_eq!(parse_duration("1.5s"), Err("\"1.5s\" has unit \".5s\"".to_string()));
+        assert_eq!(parse_duration("3 s"), Err("\"3 s\" has unit \" s\"".to_string()));
+        assert_eq!(parse_duration("2w"), Err("\"2w\" has unit \"w\"".to_string()));
+        assert_eq!(
+            parse_duration("99999999999999999999d"),
+            Err("\"99999999999999999999d\" is longer than 7d".to_string())
+        );
+        assert_eq!(
+            parse_duration("18446744073709551615d"),
+            Err("\"18446744073709551615d\" is longer than 7d".to_string())
+        );
+    }
 }

@@ -25,7 +25,8 @@ fn ctx() -> StoreCtx {
     StoreCtx::new(Store::Memory(MemoryStore::new()), "test")
 }
 
-fn hello() -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send {
+fn hello(
+) -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send {
     tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello")))) })
 }
 
@@ -48,7 +49,11 @@ where
 }
 
 fn per_key(rate: &str) -> RateLimitConfig {
-    RateLimitConfig::new("per-key", vec![KeyPart::Header("x-api-key".into())], RateLimit::gcra(rate).unwrap())
+    RateLimitConfig::new(
+        "per-key",
+        vec![KeyPart::Header("x-api-key".into())],
+        RateLimit::gcra(rate).unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -68,7 +73,10 @@ async fn a_rate_limit_layer_limits_a_plain_tower_service() {
     assert!(resp.headers().contains_key("retry-after"));
     assert!(resp.headers()["ratelimit-policy"].to_str().unwrap().contains("q=2"));
     let body = text(resp.into_body()).await;
-    assert!(body.contains("\"rate_limited\"") && body.contains("\"route\":\"api\""), "{body}");
+    assert!(
+        body.contains("\"rate_limited\"") && body.contains("\"route\":\"api\""),
+        "{body}"
+    );
     let other = request("192.0.2.1:5000", &[("x-api-key", "other")]);
     assert_eq!(svc.oneshot(other).await.unwrap().status(), 200);
 }
@@ -95,7 +103,8 @@ async fn a_request_whose_client_is_unknown_is_refused_not_pooled() {
     assert_eq!(statuses, [200, 429]);
     // A plain SocketAddr extension (a bare hyper server) names the client too.
     let mut req = Request::new(());
-    req.extensions_mut().insert("192.0.2.7:1".parse::<SocketAddr>().unwrap());
+    req.extensions_mut()
+        .insert("192.0.2.7:1".parse::<SocketAddr>().unwrap());
     assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
 }
 
@@ -107,9 +116,18 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
         .trusted_proxies(TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]))
         .layer(hello());
     let via_proxy = |client: &str| request("10.0.0.2:4000", &[("x-forwarded-for", client)]);
-    assert_eq!(svc.clone().oneshot(via_proxy("203.0.113.1")).await.unwrap().status(), 200);
-    assert_eq!(svc.clone().oneshot(via_proxy("203.0.113.2")).await.unwrap().status(), 200);
-    assert_eq!(svc.clone().oneshot(via_proxy("203.0.113.1")).await.unwrap().status(), 429);
+    assert_eq!(
+        svc.clone().oneshot(via_proxy("203.0.113.1")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        svc.clone().oneshot(via_proxy("203.0.113.2")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        svc.clone().oneshot(via_proxy("203.0.113.1")).await.unwrap().status(),
+        429
+    );
     // An untrusted peer's header is ignored: it is counted as itself.
     let direct = |xff: &str| request("198.51.100.9:4000", &[("x-forwarded-for", xff)]);
     assert_eq!(svc.clone().oneshot(direct("203.0.113.3")).await.unwrap().status(), 200);
@@ -202,13 +220,21 @@ async fn stages_run_in_order_answer_at_once_and_complete_after_the_body() {
     assert_eq!(*order.lock(), ["a", "b", "b", "a"]);
     let seen: Vec<_> = resp.headers().get_all("x-seen-by").iter().collect();
     assert_eq!(seen, ["b", "a"]);
-    assert_eq!(a_done.load(Ordering::Relaxed), 0, "complete runs after the body, not before");
+    assert_eq!(
+        a_done.load(Ordering::Relaxed),
+        0,
+        "complete runs after the body, not before"
+    );
     assert_eq!(text(resp.into_body()).await, "hello");
     assert_eq!((a_done.load(Ordering::Relaxed), b_done.load(Ordering::Relaxed)), (1, 1));
 
     // `a` answers: `b`'s request phase never runs, every response phase does.
     order.lock().clear();
-    let resp = svc.clone().oneshot(request("192.0.2.1:1", &[("x-answer", "1")])).await.unwrap();
+    let resp = svc
+        .clone()
+        .oneshot(request("192.0.2.1:1", &[("x-answer", "1")]))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 418);
     assert_eq!(*order.lock(), ["a", "b", "a"]);
     assert_eq!(text(resp.into_body()).await, "answered");
@@ -227,7 +253,11 @@ fn bad_parameters_are_typed_errors() {
     cost.cost = 6;
     assert!(matches!(
         RateLimits::for_route(&ks, "api", &[cost], &[]),
-        Err(StageError::OutOfRange { field: "cost", value: 6, .. })
+        Err(StageError::OutOfRange {
+            field: "cost",
+            value: 6,
+            ..
+        })
     ));
     let mut empty = per_key("5/1m");
     empty.key.clear();
@@ -260,4 +290,15 @@ fn bad_parameters_are_typed_errors() {
     // No limits: no stage at all.
     assert!(RateLimits::for_route(&ks, "api", &[], &[]).unwrap().is_none());
     assert!(Concurrency::for_route(&ks, "api", &[]).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_layer_runs_on_a_driver_type_directly() {
+    // Generic over the driver: here the in-process driver itself rather than the `Store` enum.
+    let stage = RateLimits::for_route(&keyspace(), "api", &[per_key("1/1m")], &[]).unwrap();
+    let ctx: StoreCtx<MemoryStore> = StoreCtx::new(MemoryStore::new(), "direct");
+    let svc = StageLayer::new(stage, ctx, "api").layer(hello());
+    let req = || request("192.0.2.1:1", &[("x-api-key", "k")]);
+    assert_eq!(svc.clone().oneshot(req()).await.unwrap().status(), 200);
+    assert_eq!(svc.oneshot(req()).await.unwrap().status(), 429);
 }

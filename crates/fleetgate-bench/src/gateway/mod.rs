@@ -213,7 +213,11 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     };
     let fg_baseline = baseline_bin.as_ref().map(|bin| {
         let bin = Path::new(bin);
-        assert!(bin.is_file(), "FLEETGATE_BENCH_BASELINE={}: no such file", bin.display());
+        assert!(
+            bin.is_file(),
+            "FLEETGATE_BENCH_BASELINE={}: no such file",
+            bin.display()
+        );
         Fleetgate::start(bin, &scratch, &baseline_setup, upstream.port, cpus.proxy)
     });
     let mut ports = vec![fg_memory.port, peer.port, fg_redis.port];
@@ -263,7 +267,11 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             let redis_us = per_request(redis_cpu0.0 + redis_cpu0.1, redis_cpu1.0 + redis_cpu1.1);
             match side {
                 MEMORY | BASELINE => {
-                    let fg = if side == MEMORY { &fg_memory } else { fg_baseline.as_ref().unwrap() };
+                    let fg = if side == MEMORY {
+                        &fg_memory
+                    } else {
+                        fg_baseline.as_ref().unwrap()
+                    };
                     let decided = allowed(fg) as u64 - before;
                     assert!(
                         decided >= w.requests,
