@@ -84,7 +84,7 @@ async fn a_rate_limit_layer_limits_a_plain_tower_service() {
 #[tokio::test]
 async fn a_request_whose_client_is_unknown_is_refused_not_pooled() {
     let ip_limit = RateLimitConfig::new("per-ip", vec![KeyPart::Ip], RateLimit::gcra("1/1m").unwrap());
-    let stage = RateLimits::for_route(&keyspace(), "api", &[ip_limit.clone()], &[]).unwrap();
+    let stage = RateLimits::for_route(&keyspace(), "api", std::slice::from_ref(&ip_limit), &[]).unwrap();
     let svc = StageLayer::new(stage, ctx(), "api").layer(hello());
     let no_peer = Request::builder().uri("/x").body(()).unwrap();
     let resp = svc.clone().oneshot(no_peer).await.unwrap();
