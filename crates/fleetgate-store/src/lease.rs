@@ -37,18 +37,23 @@ const SHARDS: usize = 64;
 /// Rounds of "refill or wait for one" a request goes through before it asks the store
 /// exactly: bounds a request's store calls when other requests keep taking the new units.
 const ATTEMPTS: usize = 3;
-/// Default longest lease.
-pub const DEFAULT_MAX_LEASE: Duration = Duration::from_secs(1);
+/// Longest gcra lease when the settings name none.
+pub const DEFAULT_GCRA_LEASE: Duration = Duration::from_secs(1);
+/// Clock-rate drift allowed for between an instance and the store: leases end this much sooner
+/// locally (100 ppm: quartz clocks drift by tens of ppm; NTP keeps them far closer).
+const DRIFT_PER_MILLION: u64 = 100;
 
 /// How a limit leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseSettings {
     /// Most units one reservation asks for (at least 1).
     pub max_batch: u64,
-    /// Longest lease (at least 1 ms). Each limit caps it further: gcra at a quarter of the
-    /// burst's capacity (a lease of `L` holds `L / interval` units of refill while the bucket is
-    /// nearly full), fixed_window at the window's end.
-    pub max_lease: Duration,
+    /// Longest lease (at least 1 ms). `None`: gcra 1 s, fixed_window the rest of the window.
+    /// Each limit caps it further: gcra at a quarter of the burst's capacity (a lease of `L`
+    /// holds `L / interval` units of refill while the bucket is nearly full), fixed_window at
+    /// the window's end. A fixed_window lease shorter than the window lets one instance leave
+    /// unspent units in a window more than once, loosening the under-admission bound.
+    pub max_lease: Option<Duration>,
     /// Instances expected in the fleet (at least 1; [`LeasedLimit::set_instances`] updates it):
     /// below `instances × batch` units remaining, the limit decides exactly.
     pub instances: u64,
@@ -61,7 +66,7 @@ impl Default for LeaseSettings {
     fn default() -> Self {
         LeaseSettings {
             max_batch: 100,
-            max_lease: DEFAULT_MAX_LEASE,
+            max_lease: None,
             instances: 1,
             background_refill: true,
         }
@@ -174,6 +179,8 @@ struct SlotState {
     fleet_remaining: u64,
     reset_after: Duration,
     last_used: u64,
+    /// The last lease's end on the local clock and the store's (mapped locally).
+    no_lease: (u64, u64),
 }
 
 impl SlotState {
@@ -189,6 +196,7 @@ impl SlotState {
             fleet_remaining: u64::MAX,
             reset_after: Duration::ZERO,
             last_used: now,
+            no_lease: (0, 0),
         }
     }
 
@@ -290,8 +298,8 @@ impl LeasedLimit {
         if settings.instances == 0 {
             return Err(LeaseError::ZeroInstances);
         }
-        if settings.max_lease < Duration::from_millis(1) {
-            return Err(LeaseError::LeaseTooShort(settings.max_lease));
+        if let Some(d) = settings.max_lease.filter(|d| *d < Duration::from_millis(1)) {
+            return Err(LeaseError::LeaseTooShort(d));
         }
         let lease = effective_lease(&limit, settings.max_lease)?;
         Ok(LeasedLimit {
@@ -369,7 +377,8 @@ impl LeasedLimit {
         S: StoreDriver + Clone,
     {
         let inner = &self.inner;
-        if cost == 0 || cost > inner.limit.capacity() || inner.closed.load(Ordering::Relaxed) {
+        // A cost no batch covers, a peek, or a stopped limit: one exact decision.
+        if cost == 0 || cost > inner.max_batch || inner.closed.load(Ordering::Relaxed) {
             return self.exact(store, key, cost, None).await;
         }
         // The hot path: the shard's lock, the key's lock, a decrement.
@@ -446,7 +455,7 @@ impl LeasedLimit {
             });
             return Next::Spent(d, ahead);
         }
-        if st.exact || refilled {
+        if st.exact || refilled || (st.no_lease.0..st.no_lease.1).contains(&now) {
             return Next::Exact;
         }
         if st.refilling {
@@ -454,7 +463,8 @@ impl LeasedLimit {
         }
         st.refilling = true;
         let batch = st.next_batch(now, lease_us, inner.max_batch, instances);
-        Next::Refill(batch.saturating_sub(st.held()).max(cost))
+        // Never more than max_batch held: cost <= max_batch, and what is held is below cost.
+        Next::Refill(batch.max(cost) - st.held())
     }
 
     /// Refills ahead of exhaustion: in a spawned task when a runtime is there and the settings
@@ -508,7 +518,10 @@ impl LeasedLimit {
         }
         if let Some(receipt) = r.receipt {
             let span = r.lease_until_us.saturating_sub(r.at_us);
-            let until = sent + span - span / 1000;
+            let until = sent + span - span * DRIFT_PER_MILLION / 1_000_000;
+            // Between the local end and the store's, a new lease could end no later and
+            // leave its units unspent in the same window again: decide exactly meanwhile.
+            st.no_lease = (until, sent + span);
             // Keep the deque ordered by lease end (a later reservation never ends sooner, but
             // a shorter window remainder could).
             let at = st.pools.iter().position(|p| p.until > until).unwrap_or(st.pools.len());
@@ -627,13 +640,13 @@ impl LeasedLimit {
 }
 
 /// The lease a limit's reservations ask for.
-fn effective_lease(limit: &RateLimit, max_lease: Duration) -> Result<Duration, LeaseError> {
-    let cap_us = match limit.algorithm() {
-        Algorithm::Gcra => (limit.interval_us() * limit.capacity() / 4).max(1),
-        Algorithm::FixedWindow => limit.period_us(),
+fn effective_lease(limit: &RateLimit, max_lease: Option<Duration>) -> Result<Duration, LeaseError> {
+    let (cap_us, default) = match limit.algorithm() {
+        Algorithm::Gcra => ((limit.interval_us() * limit.capacity() / 4).max(1), DEFAULT_GCRA_LEASE),
+        Algorithm::FixedWindow => (limit.period_us(), limit.rate().period),
         other => return Err(LeaseError::CannotLease(other)),
     };
-    Ok(max_lease.min(Duration::from_micros(cap_us)))
+    Ok(max_lease.unwrap_or(default).min(Duration::from_micros(cap_us)))
 }
 
 impl std::fmt::Debug for LeasedLimit {

@@ -217,6 +217,56 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Reservations and exact charges interleaved, each reservation's units spent at any
+        /// instants of its lease (and some never): the spends, replayed in time order through
+        /// `decide`, are all admitted, so no interval holds more than burst + elapsed/interval.
+        /// Giving back a reservation's unused units keeps this.
+        #[test]
+        fn reserved_units_spent_anywhere_in_their_lease_never_overshoot(
+            count in 1u64..50, period_ms in 1u64..5_000, burst in 1i64..60,
+            ops in proptest::collection::vec(
+                (0u64..200_000, 0u64..12, 0u64..3_000_000, any::<bool>(), proptest::collection::vec(any::<prop::sample::Index>(), 12), 0u64..4),
+                1..150),
+        ) {
+            let limit = RateLimit::parse(crate::Algorithm::Gcra, &format!("{count}/{period_ms}ms"), Some(burst)).unwrap();
+            let mut now = 1_700_000_000_000_000u64;
+            let mut tat = None;
+            let mut spends: Vec<(u64, u64)> = Vec::new();
+            for (gap, want, lease, exact, picks, unused) in ops {
+                now += gap;
+                if exact {
+                    let (d, s) = decide(tat, now, &limit, want % 4);
+                    if d.allowed && want % 4 > 0 { spends.push((now, want % 4)); }
+                    tat = s.or(tat);
+                    continue;
+                }
+                let (r, s) = reserve(tat, now, &limit, want, lease);
+                tat = s.or(tat);
+                prop_assert!(r.granted <= want);
+                let span = r.lease_until_us - now;
+                // Spend all but `unused` units at instants picked in [now, until], then give
+                // the rest back at the lease's end (if nothing else was charged since).
+                let keep = r.granted.saturating_sub(unused);
+                for pick in picks.iter().take(keep as usize) {
+                    spends.push((now + pick.index(span as usize + 1) as u64, 1));
+                }
+                if let Some(receipt) = r.receipt {
+                    if let Some(t) = give_back(tat, r.lease_until_us, &limit, &receipt, r.granted - keep) {
+                        tat = Some(t);
+                    }
+                }
+            }
+            spends.sort();
+            let mut replay = None;
+            for (i, &(t, c)) in spends.iter().enumerate() {
+                let (d, s) = decide(replay, t, &limit, c);
+                prop_assert!(d.allowed, "spend {} of {} units at {} overshoots", i, c, t);
+                replay = s.or(replay);
+            }
+        }
+    }
+
     /// The TAT as if only `kept` (time, cost) charges had been made, in order.
     fn replay(kept: &[(u64, u64)], interval: u64) -> u64 {
         kept.iter().fold(0, |tat, &(t, c)| tat.max(t) + c * interval)
