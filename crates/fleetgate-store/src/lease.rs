@@ -256,8 +256,9 @@ impl SlotState {
         } else {
             1
         };
-        // Shrinks as the fleet's budget nears 0: a fair share of what remains.
-        let share = (self.fleet_remaining / instances.max(1)).max(1);
+        // Shrinks as the fleet's budget nears 0: each instance's share of half of what remains,
+        // so the fleet's batches never hold all of it.
+        let share = (self.fleet_remaining / instances.max(1).saturating_mul(2)).max(1);
         self.batch = by_rate.min(share).clamp(1, max_batch);
         self.batch
     }
@@ -513,7 +514,8 @@ impl LeasedLimit {
         st.fleet_remaining = r.remaining;
         st.reset_after = r.reset_after;
         let instances = inner.instances.load(Ordering::Relaxed);
-        if r.remaining < instances.saturating_mul(st.batch) || r.granted == 0 {
+        // Fewer units left than instances: even batches of one would hold all of them.
+        if r.remaining < instances || r.granted == 0 {
             st.exact = true;
         }
         if let Some(receipt) = r.receipt {
@@ -558,8 +560,8 @@ impl LeasedLimit {
             st.fleet_remaining = d.remaining;
             st.reset_after = d.reset_after;
             let instances = inner.instances.load(Ordering::Relaxed);
-            // Back to leasing once the budget has room for every instance's batch twice over.
-            if d.remaining >= instances.saturating_mul(st.batch).saturating_mul(2) {
+            // Back to leasing once every instance could take a batch of two.
+            if d.remaining >= instances.saturating_mul(2) {
                 st.exact = false;
             }
         }

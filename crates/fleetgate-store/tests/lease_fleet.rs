@@ -469,6 +469,7 @@ async fn redis_restart_with_leases_out_admits_at_most_one_budget_plus_the_leased
         }
     }
     let refill = (started.elapsed().as_micros() as u64 + 1_000_000) / limit.interval_us();
+
     let bound = limit.capacity() + refill + leased;
     eprintln!(
         "redis restart with leases out: {before} admitted before, {leased} leased at the restart, \
