@@ -22,7 +22,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub(crate) const GCRA_LUA: &str = include_str!("../../fleetgate-store/src/redis/scripts/gcra.lua");
+// As the driver loads it: the shared clock prelude, then the script (the prelude defines
+// `decision_now`; the bare file fails with "nonexistent global variable").
+pub(crate) const GCRA_LUA: &str = concat!(
+    include_str!("../../fleetgate-store/src/redis/scripts/now.lua"),
+    include_str!("../../fleetgate-store/src/redis/scripts/gcra.lua")
+);
 pub(crate) const LIMIT: &str = "10000/1s";
 const ROUNDS: u32 = 2;
 pub(crate) const ROUND: Duration = Duration::from_millis(1250);
