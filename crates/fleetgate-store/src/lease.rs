@@ -238,8 +238,10 @@ impl SlotState {
 
     /// Re-estimates the local rate and sizes the next batch.
     fn next_batch(&mut self, now: u64, lease_us: u64, max_batch: u64, instances: u64) -> u64 {
-        let elapsed = now.saturating_sub(self.since);
-        if elapsed > 0 {
+        // Over at least a quarter of a lease: a refill right after a spend must not read as a
+        // huge rate (one unit in a microsecond).
+        let elapsed = now.saturating_sub(self.since).max(lease_us / 4).max(1);
+        {
             let measured = self.spent_since as f64 * 1e6 / elapsed as f64;
             self.rate = if self.rate == 0.0 {
                 measured
@@ -427,7 +429,7 @@ impl LeasedLimit {
             return None;
         }
         let low_water = st.batch / 2;
-        if !st.refilling && !st.exact && st.held() - cost <= low_water {
+        if !st.refilling && !st.exact && st.batch > 1 && st.held() - cost <= low_water {
             return None;
         }
         st.take(cost);
@@ -449,7 +451,9 @@ impl LeasedLimit {
             add(&inner.counters.spent_local, cost);
             let d = st.decision(&inner.limit);
             let held = st.held();
-            let ahead = (!st.refilling && !st.exact && held <= st.batch / 2).then(|| {
+            // Ahead only for a key busy enough for batches above one: an idle key's next
+            // request may come after the lease, and its units would expire unspent.
+            let ahead = (!st.refilling && !st.exact && st.batch > 1 && held <= st.batch / 2).then(|| {
                 st.refilling = true;
                 let batch = st.next_batch(now, lease_us, inner.max_batch, instances);
                 batch.saturating_sub(held).max(1)

@@ -286,18 +286,26 @@ fn busy_keys_spend_locally_and_idle_keys_hold_little() {
     let s = l.stats();
     assert_eq!(s.spent_local + s.exact_admitted, 20_000);
     assert!(s.reservations * 50 < 20_000, "{s:?}: more than one store call per 50 decisions");
-    // An idle key (one request a second) is leased one unit at a time.
+    let held = l.held();
+    assert!(held > 0 && held <= 500, "the busy key holds {held} units");
+    let returned = l.give_back_all(&store).now_or_never().unwrap().unwrap();
+    assert!(returned > 0 && returned <= held, "returned {returned} of {held}");
+    // After the stop, decisions are exact.
+    let before = l.stats().exact_calls;
+    assert!(l.decide(&store, &busy, 1).now_or_never().unwrap().unwrap().allowed);
+    assert_eq!(l.stats().exact_calls, before + 1);
+
+    // An idle key (one request a second, the lease is 250 ms) is leased one unit at a time,
+    // with no refill ahead whose units would expire unspent.
+    let l = LeasedLimit::with_clock(limit, settings, Arc::new(clock.clone())).unwrap();
     let idle = ks.key(Concern::RateLimit, "lease", b"idle");
-    let before = l.held();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(1));
         assert!(l.decide(&store, &idle, 1).now_or_never().unwrap().unwrap().allowed);
+        assert_eq!(l.held(), 0, "the idle key sits on budget");
     }
-    assert!(l.held() <= before.max(500) + 2, "idle key holds {}", l.held() - before);
-    let held = l.held();
-    assert!(held > 0, "the busy key holds units");
-    let returned = l.give_back_all(&store).now_or_never().unwrap().unwrap();
-    assert!(returned > 0 && returned <= held, "returned {returned} of {held}");
+    let s = l.stats();
+    assert_eq!((s.reservations, s.reserved, s.spent_local, s.expired), (5, 5, 5, 0), "{s:?}");
 }
 
 /// A hammered key at the end of its budget: the limit switches to exact decisions, so the last
