@@ -3,9 +3,15 @@
 //! server (the figure every script-per-decision limiter is bound by), and against the
 //! in-process store driven by the same loop (`lease_gcra_vs_memory`, the moonshot: 0.8).
 //!
-//! * Server, keys, limit and load: as `redis_gcra` (a fresh `redis-server` pinned to CPU 0,
-//!   10,000 keys, 10,000/s per key with a burst of 10,000, the driver's default setup of 256
-//!   tasks on one tokio worker), so every decision admits.
+//! * Server, keys and load: as `redis_gcra` (a fresh `redis-server` pinned to CPU 0, 10,000
+//!   keys, the driver's default setup of 256 tasks on one tokio worker). Limit: 10,000/s per
+//!   key with a burst of 40,000 (every decision admits): a gcra lease lasts at most a quarter
+//!   of the burst's capacity, so this burst allows the default 1 s lease (with `redis_gcra`'s
+//!   burst of 10,000 it would be 250 ms). Why the lease matters: the reservations a fleet
+//!   needs per second are about keys / (0.75 × lease) whatever the traffic (each key's batch
+//!   is its rate × 0.75 × lease), 13,000/s here; when the store cannot serve that many,
+//!   batches shrink to one unit and lease mode is as slow as exact mode, or slower.
+//!   `FLEETGATE_BENCH_LEASE_BURST=N` sets another burst (e.g. 10000).
 //! * Ours: one `LeasedLimit` (default settings but `max_batch` 1,000) over a `RedisStore`;
 //!   each task awaits `LeasedLimit::decide` over its own permutation of the keys. Most decisions
 //!   spend leased units without a store call; refills run in spawned tasks.
@@ -16,8 +22,8 @@
 //!   alternating rounds. The store calls ours made are read from `INFO commandstats`.
 
 use crate::redis_bench::{
-    connection, default_setup, open, pin, pin_apart, redis_benchmark, runtime, setup_from_env, GCRA_LUA, LIMIT,
-    ROUND, WARM,
+    connection, default_setup, open, pin, pin_apart, redis_benchmark, runtime, setup_from_env, GCRA_LUA, LIMIT, ROUND,
+    WARM,
 };
 use crate::store_memory::{permutation, store_keys, KEYS};
 use fleetgate_store::lease::{LeaseSettings, LeasedLimit};
@@ -73,7 +79,8 @@ where
             })
         })
         .collect();
-    tokio::time::sleep(WARM).await;
+    // Lease mode needs a moment for the batches to follow the rate up.
+    tokio::time::sleep(WARM * 3).await;
     let (c0, t0) = (done.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(measure).await;
     let (c1, secs) = (done.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
@@ -110,7 +117,11 @@ pub fn lease_gcra() -> (f64, f64, f64) {
         .arg(GCRA_LUA)
         .query(&mut conn)
         .expect("SCRIPT LOAD gcra.lua");
-    let limit = RateLimit::gcra(LIMIT).expect("valid limit");
+    let burst = std::env::var("FLEETGATE_BENCH_LEASE_BURST")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(40_000);
+    let limit = RateLimit::parse(fleetgate_store::Algorithm::Gcra, LIMIT, Some(burst)).expect("valid limit");
     let keys = Arc::new(store_keys(KEYS));
     let restore = pin_apart(&server);
     let rt = runtime(setup.workers);

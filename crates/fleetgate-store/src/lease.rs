@@ -428,7 +428,7 @@ impl LeasedLimit {
         if st.pools.front().is_none_or(|p| p.until <= now) || st.held() < cost {
             return None;
         }
-        let low_water = st.batch / 2;
+        let low_water = st.batch / 4;
         if !st.refilling && !st.exact && st.batch > 1 && st.held() - cost <= low_water {
             return None;
         }
@@ -453,7 +453,7 @@ impl LeasedLimit {
             let held = st.held();
             // Ahead only for a key busy enough for batches above one: an idle key's next
             // request may come after the lease, and its units would expire unspent.
-            let ahead = (!st.refilling && !st.exact && st.batch > 1 && held <= st.batch / 2).then(|| {
+            let ahead = (!st.refilling && !st.exact && st.batch > 1 && held <= st.batch / 4).then(|| {
                 st.refilling = true;
                 let batch = st.next_batch(now, lease_us, inner.max_batch, instances);
                 batch.saturating_sub(held).max(1)
