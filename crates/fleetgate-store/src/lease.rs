@@ -16,7 +16,7 @@
 //! [`algo::fixed_window::reserve`](crate::algo::fixed_window::reserve) and docs/store.md,
 //! "Lease mode"): this engine only has to spend units before its lease ends, which it checks on
 //! its own clock, counting the lease from before the reservation was sent and shortening it by
-//! 0.1 % against clock-rate drift.
+//! 100 ppm against clock-rate drift.
 //!
 //! A store error is returned as is, so the caller's failure policy (`open`, `closed`, `local`)
 //! applies; units already leased are spent first, so an outage starts from what is leased.
