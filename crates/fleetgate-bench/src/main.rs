@@ -84,8 +84,20 @@ fn main() -> ExitCode {
         Some("lease") => {
             // A tuning aid: only the lease-mode figures.
             let (lease, ceiling, in_process) = lease_bench::lease_gcra();
-            report::ratio("lease_gcra", lease, "decisions/s", "redis-benchmark EVALSHA gcra.lua -P 32 -c 50", ceiling);
-            report::ratio("lease_gcra_vs_memory", lease, "decisions/s", "in-process store, same tasks and loop", in_process);
+            report::ratio(
+                "lease_gcra",
+                lease,
+                "decisions/s",
+                "redis-benchmark EVALSHA gcra.lua -P 32 -c 50",
+                ceiling,
+            );
+            report::ratio(
+                "lease_gcra_vs_memory",
+                lease,
+                "decisions/s",
+                "in-process store, same tasks and loop",
+                in_process,
+            );
             ExitCode::SUCCESS
         }
         Some("redis-sweep") => {

@@ -720,7 +720,11 @@ async fn reservations_take_and_give_back<F: Fleet>(f: &F) {
         assert_eq!(receipt.granted, 4);
         // Asking for more than is left grants what is left, and exact charges see nothing left.
         let second = s.reserve(&k, &limit, 100, lease).await.unwrap();
-        assert_eq!((second.granted, second.remaining), (expected_remaining, 0), "{algorithm}: {second:?}");
+        assert_eq!(
+            (second.granted, second.remaining),
+            (expected_remaining, 0),
+            "{algorithm}: {second:?}"
+        );
         let none = s.reserve(&k, &limit, 1, lease).await.unwrap();
         assert_eq!((none.granted, none.receipt), (0, None), "{algorithm}: {none:?}");
         assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}");
@@ -747,7 +751,9 @@ async fn reservations_take_and_give_back<F: Fleet>(f: &F) {
     );
     // A key holding another kind of value is left alone.
     let k = key("lease-wrongtype");
-    s.set(&k, Bytes::from_static(b"v"), Duration::from_secs(60)).await.unwrap();
+    s.set(&k, Bytes::from_static(b"v"), Duration::from_secs(60))
+        .await
+        .unwrap();
     let gcra = RateLimit::parse(Algorithm::Gcra, "10/1d", None).unwrap();
     assert!(matches!(
         s.reserve(&k, &gcra, 1, lease).await,

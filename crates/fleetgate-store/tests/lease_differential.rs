@@ -323,7 +323,14 @@ fn differential(algorithm: Algorithm) {
     });
     let strategy = (limit(algorithm), 1_700_000_000_000_000u64..4_500_000_000_000_000, ops());
     let result = runner.run(&strategy, |(limit, start, ops)| {
-        run_case(&mut conn.borrow_mut(), &shas, &mut seen.borrow_mut(), limit, start, &ops)
+        run_case(
+            &mut conn.borrow_mut(),
+            &shas,
+            &mut seen.borrow_mut(),
+            limit,
+            start,
+            &ops,
+        )
     });
     if let Err(e) = result {
         panic!("{algorithm}: the lease scripts and the pure functions differ: {e}");

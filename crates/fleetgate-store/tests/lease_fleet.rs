@@ -285,7 +285,10 @@ fn busy_keys_spend_locally_and_idle_keys_hold_little() {
     }
     let s = l.stats();
     assert_eq!(s.spent_local + s.exact_admitted, 20_000);
-    assert!(s.reservations * 50 < 20_000, "{s:?}: more than one store call per 50 decisions");
+    assert!(
+        s.reservations * 50 < 20_000,
+        "{s:?}: more than one store call per 50 decisions"
+    );
     let held = l.held();
     assert!(held > 0 && held <= 500, "the busy key holds {held} units");
     let returned = l.give_back_all(&store).now_or_never().unwrap().unwrap();
@@ -305,7 +308,11 @@ fn busy_keys_spend_locally_and_idle_keys_hold_little() {
         assert_eq!(l.held(), 0, "the idle key sits on budget");
     }
     let s = l.stats();
-    assert_eq!((s.reservations, s.reserved, s.spent_local, s.expired), (5, 5, 5, 0), "{s:?}");
+    assert_eq!(
+        (s.reservations, s.reserved, s.spent_local, s.expired),
+        (5, 5, 5, 0),
+        "{s:?}"
+    );
 }
 
 /// A hammered key at the end of its budget: the limit switches to exact decisions, so the last
@@ -341,7 +348,10 @@ fn nearly_spent_budget_decides_exactly() {
     assert_eq!(admitted + held, 100, "admitted {admitted}, held {held}");
     assert!(held <= 3 * 10);
     let refusal = refusal.expect("the budget ran out");
-    assert!(refusal.retry_after > Duration::ZERO && refusal.remaining == 0, "{refusal:?}");
+    assert!(
+        refusal.retry_after > Duration::ZERO && refusal.remaining == 0,
+        "{refusal:?}"
+    );
     let exact: u64 = fleet.iter().map(|l| l.stats().exact_calls).sum();
     assert!(exact > 0, "the nearly spent budget was decided exactly");
 }
@@ -431,7 +441,9 @@ async fn redis_fleet_never_overshoots() {
 async fn redis_restart_with_leases_out_admits_at_most_one_budget_plus_the_leased() {
     let mut server = RedisServer::start();
     let limit = RateLimit::parse(Algorithm::Gcra, "200/1h", None).unwrap();
-    let key = Keyspace::new("restart").unwrap().key(Concern::RateLimit, "lease", b"hot");
+    let key = Keyspace::new("restart")
+        .unwrap()
+        .key(Concern::RateLimit, "lease", b"hot");
     let (k, max_batch) = (4usize, 25u64);
     let settings = LeaseSettings {
         max_batch,

@@ -207,7 +207,13 @@ impl MemoryStore {
     }
 
     /// The reservation, synchronously (lease mode): the algorithm's pure `reserve`.
-    pub fn reserve_now(&self, key: &StoreKey, limit: &RateLimit, want: u64, lease: Duration) -> StoreResult<Reservation> {
+    pub fn reserve_now(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        want: u64,
+        lease: Duration,
+    ) -> StoreResult<Reservation> {
         let now = self.inner.clock.now_us();
         let lease_us = lease.as_micros().min(u128::from(crate::rate::MAX_CAPACITY_US)) as u64;
         let mut shard = self.shard(key).lock();
