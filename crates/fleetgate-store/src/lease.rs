@@ -175,6 +175,8 @@ struct SlotState {
     rate: f64,
     spent_since: u64,
     since: u64,
+    /// Leased units that expired unspent since the last reservation was asked for.
+    expired_since: u64,
     /// What the store reported at the last reservation or exact decision.
     fleet_remaining: u64,
     reset_after: Duration,
@@ -193,6 +195,7 @@ impl SlotState {
             rate: 0.0,
             spent_since: 0,
             since: now,
+            expired_since: 0,
             fleet_remaining: u64::MAX,
             reset_after: Duration::ZERO,
             last_used: now,
@@ -238,6 +241,12 @@ impl SlotState {
 
     /// Re-estimates the local rate and sizes the next batch.
     fn next_batch(&mut self, now: u64, lease_us: u64, max_batch: u64, instances: u64) -> u64 {
+        // Slow start: the last batch was spent before its lease ended (none expired), so demand
+        // may be above what the measured rate says (a rate measured while requests waited for
+        // the store is the store's pace, not the demand's): offer twice as much. Expiries
+        // bring the batch back to the measured rate.
+        let spent_out = self.expired_since == 0 && self.spent_since >= self.batch;
+        self.expired_since = 0;
         // Over at least a quarter of a lease: a refill right after a spend must not read as a
         // huge rate (one unit in a microsecond).
         let elapsed = now.saturating_sub(self.since).max(lease_us / 4).max(1);
@@ -257,6 +266,12 @@ impl SlotState {
             (by_rate as u64).min(max_batch)
         } else {
             1
+        };
+        // Only for keys busy enough for batches above one: a light key stays at one unit.
+        let by_rate = if spent_out && by_rate > 1 {
+            by_rate.max(self.batch.saturating_mul(2))
+        } else {
+            by_rate
         };
         // Shrinks as the fleet's budget nears 0: each instance's share of half of what remains,
         // so the fleet's batches never hold all of it.
@@ -444,7 +459,9 @@ impl LeasedLimit {
         let now = inner.clock.now_us();
         let mut st = slot.state.lock();
         st.last_used = now;
-        add(&inner.counters.expired, st.drop_expired(now));
+        let expired = st.drop_expired(now);
+        st.expired_since += expired;
+        add(&inner.counters.expired, expired);
         let instances = inner.instances.load(Ordering::Relaxed);
         let lease_us = inner.lease.as_micros() as u64;
         if st.take(cost) {
