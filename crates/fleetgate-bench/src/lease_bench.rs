@@ -79,8 +79,8 @@ where
             })
         })
         .collect();
-    // Lease mode needs a moment for the batches to follow the rate up.
-    tokio::time::sleep(WARM * 3).await;
+    // Lease mode needs a moment for the batches to follow the rate up (slow start).
+    tokio::time::sleep(WARM * 10).await;
     let (c0, t0) = (done.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(measure).await;
     let (c1, secs) = (done.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());

@@ -245,7 +245,7 @@ impl SlotState {
         // may be above what the measured rate says (a rate measured while requests waited for
         // the store is the store's pace, not the demand's): offer twice as much. Expiries
         // bring the batch back to the measured rate.
-        let spent_out = self.expired_since == 0 && self.spent_since >= self.batch;
+        let spent_out = self.expired_since == 0 && self.spent_since > 0;
         self.expired_since = 0;
         // Over at least a quarter of a lease: a refill right after a spend must not read as a
         // huge rate (one unit in a microsecond).
