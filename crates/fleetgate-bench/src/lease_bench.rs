@@ -56,7 +56,7 @@ where
                 let mut n = 0u32;
                 for &i in order.iter().cycle() {
                     n += 1;
-                    if n % YIELD_EVERY == 0 {
+                    if n.is_multiple_of(YIELD_EVERY) {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
