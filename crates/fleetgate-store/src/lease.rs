@@ -246,6 +246,7 @@ impl SlotState {
         // the store is the store's pace, not the demand's): offer twice as much. Expiries
         // bring the batch back to the measured rate.
         let spent_out = self.expired_since == 0 && self.spent_since > 0;
+        let expired = self.expired_since > 0;
         self.expired_since = 0;
         // Over at least a quarter of a lease: a refill right after a spend must not read as a
         // huge rate (one unit in a microsecond).
@@ -270,6 +271,9 @@ impl SlotState {
         // Only for keys busy enough for batches above one: a light key stays at one unit.
         let by_rate = if spent_out && by_rate > 1 {
             by_rate.max(self.batch.saturating_mul(2))
+        } else if expired {
+            // Units expired: halve (not straight back to the rate, which would oscillate).
+            by_rate.max(self.batch / 2)
         } else {
             by_rate
         };
@@ -278,6 +282,22 @@ impl SlotState {
         let share = (self.fleet_remaining / instances.max(1).saturating_mul(2)).max(1);
         self.batch = by_rate.min(share).clamp(1, max_batch);
         self.batch
+    }
+
+    /// Whether to refill ahead after a spend that leaves `held`: for a key busy enough for
+    /// batches above one (an idle key's next request may come after the lease, and its units
+    /// would expire unspent), when a quarter of the batch is left or the newest lease ends
+    /// within a quarter of a lease (renewing it spares the request after its end a wait).
+    fn wants_ahead(&self, held: u64, now: u64, lease_us: u64) -> bool {
+        !self.refilling
+            && !self.exact
+            && self.batch > 1
+            && held < self.batch
+            && (held <= self.batch / 4
+                || self
+                    .pools
+                    .back()
+                    .is_none_or(|p| p.until.saturating_sub(now) < lease_us / 4))
     }
 
     fn decision(&self, limit: &RateLimit) -> RateDecision {
@@ -443,8 +463,7 @@ impl LeasedLimit {
         if st.pools.front().is_none_or(|p| p.until <= now) || st.held() < cost {
             return None;
         }
-        let low_water = st.batch / 4;
-        if !st.refilling && !st.exact && st.batch > 1 && st.held() - cost <= low_water {
+        if st.wants_ahead(st.held() - cost, now, inner.lease.as_micros() as u64) {
             return None;
         }
         st.take(cost);
@@ -468,13 +487,17 @@ impl LeasedLimit {
             add(&inner.counters.spent_local, cost);
             let d = st.decision(&inner.limit);
             let held = st.held();
-            // Ahead only for a key busy enough for batches above one: an idle key's next
-            // request may come after the lease, and its units would expire unspent.
-            let ahead = (!st.refilling && !st.exact && st.batch > 1 && held <= st.batch / 4).then(|| {
-                st.refilling = true;
-                let batch = st.next_batch(now, lease_us, inner.max_batch, instances);
-                batch.saturating_sub(held).max(1)
-            });
+            let mut ahead = None;
+            if st.wants_ahead(held, now, lease_us) {
+                // Never more than the batch held (so never more than max_batch).
+                let want = st
+                    .next_batch(now, lease_us, inner.max_batch, instances)
+                    .saturating_sub(held);
+                if want > 0 {
+                    st.refilling = true;
+                    ahead = Some(want);
+                }
+            }
             return Next::Spent(d, ahead);
         }
         if st.exact || refilled || (st.no_lease.0..st.no_lease.1).contains(&now) {
