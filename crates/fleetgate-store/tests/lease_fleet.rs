@@ -505,3 +505,54 @@ async fn redis_restart_with_leases_out_admits_at_most_one_budget_plus_the_leased
         "admitted only {after} after the restart"
     );
 }
+
+/// Store down: the limit spends what it has already leased, then returns the store's error (for
+/// the caller's `on_store_error` policy) instead of guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_spends_what_is_leased_then_reports_the_error() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::open(
+        &server.url(),
+        RedisOptions {
+            timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // gcra with a long lease: nothing expires during the test (a fixed window could end in it).
+    let limit = RateLimit::parse(Algorithm::Gcra, "1000/1h", None).unwrap();
+    let key = Keyspace::new("down").unwrap().key(Concern::RateLimit, "lease", b"hot");
+    let settings = LeaseSettings {
+        max_batch: 50,
+        max_lease: Some(Duration::from_secs(60)),
+        background_refill: false,
+        ..Default::default()
+    };
+    let l = LeasedLimit::new(limit, settings).unwrap();
+    // Enough traffic for the batch to grow past one unit.
+    for _ in 0..200 {
+        assert!(l.decide(&store, &key, 1).await.unwrap().allowed);
+    }
+    let held = l.held();
+    assert!(held > 0, "nothing leased");
+    server.kill();
+    let mut local = 0;
+    let mut error = None;
+    for _ in 0..(held + 5) {
+        match l.decide(&store, &key, 1).await {
+            Ok(d) => {
+                assert!(d.allowed);
+                local += 1;
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    // Every leased unit was spent (the refills ahead failed against the dead server, quietly),
+    // and then the store's error came back.
+    assert_eq!(local, held, "spent {local} of the {held} leased before the error");
+    let error = error.expect("a dead store is reported once the leased units are gone");
+    assert!(error.is_connectivity(), "{error:?}");
+}
