@@ -7,7 +7,8 @@
 //!
 //! Subcommands:
 //! * `store`: the store benchmarks (in-process gcra vs governor, Redis driver vs
-//!   redis-benchmark, memory of one million keys).
+//!   redis-benchmark, lease mode on Redis vs redis-benchmark and vs the in-process store,
+//!   memory of one million keys).
 //! * `gateway FLEETGATE_BINARY`: the gateway benchmarks (fleetgate vs nginx as rate-limiting
 //!   reverse proxies, latency added at a fixed rate, latency while the Redis store is stalled);
 //!   see [`gateway`].
@@ -24,6 +25,7 @@
 
 mod bare_proxy;
 mod gateway;
+mod lease_bench;
 mod memory;
 mod redis_bench;
 mod report;
@@ -79,6 +81,25 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some("lease") => {
+            // A tuning aid: only the lease-mode figures.
+            let (lease, ceiling, in_process) = lease_bench::lease_gcra();
+            report::ratio(
+                "lease_gcra",
+                lease,
+                "decisions/s",
+                "redis-benchmark EVALSHA gcra.lua -P 32 -c 50",
+                ceiling,
+            );
+            report::ratio(
+                "lease_gcra_vs_memory",
+                lease,
+                "decisions/s",
+                "in-process store, same tasks and loop",
+                in_process,
+            );
+            ExitCode::SUCCESS
+        }
         Some("redis-sweep") => {
             redis_bench::sweep();
             ExitCode::SUCCESS
@@ -118,6 +139,21 @@ fn run_store() -> ExitCode {
         "decisions/s",
         "redis-benchmark EVALSHA gcra.lua -P 32 -c 50",
         peer,
+    );
+    let (lease, ceiling, in_process) = lease_bench::lease_gcra();
+    report::ratio(
+        "lease_gcra",
+        lease,
+        "decisions/s",
+        "redis-benchmark EVALSHA gcra.lua -P 32 -c 50",
+        ceiling,
+    );
+    report::ratio(
+        "lease_gcra_vs_memory",
+        lease,
+        "decisions/s",
+        "in-process store, same tasks and loop",
+        in_process,
     );
     let mb = memory::measure();
     report::alone("memory_1m_keys", mb, "MB");

@@ -22,11 +22,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const GCRA_LUA: &str = include_str!("../../fleetgate-store/src/redis/scripts/gcra.lua");
-const LIMIT: &str = "10000/1s";
+// As the driver loads it: the shared clock prelude, then the script (the prelude defines
+// `decision_now`; the bare file fails with "nonexistent global variable").
+pub(crate) const GCRA_LUA: &str = concat!(
+    include_str!("../../fleetgate-store/src/redis/scripts/now.lua"),
+    include_str!("../../fleetgate-store/src/redis/scripts/gcra.lua")
+);
+pub(crate) const LIMIT: &str = "10000/1s";
 const ROUNDS: u32 = 2;
-const ROUND: Duration = Duration::from_millis(1250);
-const WARM: Duration = Duration::from_millis(300);
+pub(crate) const ROUND: Duration = Duration::from_millis(1250);
+pub(crate) const WARM: Duration = Duration::from_millis(300);
 
 /// How the driver is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +63,7 @@ pub fn default_setup() -> Setup {
 }
 
 /// `FLEETGATE_BENCH_REDIS=WORKERS,POOL,TASKS` overrides [`default_setup`] (for tuning).
-fn setup_from_env() -> Option<Setup> {
+pub(crate) fn setup_from_env() -> Option<Setup> {
     let text = std::env::var("FLEETGATE_BENCH_REDIS").ok()?;
     let v: Vec<usize> = text.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
     match v[..] {
@@ -67,7 +72,7 @@ fn setup_from_env() -> Option<Setup> {
     }
 }
 
-fn runtime(workers: usize) -> tokio::runtime::Runtime {
+pub(crate) fn runtime(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -75,7 +80,7 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-async fn open(url: &str, pool: usize) -> RedisStore {
+pub(crate) async fn open(url: &str, pool: usize) -> RedisStore {
     let options = RedisOptions {
         pool_size: pool,
         timeout: Duration::from_secs(1),
@@ -139,7 +144,7 @@ async fn drive(
     (c1 - c0, secs)
 }
 
-fn connection(server: &RedisServer) -> redis::Connection {
+pub(crate) fn connection(server: &RedisServer) -> redis::Connection {
     redis::Client::open(server.url())
         .and_then(|c| c.get_connection())
         .expect("connect to the benchmark redis-server")
@@ -177,7 +182,7 @@ pub(crate) fn pin(pid: u32, cpus: &str) -> bool {
 /// inherits it) the others, as when they run on separate machines: left to the scheduler on 2
 /// cores, the client sometimes shares redis-server's core and both figures swing by 40%.
 /// Returns the affinity to restore, if pinned.
-fn pin_apart(server: &RedisServer) -> Option<String> {
+pub(crate) fn pin_apart(server: &RedisServer) -> Option<String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pid = server.pid()?;
     if cores < 2 {
@@ -216,7 +221,7 @@ fn server_cpu(conn: &mut redis::Connection) -> f64 {
 }
 
 /// Runs redis-benchmark for `n` requests; returns its requests per second.
-fn redis_benchmark(server: &RedisServer, sha: &str, limit: &RateLimit, n: u64) -> f64 {
+pub(crate) fn redis_benchmark(server: &RedisServer, sha: &str, limit: &RateLimit, n: u64) -> f64 {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
         .args(["-c", "50", "-P", "32", "-r", &KEYS.to_string()])

@@ -249,6 +249,38 @@ pub struct RateCharge {
     pub cost: u64,
 }
 
+/// What a store granted for one reservation ([`StoreDriver::reserve`](crate::StoreDriver::reserve)):
+/// up to the units asked for, taken from the fleet budget now and spendable locally until the
+/// lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// Units granted (0 when the budget has no room for even one with this lease).
+    pub granted: u64,
+    /// When the lease ends, on the deciding store's clock (µs since the Unix epoch): units not
+    /// spent before then are void. fixed_window: never after the window's end.
+    pub lease_until_us: u64,
+    /// The store's clock when it decided.
+    pub at_us: u64,
+    /// Units a single exact charge could still take right after this reservation.
+    pub remaining: u64,
+    /// The limit's capacity (burst for gcra, N for fixed_window).
+    pub limit: u64,
+    /// Time until the limit is fully replenished (gcra) or the window ends (fixed_window).
+    pub reset_after: Duration,
+    /// What to give unused units back with; `Some` only when units were granted.
+    pub receipt: Option<LeaseReceipt>,
+}
+
+/// The receipt of a reservation, for [`StoreDriver::give_back`](crate::StoreDriver::give_back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseReceipt {
+    /// Units granted.
+    pub granted: u64,
+    /// gcra: the TAT the reservation left (a give-back applies only while the TAT is still
+    /// that, i.e. nothing else was charged since). fixed_window: the window's index.
+    pub mark: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

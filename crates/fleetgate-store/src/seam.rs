@@ -7,6 +7,7 @@
 //! | concern (DESIGN.md)                      | operations                         |
 //! |------------------------------------------|------------------------------------|
 //! | rate limits, outbound throttle, login-failure throttle | [`rate`](StoreDriver::rate), [`refund`](StoreDriver::refund) |
+//! | rate limits in lease mode ([`lease`](crate::lease)) | [`reserve`](StoreDriver::reserve), [`give_back`](StoreDriver::give_back) |
 //! | concurrency limits                       | [`acquire_permit`](StoreDriver::acquire_permit), [`release_permit`](StoreDriver::release_permit) |
 //! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
 //! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
@@ -16,7 +17,7 @@
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{RateCharge, RateDecision, RateLimit};
+use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -135,6 +136,43 @@ pub trait StoreDriver: Send + Sync + 'static {
         charge: &RateCharge,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
+    /// Reserves up to `want` units of `limit` for `key` in one atomic step, for local spending
+    /// until the lease (at most `lease`) ends: lease mode ([`crate::lease`]). The units are
+    /// charged so that, wherever in the lease they are spent, the fleet never admits more than
+    /// the limit (docs/store.md, "Lease mode"): gcra charges them as taken now and refilling
+    /// only from the lease's end; fixed_window takes them from the current window and ends the
+    /// lease with it. sliding_window cannot lease ([`StoreError::Config`]).
+    ///
+    /// The default refuses: a driver must implement it to support lease mode.
+    fn reserve(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        want: u64,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<Reservation>> + Send {
+        let _ = (key, want, lease);
+        let algorithm = limit.algorithm();
+        async move { Err(cannot_lease(algorithm)) }
+    }
+
+    /// Gives back `unused` units of a reservation (its [`receipt`](Reservation::receipt)), when
+    /// an instance stops. Returns whether the state changed. Never more generous than if the
+    /// reservation had been of `granted - unused` units: fixed_window gives back to the window
+    /// it was taken from (nothing once it has passed); gcra only while nothing else was charged
+    /// to the key since (otherwise the units expire with the lease). At most once per receipt.
+    fn give_back(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        receipt: &LeaseReceipt,
+        unused: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let _ = (key, receipt, unused);
+        let algorithm = limit.algorithm();
+        async move { Err(cannot_lease(algorithm)) }
+    }
+
     /// Takes (or renews) the permit `permit` under `key` if fewer than `max` live leases exist.
     /// A lease lasts `lease`; leases of a crashed holder expire by themselves.
     fn acquire_permit(
@@ -185,4 +223,11 @@ pub trait StoreDriver: Send + Sync + 'static {
 
     /// Whether the store answers now.
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;
+}
+
+/// The error of a reservation that the algorithm (or driver) cannot make.
+pub(crate) fn cannot_lease(algorithm: crate::rate::Algorithm) -> StoreError {
+    StoreError::Config(format!(
+        "{algorithm} limits cannot lease units (lease mode supports gcra and fixed_window); use mode: exact"
+    ))
 }

@@ -4,7 +4,7 @@
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::memory::MemoryStore;
-use crate::rate::{RateCharge, RateDecision, RateLimit};
+use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::redis::{url::redact, RedisOptions, RedisStore};
 use crate::seam::*;
 use bytes::Bytes;
@@ -81,6 +81,18 @@ impl StoreDriver for Store {
     }
     async fn refund(&self, key: &StoreKey, limit: &RateLimit, charge: &RateCharge) -> StoreResult<bool> {
         dispatch!(self, d => d.refund(key, limit, charge))
+    }
+    async fn reserve(&self, key: &StoreKey, limit: &RateLimit, want: u64, lease: Duration) -> StoreResult<Reservation> {
+        dispatch!(self, d => d.reserve(key, limit, want, lease))
+    }
+    async fn give_back(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        receipt: &LeaseReceipt,
+        unused: u64,
+    ) -> StoreResult<bool> {
+        dispatch!(self, d => d.give_back(key, limit, receipt, unused))
     }
     async fn acquire_permit(
         &self,

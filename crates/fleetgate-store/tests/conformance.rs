@@ -700,6 +700,68 @@ async fn wrong_type_is_an_error_and_leaves_state<F: Fleet>(f: &F) {
     assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"not a counter"[..]));
 }
 
+/// Lease mode's store side: a reservation takes units from the fleet budget (so exact charges
+/// see them gone), never more than the budget has, and a give-back returns unused units only as
+/// its algorithm allows; sliding_window cannot lease.
+async fn reservations_take_and_give_back<F: Fleet>(f: &F) {
+    let s = f.handle();
+    let lease = Duration::from_secs(1);
+    for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+        let limit = RateLimit::parse(algorithm, "10/1d", None).unwrap();
+        let k = key("lease");
+        let first = s.reserve(&k, &limit, 4, lease).await.unwrap();
+        assert_eq!((first.granted, first.limit), (4, 10), "{algorithm}: {first:?}");
+        // gcra: the lease's second is not refilled, which costs a unit of 8,640 s while full.
+        let expected_remaining = if algorithm == Algorithm::Gcra { 5 } else { 6 };
+        assert_eq!(first.remaining, expected_remaining, "{algorithm}: {first:?}");
+        let span = first.lease_until_us - first.at_us;
+        assert!(span > 0 && span <= 1_000_000, "{algorithm}: lease of {span} us");
+        let receipt = first.receipt.expect("granted units have a receipt");
+        assert_eq!(receipt.granted, 4);
+        // Asking for more than is left grants what is left, and exact charges see nothing left.
+        let second = s.reserve(&k, &limit, 100, lease).await.unwrap();
+        assert_eq!(
+            (second.granted, second.remaining),
+            (expected_remaining, 0),
+            "{algorithm}: {second:?}"
+        );
+        let none = s.reserve(&k, &limit, 1, lease).await.unwrap();
+        assert_eq!((none.granted, none.receipt), (0, None), "{algorithm}: {none:?}");
+        assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}");
+        // The last reservation's unused units go back; exactly those are admissible again.
+        let back = second.receipt.unwrap();
+        assert!(s.give_back(&k, &limit, &back, 3).await.unwrap(), "{algorithm}");
+        let d = s.rate(&k, &limit, 3).await.unwrap();
+        assert!(d.allowed && d.remaining == 0, "{algorithm}: {d:?}");
+        assert!(!s.rate(&k, &limit, 1).await.unwrap().allowed, "{algorithm}");
+        // gcra: the first reservation's mark is gone (others were charged since): nothing back.
+        // fixed_window: same window, its units go back.
+        let gave = s.give_back(&k, &limit, &receipt, 4).await.unwrap();
+        assert_eq!(gave, algorithm == Algorithm::FixedWindow, "{algorithm}");
+        // A give-back to a key with no state creates none.
+        let empty = key("lease-empty");
+        assert!(!s.give_back(&empty, &limit, &receipt, 1).await.unwrap(), "{algorithm}");
+        assert!(!f.holds(&empty), "{algorithm}: a give-back creates no state");
+    }
+    let sliding = RateLimit::parse(Algorithm::SlidingWindow, "10/1d", None).unwrap();
+    let err = s.reserve(&key("lease-sliding"), &sliding, 1, lease).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Config(m) if m.contains("cannot lease")),
+        "{err:?}"
+    );
+    // A key holding another kind of value is left alone.
+    let k = key("lease-wrongtype");
+    s.set(&k, Bytes::from_static(b"v"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let gcra = RateLimit::parse(Algorithm::Gcra, "10/1d", None).unwrap();
+    assert!(matches!(
+        s.reserve(&k, &gcra, 1, lease).await,
+        Err(StoreError::WrongType(_))
+    ));
+    assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 macro_rules! driver {
     ($module:ident, $fleet:expr, $($scenario:ident),* $(,)?) => {
         mod $module {
@@ -742,6 +804,7 @@ conformance!(
     concurrent_refunds_give_back_exactly,
     pubsub_reaches_every_subscriber,
     wrong_type_is_an_error_and_leaves_state,
+    reservations_take_and_give_back,
 );
 
 /// Fixed windows have their edges at the same instants on both drivers (multiples of the period

@@ -2,7 +2,8 @@
 //! can spend N at the end of one window and N again at the start of the next.
 
 use super::{charged, decision};
-use crate::rate::{RateCharge, RateDecision, RateLimit};
+use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
+use std::time::Duration;
 
 /// The counter of the current aligned window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,6 +58,60 @@ pub fn refund(state: Option<WindowCount>, limit: &RateLimit, charge: &RateCharge
     let s = state?;
     let give = charge.cost.min(s.count);
     if s.window != charge.at_us / limit.period_us() || give == 0 {
+        return None;
+    }
+    Some(WindowCount {
+        window: s.window,
+        count: s.count - give,
+    })
+}
+
+/// Reserves up to `want` units from the current aligned window, for a lease of `lease_us` that
+/// never outlasts the window. Returns the reservation, the new state when units were granted,
+/// and the time (µs) until the window ends (the state's lifetime).
+///
+/// Never overshoots: the units are counted in the window they are taken from, and the lease
+/// ends when that window does, so every unit is spent in the window that counted it; the count
+/// of each window never exceeds N, exact charges and reservations alike.
+pub fn reserve(
+    state: Option<WindowCount>,
+    now: u64,
+    limit: &RateLimit,
+    want: u64,
+    lease_us: u64,
+) -> (Reservation, Option<WindowCount>, u64) {
+    let period = limit.period_us();
+    let cap = limit.capacity();
+    let window = now / period;
+    let count = match state {
+        Some(s) if s.window == window => s.count,
+        _ => 0,
+    };
+    let ends_in = (window + 1) * period - now;
+    let granted = want.min(cap.saturating_sub(count));
+    let new = WindowCount {
+        window,
+        count: count + granted,
+    };
+    let reservation = Reservation {
+        granted,
+        lease_until_us: now + lease_us.min(ends_in),
+        at_us: now,
+        remaining: cap.saturating_sub(new.count),
+        limit: cap,
+        reset_after: Duration::from_micros(ends_in),
+        receipt: (granted > 0).then_some(LeaseReceipt { granted, mark: window }),
+    };
+    (reservation, (granted > 0).then_some(new), ends_in)
+}
+
+/// Gives back `unused` units of a reservation to the window it was taken from: returns the new
+/// state, or `None` when nothing changes (the window has passed, or nothing to give). Exact:
+/// the count becomes what a reservation of `granted - unused` units would have left.
+pub fn give_back(state: Option<WindowCount>, receipt: &LeaseReceipt, unused: u64) -> Option<WindowCount> {
+    let s = state?;
+    let give = unused.min(receipt.granted).min(s.count);
+    if s.window != receipt.mark || give == 0 {
         return None;
     }
     Some(WindowCount {

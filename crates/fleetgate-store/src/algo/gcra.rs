@@ -3,7 +3,8 @@
 //! a request is admitted while the TAT stays within `burst` intervals of now.
 
 use super::{charged, decision};
-use crate::rate::{RateCharge, RateDecision, RateLimit};
+use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
+use std::time::Duration;
 
 /// One gcra step. `tat` is the stored TAT (µs), `None` when the key is absent.
 /// Returns the decision and, when admitted units changed the state, the new TAT to store
@@ -74,6 +75,66 @@ pub fn refund(tat: Option<u64>, now: u64, limit: &RateLimit, charge: &RateCharge
         return None;
     }
     Some(tat.saturating_sub(owed).max(now))
+}
+
+/// Reserves up to `want` units for a lease of `lease_us` (capped at the burst's capacity):
+/// returns the reservation and, when units were granted, the new TAT to store.
+///
+/// The reserved units may be spent at any instant of `[now, until]` (`until = now + lease`),
+/// so the reservation is charged as taken now (checked against now's horizon) *and* as if made
+/// at `until` (the refill of its units starts only then): `TAT' = max(TAT, until) + n·interval`,
+/// admitted while `TAT' <= now + burst·interval`. Why that never overshoots: gcra's guarantee
+/// is that the units spent in any interval `[t0, t1]` are at most `burst + (t1 - t0)/interval`.
+/// Give every charge `k` a span `[a_k, b_k]` in which its units are spent (an exact charge:
+/// `a = b =` its time; a reservation: `a = now`, `b = until`), processed in the store's order
+/// (non-decreasing `a`). The TAT follows `TAT_k = max(TAT_{k-1}, b_k) + c_k·interval` (a plain
+/// charge is the case `a = b`), so after the last charge `j` of those whose span meets
+/// `[t0, t1]`, `TAT_j >= b_i + Σ c·interval` summed from the first such charge `i` (whose
+/// `b_i >= t0`) on. `j` was admitted: `TAT_j <= a_j + burst·interval <= t1 + burst·interval`.
+/// Hence `Σ c <= burst + (t1 - t0)/interval`: every unit spent in the interval is counted.
+///
+/// The price: when the bucket is nearly full (`TAT < until`), the refill up to `until` is
+/// skipped, so a lease of `L` holds `L/interval` units more than it grants while it runs.
+/// Under pressure (`TAT >= until`) a reservation costs exactly its units.
+pub fn reserve(tat: Option<u64>, now: u64, limit: &RateLimit, want: u64, lease_us: u64) -> (Reservation, Option<u64>) {
+    let interval = limit.interval_us();
+    let burst = limit.capacity();
+    let capacity = interval * burst;
+    let tat = tat.unwrap_or(now).max(now);
+    let horizon = now + capacity;
+    let until = now + lease_us.min(capacity);
+    let base = tat.max(until);
+    let room = horizon.saturating_sub(base) / interval;
+    let granted = want.min(room);
+    let after = if granted > 0 { base + granted * interval } else { tat };
+    let reservation = Reservation {
+        granted,
+        lease_until_us: until,
+        at_us: now,
+        remaining: horizon.saturating_sub(after) / interval,
+        limit: burst,
+        reset_after: Duration::from_micros(after - now),
+        receipt: (granted > 0).then_some(LeaseReceipt { granted, mark: after }),
+    };
+    (reservation, (granted > 0).then_some(after))
+}
+
+/// Gives back `unused` units of a reservation: returns the TAT to store (not after `now`: drop
+/// the state), or `None` when nothing changes.
+///
+/// Only while the TAT is still the one the reservation left (`receipt.mark`): then the state is
+/// exactly what a reservation of `granted - unused` units would have left, and its spent units
+/// (all before now, within the lease) stay counted. Once anything else was charged to the key,
+/// nothing is given back: a later reservation may have moved the TAT past a future `until`, and
+/// working out what part of the gap is still ours is not worth the risk; the units expire with
+/// the lease instead (under-admission, bounded: see docs/store.md).
+pub fn give_back(tat: Option<u64>, now: u64, limit: &RateLimit, receipt: &LeaseReceipt, unused: u64) -> Option<u64> {
+    let tat = tat.filter(|t| *t > now && *t == receipt.mark)?;
+    let give = unused.min(receipt.granted);
+    if give == 0 {
+        return None;
+    }
+    Some(tat.saturating_sub(give * limit.interval_us()).max(now))
 }
 
 #[cfg(test)]
@@ -152,6 +213,56 @@ mod tests {
                     let bound = limit.capacity() + (t - admitted[i].0) / limit.interval_us();
                     prop_assert!(sum <= bound, "admitted {} in [{}, {}] > bound {}", sum, admitted[i].0, t, bound);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// Reservations and exact charges interleaved, each reservation's units spent at any
+        /// instants of its lease (and some never): the spends, replayed in time order through
+        /// `decide`, are all admitted, so no interval holds more than burst + elapsed/interval.
+        /// Giving back a reservation's unused units keeps this.
+        #[test]
+        fn reserved_units_spent_anywhere_in_their_lease_never_overshoot(
+            count in 1u64..50, period_ms in 1u64..5_000, burst in 1i64..60,
+            ops in proptest::collection::vec(
+                (0u64..200_000, 0u64..12, 0u64..3_000_000, any::<bool>(), proptest::collection::vec(any::<prop::sample::Index>(), 12), 0u64..4),
+                1..150),
+        ) {
+            let limit = RateLimit::parse(crate::Algorithm::Gcra, &format!("{count}/{period_ms}ms"), Some(burst)).unwrap();
+            let mut now = 1_700_000_000_000_000u64;
+            let mut tat = None;
+            let mut spends: Vec<(u64, u64)> = Vec::new();
+            for (gap, want, lease, exact, picks, unused) in ops {
+                now += gap;
+                if exact {
+                    let (d, s) = decide(tat, now, &limit, want % 4);
+                    if d.allowed && want % 4 > 0 { spends.push((now, want % 4)); }
+                    tat = s.or(tat);
+                    continue;
+                }
+                let (r, s) = reserve(tat, now, &limit, want, lease);
+                tat = s.or(tat);
+                prop_assert!(r.granted <= want);
+                let span = r.lease_until_us - now;
+                // Spend all but `unused` units at instants picked in [now, until], then give
+                // the rest back at the lease's end (if nothing else was charged since).
+                let keep = r.granted.saturating_sub(unused);
+                for pick in picks.iter().take(keep as usize) {
+                    spends.push((now + pick.index(span as usize + 1) as u64, 1));
+                }
+                if let Some(receipt) = r.receipt {
+                    if let Some(t) = give_back(tat, r.lease_until_us, &limit, &receipt, r.granted - keep) {
+                        tat = Some(t);
+                    }
+                }
+            }
+            spends.sort();
+            let mut replay = None;
+            for (i, &(t, c)) in spends.iter().enumerate() {
+                let (d, s) = decide(replay, t, &limit, c);
+                prop_assert!(d.allowed, "spend {} of {} units at {} overshoots", i, c, t);
+                replay = s.or(replay);
             }
         }
     }

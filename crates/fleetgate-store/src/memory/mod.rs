@@ -14,7 +14,7 @@ use crate::algo::{fixed_window, gcra, sliding_window};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{Algorithm, RateCharge, RateDecision, RateLimit};
+use crate::rate::{Algorithm, LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::seam::*;
 use bytes::Bytes;
 use entries::{Digest, Entry, Shard, Value};
@@ -203,6 +203,104 @@ impl MemoryStore {
                 }
                 Ok(changed)
             }
+        }
+    }
+
+    /// The reservation, synchronously (lease mode): the algorithm's pure `reserve`.
+    pub fn reserve_now(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        want: u64,
+        lease: Duration,
+    ) -> StoreResult<Reservation> {
+        let now = self.inner.clock.now_us();
+        let lease_us = lease.as_micros().min(u128::from(crate::rate::MAX_CAPACITY_US)) as u64;
+        let mut shard = self.shard(key).lock();
+        let digest = key.digest();
+        let wrong_type = || StoreError::WrongType(key.to_string());
+        match limit.algorithm() {
+            Algorithm::Gcra => {
+                if let Some(stored) = shard.tats.get_mut(&Digest::from(digest)) {
+                    let tat = (*stored > now).then_some(*stored);
+                    let (r, new_tat) = gcra::reserve(tat, now, limit, want, lease_us);
+                    if let Some(t) = new_tat {
+                        *stored = t;
+                    }
+                    return Ok(r);
+                }
+                let tat = shard.tat_elsewhere(digest, now).map_err(|()| wrong_type())?;
+                let (r, new_tat) = gcra::reserve(tat, now, limit, want, lease_us);
+                if let Some(t) = new_tat {
+                    shard.insert_tat(digest, t, now);
+                }
+                Ok(r)
+            }
+            Algorithm::FixedWindow => {
+                let state = match shard.live(digest, now) {
+                    Some(Entry {
+                        value: Value::Window(w),
+                        ..
+                    }) => Some(*w),
+                    Some(_) => return Err(wrong_type()),
+                    None => None,
+                };
+                let (r, new_state, ttl) = fixed_window::reserve(state, now, limit, want, lease_us);
+                if let Some(w) = new_state {
+                    shard.insert(
+                        digest,
+                        Entry {
+                            expires_at: now + ttl,
+                            value: Value::Window(w),
+                        },
+                        now,
+                    );
+                }
+                Ok(r)
+            }
+            Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+        }
+    }
+
+    /// The give-back, synchronously (lease mode): the algorithm's pure `give_back`.
+    pub fn give_back_now(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        receipt: &LeaseReceipt,
+        unused: u64,
+    ) -> StoreResult<bool> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let digest = key.digest();
+        let wrong_type = || StoreError::WrongType(key.to_string());
+        match limit.algorithm() {
+            Algorithm::Gcra => {
+                if let Some(stored) = shard.tats.get_mut(&Digest::from(digest)) {
+                    let tat = (*stored > now).then_some(*stored);
+                    return Ok(gcra::give_back(tat, now, limit, receipt, unused)
+                        .map(|t| *stored = t)
+                        .is_some());
+                }
+                let tat = shard.tat_elsewhere(digest, now).map_err(|()| wrong_type())?;
+                match gcra::give_back(tat, now, limit, receipt, unused) {
+                    Some(t) if t > now => shard.insert_tat(digest, t, now),
+                    Some(_) => shard.remove(digest),
+                    None => return Ok(false),
+                }
+                Ok(true)
+            }
+            Algorithm::FixedWindow => match shard.live(digest, now) {
+                Some(Entry {
+                    value: Value::Window(w),
+                    ..
+                }) => Ok(fixed_window::give_back(Some(*w), receipt, unused)
+                    .map(|n| *w = n)
+                    .is_some()),
+                Some(_) => Err(wrong_type()),
+                None => Ok(false),
+            },
+            Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
         }
     }
 
@@ -418,6 +516,24 @@ impl StoreDriver for MemoryStore {
         charge: &RateCharge,
     ) -> impl Future<Output = StoreResult<bool>> + Send {
         ready(self.refund_now(key, limit, charge))
+    }
+    fn reserve(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        want: u64,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<Reservation>> + Send {
+        ready(self.reserve_now(key, limit, want, lease))
+    }
+    fn give_back(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        receipt: &LeaseReceipt,
+        unused: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.give_back_now(key, limit, receipt, unused))
     }
     fn acquire_permit(
         &self,

@@ -22,7 +22,7 @@ pub mod url;
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
-use crate::rate::{Algorithm, RateCharge, RateDecision, RateLimit};
+use crate::rate::{Algorithm, LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::seam::*;
 use breaker::{Admission, Member};
 pub use breaker::{BreakerSettings, HealthGroup};
@@ -592,6 +592,31 @@ fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
     })
 }
 
+/// The reserve and give-back scripts' algorithm name and parameter, or why it cannot lease.
+fn lease_params(limit: &RateLimit) -> StoreResult<(&'static str, u64)> {
+    match limit.algorithm() {
+        Algorithm::Gcra => Ok(("gcra", limit.interval_us())),
+        Algorithm::FixedWindow => Ok(("fixed_window", limit.period_us())),
+        Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+    }
+}
+
+/// The reserve script's reply `{granted, lease_until_us, remaining, reset_us, now_us, mark}`.
+fn reservation(v: Value, limit: u64) -> StoreResult<Reservation> {
+    let r = ints(v, 6)?;
+    let n = |x: i64| x.max(0) as u64;
+    let granted = n(r[0]);
+    Ok(Reservation {
+        granted,
+        lease_until_us: n(r[1]),
+        at_us: n(r[4]),
+        remaining: n(r[2]),
+        limit,
+        reset_after: Duration::from_micros(n(r[3])),
+        receipt: (granted > 0).then_some(LeaseReceipt { granted, mark: n(r[5]) }),
+    })
+}
+
 /// Error text without anything a caller passed in (keys, values, URLs).
 fn describe(e: &RedisError) -> String {
     let mut text = e.to_string();
@@ -668,6 +693,39 @@ impl StoreDriver for RedisStore {
             _ => &[key.as_str()],
         };
         let v = self.eval(&self.inner.scripts.refund, keys, &args).await?;
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
+    }
+
+    async fn reserve(&self, key: &StoreKey, limit: &RateLimit, want: u64, lease: Duration) -> StoreResult<Reservation> {
+        let (algorithm, param) = lease_params(limit)?;
+        let lease_us = lease.as_micros().min(u128::from(crate::rate::MAX_CAPACITY_US)) as u64;
+        let args = [
+            ScriptArg::Bytes(algorithm.as_bytes()),
+            ScriptArg::Int(param),
+            ScriptArg::Int(limit.capacity()),
+            ScriptArg::Int(want),
+            ScriptArg::Int(lease_us),
+        ];
+        let reply = self.eval(&self.inner.scripts.reserve, &[key.as_str()], &args).await?;
+        reservation(reply, limit.capacity())
+    }
+
+    async fn give_back(
+        &self,
+        key: &StoreKey,
+        limit: &RateLimit,
+        receipt: &LeaseReceipt,
+        unused: u64,
+    ) -> StoreResult<bool> {
+        let (algorithm, param) = lease_params(limit)?;
+        let args = [
+            ScriptArg::Bytes(algorithm.as_bytes()),
+            ScriptArg::Int(param),
+            ScriptArg::Int(unused),
+            ScriptArg::Int(receipt.granted),
+            ScriptArg::Int(receipt.mark),
+        ];
+        let v = self.eval(&self.inner.scripts.give_back, &[key.as_str()], &args).await?;
         Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 

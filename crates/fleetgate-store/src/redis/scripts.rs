@@ -25,6 +25,8 @@ pub(super) struct Scripts {
     pub sliding_window: LuaScript,
     pub fixed_window: LuaScript,
     pub refund: LuaScript,
+    pub reserve: LuaScript,
+    pub give_back: LuaScript,
     pub acquire_permit: LuaScript,
     pub release_permit: LuaScript,
     pub claim: LuaScript,
@@ -51,6 +53,14 @@ impl Scripts {
                 include_str!("scripts/now.lua"),
                 include_str!("scripts/refund.lua")
             )),
+            reserve: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/reserve.lua")
+            )),
+            give_back: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/give_back.lua")
+            )),
             acquire_permit: LuaScript::new(include_str!("scripts/acquire_permit.lua")),
             release_permit: LuaScript::new(include_str!("scripts/release_permit.lua")),
             claim: LuaScript::new(include_str!("scripts/claim.lua")),
@@ -67,6 +77,8 @@ impl Scripts {
             &self.sliding_window,
             &self.fixed_window,
             &self.refund,
+            &self.reserve,
+            &self.give_back,
             &self.acquire_permit,
             &self.release_permit,
             &self.claim,
