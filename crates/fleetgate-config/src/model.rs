@@ -7,6 +7,7 @@ pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
+pub use fleetgate_http::ratelimit::LimitMode;
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};

@@ -14,6 +14,9 @@ pub enum StageError {
     /// A limit whose key lists no part.
     #[error("limit {limit}: the key lists no part; accepted: {}", crate::KeyPart::ACCEPTED)]
     EmptyKey { limit: String },
+    /// Lease mode on a limit that cannot lease, or with bad lease settings.
+    #[error("limit {limit}: {why}")]
+    Lease { limit: String, why: String },
     /// A value out of its range.
     #[error("limit {limit}: {field} is {value}; accepted: {accepted}")]
     OutOfRange {

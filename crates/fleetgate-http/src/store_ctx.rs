@@ -78,6 +78,9 @@ pub struct ConcernPolicy {
 pub enum Op {
     Rate,
     Permit,
+    /// A lease-mode decision: mostly local, so not timed as a store call (the reservations it
+    /// makes are the store's business; their errors are still counted).
+    Lease,
 }
 
 /// Where a decision was made.
@@ -126,14 +129,18 @@ impl<D: StageStore> StoreCtx<D> {
         F: Future<Output = Result<T, StoreError>>,
         L: FnOnce(&MemoryStore, u64) -> Option<T>,
     {
-        let started = (!self.store.in_process()).then(Instant::now);
+        let remote = !self.store.in_process();
+        let started = (remote && !matches!(op, Op::Lease)).then(Instant::now);
         let result = call.await;
-        if let Some(started) = started {
+        if remote {
             let seconds = match op {
-                Op::Rate => &self.metrics.rate_seconds,
-                Op::Permit => &self.metrics.permit_seconds,
+                Op::Rate => Some(&self.metrics.rate_seconds),
+                Op::Permit => Some(&self.metrics.permit_seconds),
+                Op::Lease => None,
             };
-            seconds.record(started.elapsed().as_secs_f64());
+            if let (Some(seconds), Some(started)) = (seconds, started) {
+                seconds.record(started.elapsed().as_secs_f64());
+            }
             match &result {
                 Ok(_) => self.metrics.fallback_active.set(0.0),
                 Err(e) => {

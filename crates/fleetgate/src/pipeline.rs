@@ -27,3 +27,17 @@ pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Re
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
     ])
 }
+
+/// Gives every lease-mode limit's unspent units back to the fleet (at shutdown, once requests
+/// have drained); the units given back.
+pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
+    let mut given = 0;
+    for route in routes {
+        if let Some(limits) = &route.pipeline.0 {
+            for limiter in limits.limiters() {
+                given += limiter.give_back(store).await;
+            }
+        }
+    }
+    given
+}

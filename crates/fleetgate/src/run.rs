@@ -202,6 +202,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         );
         gateway.draining.store(true, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
+        let given = crate::pipeline::give_back_leases(&gateway.routes, &admin_store).await;
+        if given > 0 {
+            tracing::info!(units = given, "gave unspent leased units back to the fleet");
+        }
         fleetgate_http::fleet::leave(&admin_store, &keyspace, &gateway.instance_id).await;
         Ok::<(), RunError>(())
     })?;

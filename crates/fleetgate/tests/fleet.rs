@@ -125,3 +125,40 @@ fn instances_count_each_other_through_heartbeats() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn lease_route(name: &str, algorithm: &str, rate: &str, max_batch: u64) -> String {
+    format!(
+        "{}        mode: lease\n        lease: {{ max_batch: {max_batch} }}\n",
+        route(name, algorithm, rate)
+    )
+}
+
+#[test]
+fn lease_mode_never_admits_more_than_the_limit_across_three_instances() {
+    let redis = RedisServer::start();
+    // Batches of up to 10 units reserved per instance, spent locally. Over demand of 3x the
+    // limit, the fleet admits at most the limit (zero overshoot by construction) and, since
+    // batches shrink to one unit as the budget nears 0, close to all of it.
+    let routes = [
+        lease_route("gcra", "gcra", "60/1h", 10),
+        lease_route("fixed", "fixed_window", "60/1d", 10),
+    ]
+    .concat();
+    let cfg = fleet_config(&redis, &routes);
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    for name in ["gcra", "fixed"] {
+        let statuses = drive(&[&a, &b, &c], &format!("/{name}"), 180, 12);
+        let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
+        println!(
+            "fleet lease {name}: observed {ok} admitted, allowed 60 (3 instances, 180 requests, {limited} refused)"
+        );
+        assert!(ok <= 60, "{name}: lease mode overshot: {ok} admitted of 60");
+        // Under-admission is bounded by the units the instances still hold (at most one batch
+        // each): 3 x 10.
+        assert!(ok >= 60 - 30, "{name}: {ok} admitted, more than 3 batches short of 60");
+        assert_eq!(ok + limited, 180, "{name}: every other answer is a 429");
+    }
+    // The reservations were made in Redis: every instance's decisions are on one budget.
+    let reserved = redis.command(&["KEYS", "fleet:rate:route/*"]);
+    assert!(reserved.contains("route/gcra/all/gcra"), "{reserved}");
+}

@@ -30,6 +30,30 @@ pub struct RateLimitConfig {
     /// How many leading bits of an IPv6 client address an `ip` key counts (`ipv6_prefix`,
     /// default 64: one host rotating addresses within its /64 stays one client).
     pub ipv6_prefix: u8,
+    /// One store call per request, or local spending of leased batches (`mode`, `lease`).
+    pub mode: LimitMode,
+}
+
+/// How a limit decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitMode {
+    /// `mode: exact` (the default): one atomic store call per request.
+    #[default]
+    Exact,
+    /// `mode: lease`: units are reserved from the fleet budget in batches of at most
+    /// `max_batch` (`lease.max_batch`, default 100) and spent locally; never overshoots.
+    Lease { max_batch: u64 },
+}
+
+/// Largest batch a lease takes unless `lease.max_batch` says otherwise.
+pub const DEFAULT_MAX_BATCH: u64 = 100;
+
+/// `lease:` as the file writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenLease {
+    #[serde(default)]
+    max_batch: Option<i64>,
 }
 
 /// The limit as the file writes it: `rate`, `burst` and `algorithm` become one [`RateLimit`].
@@ -54,6 +78,47 @@ struct Written {
     on_missing_key: MissingKey,
     #[serde(default = "key::default_ipv6_prefix", deserialize_with = "key::ipv6_prefix")]
     ipv6_prefix: u8,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    lease: Option<WrittenLease>,
+}
+
+/// `mode` and `lease` into a [`LimitMode`], for a limit on `algorithm`.
+fn mode(mode: Option<&str>, lease: Option<WrittenLease>, algorithm: Algorithm) -> Result<LimitMode, String> {
+    let accepted =
+        "exact (one store call per request) or lease (batches reserved from the fleet budget, spent locally)";
+    match mode.map(str::trim) {
+        None | Some("exact") => {
+            if lease.is_some() {
+                return Err(key::marked(
+                    ".lease",
+                    "lease settings are only read with mode: lease; accepted: mode: lease beside them, or no lease section",
+                ));
+            }
+            Ok(LimitMode::Exact)
+        }
+        Some("lease") => {
+            if algorithm == Algorithm::SlidingWindow {
+                return Err(key::marked(
+                    ".mode",
+                    "sliding_window limits cannot lease (a reservation cannot be placed in a window that slides); accepted: mode: exact, or algorithm gcra or fixed_window with mode: lease",
+                ));
+            }
+            let max_batch = lease.and_then(|l| l.max_batch).unwrap_or(DEFAULT_MAX_BATCH as i64);
+            let max_batch = u64::try_from(max_batch).ok().filter(|b| *b >= 1).ok_or_else(|| {
+                key::marked(
+                    ".lease.max_batch",
+                    format!("max_batch {max_batch} is out of range; accepted: a whole number >= 1, the most units one reservation takes (default {DEFAULT_MAX_BATCH})"),
+                )
+            })?;
+            Ok(LimitMode::Lease { max_batch })
+        }
+        Some(other) => Err(key::marked(
+            ".mode",
+            format!("unknown mode {other:?}; accepted: {accepted}"),
+        )),
+    }
 }
 
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
@@ -103,6 +168,7 @@ impl TryFrom<Written> for RateLimitConfig {
             on_store_error: w.on_store_error,
             on_missing_key: w.on_missing_key,
             ipv6_prefix: w.ipv6_prefix,
+            mode: mode(w.mode.as_deref(), w.lease, algorithm)?,
         })
     }
 }

@@ -6,10 +6,12 @@ use crate::error::StageError;
 use crate::limit_key::{check_common, LimitKey, LimitScope};
 use crate::metrics::{DecisionMetrics, RATE_DECISIONS};
 use crate::rate_headers::{policy_item, RateHeaders};
+use crate::ratelimit::LimitMode;
 use crate::refusal::Refusal;
 use crate::store_ctx::{ConcernPolicy, Decided, Op, StageStore, StoreCtx};
 use crate::RateLimitConfig;
-use fleetgate_store::{Algorithm, Concern, Keyspace, Rate, RateDecision, RateLimit, StoreKey};
+use fleetgate_store::lease::{LeaseSettings, LeasedLimit};
+use fleetgate_store::{Algorithm, Concern, Keyspace, Rate, RateDecision, RateLimit, StoreDriver, StoreKey};
 use http::request::Parts;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -30,6 +32,9 @@ pub struct RateLimiter {
     cost: u64,
     policy: ConcernPolicy,
     policy_item: String,
+    /// `mode: lease`: the units this instance has reserved from the fleet budget, per key
+    /// (shared by every route the limit is on: a global limit is one lease pool).
+    lease: Option<LeasedLimit>,
 }
 
 impl RateLimiter {
@@ -52,7 +57,21 @@ impl RateLimiter {
                 accepted: format!("0 to the limit's capacity, {}", limit.capacity()),
             });
         }
+        let lease = match config.mode {
+            LimitMode::Exact => None,
+            LimitMode::Lease { max_batch } => {
+                let settings = LeaseSettings {
+                    max_batch,
+                    ..LeaseSettings::default()
+                };
+                Some(LeasedLimit::new(limit, settings).map_err(|e| StageError::Lease {
+                    limit: config.name.clone(),
+                    why: e.to_string(),
+                })?)
+            }
+        };
         Ok(RateLimiter {
+            lease,
             key: LimitKey::new(
                 keyspace,
                 Concern::RateLimit,
@@ -77,6 +96,24 @@ impl RateLimiter {
         &self.policy.name
     }
 
+    /// The lease pool of a `mode: lease` limit.
+    pub fn lease(&self) -> Option<&LeasedLimit> {
+        self.lease.as_ref()
+    }
+
+    /// Gives the unspent units of this limit's leases back to the fleet (at shutdown); the
+    /// number given back. A limit in exact mode holds none.
+    pub async fn give_back<D: StoreDriver + Clone>(&self, store: &D) -> u64 {
+        let Some(lease) = &self.lease else { return 0 };
+        match lease.give_back_all(store).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(limit = %self.name(), error = %e, "giving back leased units failed; they expire with their lease");
+                0
+            }
+        }
+    }
+
     /// Decides the request; records the limit's headers either way. An admitted request's
     /// [`Charge`] says where it was counted, so that it can be refunded when a later limit
     /// refuses the request (`None`: admitted uncounted, under the `open` policy). Every
@@ -91,11 +128,21 @@ impl RateLimiter {
     ) -> Result<Option<Charge>, Refusal> {
         let metrics = &self.policy.metrics;
         let key = self.key.store_key(self.name(), metrics, req, ip, route)?;
+        let call = async {
+            match &self.lease {
+                None => ctx.store.rate(&key, &self.limit, self.cost).await,
+                Some(lease) => {
+                    lease.set_instances(ctx.instances());
+                    lease.decide(&ctx.store, &key, self.cost).await
+                }
+            }
+        };
+        let op = if self.lease.is_some() { Op::Lease } else { Op::Rate };
         let decided = ctx
             .decide(
                 &self.policy,
-                Op::Rate,
-                ctx.store.rate(&key, &self.limit, self.cost),
+                op,
+                call,
                 |_| {},
                 |local, instances| local.rate_now(&key, &self.local_limit(instances), self.cost).ok(),
             )

@@ -5,7 +5,7 @@
 mod config;
 mod limiter;
 
-pub use config::RateLimitConfig;
+pub use config::{LimitMode, RateLimitConfig, DEFAULT_MAX_BATCH};
 pub use limiter::{Charge, RateLimiter};
 
 use crate::context::RequestCtx;
@@ -31,6 +31,7 @@ impl RateLimitConfig {
             on_store_error: crate::FailurePolicy::Local,
             on_missing_key: crate::MissingKey::Shared,
             ipv6_prefix: 64,
+            mode: LimitMode::Exact,
         }
     }
 }
