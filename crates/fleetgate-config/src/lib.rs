@@ -123,7 +123,7 @@ pub fn parse_with_env(
     options.with_snippet = false;
     let mut path = None;
     let loc = locate::Locator::new(&substituted, options.clone());
-    let file: validate::File = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
+    let file: Config = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = Some(e.path().clone());
             e.into_inner()

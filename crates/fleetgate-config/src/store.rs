@@ -256,7 +256,7 @@ impl ConcernStores {
 }
 
 /// `stores` as written: what each concern sets for itself.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ConcernOverrides {
     rate_limits: Option<ConcernStore>,
@@ -267,7 +267,7 @@ pub(crate) struct ConcernOverrides {
 }
 
 /// One `stores.NAME` entry: what a concern may set for itself; the rest comes from `store`.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConcernStore {
     url: Option<StoreUrl>,
