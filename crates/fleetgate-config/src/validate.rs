@@ -20,7 +20,7 @@ pub(crate) struct Invalid {
     pub at_key: bool,
 }
 
-fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
     let path = path.into();
     Invalid {
         at: path.clone(),
@@ -62,13 +62,7 @@ pub(crate) fn validate(mut config: Config, redis_url: Option<&str>, loc: &Locato
         std::mem::take(&mut config.store),
         std::mem::take(&mut config.store_overrides),
     );
-    (config.store, config.stores) =
-        crate::store::resolve(store, overrides, redis_url).map_err(|(path, at, message, at_key)| Invalid {
-            path,
-            at,
-            message,
-            at_key,
-        })?;
+    (config.store, config.stores) = crate::store::resolve(store, overrides, redis_url)?;
     for (name, up) in &mut config.upstreams {
         if Keyspace::check_scope(name).is_err() {
             return Err(invalid(
