@@ -16,7 +16,8 @@ use std::net::IpAddr;
 /// `#[serde(default, deserialize_with = "nullable")]`, whose type reads and checks itself
 /// (e.g. `rate_limits`); it needs a line in validate.rs only for a check spanning fields or
 /// sections. Fields are declared in the file's documented order: unknown-field errors list
-/// them so.
+/// them so. Outside the crate a route is read, not built field by field (`upstream` and
+/// `respond` as written are not public).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
