@@ -36,6 +36,7 @@ pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>
 
 /// A whole number of milliseconds, 1 ms to `MAX_DAYS` days: 7 for `*_ms` fields ([`Ms`]), 365
 /// for TTLs ([`TtlMs`]).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Millis<const MAX_DAYS: i64>(pub Duration);
 
 pub(crate) type Ms = Millis<7>;
@@ -106,6 +107,7 @@ pub(crate) fn flag<'de, D: Deserializer<'de>, const DEFAULT: bool>(d: D) -> Resu
 }
 
 /// A key prefix (`key_prefix`).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Prefix(pub Keyspace);
 
 impl<'de> Deserialize<'de> for Prefix {

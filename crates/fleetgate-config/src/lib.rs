@@ -31,6 +31,17 @@
 //! [`ConfigError`] (messages and the printed line of the file) nor in the `Debug` form of
 //! [`Config`] and [`StoreConfig`].
 //!
+//! ## One type tree
+//! The file deserializes straight into [`Config`] and its sections' types, each refusing its
+//! own bad values and unknown fields; validation (validate.rs) then checks what spans
+//! fields or sections and fills in the few resolved fields (`#[serde(skip)]`:
+//! [`Config::stores`], [`UpstreamConfig::name`], [`RouteConfig::target`]). So a new section
+//! is one field: in [`RouteConfig`] for a route-level concern, in [`Config`] for a top-level
+//! one, with `#[serde(default, deserialize_with = "nullable")]` and a type that deserializes
+//! itself (a concern's lives beside it in `fleetgate-http`); validate.rs changes only for a
+//! cross-field check, and `docs/configuration.md` documents the field. No `#[serde(flatten)]`:
+//! it would disable `deny_unknown_fields`.
+//!
 //! The file format is described in `docs/configuration.md`.
 #![forbid(unsafe_code)]
 
@@ -123,7 +134,7 @@ pub fn parse_with_env(
     options.with_snippet = false;
     let mut path = None;
     let loc = locate::Locator::new(&substituted, options.clone());
-    let file: validate::File = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
+    let file: Config = serde_saphyr::with_deserializer_from_str_with_options(&substituted, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = Some(e.path().clone());
             e.into_inner()

@@ -2,8 +2,9 @@
 //! defaults are filled in. Each section's type reads itself from the file (`Deserialize`); see
 //! docs/configuration.md for the format.
 
-use crate::fields::{flag, int, listen, millis, ms, refuse};
+use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
+use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
@@ -16,51 +17,65 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-/// The whole gateway configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The whole gateway configuration, read from the file's top level as written (unknown fields
+/// refused); validation then fills in what is resolved (`stores`, upstream names) and checks
+/// what spans fields or sections.
+///
+/// A top-level section is one field here, marked `#[serde(default, deserialize_with =
+/// "nullable")]` (a value resolved from others: `#[serde(skip)]`, filled in validate.rs).
+/// Fields are declared in the file's documented order: unknown-field errors list them so.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the proxy listens on (`listen`, default `127.0.0.1:8080`).
+    #[serde(default = "default_listen", deserialize_with = "listen::<_, 8080>")]
     pub listen: SocketAddr,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default, deserialize_with = "nullable")]
     pub admin: AdminConfig,
     /// Logging.
+    #[serde(default, deserialize_with = "nullable")]
     pub log: LogConfig,
     /// The store holding shared state (`store`). `REDIS_URL` overrides its URL.
+    #[serde(default, deserialize_with = "nullable")]
     pub store: StoreConfig,
+    /// `stores` as written: what each concern sets for itself; validation resolves it into
+    /// `stores` (and leaves it empty). Not public, so callers outside the crate cannot build a
+    /// `Config` field by field: they read one, or take [`Config::default`].
+    #[serde(rename = "stores", default, deserialize_with = "nullable")]
+    pub(crate) store_overrides: ConcernOverrides,
     /// The store of each concern, fully resolved: `stores.NAME` over `store` (`stores`).
+    #[serde(skip)]
     pub stores: ConcernStores,
     /// Limits and timeouts of the client-facing HTTP server.
+    #[serde(default, deserialize_with = "nullable")]
     pub server: ServerConfig,
     /// Peers whose `X-Forwarded-For` is honoured (`trusted_proxies`, default none). Bare IPs
     /// become /32 or /128 networks; host bits are cleared.
+    #[serde(default, deserialize_with = "proxies")]
     pub trusted_proxies: Vec<IpNet>,
     /// Upstreams by name (`upstreams`).
+    #[serde(default, deserialize_with = "nullable")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Limits applied to every route, before the route's own (top-level `rate_limits`).
+    #[serde(rename = "rate_limits", default, deserialize_with = "nullable")]
     pub global_rate_limits: Vec<RateLimitConfig>,
     /// Routes in file order; the first that matches a request wins.
+    #[serde(default, deserialize_with = "nullable")]
     pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
-    /// The configuration of an empty file: every default, no upstream, no route.
+    /// The configuration of an empty file: every default, no upstream, no route. Read from an
+    /// empty mapping, so that each field's default is written once, on the field.
     fn default() -> Self {
-        Config {
-            listen: default_listen(),
-            admin: AdminConfig::default(),
-            log: LogConfig::default(),
-            store: StoreConfig::default(),
-            stores: ConcernStores::default(),
-            server: ServerConfig::default(),
-            trusted_proxies: Vec::new(),
-            upstreams: BTreeMap::new(),
-            global_rate_limits: Vec::new(),
-            routes: Vec::new(),
-        }
+        let empty =
+            serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(std::iter::empty::<(&str, ())>());
+        Config::deserialize(empty).expect("every top-level field has a default")
     }
 }
 
-pub(crate) fn default_listen() -> SocketAddr {
+fn default_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 8080))
 }
 

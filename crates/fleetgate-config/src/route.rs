@@ -9,47 +9,53 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-/// One route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One route, read from the file as written (unknown fields refused); validation then resolves
+/// `upstream` or `respond` into [`RouteConfig::target`] and checks what spans fields.
+///
+/// A concern's route-level section is one field here, marked
+/// `#[serde(default, deserialize_with = "nullable")]`, whose type reads and checks itself
+/// (e.g. `rate_limits`); it needs a line in validate.rs only for a check spanning fields or
+/// sections. Fields are declared in the file's documented order: unknown-field errors list
+/// them so. Outside the crate a route is read, not built field by field (`upstream` and
+/// `respond` as written are not public).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name (`name`), used in metrics and store keys.
+    #[serde(deserialize_with = "route_name")]
     pub name: String,
     /// Which requests this route takes (`match`); the default matches everything.
+    #[serde(rename = "match", default, deserialize_with = "nullable")]
     pub matcher: RouteMatch,
-    /// What answers: an upstream or a fixed response.
+    /// `upstream` as written; validation moves it into `target`.
+    #[serde(default)]
+    pub(crate) upstream: Option<String>,
+    /// `respond` as written; validation moves it into `target`.
+    #[serde(default)]
+    pub(crate) respond: Option<Respond>,
+    /// What answers: an upstream or a fixed response (`upstream` or `respond`, exactly one).
+    #[serde(skip, default = "unresolved")]
     pub target: RouteTarget,
     /// Whether `match.path_prefix` is removed from the path before proxying (`strip_prefix`,
     /// default `false`). Only allowed with a `path_prefix`.
+    #[serde(default, deserialize_with = "flag::<_, false>")]
     pub strip_prefix: bool,
+    // The concerns' sections.
     /// The route's rate limits, checked in order after the global ones (`rate_limits`).
+    #[serde(default, deserialize_with = "nullable")]
     pub rate_limits: Vec<RateLimitConfig>,
     /// The route's concurrency limits (`concurrency_limits`).
+    #[serde(default, deserialize_with = "nullable")]
     pub concurrency_limits: Vec<ConcurrencyLimitConfig>,
 }
 
-/// A route as the file writes it: `upstream` or `respond` becomes the [`RouteTarget`] once the
-/// upstreams are known.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WrittenRoute {
-    #[serde(deserialize_with = "route_name")]
-    pub name: String,
-    #[serde(rename = "match", default, deserialize_with = "nullable")]
-    pub matcher: RouteMatch,
-    #[serde(default)]
-    pub upstream: Option<String>,
-    #[serde(default)]
-    pub respond: Option<Respond>,
-    #[serde(default, deserialize_with = "flag::<_, false>")]
-    pub strip_prefix: bool,
-    #[serde(default, deserialize_with = "nullable")]
-    pub rate_limits: Vec<RateLimitConfig>,
-    #[serde(default, deserialize_with = "nullable")]
-    pub concurrency_limits: Vec<ConcurrencyLimitConfig>,
+/// The target before validation has resolved it (never seen outside the crate).
+fn unresolved() -> RouteTarget {
+    RouteTarget::Upstream(String::new())
 }
 
 /// `respond`: a fixed answer.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Respond {
     #[serde(default = "ok", deserialize_with = "int::<_, 100, 599, 200, _>")]

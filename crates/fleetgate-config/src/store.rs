@@ -4,6 +4,7 @@
 use crate::error::USERNAME_ACCEPTED;
 use crate::fields::{flag, int, key_prefix, ms, nullable, refuse, ttl, Ms, Prefix, TtlMs};
 use crate::store_url::{StoreKind, StoreUrl, UrlSource};
+use crate::validate::{invalid, Invalid};
 use fleetgate_store::{BreakerSettings, Keyspace, RedisOptions, TlsFiles};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -256,7 +257,7 @@ impl ConcernStores {
 }
 
 /// `stores` as written: what each concern sets for itself.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ConcernOverrides {
     rate_limits: Option<ConcernStore>,
@@ -267,7 +268,7 @@ pub(crate) struct ConcernOverrides {
 }
 
 /// One `stores.NAME` entry: what a concern may set for itself; the rest comes from `store`.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConcernStore {
     url: Option<StoreUrl>,
@@ -276,22 +277,22 @@ struct ConcernStore {
     default_ttl_ms: Option<TtlMs>,
 }
 
-/// Why the stores were refused: (path, path to locate, message, point at the key).
-pub(crate) type StoreError = (String, String, String, bool);
-
 /// The one resolution step: `REDIS_URL` over `store.url`, then each concern over `store`;
 /// store URLs are checked against `store.tls`.
 pub(crate) fn resolve(
     mut base: StoreConfig,
     written: ConcernOverrides,
     redis_url: Option<&str>,
-) -> Result<(StoreConfig, ConcernStores), StoreError> {
-    let err = |path: &str, message: String| (path.to_string(), path.to_string(), message, false);
+) -> Result<(StoreConfig, ConcernStores), Invalid> {
     base.url_source = base.url.source;
     if let Some(env) = redis_url {
         base.url = StoreUrl::parse(env).map_err(|why| {
             let why = format!("(from the REDIS_URL environment variable, which overrides the file) {why}");
-            ("store.url".to_string(), String::new(), why, false)
+            // Not in the file: no place to show.
+            Invalid {
+                at: String::new(),
+                ..invalid("store.url", why)
+            }
         })?;
         base.url.source = UrlSource::RedisUrlEnv;
         base.url_source = UrlSource::RedisUrlEnv;
@@ -302,7 +303,7 @@ pub(crate) fn resolve(
         let accepted = "accepted: a rediss:// URL (e.g. rediss://host:6380), redis-sentinel:// or redis-cluster:// (store.tls turns TLS on for them), or no store.tls";
         if base.url_source == UrlSource::File {
             // The URL in the file: blame it, it is what needs changing.
-            return Err(err(
+            return Err(invalid(
                 "store.url",
                 format!("{shown:?} {why}, but store.tls is set; {accepted}"),
             ));
@@ -312,7 +313,10 @@ pub(crate) fn resolve(
             _ => " (the default: store.url is not set)",
         };
         let message = format!("store.tls is set, but the store URL {shown:?}{from} {why}; {accepted}");
-        return Err(("store.tls".into(), "store.tls".into(), message, true));
+        return Err(Invalid {
+            at_key: true,
+            ..invalid("store.tls", message)
+        });
     }
     let concern = |name: &str, written: Option<ConcernStore>| {
         let mut out = base.clone();
@@ -320,8 +324,8 @@ pub(crate) fn resolve(
         if let Some(url) = w.url {
             (out.kind, out.url, out.url_source) = (url.kind(), url, UrlSource::File);
             if out.tls.is_some() && !out.kind.takes_tls() {
-                return Err(err(
-                    &format!("stores.{name}.url"),
+                return Err(invalid(
+                    format!("stores.{name}.url"),
                     format!(
                         "{:?} {}, but store.tls is set and applies to every concern; accepted: a rediss:// URL here (or redis-sentinel://, redis-cluster://), or no store.tls",
                         out.url,

@@ -2,44 +2,12 @@
 //! ordered pairs, store URLs against TLS, upstream names, unique names, route targets), each
 //! refusal naming the field and located through [`Locator`].
 
-use crate::fields::{listen, nullable, proxies};
 use crate::locate::Locator;
 use crate::model::*;
-use crate::route::WrittenRoute;
-use crate::store::ConcernOverrides;
 use fleetgate_http::key::NAME_ACCEPTED;
 use fleetgate_store::Keyspace;
-use ipnet::IpNet;
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::Duration;
-
-/// The file's top level as written (unknown fields refused).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct File {
-    #[serde(default = "default_listen", deserialize_with = "listen::<_, 8080>")]
-    listen: SocketAddr,
-    #[serde(default, deserialize_with = "nullable")]
-    admin: AdminConfig,
-    #[serde(default, deserialize_with = "nullable")]
-    log: LogConfig,
-    #[serde(default, deserialize_with = "nullable")]
-    store: StoreConfig,
-    #[serde(default, deserialize_with = "nullable")]
-    stores: ConcernOverrides,
-    #[serde(default, deserialize_with = "nullable")]
-    server: ServerConfig,
-    #[serde(default, deserialize_with = "proxies")]
-    trusted_proxies: Vec<IpNet>,
-    #[serde(default, deserialize_with = "nullable")]
-    upstreams: BTreeMap<String, UpstreamConfig>,
-    #[serde(default, deserialize_with = "nullable")]
-    rate_limits: Vec<RateLimitConfig>,
-    #[serde(default, deserialize_with = "nullable")]
-    routes: Vec<WrittenRoute>,
-}
 
 /// A refusal: the field path shown, the path whose place is shown (`""`: none), why.
 #[derive(Debug)]
@@ -52,7 +20,7 @@ pub(crate) struct Invalid {
     pub at_key: bool,
 }
 
-fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
     let path = path.into();
     Invalid {
         at: path.clone(),
@@ -62,20 +30,11 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Checks the file and applies the `REDIS_URL` override (`redis_url`, when non-empty).
-pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Result<Config, Invalid> {
-    let File {
-        listen,
-        admin,
-        log,
-        store,
-        stores,
-        server,
-        trusted_proxies,
-        mut upstreams,
-        rate_limits,
-        routes,
-    } = file;
+/// Checks what spans fields or sections, fills in what is resolved (the concerns' stores,
+/// upstream names, route targets) and applies the `REDIS_URL` override (`redis_url`, when
+/// non-empty). A section whose type checks itself needs nothing here.
+pub(crate) fn validate(mut config: Config, redis_url: Option<&str>, loc: &Locator) -> Result<Config, Invalid> {
+    let (listen, admin) = (config.listen, &config.admin);
     if admin.listen == listen && listen.port() != 0 {
         return Err(invalid(
             "admin.listen",
@@ -85,6 +44,7 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
             ),
         ));
     }
+    let store = &config.store;
     ordered(
         loc,
         "store.reconnect_min_ms",
@@ -98,14 +58,12 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
         "store.breaker.max_backoff_ms",
     );
     ordered(loc, min, b.min_backoff, max, b.max_backoff)?;
-    let (store, stores) =
-        crate::store::resolve(store, stores, redis_url).map_err(|(path, at, message, at_key)| Invalid {
-            path,
-            at,
-            message,
-            at_key,
-        })?;
-    for (name, up) in &mut upstreams {
+    let (store, overrides) = (
+        std::mem::take(&mut config.store),
+        std::mem::take(&mut config.store_overrides),
+    );
+    (config.store, config.stores) = crate::store::resolve(store, overrides, redis_url)?;
+    for (name, up) in &mut config.upstreams {
         if Keyspace::check_scope(name).is_err() {
             return Err(invalid(
                 format!("upstreams.{name}"),
@@ -114,15 +72,16 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
         }
         up.name = name.clone();
     }
-    unique(loc, "rate_limits", rate_limits.iter().map(|l| l.name.as_str()))?;
-    let (mut out, mut seen) = (Vec::new(), HashMap::new());
-    for (i, r) in routes.into_iter().enumerate() {
+    let global = config.global_rate_limits.iter().map(|l| l.name.as_str());
+    unique(loc, "rate_limits", global)?;
+    let mut seen = HashMap::new();
+    for (i, r) in config.routes.iter_mut().enumerate() {
         let path = format!("routes[{i}]");
-        let name = &r.name;
-        if let Some(j) = seen.insert(name.clone(), i) {
-            return Err(duplicate(loc, "routes", "route", "among routes", (j, i), name));
+        if let Some(j) = seen.insert(r.name.clone(), i) {
+            return Err(duplicate(loc, "routes", "route", "among routes", (j, i), &r.name));
         }
-        let target = match (r.upstream, r.respond) {
+        let name = &r.name;
+        r.target = match (r.upstream.take(), r.respond.take()) {
             (Some(_), Some(_)) => {
                 let (u, resp) = (loc.line_of(&format!("{path}.upstream"), ""), loc.line_of(&format!("{path}.respond"), ""));
                 return Err(Invalid {
@@ -133,13 +92,13 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
             (None, None) => {
                 return Err(invalid(&path, format!(
                     "route {name:?} has neither `upstream` nor `respond`; accepted: exactly one of `upstream: NAME` ({}) or `respond: {{ status: 200, body: \"ok\" }}`",
-                    defined_upstreams(&upstreams)
+                    defined_upstreams(&config.upstreams)
                 )))
             }
-            (Some(u), None) if !upstreams.contains_key(&u) => {
+            (Some(u), None) if !config.upstreams.contains_key(&u) => {
                 return Err(invalid(
                     format!("{path}.upstream"),
-                    format!("upstream {u:?} is not defined; accepted: {}", defined_upstreams(&upstreams)),
+                    format!("upstream {u:?} is not defined; accepted: {}", defined_upstreams(&config.upstreams)),
                 ))
             }
             (Some(u), None) => RouteTarget::Upstream(u),
@@ -158,27 +117,8 @@ pub(crate) fn validate(file: File, redis_url: Option<&str>, loc: &Locator) -> Re
         )?;
         let concurrency = r.concurrency_limits.iter().map(|l| l.name.as_str());
         unique(loc, &format!("{path}.concurrency_limits"), concurrency)?;
-        out.push(RouteConfig {
-            name: r.name,
-            matcher: r.matcher,
-            target,
-            strip_prefix: r.strip_prefix,
-            rate_limits: r.rate_limits,
-            concurrency_limits: r.concurrency_limits,
-        });
     }
-    Ok(Config {
-        listen,
-        admin,
-        log,
-        store,
-        stores,
-        server,
-        trusted_proxies,
-        upstreams,
-        global_rate_limits: rate_limits,
-        routes: out,
-    })
+    Ok(config)
 }
 
 /// Limit names unique within the list at `path`.
