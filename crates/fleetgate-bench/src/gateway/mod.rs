@@ -163,14 +163,17 @@ fn start_redis(cpus: &Cpus) -> RedisServer {
 const MEMORY: usize = 0;
 const NGINX: usize = 1;
 const REDIS: usize = 2;
+/// fleetgate on the Redis store with the limit in `mode: lease`.
+const LEASE: usize = 3;
 /// Present when `FLEETGATE_BENCH_BASELINE` names an earlier fleetgate binary: it runs the
 /// in-process-store setup beside the binary under test, so a change's cost is a ratio from one
 /// run (`gateway_memory_limit_vs_baseline`).
-const BASELINE: usize = 3;
-const SIDES: [&str; 4] = [
+const BASELINE: usize = 4;
+const SIDES: [&str; 5] = [
     "fleetgate (memory store)",
     "nginx",
     "fleetgate (redis store)",
+    "fleetgate (redis store, lease mode)",
     "fleetgate baseline (memory store)",
 ];
 
@@ -195,6 +198,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         store_url: "memory://".into(),
         store_extra: "",
         limit_extra: "",
+        limit: None,
         workers: cpus.workers,
     };
     let redis_setup = FleetgateSetup {
@@ -202,10 +206,20 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         store_url: redis.url(),
         store_extra: "",
         limit_extra: "",
+        limit: None,
         workers: cpus.workers,
     };
     let fg_memory = Fleetgate::start(fleetgate_bin, &scratch, &memory_setup, upstream.port, cpus.proxy);
     let fg_redis = Fleetgate::start(fleetgate_bin, &scratch, &redis_setup, upstream.port, cpus.proxy);
+    let lease_setup = FleetgateSetup {
+        name: "fleetgate-redis-lease",
+        store_url: redis.url(),
+        store_extra: "",
+        limit_extra: "mode: lease",
+        limit: None,
+        workers: cpus.workers,
+    };
+    let fg_lease = Fleetgate::start(fleetgate_bin, &scratch, &lease_setup, upstream.port, cpus.proxy);
     let baseline_bin = std::env::var_os("FLEETGATE_BENCH_BASELINE").filter(|v| !v.is_empty());
     let baseline_setup = FleetgateSetup {
         name: "fleetgate-baseline",
@@ -220,7 +234,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         );
         Fleetgate::start(bin, &scratch, &baseline_setup, upstream.port, cpus.proxy)
     });
-    let mut ports = vec![fg_memory.port, peer.port, fg_redis.port];
+    let mut ports = vec![fg_memory.port, peer.port, fg_redis.port, fg_lease.port];
     ports.extend(fg_baseline.as_ref().map(|b| b.port));
     let sides = ports.len();
     eprintln!(
@@ -238,7 +252,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     }
     // CPU per request of the proxy under test (and of redis-server on the Redis side), from
     // /proc: where a lower throughput comes from.
-    let mut proxy_pids = vec![vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()]];
+    let mut proxy_pids = vec![vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()], vec![fg_lease.pid()]];
     proxy_pids.extend(fg_baseline.as_ref().map(|b| vec![b.pid()]));
     let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); sides];
@@ -249,6 +263,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             let allowed = |fg: &Fleetgate| fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\"");
             let before = match (side, &fg_baseline) {
                 (BASELINE, Some(b)) => allowed(b) as u64,
+                (LEASE, _) => allowed(&fg_lease) as u64,
                 _ => 0,
             } + match side {
                 MEMORY => allowed(&fg_memory) as u64,
@@ -342,6 +357,20 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         &peer_desc,
         medians[NGINX],
     );
+    report::ratio(
+        "gateway_redis_lease",
+        medians[LEASE],
+        "req/s",
+        &peer_desc,
+        medians[NGINX],
+    );
+    report::ratio(
+        "gateway_redis_lease_vs_memory",
+        medians[LEASE],
+        "req/s",
+        "fleetgate on the in-process store (gateway_memory_limit), same run",
+        medians[MEMORY],
+    );
     if let (Some(bin), Some(&base)) = (&baseline_bin, medians.get(BASELINE)) {
         eprintln!(
             "gateway: baseline {}: median {base:.0} req/s, CPU per request {:.1} µs",
@@ -357,6 +386,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         );
     }
     drop(fg_baseline);
+    drop(fg_lease);
     drop(fg_redis);
     drop(redis);
 
@@ -400,7 +430,61 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     drop(peer);
 
     outage(fleetgate_bin, &scratch, &cpus, &upstream);
+    lease_overshoot(fleetgate_bin, &scratch, &cpus, &upstream);
     ExitCode::SUCCESS
+}
+
+/// Limit of the `lease_overshoot` run: one fixed window of a day, so that the run (seconds)
+/// sees one budget.
+const OVERSHOOT_LIMIT: u64 = 3000;
+
+/// `lease_overshoot`: three instances on one Redis, each limit in lease mode, driven at 3x the
+/// limit together; admitted over allowed, from the instances' own decision counters.
+fn lease_overshoot(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstream: &Nginx) {
+    let redis = start_redis(cpus);
+    let limit = format!("name: budget, key: global, rate: {OVERSHOOT_LIMIT}/1d, algorithm: fixed_window");
+    let setup = FleetgateSetup {
+        name: "fleetgate-lease-fleet",
+        store_url: redis.url(),
+        store_extra: "",
+        limit_extra: "mode: lease, lease: { max_batch: 100 }",
+        limit: Some(&limit),
+        workers: 1,
+    };
+    let fleet: Vec<Fleetgate> = (0..3)
+        .map(|_| Fleetgate::start(fleetgate_bin, scratch, &setup, upstream.port, cpus.proxy))
+        .collect();
+    // 3x the limit, split over the three instances, sent concurrently on keep-alive
+    // connections.
+    let per_instance = OVERSHOOT_LIMIT;
+    let senders: Vec<_> = fleet
+        .iter()
+        .map(|fg| {
+            let port = fg.port;
+            std::thread::spawn(move || procs::get_many(port, "/", per_instance as usize))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in senders {
+        statuses.extend(s.join().expect("sender thread"));
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count() as f64;
+    let allowed: f64 = fleet
+        .iter()
+        .map(|fg| fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\""))
+        .sum();
+    eprintln!(
+        "lease_overshoot: {} requests to 3 instances, {ok} answered 200 ({allowed} decisions admitted), limit {OVERSHOOT_LIMIT}",
+        statuses.len()
+    );
+    assert_eq!(ok, allowed, "every admitted request is answered 200");
+    report::ratio(
+        "lease_overshoot",
+        ok,
+        "requests admitted",
+        &format!("the limit, {OVERSHOOT_LIMIT} per day, 3 instances at 3x"),
+        OVERSHOOT_LIMIT as f64,
+    );
 }
 
 /// `gateway_store_outage_*`: a Redis store SIGSTOPped under a fixed load.
@@ -411,6 +495,7 @@ fn outage(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstream: &Nginx
         store_url: redis.url(),
         store_extra: &format!("timeout_ms: {OUTAGE_TIMEOUT_MS}"),
         limit_extra: "on_store_error: local",
+        limit: None,
         workers: cpus.workers,
     };
     let fg = Fleetgate::start(fleetgate_bin, scratch, &setup, upstream.port, cpus.proxy);

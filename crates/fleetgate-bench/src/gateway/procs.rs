@@ -37,6 +37,51 @@ impl Drop for Scratch {
 }
 
 /// `GET path` on 127.0.0.1:port with `Connection: close`; (status, body) or None.
+/// `n` GETs of `path` on one keep-alive connection (a new one if the server closes it); their
+/// statuses, 0 for a request that got no answer.
+pub fn get_many(port: u16, path: &str, n: usize) -> Vec<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        Some(BufReader::new(s))
+    };
+    let mut conn = connect();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let status = (|| {
+            let reader = conn.as_mut()?;
+            let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+            reader.get_mut().write_all(req.as_bytes()).ok()?;
+            let mut line = String::new();
+            reader.read_line(&mut line).ok()?;
+            let status: u16 = line.get(9..12)?.parse().ok()?;
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = header.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().ok()?;
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).ok()?;
+            Some(status)
+        })();
+        if status.is_none() {
+            conn = connect();
+        }
+        out.push(status.unwrap_or(0));
+    }
+    out
+}
+
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&loopback(port), Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -270,6 +315,9 @@ impl Drop for Nginx {
     }
 }
 
+/// The bench's limit: decided on every request, never reached.
+pub const NEVER_REACHED: &str = "name: never, key: ip, rate: 100000000/100s";
+
 /// What differs between the fleetgate instances of the bench.
 pub struct FleetgateSetup<'a> {
     pub name: &'a str,
@@ -279,6 +327,8 @@ pub struct FleetgateSetup<'a> {
     pub store_extra: &'a str,
     /// Extra fields of the rate limit, e.g. `on_store_error: local`.
     pub limit_extra: &'a str,
+    /// The rate limit's name, key and rate (`None`: [`NEVER_REACHED`]).
+    pub limit: Option<&'a str>,
     pub workers: usize,
 }
 
@@ -321,9 +371,10 @@ routes:
   - name: bench
     upstream: up
     rate_limits:
-      - {{ name: never, key: ip, rate: 100000000/100s{limit_extra} }}
+      - {{ {limit}{limit_extra} }}
 ",
-            url = setup.store_url
+            url = setup.store_url,
+            limit = setup.limit.unwrap_or(NEVER_REACHED),
         );
         let path = scratch.dir.join(format!("{}.yaml", setup.name));
         std::fs::write(&path, &config).expect("write the fleetgate config");
