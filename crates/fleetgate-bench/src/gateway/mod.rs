@@ -468,19 +468,22 @@ fn lease_overshoot(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstrea
     for s in senders {
         statuses.extend(s.join().expect("sender thread"));
     }
-    let ok = statuses.iter().filter(|s| **s == 200).count() as f64;
-    let allowed: f64 = fleet
+    let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+    // Admitted: what the limit decided, counted by the instances themselves.
+    let admitted: f64 = fleet
         .iter()
         .map(|fg| fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\""))
         .sum();
     eprintln!(
-        "lease_overshoot: {} requests to 3 instances, {ok} answered 200 ({allowed} decisions admitted), limit {OVERSHOOT_LIMIT}",
-        statuses.len()
+        "lease_overshoot: {} requests to 3 instances: {admitted} admitted by the limit {OVERSHOOT_LIMIT}; answers: {} 200, {} 429, {} other",
+        statuses.len(),
+        count(200),
+        count(429),
+        statuses.len() - count(200) - count(429),
     );
-    assert_eq!(ok, allowed, "every admitted request is answered 200");
     report::ratio(
         "lease_overshoot",
-        ok,
+        admitted,
         "requests admitted",
         &format!("the limit, {OVERSHOOT_LIMIT} per day, 3 instances at 3x"),
         OVERSHOOT_LIMIT as f64,
