@@ -1,7 +1,20 @@
 //! The data plane: one current-thread Tokio runtime per worker thread, each with its own
-//! SO_REUSEPORT listener on the same address (the kernel spreads connections), HTTP/1.1 only.
-//! This layout measured fastest for a hyper proxy on small machines (DESIGN.md, performance
-//! notes). Shutdown: stop accepting, let in-flight requests finish up to the drain bound.
+//! SO_REUSEPORT listener on the same address (the kernel spreads connections). This layout
+//! measured fastest for a hyper proxy on small machines (DESIGN.md, performance notes).
+//! Shutdown: stop accepting, let in-flight requests finish up to the drain bound.
+//!
+//! Each connection speaks HTTP/1.1 or, when it opens with the HTTP/2 preface, h2c with prior
+//! knowledge (hyper-util's `auto` builder reads the first 24 bytes once per connection and
+//! replays them; an HTTP/1.1 request pays nothing more). HTTP/1.1 connections may upgrade
+//! (WebSocket): the gateway joins the tunnel itself (`crate::tunnel`).
+//!
+//! HTTP/2 bounds ([`H2_MAX_CONCURRENT_STREAMS`] and the others below): streams per connection,
+//! header list size (`server.max_header_bytes`), resets a client may cause (rapid reset,
+//! CVE-2023-44487) and CONTINUATION frames (bounded by h2 from the header list size). A client
+//! over one of them gets GOAWAY ENHANCE_YOUR_CALM; that is logged (warn) and counted
+//! (`fleetgate_h2_connection_errors_total{reason="flood"}`), and only that connection ends. An
+//! h2 connection that opens no stream for `server.idle_timeout` is sent GOAWAY (its open
+//! streams finish); a peer that stops answering pings for [`H2_KEEPALIVE_TIMEOUT`] is dropped.
 //!
 //! Client connections are capped per instance (all workers share one count): one past the cap
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
@@ -11,14 +24,26 @@ use crate::gateway::{Gateway, Worker};
 use crate::idle::WriteBound;
 use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Streams one HTTP/2 client connection may have open at once (nginx's default is 128).
+/// Should become `server.http2.max_concurrent_streams`.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before the gateway accepted them (the rapid-reset
+/// bound; hyper's default). Over it: GOAWAY ENHANCE_YOUR_CALM.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the gateway may reset because of the client's errors, per connection, before it
+/// ends the connection (a client provoking resets in a loop).
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+/// How long a ping may go unanswered before an HTTP/2 connection is dropped.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Settings for the HTTP/1 server side.
 #[derive(Debug, Clone)]
@@ -134,13 +159,9 @@ pub fn run_worker(
         ctx.store.warm_up().await;
         let _ = started.send(Ok(()));
         let worker = Arc::new(Worker::new(&gateway, ctx));
-        let graceful = GracefulShutdown::new();
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .max_buf_size(settings.max_header_bytes.max(crate::request_head::MIN_HYPER_BUF))
-            .header_read_timeout(settings.idle_timeout);
+        let builder = Arc::new(connection_builder(&settings));
+        // Each connection task holds a sender; when all are gone, the drain is over.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -160,31 +181,137 @@ pub fn run_worker(
                     };
                     let _ = stream.set_nodelay(true);
                     let stream = WriteBound::new(stream, settings.write_timeout);
-                    let (gateway, worker) = (gateway.clone(), worker.clone());
-                    let service = service_fn(move |req| {
+                    let activity = Arc::new(H2Activity::default());
+                    let (gateway, worker, seen) = (gateway.clone(), worker.clone(), activity.clone());
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        if req.version() == http::Version::HTTP_2 {
+                            seen.stream_opened();
+                        }
                         let (gateway, worker) = (gateway.clone(), worker.clone());
                         async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
                     });
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    let (builder, mut stop, open) = (builder.clone(), shutdown.clone(), open_tx.clone());
+                    let idle_timeout = settings.idle_timeout;
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let idle = activity.idle(idle_timeout);
+                        tokio::pin!(conn, idle);
+                        let (mut draining, mut idled) = (false, false);
+                        let result = loop {
+                            tokio::select! {
+                                r = conn.as_mut() => break r,
+                                // Drain: HTTP/1 finishes the request in flight and closes;
+                                // HTTP/2 sends GOAWAY and lets open streams finish.
+                                _ = stop.changed(), if !draining => {
+                                    draining = true;
+                                    conn.as_mut().graceful_shutdown();
+                                }
+                                _ = &mut idle, if !idled => {
+                                    idled = true;
+                                    conn.as_mut().graceful_shutdown();
+                                }
+                            }
+                        };
+                        if let Err(e) = result {
+                            report_connection_error(&*e, peer);
                         }
                         drop(slot);
+                        drop(open);
                     });
                 }
                 _ = shutdown.changed() => break,
             }
         }
         drop(listener);
+        drop(open_tx);
         tokio::select! {
-            _ = graceful.shutdown() => {}
+            _ = open_rx.recv() => {}
             _ = tokio::time::sleep(settings.drain_timeout) => {
                 tracing::warn!(bound_ms = settings.drain_timeout.as_millis() as u64, "drain bound reached; closing remaining connections");
             }
         }
         Ok::<(), std::io::Error>(())
     })
+}
+
+/// The connection builder: HTTP/1.1 with the server's bounds, and h2c with its own.
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(settings.max_header_bytes.max(crate::request_head::MIN_HYPER_BUF))
+        .header_read_timeout(settings.idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(settings.idle_timeout)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    builder
+}
+
+/// Whether an HTTP/2 connection keeps opening streams. HTTP/1 connections never touch it (their
+/// idle bound is hyper's header read timeout), so they pay one comparison per request.
+#[derive(Default)]
+struct H2Activity {
+    streams: AtomicU64,
+    started: AtomicBool,
+    first: Notify,
+}
+
+impl H2Activity {
+    fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        if !self.started.swap(true, Ordering::Relaxed) {
+            self.first.notify_one();
+        }
+    }
+
+    /// Completes once the connection has spoken HTTP/2 and then opened no stream for `bound`
+    /// (checked once per `bound`, so a connection idles between one and two bounds).
+    async fn idle(&self, bound: Duration) {
+        self.first.notified().await;
+        let mut seen = self.streams.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(bound).await;
+            let now = self.streams.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// How a client connection's error is reported: an h2 flood as a warning and a metric, other
+/// HTTP/2 protocol errors as info and a metric, anything else (resets, timeouts) at debug.
+fn report_connection_error(e: &(dyn std::error::Error + 'static), peer: SocketAddr) {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.is_io() {
+                break;
+            }
+            let reason = h2.reason();
+            if reason == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                metrics::counter!(crate::telemetry::H2_CONNECTION_ERRORS, "reason" => "flood").increment(1);
+                tracing::warn!(peer = %peer, error = %h2, "HTTP/2 client connection closed: flood (too many resets, CONTINUATION frames or header bytes)");
+            } else if h2.is_go_away() || h2.is_library() {
+                metrics::counter!(crate::telemetry::H2_CONNECTION_ERRORS, "reason" => "protocol").increment(1);
+                tracing::info!(peer = %peer, error = %h2, "HTTP/2 client connection closed on a protocol error");
+            } else {
+                tracing::debug!(peer = %peer, error = %h2, "HTTP/2 connection ended with an error");
+            }
+            return;
+        }
+        cur = err.source();
+    }
+    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
 }
 
 #[cfg(test)]
