@@ -186,6 +186,8 @@ pub fn run_worker(
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         if req.version() == http::Version::HTTP_2 {
                             seen.stream_opened();
+                        } else {
+                            seen.request();
                         }
                         let (gateway, worker) = (gateway.clone(), worker.clone());
                         async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
@@ -195,11 +197,22 @@ pub fn run_worker(
                     tokio::spawn(async move {
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         let idle = activity.idle(idle_timeout);
-                        tokio::pin!(conn, idle);
-                        let (mut draining, mut idled) = (false, false);
+                        // Until the first request: hyper's header read timeout starts only once
+                        // the protocol is known, and a client that sends nothing (or part of
+                        // the HTTP/2 preface) would hold its slot for ever.
+                        let first = tokio::time::sleep(idle_timeout);
+                        tokio::pin!(conn, idle, first);
+                        let (mut draining, mut idled, mut first_done) = (false, false, false);
                         let result = loop {
                             tokio::select! {
                                 r = conn.as_mut() => break r,
+                                _ = &mut first, if !first_done => {
+                                    first_done = true;
+                                    if !activity.any.load(Ordering::Relaxed) {
+                                        tracing::debug!(peer = %peer, "connection closed: no request within server.idle_timeout");
+                                        break Ok(());
+                                    }
+                                }
                                 // Drain: HTTP/1 finishes the request in flight and closes;
                                 // HTTP/2 sends GOAWAY and lets open streams finish.
                                 _ = stop.changed(), if !draining => {
@@ -255,17 +268,26 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
-/// Whether an HTTP/2 connection keeps opening streams. HTTP/1 connections never touch it (their
-/// idle bound is hyper's header read timeout), so they pay one comparison per request.
+/// Whether a connection has sent a request, and whether an HTTP/2 one keeps opening streams.
+/// HTTP/1 requests only read `any` (their idle bound is hyper's header read timeout).
 #[derive(Default)]
 struct H2Activity {
+    any: AtomicBool,
     streams: AtomicU64,
     started: AtomicBool,
     first: Notify,
 }
 
 impl H2Activity {
+    #[inline]
+    fn request(&self) {
+        if !self.any.load(Ordering::Relaxed) {
+            self.any.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn stream_opened(&self) {
+        self.any.store(true, Ordering::Relaxed);
         self.streams.fetch_add(1, Ordering::Relaxed);
         if !self.started.swap(true, Ordering::Relaxed) {
             self.first.notify_one();

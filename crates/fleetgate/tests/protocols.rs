@@ -505,3 +505,25 @@ fn curl_shows_the_grpc_trailers() {
     assert!(lower.contains("< grpc-status: 0"), "{verbose}");
     assert!(lower.contains("< grpc-message: echoed 5 bytes"), "{verbose}");
 }
+
+#[test]
+fn a_client_that_sends_nothing_or_half_a_preface_is_closed_after_the_idle_bound() {
+    let up = Upstream::start("a");
+    let gw = Gateway::start(&format!(
+        "{BASE}server:\n  idle_timeout_ms: 300\nupstreams:\n  u:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: u\n",
+        up.url()
+    ));
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.write_all(sent).unwrap();
+        // Bounded: a gateway that never closes fails the read with a timeout instead.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).map_err(|e| e.kind());
+        assert!(
+            matches!(n, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+            "sent {sent:?}: still open ({n:?})"
+        );
+    }
+    assert_eq!(gw.get("/x", &[]).status, 200);
+}
