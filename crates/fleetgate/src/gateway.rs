@@ -144,7 +144,18 @@ impl Gateway {
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
                     let (resp, target) = self
-                        .proxy(worker, route, *idx, upstream, parts, body, peer, ip, checked.chunked, &mut tunnel)
+                        .proxy(
+                            worker,
+                            route,
+                            *idx,
+                            upstream,
+                            parts,
+                            body,
+                            peer,
+                            ip,
+                            checked.chunked,
+                            &mut tunnel,
+                        )
                         .await;
                     if access.is_some() {
                         upstream_target = target.map(|t| upstream.targets[t].url());
@@ -336,7 +347,10 @@ impl Gateway {
             })
             .await
         } else if grpc {
-            tokio::time::timeout(timeout, async { Ok(pool.send_h2(req).await?.map(BodyExt::boxed_unsync)) }).await
+            tokio::time::timeout(timeout, async {
+                Ok(pool.send_h2(req).await?.map(BodyExt::boxed_unsync))
+            })
+            .await
         } else {
             tokio::time::timeout(timeout, async { Ok(pool.send(req).await?.map(BodyExt::boxed_unsync)) }).await
         };

@@ -405,7 +405,10 @@ mod tests {
         // :authority alone is enough; it is what routing and the upstream's Host use.
         assert_eq!(kind("GET http://api.example/x HTTP/2"), Ok(Checked::default()));
         // Host and :authority both: they must agree (RFC 9113 section 8.3.1).
-        assert_eq!(kind("GET http://api.example/x HTTP/2\nhost: api.example"), Ok(Checked::default()));
+        assert_eq!(
+            kind("GET http://api.example/x HTTP/2\nhost: api.example"),
+            Ok(Checked::default())
+        );
         assert_eq!(
             kind("GET http://api.example/x HTTP/2\nhost: other.example"),
             Err("host_mismatch")

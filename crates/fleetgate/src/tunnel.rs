@@ -153,8 +153,14 @@ mod tests {
     fn an_upgrade_needs_both_headers_and_never_h2c() {
         let ws = map(&[("upgrade", "websocket"), ("connection", "keep-alive, Upgrade")]);
         assert_eq!(requested(&ws).unwrap(), "websocket");
-        assert!(requested(&map(&[("upgrade", "websocket")])).is_none(), "Connection must say upgrade");
-        assert!(requested(&map(&[("connection", "upgrade")])).is_none(), "no protocol named");
+        assert!(
+            requested(&map(&[("upgrade", "websocket")])).is_none(),
+            "Connection must say upgrade"
+        );
+        assert!(
+            requested(&map(&[("connection", "upgrade")])).is_none(),
+            "no protocol named"
+        );
         let h2c = map(&[("upgrade", "h2c"), ("connection", "Upgrade, HTTP2-Settings")]);
         assert!(requested(&h2c).is_none(), "h2c would tunnel requests past the gateway");
         let both = map(&[("upgrade", "websocket, H2C"), ("connection", "upgrade")]);

@@ -54,7 +54,9 @@ fn h2c_with_prior_knowledge_gets_the_forwarding_and_rate_limit_headers_of_http1(
     ));
     let url = format!("http://127.0.0.1:{}/headers", gw.port);
     let (out, err) = curl_h2(&["-D", "-", "-H", "x-forwarded-for: 6.6.6.6", &url]);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response: {out} {err}"));
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {out} {err}"));
     assert!(head.starts_with("HTTP/2 200"), "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("ratelimit-policy: \"per-ip\";q=100;w=60"), "{head}");
@@ -82,13 +84,21 @@ fn h2c_requests_are_checked_and_normalised_like_http1() {
     assert!(out.ends_with("\n400"), "{out}");
     assert!(out.contains("\"path_encoded_slash\""), "{out}");
     // `..` is resolved before routing: this is /headers, which no route serves.
-    let (out, _) = curl_h2(&["--path-as-is", "-w", "\n%{http_code}", &format!("{base}/public/../headers")]);
+    let (out, _) = curl_h2(&[
+        "--path-as-is",
+        "-w",
+        "\n%{http_code}",
+        &format!("{base}/public/../headers"),
+    ]);
     assert!(out.ends_with("\n404"), "{out}");
     let (out, _) = curl_h2(&["-w", "\n%{http_code}", &format!("{base}/public/%61")]);
     assert!(out.ends_with("\n200"), "{out}");
 
     // Host and :authority disagreeing: refused, as an absolute target and Host are.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let addr = gw.addr();
     let status = rt.block_on(async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -233,7 +243,10 @@ fn ws_echo_upstream() -> String {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
@@ -257,7 +270,10 @@ fn ws_echo_upstream() -> String {
 }
 
 fn ws_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -311,7 +327,11 @@ fn a_websocket_passes_through_counted_once_and_holds_its_permit_until_it_closes(
         other => panic!("a fourth upgrade should be rate limited: {other:?}"),
     }
     let m = metrics(&gw);
-    assert_eq!(metric_sum(&m, "fleetgate_upgrades_total{outcome=\"opened\"}"), 3.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "fleetgate_upgrades_total{outcome=\"opened\"}"),
+        3.0,
+        "{m}"
+    );
 }
 
 #[test]
@@ -323,7 +343,10 @@ fn an_upstream_that_refuses_the_upgrade_has_its_answer_passed_on() {
         up.url()
     ));
     let rt = ws_runtime();
-    match rt.block_on(tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", gw.port))) {
+    match rt.block_on(tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/ws",
+        gw.port
+    ))) {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.body().as_deref(), Some(&b"upstream:plain"[..]));
@@ -333,8 +356,16 @@ fn an_upstream_that_refuses_the_upgrade_has_its_answer_passed_on() {
     // The gateway goes on serving, and counted the refusal.
     assert_eq!(gw.get("/x", &[]).status, 200);
     let m = metrics(&gw);
-    assert_eq!(metric_sum(&m, "fleetgate_upgrades_total{outcome=\"refused\"}"), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "fleetgate_upgrades_total{outcome=\"opened\"}"), 0.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "fleetgate_upgrades_total{outcome=\"refused\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "fleetgate_upgrades_total{outcome=\"opened\"}"),
+        0.0,
+        "{m}"
+    );
 }
 
 #[test]
@@ -403,7 +434,12 @@ fn grpc_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                                 authority: req.uri().authority().map(|a| a.to_string()),
                                 xff: header("x-forwarded-for"),
                             });
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let mut trailers = http::HeaderMap::new();
                             trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
                             trailers.insert(
@@ -439,7 +475,10 @@ fn grpc_calls_go_over_http2_both_ways_and_their_trailers_reach_the_client() {
         "{BASE}upstreams:\n  g:\n    targets: [{url}]\nroutes:\n  - name: grpc\n    upstream: g\n    rate_limits:\n      - name: calls\n        key: global\n        rate: 5/1h\n",
     ));
     let addr = gw.addr();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let results = rt.block_on(async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
