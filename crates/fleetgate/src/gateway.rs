@@ -517,3 +517,23 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_is_recognised_by_its_content_type() {
+        let with = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC;charset=utf-8"));
+        assert!(!with("application/grpc-web"), "gRPC-Web runs over HTTP/1.1 too");
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+}
