@@ -76,7 +76,7 @@ fn h2c_with_prior_knowledge_gets_the_forwarding_and_rate_limit_headers_of_http1(
 fn h2c_requests_are_checked_and_normalised_like_http1() {
     let up = Upstream::start("a");
     let gw = Gateway::start(&format!(
-        "{BASE}upstreams:\n  u:\n    targets: [{}]\nroutes:\n  - name: r\n    match: {{ path_prefix: /public }}\n    upstream: u\n",
+        "{BASE}server:\n  max_header_bytes: 8192\nupstreams:\n  u:\n    targets: [{}]\nroutes:\n  - name: r\n    match: {{ path_prefix: /public }}\n    upstream: u\n",
         up.url()
     ));
     let base = format!("http://127.0.0.1:{}", gw.port);
@@ -92,6 +92,12 @@ fn h2c_requests_are_checked_and_normalised_like_http1() {
     ]);
     assert!(out.ends_with("\n404"), "{out}");
     let (out, _) = curl_h2(&["-w", "\n%{http_code}", &format!("{base}/public/%61")]);
+    assert!(out.ends_with("\n200"), "{out}");
+    // A header list over server.max_header_bytes (8192 here): 431, and the gateway serves on.
+    let big = format!("x-big: {}", "a".repeat(12_000));
+    let (out, _) = curl_h2(&["-w", "\n%{http_code}", "-H", &big, &format!("{base}/public/x")]);
+    assert!(out.ends_with("\n431"), "{out}");
+    let (out, _) = curl_h2(&["-w", "\n%{http_code}", &format!("{base}/public/x")]);
     assert!(out.ends_with("\n200"), "{out}");
 
     // Host and :authority disagreeing: refused, as an absolute target and Host are.
