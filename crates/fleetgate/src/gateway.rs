@@ -333,7 +333,9 @@ impl Gateway {
         let pool = &worker.pools[idx][t];
         let result = if let Some(client_side) = client_upgrade {
             tokio::time::timeout(timeout, async {
-                let mut resp = pool.send_upgrade(req).await?;
+                // Boxed, here and for HTTP/2: the rare paths' futures (with their handshakes)
+                // would otherwise make every request's future, moved several times, larger.
+                let mut resp = Box::pin(pool.send_upgrade(req)).await?;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     *tunnel = Some(Tunnel {
                         client: client_side,
@@ -348,7 +350,7 @@ impl Gateway {
             .await
         } else if grpc {
             tokio::time::timeout(timeout, async {
-                Ok(pool.send_h2(req).await?.map(BodyExt::boxed_unsync))
+                Ok(Box::pin(pool.send_h2(req)).await?.map(BodyExt::boxed_unsync))
             })
             .await
         } else {

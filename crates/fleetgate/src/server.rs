@@ -15,6 +15,7 @@
 //! (`fleetgate_h2_connection_errors_total{reason="flood"}`), and only that connection ends. An
 //! h2 connection that opens no stream for `server.idle_timeout` is sent GOAWAY (its open
 //! streams finish); a peer that stops answering pings for [`H2_KEEPALIVE_TIMEOUT`] is dropped.
+//! A connection that sends no request at all is closed after one to two `server.idle_timeout`s.
 //!
 //! Client connections are capped per instance (all workers share one count): one past the cap
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
@@ -27,11 +28,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 /// Streams one HTTP/2 client connection may have open at once (nginx's default is 128).
 /// Should become `server.http2.max_concurrent_streams`.
@@ -162,6 +164,8 @@ pub fn run_worker(
         let builder = Arc::new(connection_builder(&settings));
         // Each connection task holds a sender; when all are gone, the drain is over.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        let registry = Arc::new(Registry::default());
+        let sweeper = tokio::spawn(registry.clone().sweep(settings.idle_timeout));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -181,8 +185,8 @@ pub fn run_worker(
                     };
                     let _ = stream.set_nodelay(true);
                     let stream = WriteBound::new(stream, settings.write_timeout);
-                    let activity = Arc::new(H2Activity::default());
-                    let (gateway, worker, seen) = (gateway.clone(), worker.clone(), activity.clone());
+                    let state = registry.add();
+                    let (gateway, worker, seen) = (gateway.clone(), worker.clone(), state.clone());
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         if req.version() == http::Version::HTTP_2 {
                             seen.stream_opened();
@@ -192,39 +196,32 @@ pub fn run_worker(
                         let (gateway, worker) = (gateway.clone(), worker.clone());
                         async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
                     });
-                    let (builder, mut stop, open) = (builder.clone(), shutdown.clone(), open_tx.clone());
-                    let idle_timeout = settings.idle_timeout;
+                    let (builder, open) = (builder.clone(), open_tx.clone());
                     tokio::spawn(async move {
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        let idle = activity.idle(idle_timeout);
-                        // Until the first request: hyper's header read timeout starts only once
-                        // the protocol is known, and a client that sends nothing (or part of
-                        // the HTTP/2 preface) would hold its slot for ever.
-                        let first = tokio::time::sleep(idle_timeout);
-                        tokio::pin!(conn, idle, first);
-                        let (mut draining, mut idled, mut first_done) = (false, false, false);
-                        let result = loop {
-                            tokio::select! {
-                                r = conn.as_mut() => break r,
-                                _ = &mut first, if !first_done => {
-                                    first_done = true;
-                                    if !activity.any.load(Ordering::Relaxed) {
-                                        tracing::debug!(peer = %peer, "connection closed: no request within server.idle_timeout");
-                                        break Ok(());
-                                    }
-                                }
-                                // Drain: HTTP/1 finishes the request in flight and closes;
-                                // HTTP/2 sends GOAWAY and lets open streams finish.
-                                _ = stop.changed(), if !draining => {
-                                    draining = true;
-                                    conn.as_mut().graceful_shutdown();
-                                }
-                                _ = &mut idle, if !idled => {
-                                    idled = true;
-                                    conn.as_mut().graceful_shutdown();
-                                }
+                        tokio::pin!(conn);
+                        let mut stopping = false;
+                        let mut registered = false;
+                        // One load per poll: the drain and the idle sweep set `stop` and wake
+                        // this task (rather than a select! that would poll their futures on
+                        // every wake-up of every request).
+                        let result = std::future::poll_fn(|cx| {
+                            if !stopping && state.stop.load(Ordering::Acquire) {
+                                stopping = true;
+                                // HTTP/1 finishes the request in flight and closes; HTTP/2 sends
+                                // GOAWAY and lets open streams finish; a connection still
+                                // before its first bytes is dropped.
+                                conn.as_mut().graceful_shutdown();
                             }
-                        };
+                            if !registered {
+                                // This future only ever runs in this task: its waker does
+                                // not change.
+                                state.waker.register(cx.waker());
+                                registered = true;
+                            }
+                            conn.as_mut().poll(cx)
+                        })
+                        .await;
                         if let Err(e) = result {
                             report_connection_error(&*e, peer);
                         }
@@ -237,12 +234,14 @@ pub fn run_worker(
         }
         drop(listener);
         drop(open_tx);
+        registry.stop_all();
         tokio::select! {
             _ = open_rx.recv() => {}
             _ = tokio::time::sleep(settings.drain_timeout) => {
                 tracing::warn!(bound_ms = settings.drain_timeout.as_millis() as u64, "drain bound reached; closing remaining connections");
             }
         }
+        sweeper.abort();
         Ok::<(), std::io::Error>(())
     })
 }
@@ -268,17 +267,19 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
-/// Whether a connection has sent a request, and whether an HTTP/2 one keeps opening streams.
-/// HTTP/1 requests only read `any` (their idle bound is hyper's header read timeout).
+/// What the worker knows of one client connection: whether it has sent a request, how many
+/// HTTP/2 streams it opened, and the way to ask it to stop.
 #[derive(Default)]
-struct H2Activity {
+struct ConnState {
     any: AtomicBool,
+    h2: AtomicBool,
     streams: AtomicU64,
-    started: AtomicBool,
-    first: Notify,
+    stop: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
 }
 
-impl H2Activity {
+impl ConnState {
+    /// An HTTP/1 request: one relaxed load once the first has been seen.
     #[inline]
     fn request(&self) {
         if !self.any.load(Ordering::Relaxed) {
@@ -288,24 +289,77 @@ impl H2Activity {
 
     fn stream_opened(&self) {
         self.any.store(true, Ordering::Relaxed);
+        self.h2.store(true, Ordering::Relaxed);
         self.streams.fetch_add(1, Ordering::Relaxed);
-        if !self.started.swap(true, Ordering::Relaxed) {
-            self.first.notify_one();
+    }
+
+    fn ask_to_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// The worker's open connections, for the drain and for one idle sweep per `server.idle_timeout`
+/// (instead of a timer per connection polled on every wake-up).
+#[derive(Default)]
+struct Registry {
+    /// Connections accepted since the last sweep.
+    new: parking_lot::Mutex<Vec<std::sync::Weak<ConnState>>>,
+    /// Connections the sweeper has seen: streams counted at the last sweep, and whether the
+    /// connection looked idle then.
+    known: parking_lot::Mutex<Vec<(std::sync::Weak<ConnState>, u64, bool)>>,
+}
+
+impl Registry {
+    fn add(&self) -> Arc<ConnState> {
+        let state = Arc::new(ConnState::default());
+        self.new.lock().push(Arc::downgrade(&state));
+        state
+    }
+
+    /// Every `bound`: a connection that has sent no request, or an HTTP/2 one that opened no
+    /// stream, at two sweeps in a row (so for between one and two bounds) is asked to stop.
+    /// hyper's header read timeout already bounds HTTP/1 connections between requests; before
+    /// the first one the protocol is not known yet and nothing else would.
+    async fn sweep(self: Arc<Self>, bound: Duration) {
+        let mut tick = tokio::time::interval(bound);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let fresh = std::mem::take(&mut *self.new.lock());
+            let mut known = self.known.lock();
+            known.extend(fresh.into_iter().map(|w| (w, 0, false)));
+            known.retain_mut(|(weak, seen, idle)| {
+                let Some(state) = weak.upgrade() else {
+                    return false;
+                };
+                let streams = state.streams.load(Ordering::Relaxed);
+                let quiet =
+                    !state.any.load(Ordering::Relaxed) || (state.h2.load(Ordering::Relaxed) && streams == *seen);
+                *seen = streams;
+                if quiet && *idle {
+                    if !state.h2.load(Ordering::Relaxed) {
+                        tracing::debug!("connection closed: no request within server.idle_timeout");
+                    }
+                    state.ask_to_stop();
+                    return false;
+                }
+                *idle = quiet;
+                true
+            });
         }
     }
 
-    /// Completes once the connection has spoken HTTP/2 and then opened no stream for `bound`
-    /// (checked once per `bound`, so a connection idles between one and two bounds).
-    async fn idle(&self, bound: Duration) {
-        self.first.notified().await;
-        let mut seen = self.streams.load(Ordering::Relaxed);
-        loop {
-            tokio::time::sleep(bound).await;
-            let now = self.streams.load(Ordering::Relaxed);
-            if now == seen {
-                return;
-            }
-            seen = now;
+    fn stop_all(&self) {
+        let fresh = std::mem::take(&mut *self.new.lock());
+        let known = std::mem::take(&mut *self.known.lock());
+        for state in fresh
+            .iter()
+            .chain(known.iter().map(|(w, _, _)| w))
+            .filter_map(|w| w.upgrade())
+        {
+            state.ask_to_stop();
         }
     }
 }
