@@ -101,6 +101,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             .then_some(config.server.max_header_bytes),
         request_timeout: config.server.request_timeout,
         body_idle_timeout: config.server.body_idle_timeout,
+        tunnel_idle_timeout: config.server.idle_timeout,
         access_log: config.log.access_log,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),

@@ -1,11 +1,22 @@
 //! The request path: route, limits, then answer or proxy. One `Gateway` is shared by all
 //! workers; each worker has its own `Worker` (store connections and upstream client pools).
+//!
+//! Protocols upstream: HTTP/1.1, except
+//! - an HTTP/1.1 upgrade request (WebSocket): its own HTTP/1.1 connection, joined to the
+//!   client's after a 101 ([`crate::tunnel`]);
+//! - a gRPC request (HTTP/2 from the client, `content-type: application/grpc...`): HTTP/2 with
+//!   prior knowledge to the target, on the worker's one multiplexed connection to it, with
+//!   `te: trailers` kept and the response's trailers (`grpc-status`) passed back. gRPC exists
+//!   only over HTTP/2, so a target that serves it speaks HTTP/2; other HTTP/2 requests go over
+//!   HTTP/1.1, which every target speaks. (Per-upstream `protocol: h1 | h2 | auto` and ALPN
+//!   for `https` targets would make this a setting.)
 
 use crate::body::{full, json_error, GatewayBody};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
 use crate::pipeline::RoutePipeline;
 use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
+use crate::tunnel::Tunnel;
 use crate::upstream::Upstream;
 use crate::upstream_pool::{OutboundBody, PoolSettings, TargetPool, UpstreamError};
 use fleetgate_http::body::{Finish, Finishing};
@@ -33,6 +44,8 @@ pub struct Gateway {
     pub request_timeout: Duration,
     /// Longest wait for the next bytes of a client's request body.
     pub body_idle_timeout: Duration,
+    /// How long an upgraded tunnel may move no byte either way (`server.idle_timeout`).
+    pub tunnel_idle_timeout: Duration,
     pub access_log: bool,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
@@ -117,6 +130,7 @@ impl Gateway {
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
         let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
         let mut upstream_target = None;
+        let mut tunnel = None;
         let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
             Flow::Answer(answer) => answer.map(full),
             Flow::Continue => match &route.action {
@@ -130,7 +144,18 @@ impl Gateway {
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
                     let (resp, target) = self
-                        .proxy(worker, route, *idx, upstream, parts, body, peer, ip, checked.chunked)
+                        .proxy(
+                            worker,
+                            route,
+                            *idx,
+                            upstream,
+                            parts,
+                            body,
+                            peer,
+                            ip,
+                            checked.chunked,
+                            &mut tunnel,
+                        )
                         .await;
                     if access.is_some() {
                         upstream_target = target.map(|t| upstream.targets[t].url());
@@ -143,6 +168,14 @@ impl Gateway {
         let status = resp.status();
         route.metrics.request(status.as_u16());
         self.log(access, Some(&route.name), peer, status, upstream_target);
+        if let Some(tunnel) = tunnel {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                // The permits are held by the tunnel until it closes.
+                let guards = std::mem::take(&mut cx.guards);
+                tokio::spawn(tunnel.run(guards, self.tunnel_idle_timeout));
+                return resp;
+            }
+        }
         // Permits are held, and complete phases run, when the body is over.
         if cx.guards.is_empty() && !<RoutePipeline as Stage>::COMPLETES {
             resp
@@ -164,6 +197,7 @@ impl Gateway {
         peer: SocketAddr,
         ip: std::net::IpAddr,
         chunked: bool,
+        tunnel: &mut Option<Tunnel>,
     ) -> (Response<GatewayBody>, Option<usize>) {
         // hyper has checked it: one value, digits only.
         let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| {
@@ -212,15 +246,37 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
+        // Upgrades are HTTP/1.1 only (HTTP/2 has no Upgrade); gRPC is HTTP/2 only.
+        let upgrade = match parts.version {
+            http::Version::HTTP_11 => crate::tunnel::requested(&parts.headers),
+            _ => None,
+        };
+        let grpc = parts.version == http::Version::HTTP_2 && is_grpc(&parts.headers);
+        let te_trailers = grpc
+            && parts
+                .headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(&mut parts.headers);
-        if chunked {
+        let client_upgrade = match &upgrade {
+            Some(protocol) => {
+                crate::tunnel::restore_headers(&mut parts.headers, protocol.clone());
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            }
+            None => None,
+        };
+        if te_trailers {
+            // gRPC servers expect it; it is the one TE value HTTP/2 allows.
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if chunked && !grpc {
             // Transfer-Encoding went with the hop-by-hop headers. Said again, so the body is
             // sent as it was read: without it, hyper sends a GET's unknown-length body as empty.
             parts
                 .headers
                 .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-        if !has_host {
+        if !has_host && !grpc {
             // HTTP/1.0 clients may leave Host out; HTTP/1.1 upstreams need one. (`Connection`
             // cannot remove a Host that was sent.)
             let host = client_host
@@ -230,6 +286,14 @@ impl Gateway {
                 parts.headers.insert(header::HOST, h);
             }
         }
+        // HTTP/2 names the authority in `:authority`: the client's, else the target's.
+        let grpc_authority = grpc.then(|| {
+            client_host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .unwrap_or_else(|| upstream.targets[t].authority.clone())
+        });
         set_forwarded(
             &mut parts.headers,
             self.trusted.contains(peer.ip()),
@@ -237,12 +301,64 @@ impl Gateway {
             ip,
             client_host,
         );
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        if let Some(authority) = grpc_authority {
+            parts.headers.remove(header::HOST);
+            let absolute = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path.as_ref())
+                .build();
+            match absolute {
+                Ok(u) => parts.uri = u,
+                Err(_) => {
+                    return (
+                        json_error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "request target cannot be forwarded",
+                            &[],
+                        ),
+                        None,
+                    )
+                }
+            }
+            parts.version = http::Version::HTTP_2;
+        } else {
+            parts.uri = uri;
+            parts.version = http::Version::HTTP_11;
+        }
         let body = OutboundBody::new(body);
         let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
-        let result = tokio::time::timeout(timeout, worker.pools[idx][t].send(req)).await;
+        let pool = &worker.pools[idx][t];
+        let result = if let Some(client_side) = client_upgrade {
+            tokio::time::timeout(timeout, async {
+                // Boxed, here and for HTTP/2: the rare paths' futures (with their handshakes)
+                // would otherwise make every request's future, moved several times, larger.
+                let mut resp = Box::pin(pool.send_upgrade(req)).await?;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    *tunnel = Some(Tunnel {
+                        client: client_side,
+                        upstream: hyper::upgrade::on(&mut resp),
+                    });
+                } else {
+                    crate::telemetry::upgrade("refused");
+                    tracing::info!(upstream = %upstream.name, status = resp.status().as_u16(), "upstream refused an upgrade; its answer goes to the client");
+                }
+                Ok(resp.map(|b| b.map_err(crate::body::BoxError::from).boxed_unsync()))
+            })
+            .await
+        } else if grpc {
+            tokio::time::timeout(timeout, async {
+                Ok(Box::pin(pool.send_h2(req)).await?.map(BodyExt::boxed_unsync))
+            })
+            .await
+        } else {
+            tokio::time::timeout(timeout, async { Ok(pool.send(req).await?.map(BodyExt::boxed_unsync)) }).await
+        };
+        if upgrade.is_some() && !matches!(result, Ok(Ok(_))) {
+            crate::telemetry::upgrade("failed");
+        }
         let target_url = Some(t);
         match result {
             Err(_) => {
@@ -318,8 +434,14 @@ impl Gateway {
             Ok(Ok(resp)) => {
                 upstream.report_success(t);
                 let (mut parts, body) = resp.into_parts();
+                let switched = match parts.status {
+                    StatusCode::SWITCHING_PROTOCOLS if tunnel.is_some() => parts.headers.get(header::UPGRADE).cloned(),
+                    _ => None,
+                };
                 strip_hop_by_hop(&mut parts.headers);
-                let body = body.boxed_unsync();
+                if let Some(protocol) = switched {
+                    crate::tunnel::restore_headers(&mut parts.headers, protocol);
+                }
                 (Response::from_parts(parts, body), target_url)
             }
         }
@@ -346,6 +468,16 @@ impl Gateway {
             );
         }
     }
+}
+
+/// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
 }
 
 /// `uri` with its path replaced by `path` (already normal) and its query kept.
@@ -386,4 +518,24 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_is_recognised_by_its_content_type() {
+        let with = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("Application/GRPC;charset=utf-8"));
+        assert!(!with("application/grpc-web"), "gRPC-Web runs over HTTP/1.1 too");
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
 }

@@ -17,5 +17,6 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod telemetry;
+pub mod tunnel;
 pub mod upstream;
 pub mod upstream_pool;

@@ -13,6 +13,13 @@
 //!   as if it were plain): 400, and the connection closes;
 //! - the path normalises ([`crate::path_normalize`]): 400 otherwise.
 //!
+//! HTTP/2 requests get the same checks, adapted: the authority comes in `:authority` (hyper
+//! puts it, with `:scheme`, in the URI, so it is checked as an absolute target is), `Host` may
+//! be left out when `:authority` is there (RFC 9113 section 8.3.1) and must agree with it when
+//! both are sent; one of them is required. A body without `content-length` is framed by DATA
+//! frames (h2 itself refuses `Transfer-Encoding`), so no framing header is asked for; it goes
+//! to an HTTP/1.1 upstream chunked.
+//!
 //! The common request (origin form, one short Host, no body or a Content-Length, a normal
 //! path) costs a few comparisons, two header lookups and one scan of the path; no allocation.
 
@@ -71,7 +78,8 @@ pub struct Checked {
     /// The path's normal form when it differs from the path as sent (rare); `None` when the
     /// path is already normal.
     pub normalized_path: Option<String>,
-    /// The body is chunked (and its `Transfer-Encoding` is exactly `chunked`).
+    /// The body has no declared length: HTTP/1.1 framed it with exactly
+    /// `Transfer-Encoding: chunked`, or HTTP/2 with DATA frames. It goes upstream chunked.
     pub chunked: bool,
 }
 
@@ -102,7 +110,7 @@ pub fn check(
     }
     check_host(parts)?;
     let chunked = !body_length_known;
-    if chunked {
+    if chunked && parts.version < Version::HTTP_2 {
         check_transfer_encoding(&parts.headers)?;
     }
     let path = parts.uri.path();
@@ -156,6 +164,12 @@ fn check_host(parts: &http::request::Parts) -> Result<(), Refusal> {
     match host {
         None if parts.version == Version::HTTP_11 => {
             return Err(Refusal::bad("missing_host", "an HTTP/1.1 request needs a Host header"));
+        }
+        None if parts.version >= Version::HTTP_2 && parts.uri.authority().is_none() => {
+            return Err(Refusal::bad(
+                "missing_host",
+                "an HTTP/2 request needs an :authority pseudo-header or a Host header",
+            ));
         }
         Some(h) if !is_valid_host(h.as_bytes()) => {
             return Err(Refusal::bad("bad_host", "the Host header is not a valid host[:port]"));
@@ -280,10 +294,10 @@ mod tests {
         let mut b = http::Request::builder()
             .method(method)
             .uri(target)
-            .version(if version == "HTTP/1.0" {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
+            .version(match version {
+                "HTTP/1.0" => Version::HTTP_10,
+                "HTTP/2" => Version::HTTP_2,
+                _ => Version::HTTP_11,
             });
         for line in lines {
             let (k, v) = line.split_once(": ").unwrap();
@@ -383,5 +397,36 @@ mod tests {
         assert!(check(&p, true, Some(42)).is_ok());
         let r = check(&p, true, Some(41)).unwrap_err();
         assert_eq!((r.status.as_u16(), r.kind), (431, "header_too_large"));
+    }
+
+    /// HTTP/2 as hyper hands it over: `:scheme` and `:authority` in the URI, Host optional.
+    #[test]
+    fn http2_requests_get_the_same_checks() {
+        // :authority alone is enough; it is what routing and the upstream's Host use.
+        assert_eq!(kind("GET http://api.example/x HTTP/2"), Ok(Checked::default()));
+        // Host and :authority both: they must agree (RFC 9113 section 8.3.1).
+        assert_eq!(
+            kind("GET http://api.example/x HTTP/2\nhost: api.example"),
+            Ok(Checked::default())
+        );
+        assert_eq!(
+            kind("GET http://api.example/x HTTP/2\nhost: other.example"),
+            Err("host_mismatch")
+        );
+        // Neither: nothing to route on.
+        assert_eq!(kind("GET /x HTTP/2"), Err("missing_host"));
+        // Host alone (an h2 client that sends no :authority) is accepted as in HTTP/1.1.
+        assert_eq!(kind("GET /x HTTP/2\nhost: api.example"), Ok(Checked::default()));
+        assert_eq!(kind("GET /x HTTP/2\nhost: a b"), Err("bad_host"));
+        assert_eq!(kind("CONNECT http://api.example/ HTTP/2"), Err("method_not_allowed"));
+        assert_eq!(kind("GET http://api.example/a%2Fb HTTP/2"), Err("path_encoded_slash"));
+        assert_eq!(kind("GET ftp://api.example/x HTTP/2"), Err("bad_target"));
+        // A body without content-length is framed by DATA frames: no Transfer-Encoding needed,
+        // and it goes upstream chunked.
+        let body = check(&parts("POST http://api.example/x HTTP/2"), false, None).expect("accepted");
+        assert!(body.chunked);
+        // Normalised like any other path.
+        let norm = kind("GET http://api.example/a/../b HTTP/2").expect("accepted");
+        assert_eq!(norm.normalized_path.as_deref(), Some("/b"));
     }
 }

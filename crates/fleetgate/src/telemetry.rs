@@ -15,6 +15,16 @@ pub const UPSTREAM_ERRORS: &str = "fleetgate_upstream_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "fleetgate_upstream_target_healthy";
 pub const CLIENT_CONNECTIONS: &str = "fleetgate_client_connections";
 pub const CLIENT_CONNECTIONS_REFUSED: &str = "fleetgate_client_connections_refused_total";
+/// HTTP/2 client connections the gateway ended on a protocol error, by `reason`: `flood`
+/// (GOAWAY ENHANCE_YOUR_CALM: rapid resets, CONTINUATION floods, too many local resets) or
+/// `protocol` (any other h2 error).
+pub const H2_CONNECTION_ERRORS: &str = "fleetgate_h2_connection_errors_total";
+/// Upgrade (WebSocket) requests by `outcome`: `opened` (101, tunnel joined), `refused` (the
+/// upstream answered something else, passed on), `failed` (the upstream could not be reached or
+/// one side's upgrade broke).
+pub const UPGRADES: &str = "fleetgate_upgrades_total";
+/// Upgrade tunnels open now.
+pub const UPGRADES_OPEN: &str = "fleetgate_upgrades_open";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -53,6 +63,11 @@ pub fn render_metrics() -> String {
 /// `path_encoded_slash`, `duplicate_host`). Off the hot path: the handle is looked up per call.
 pub fn request_refused(reason: &'static str) {
     counter!(REQUESTS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// An upgrade request's outcome (see [`UPGRADES`]). Off the hot path.
+pub fn upgrade(outcome: &'static str) {
+    counter!(UPGRADES, "outcome" => outcome).increment(1);
 }
 
 /// Per-route request counters, one handle per status code, created on first use.

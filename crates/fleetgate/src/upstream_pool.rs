@@ -10,6 +10,11 @@
 //! `scripts/bench gateway`). A request that found a stale idle connection (closed by the
 //! upstream before it was sent) is retried once on a fresh one.
 //!
+//! HTTP/2 to a target (gRPC, see `crate::gateway`): one multiplexed connection per worker and
+//! target, opened with prior knowledge on first use and replaced when it closes. Upgrade
+//! requests (WebSocket) get a fresh HTTP/1.1 connection of their own, never pooled: after a
+//! 101 it belongs to the tunnel.
+//!
 //! Bounds ([`crate::idle`]): a request body that stops arriving, a response body that stops
 //! arriving, and an upstream that stops taking our writes each end the exchange after their
 //! bound instead of holding both sides open.
@@ -108,8 +113,9 @@ struct ConnShared {
     /// Longest wait for the next bytes of the client's request body.
     request_body_idle: Duration,
     /// The task driving the connection: aborting it closes the socket at once, even while
-    /// hyper is still writing a request body.
-    task: tokio::task::AbortHandle,
+    /// hyper is still writing a request body. `None` for an HTTP/2 stream (the connection is
+    /// shared by other streams and is never closed for one of them).
+    task: Option<tokio::task::AbortHandle>,
 }
 
 /// One client connection to a target.
@@ -120,7 +126,9 @@ struct Conn {
 
 impl Conn {
     fn close(self) {
-        self.shared.task.abort();
+        if let Some(task) = &self.shared.task {
+            task.abort();
+        }
     }
 }
 
@@ -129,7 +137,11 @@ pub struct TargetPool {
     authority: String,
     settings: PoolSettings,
     idle: Mutex<Vec<(Conn, Instant)>>,
+    /// The HTTP/2 connection, once one was asked for.
+    h2: Mutex<Option<H2Sender>>,
 }
+
+type H2Sender = hyper::client::conn::http2::SendRequest<OutboundBody>;
 
 /// Idle connections kept per target and worker.
 const MAX_IDLE: usize = 256;
@@ -140,6 +152,7 @@ impl TargetPool {
             authority,
             settings,
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
         })
     }
 
@@ -170,7 +183,7 @@ impl TargetPool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    async fn connect_tcp(&self) -> Result<TokioIo<WriteBound<tokio::net::TcpStream>>, UpstreamError> {
         let stream = tokio::time::timeout(
             self.settings.connect_timeout,
             tokio::net::TcpStream::connect(&self.authority),
@@ -179,7 +192,74 @@ impl TargetPool {
         .map_err(|_| UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteBound::new(stream, self.settings.write_timeout));
+        Ok(TokioIo::new(WriteBound::new(stream, self.settings.write_timeout)))
+    }
+
+    /// Sends an upgrade request (WebSocket) on a connection of its own. The response, if 101,
+    /// carries the upstream's side of the tunnel (`hyper::upgrade::on`).
+    pub async fn send_upgrade(&self, req: Request<UpstreamRequestBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let io = self.connect_tcp().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(UpstreamError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
+            }
+        });
+        sender.send_request(req).await.map_err(|e| self.classify(e))
+    }
+
+    /// The worker's HTTP/2 connection to the target: the open one, or a new one (prior
+    /// knowledge).
+    async fn h2_sender(&self) -> Result<H2Sender, UpstreamError> {
+        if let Some(sender) = self.h2.lock().as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let io = self.connect_tcp().await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        // Two requests may race to connect: the last one in stays, the other connection ends
+        // when its streams do.
+        *self.h2.lock() = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Sends `req` over HTTP/2 (its URI absolute, so that `:scheme` and `:authority` are set).
+    /// The request body keeps its bounds (size, idle); the response body is bounded between
+    /// reads, and its trailers pass through.
+    pub async fn send_h2(&self, mut req: Request<UpstreamRequestBody>) -> Result<Response<H2Body>, UpstreamError> {
+        let mut sender = self.h2_sender().await?;
+        sender.ready().await.map_err(UpstreamError::Request)?;
+        let shared = Arc::new(ConnShared {
+            request_sent: AtomicBool::new(true),
+            remaining: AtomicU64::new(0),
+            max_body_bytes: self.settings.max_body_bytes,
+            waiting: AtomicBool::new(false),
+            idle: Mutex::new(IdleBound::new()),
+            request_body_idle: self.settings.request_body_idle,
+            task: None,
+        });
+        req.body_mut().attach(&shared);
+        let resp = sender.send_request(req).await.map_err(|e| self.classify(e))?;
+        let bound = self.settings.response_body_idle;
+        Ok(resp.map(|inner| H2Body {
+            inner,
+            idle: IdleBound::new(),
+            bound,
+        }))
+    }
+
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let io = self.connect_tcp().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
@@ -198,7 +278,7 @@ impl TargetPool {
                 waiting: AtomicBool::new(false),
                 idle: Mutex::new(IdleBound::new()),
                 request_body_idle: self.settings.request_body_idle,
-                task,
+                task: Some(task),
             }),
         })
     }
@@ -448,6 +528,46 @@ impl Body for PooledBody {
                 }
                 Poll::Ready(None)
             }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from an HTTP/2 upstream, bounded between reads. Trailers pass through.
+    pub struct H2Body {
+        #[pin]
+        inner: Incoming,
+        idle: IdleBound,
+        bound: Duration,
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => match this.idle.poll_expired(*this.bound, cx) {
+                Poll::Pending => Poll::Pending,
+                // Dropping the body resets the stream upstream.
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ResponseBodyIdle(*this.bound))))),
+            },
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
         }
     }

@@ -45,6 +45,7 @@
 //!   generator) on CPU 0. Per-core cost of the proxy, provided CPU 0 keeps up (the log prints
 //!   the direct upstream rate from CPU 0 for comparison).
 
+mod h2load;
 mod openloop;
 mod procs;
 mod wrk;
@@ -191,7 +192,15 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     );
     let scratch = Scratch::new();
     let upstream = Nginx::upstream(&scratch, free_port(), cpus.load);
-    let peer = Nginx::proxy(&scratch, free_port(), upstream.port, cpus.workers, cpus.proxy);
+    let peer_h2_port = free_port();
+    let peer = Nginx::proxy(
+        &scratch,
+        free_port(),
+        peer_h2_port,
+        upstream.port,
+        cpus.workers,
+        cpus.proxy,
+    );
     let redis = start_redis(&cpus);
     let memory_setup = FleetgateSetup {
         name: "fleetgate-memory",
@@ -252,7 +261,12 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     }
     // CPU per request of the proxy under test (and of redis-server on the Redis side), from
     // /proc: where a lower throughput comes from.
-    let mut proxy_pids = vec![vec![fg_memory.pid()], peer.pids(), vec![fg_redis.pid()], vec![fg_lease.pid()]];
+    let mut proxy_pids = vec![
+        vec![fg_memory.pid()],
+        peer.pids(),
+        vec![fg_redis.pid()],
+        vec![fg_lease.pid()],
+    ];
     proxy_pids.extend(fg_baseline.as_ref().map(|b| vec![b.pid()]));
     let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); sides];
@@ -390,6 +404,8 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     drop(fg_redis);
     drop(redis);
 
+    h2_rounds(&fg_memory, peer_h2_port, &cpus, &peer_desc);
+
     // Latency added at half of fleetgate's maximum rate: open-loop rounds on fleetgate, on the
     // upstream directly and (for the log only) on nginx, in rotated order.
     let rate = (medians[MEMORY] / 2.0).floor();
@@ -487,6 +503,59 @@ fn lease_overshoot(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, upstrea
         "requests admitted",
         &format!("the limit, {OVERSHOOT_LIMIT} per day, 3 instances at 3x"),
         OVERSHOOT_LIMIT as f64,
+    );
+}
+
+/// `gateway_h2_memory_limit`: HTTP/2 clients (h2load, h2c with prior knowledge) through
+/// fleetgate's plain listener (in-process store, the same limit) against nginx's `http2`
+/// listener of the same proxy, same upstream; rotated rounds, medians. Every fleetgate round is
+/// checked: the limit decided at least as many requests as h2load counted.
+fn h2_rounds(fg: &Fleetgate, peer_h2_port: u16, cpus: &Cpus, peer_desc: &str) {
+    let ports = [fg.port, peer_h2_port];
+    let names = ["fleetgate h2c (memory store)", "nginx h2c"];
+    for (i, port) in ports.iter().enumerate() {
+        let w = h2load::run(*port, WARM, cpus.load);
+        eprintln!("gateway: h2 warm-up {}: {:.0} req/s", names[i], w.rps);
+    }
+    let mut rps: [Vec<f64>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..2 {
+            let side = (round + k) % 2;
+            let allowed = || fg.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"allowed\"") as u64;
+            let before = allowed();
+            let w = h2load::run(ports[side], ROUND, cpus.load);
+            if side == 0 {
+                let decided = allowed() - before;
+                assert!(
+                    decided >= w.requests,
+                    "fleetgate (h2) allowed {decided} requests, h2load counted {}",
+                    w.requests
+                );
+            }
+            eprintln!(
+                "gateway: h2 round {}: {}: {:.0} req/s ({} requests in {:.2} s)",
+                round + 1,
+                names[side],
+                w.rps,
+                w.requests,
+                w.secs
+            );
+            rps[side].push(w.rps);
+        }
+    }
+    let [ours, nginx] = rps.map(|mut v| median(&mut v));
+    eprintln!("gateway: h2 medians of {ROUNDS} rounds: fleetgate {ours:.0}, nginx {nginx:.0} req/s");
+    report::ratio(
+        "gateway_h2_memory_limit",
+        ours,
+        "req/s",
+        &format!(
+            "{peer_desc}; h2c (listen http2), h2load -c{} -m{} -t{}",
+            h2load::CONNECTIONS,
+            h2load::STREAMS,
+            h2load::THREADS
+        ),
+        nginx,
     );
 }
 

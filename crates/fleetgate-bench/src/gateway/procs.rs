@@ -240,8 +240,16 @@ http {{
     }
 
     /// The peer: a reverse proxy to `upstream_port` with limit_req on (a limit never reached)
-    /// and keep-alive connections to the upstream.
-    pub fn proxy(scratch: &Scratch, port: u16, upstream_port: u16, workers: usize, cpus: Option<&str>) -> Nginx {
+    /// and keep-alive connections to the upstream. HTTP/1.1 on `port`; h2c (prior knowledge,
+    /// `listen ... http2` without TLS) on `h2_port`, same server block.
+    pub fn proxy(
+        scratch: &Scratch,
+        port: u16,
+        h2_port: u16,
+        upstream_port: u16,
+        workers: usize,
+        cpus: Option<&str>,
+    ) -> Nginx {
         let prefix = scratch.dir.join("nginx-proxy");
         let conf = format!(
             "{main}
@@ -255,6 +263,8 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{h2_port} http2;
+        http2_max_concurrent_streams 128;
         location / {{
             limit_req zone=z burst=100000 nodelay;
             proxy_pass http://up;
