@@ -133,7 +133,9 @@ impl RateLimiter {
                 None => ctx.store.rate(&key, &self.limit, self.cost).await,
                 Some(lease) => {
                     lease.set_instances(ctx.instances());
-                    lease.decide(&ctx.store, &key, self.cost).await
+                    // Boxed: the lease future is large, and inline it would make every exact
+                    // decision move it too.
+                    Box::pin(lease.decide(&ctx.store, &key, self.cost)).await
                 }
             }
         };
