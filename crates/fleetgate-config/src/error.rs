@@ -493,6 +493,11 @@ pub(crate) fn accepted_for(field: &str) -> Option<&'static str> {
         "on_store_error" => "open, closed, local",
         "on_missing_key" => "shared, refuse",
         "max" => "a whole number >= 1",
+        "certificates" => crate::listener_tls::CERTIFICATES_ACCEPTED,
+        "reload_interval" => crate::duration::DURATION_ACCEPTED,
+        "server_name" => "a DNS name (e.g. api.internal) or an IP address, as in the target's certificate",
+        "insecure_skip_verify" => "true or false (true only for tests: any certificate is accepted)",
+        "protocol" => crate::upstream_tls::PROTOCOL_ACCEPTED,
         _ => return None,
     })
 }
@@ -518,7 +523,13 @@ pub(crate) fn accepted_at(path: &str) -> Option<&'static str> {
             return Some(CONCERN_STORE_ACCEPTED);
         }
     }
+    if path == "tls" {
+        return Some("a mapping with `listen` and `certificates` (a list of { cert_file, key_file }), and optionally `reload_interval`");
+    }
+    if path.starts_with("upstreams.") && path.ends_with(".tls") {
+        return Some("a mapping with optional `ca_file`, `cert_file`, `key_file`, `server_name`, `insecure_skip_verify`");
+    }
     accepted_for(last_field(path))
 }
 pub(crate) const TARGETS_ACCEPTED: &str =
-    "a non-empty list of http://HOST[:PORT] URLs, e.g. [http://127.0.0.1:3000] (port defaults to 80)";
+    "a non-empty list of http://HOST[:PORT] or https://HOST[:PORT] URLs, e.g. [http://127.0.0.1:3000] (port defaults to 80 for http, 443 for https)";

@@ -49,6 +49,7 @@ mod duration;
 mod env;
 mod error;
 mod fields;
+mod listener_tls;
 mod locate;
 mod model;
 mod route;
@@ -57,6 +58,7 @@ mod store;
 mod store_url;
 mod tls;
 mod upstream;
+mod upstream_tls;
 mod validate;
 
 pub use error::{ConfigError, ErrorKind};

@@ -7,7 +7,10 @@ pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
-pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
+pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
+pub use crate::upstream::{
+    HealthCheckConfig, PassiveConfig, Target, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
+};
 pub use fleetgate_http::ratelimit::LimitMode;
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
 use ipnet::IpNet;
@@ -30,6 +33,10 @@ pub struct Config {
     /// Address the proxy listens on (`listen`, default `127.0.0.1:8080`).
     #[serde(default = "default_listen", deserialize_with = "listen::<_, 8080>")]
     pub listen: SocketAddr,
+    /// TLS termination (`tls`): a second listener speaking HTTP/1.1 and HTTP/2 (by ALPN) over
+    /// TLS; `None` when the section is left out.
+    #[serde(default)]
+    pub tls: Option<TlsListenerConfig>,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default, deserialize_with = "nullable")]
     pub admin: AdminConfig,

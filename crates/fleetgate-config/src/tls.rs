@@ -51,7 +51,7 @@ const PEM_MAX_BYTES: u64 = 4 << 20;
 
 /// A readable PEM file holding a certificate (or a private key). The file's contents never
 /// appear in a message.
-fn pem_file(name: &str, certificate: bool) -> Result<PathBuf, String> {
+pub(crate) fn pem_file(name: &str, certificate: bool) -> Result<PathBuf, String> {
     use std::io::Read;
     let accepted = if certificate {
         CERT_FILE_ACCEPTED

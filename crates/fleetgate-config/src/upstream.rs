@@ -3,6 +3,7 @@
 use crate::error::TARGETS_ACCEPTED;
 use crate::fields::{int, millis, ms, nullable, refuse};
 use serde::{Deserialize, Deserializer};
+pub use crate::upstream_tls::{UpstreamProtocol, UpstreamTlsConfig};
 use std::fmt;
 use std::time::Duration;
 
@@ -51,14 +52,23 @@ pub struct UpstreamConfig {
     /// Passive ejection on connection failures (`passive`).
     #[serde(default, deserialize_with = "nullable")]
     pub passive: PassiveConfig,
+    /// TLS to the `https://` targets (`tls`): CA file, client certificate, server name. The
+    /// defaults (system roots, the target's host as the name) apply when it is left out.
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
+    /// The HTTP version spoken to the targets (`protocol`, default `auto`).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
 }
 
-/// One upstream target, `http://HOST:PORT`.
+/// One upstream target, `http://HOST:PORT` or `https://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
+    /// Whether the target is `https://` (TLS, `upstreams.NAME.tls`).
+    pub tls: bool,
     /// Host name or IP address, lowercase, without brackets.
     pub host: String,
-    /// Port (80 when the URL gives none).
+    /// Port (80 for http, 443 for https when the URL gives none).
     pub port: u16,
     /// `host:port`, with IPv6 addresses in brackets: the value for the `Host` header and for
     /// connecting.
@@ -66,23 +76,23 @@ pub struct Target {
 }
 
 impl Target {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.authority)
+        self.to_string()
     }
 
-    /// `http://HOST[:PORT][/]`; the message says why not.
+    /// `http://HOST[:PORT][/]` or `https://...`; the message says why not.
     fn parse(text: &str) -> Result<Target, String> {
         let shown = crate::store_url::redact_url(text.trim());
         let t = shown.as_str();
         let Some((scheme, rest)) = t.split_once("://") else {
             return Err(format!("{t:?} is not a URL"));
         };
-        match scheme.to_ascii_lowercase().as_str() {
-            "http" => {}
-            "https" => return Err(format!("{t:?}: https targets are not supported yet")),
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "http" => false,
+            "https" => true,
             other => return Err(format!("{t:?}: scheme {other:?} is not supported")),
-        }
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#']) {
             return Err(format!(
@@ -93,18 +103,24 @@ impl Target {
             return Err(format!("{t:?}: user info in a target is not supported"));
         }
         let (host, port) = host_port(authority).map_err(|why| format!("{t:?}: {why}"))?;
-        let port = port.unwrap_or(80);
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
         let authority = match host.contains(':') {
             true => format!("[{host}]:{port}"),
             false => format!("{host}:{port}"),
         };
-        Ok(Target { host, port, authority })
+        Ok(Target {
+            tls,
+            host,
+            port,
+            authority,
+        })
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority)
     }
 }
 

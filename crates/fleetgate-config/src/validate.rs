@@ -71,6 +71,20 @@ pub(crate) fn validate(mut config: Config, redis_url: Option<&str>, loc: &Locato
             ));
         }
         up.name = name.clone();
+        if up.tls != Default::default() && !up.targets.iter().any(|t| t.tls) {
+            return Err(invalid(
+                format!("upstreams.{name}.tls"),
+                format!("upstream {name:?} sets `tls` but none of its targets is https://; accepted: https:// targets (e.g. https://api.internal:443), or no `tls`"),
+            ));
+        }
+    }
+    if let Some(tls) = &config.tls {
+        if tls.listen.port() != 0 && (tls.listen == config.listen || tls.listen == config.admin.listen) {
+            return Err(invalid(
+                "tls.listen",
+                format!("tls.listen {} is also the address of `listen` or `admin.listen`; accepted: an address of its own, e.g. 127.0.0.1:8443", tls.listen),
+            ));
+        }
     }
     let global = config.global_rate_limits.iter().map(|l| l.name.as_str());
     unique(loc, "rate_limits", global)?;

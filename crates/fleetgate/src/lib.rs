@@ -17,6 +17,7 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod upstream_pool;

@@ -25,6 +25,14 @@ pub const H2_CONNECTION_ERRORS: &str = "fleetgate_h2_connection_errors_total";
 pub const UPGRADES: &str = "fleetgate_upgrades_total";
 /// Upgrade tunnels open now.
 pub const UPGRADES_OPEN: &str = "fleetgate_upgrades_open";
+/// TLS handshakes with clients that failed, by `reason`: `no_alpn` (the client offered no
+/// protocol the gateway speaks), `protocol` (not TLS, or malformed), `incompatible` (no common
+/// version or cipher suite), `alert` (the client refused the handshake, e.g. an untrusted
+/// certificate), `timeout`, `closed` (the client left), `other`.
+pub const TLS_HANDSHAKE_ERRORS: &str = "fleetgate_tls_handshake_errors_total";
+/// Certificate reloads after the files changed, by `result`: `ok` or `error` (the previous
+/// certificates kept serving).
+pub const TLS_CERT_RELOADS: &str = "fleetgate_tls_certificate_reloads_total";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
