@@ -527,7 +527,9 @@ pub(crate) fn accepted_at(path: &str) -> Option<&'static str> {
         return Some("a mapping with `listen` and `certificates` (a list of { cert_file, key_file }), and optionally `reload_interval`");
     }
     if path.starts_with("upstreams.") && path.ends_with(".tls") {
-        return Some("a mapping with optional `ca_file`, `cert_file`, `key_file`, `server_name`, `insecure_skip_verify`");
+        return Some(
+            "a mapping with optional `ca_file`, `cert_file`, `key_file`, `server_name`, `insecure_skip_verify`",
+        );
     }
     accepted_for(last_field(path))
 }

@@ -3,11 +3,11 @@
 //! docs/configuration.md for the format.
 
 use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
+pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
-pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
 pub use crate::upstream::{
     HealthCheckConfig, PassiveConfig, Target, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
 };

@@ -2,8 +2,8 @@
 
 use crate::error::TARGETS_ACCEPTED;
 use crate::fields::{int, millis, ms, nullable, refuse};
-use serde::{Deserialize, Deserializer};
 pub use crate::upstream_tls::{UpstreamProtocol, UpstreamTlsConfig};
+use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
 

@@ -48,10 +48,16 @@ impl<'de> Deserialize<'de> for UpstreamTlsConfig {
         let pair = "accepted: both cert_file and key_file (a client certificate and its private key), or neither";
         match (&w.cert_file, &w.key_file) {
             (Some(_), None) => {
-                return Err(refuse_at(".cert_file", format!("cert_file is set without key_file; {pair}")))
+                return Err(refuse_at(
+                    ".cert_file",
+                    format!("cert_file is set without key_file; {pair}"),
+                ))
             }
             (None, Some(_)) => {
-                return Err(refuse_at(".key_file", format!("key_file is set without cert_file; {pair}")))
+                return Err(refuse_at(
+                    ".key_file",
+                    format!("key_file is set without cert_file; {pair}"),
+                ))
             }
             _ => {}
         }
@@ -82,7 +88,9 @@ fn server_name(name: &str) -> Result<String, String> {
         && n.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if dns || n.parse::<std::net::IpAddr>().is_ok() {
         Ok(n)
@@ -113,7 +121,9 @@ impl<'de> Deserialize<'de> for UpstreamProtocol {
             "auto" => Ok(UpstreamProtocol::Auto),
             "http1" | "http/1.1" | "h1" => Ok(UpstreamProtocol::Http1),
             "http2" | "h2" => Ok(UpstreamProtocol::Http2),
-            _ => Err(refuse(format!("unknown protocol {text:?}; accepted: {PROTOCOL_ACCEPTED}"))),
+            _ => Err(refuse(format!(
+                "unknown protocol {text:?}; accepted: {PROTOCOL_ACCEPTED}"
+            ))),
         }
     }
 }

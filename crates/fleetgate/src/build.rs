@@ -30,12 +30,42 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
     let mut index = std::collections::HashMap::new();
     for (name, u) in &config.upstreams {
         let mut targets = Vec::new();
+        let mut links = Vec::new();
+        // Built once per upstream, and only when it has https targets (reading the system's
+        // roots, or its files).
+        let mut tls = None;
         for t in &u.targets {
             let authority: Authority = t
                 .authority
                 .parse()
                 .map_err(|e| BuildError(format!("upstream {name}: target {t}: {e}")))?;
-            targets.push((Scheme::HTTP, authority));
+            let link = if t.tls {
+                let shared = match &tls {
+                    Some(shared) => Arc::clone(shared),
+                    None => {
+                        let made = Arc::new(
+                            crate::tls::client::UpstreamTls::new(&u.tls)
+                                .map_err(|why| BuildError(format!("upstreams.{name}.{why}")))?,
+                        );
+                        tls = Some(made.clone());
+                        made
+                    }
+                };
+                let server_name = shared
+                    .name_for(&t.host)
+                    .map_err(|why| BuildError(format!("upstream {name}: target {t}: {why}")))?;
+                crate::upstream_pool::TargetLink {
+                    tls: Some((shared, server_name)),
+                    protocol: u.protocol,
+                }
+            } else {
+                crate::upstream_pool::TargetLink {
+                    tls: None,
+                    protocol: u.protocol,
+                }
+            };
+            links.push(link);
+            targets.push((if t.tls { Scheme::HTTPS } else { Scheme::HTTP }, authority));
         }
         let health_check = u.health_check.as_ref().map(|h| HealthCheck {
             path: h.path.clone(),
@@ -56,7 +86,8 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
                 u.passive.failures,
                 u.passive.eject,
             )
-            .with_io_bounds(u.body_idle_timeout, u.write_timeout),
+            .with_io_bounds(u.body_idle_timeout, u.write_timeout)
+            .with_links(links),
         ));
     }
     let mut routes = Vec::new();
@@ -91,7 +122,16 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             metrics: RouteMetrics::new(&r.name),
         });
     }
+    // Certificates are read and checked here, so that `fleetgate check` refuses what start would.
+    let tls = match &config.tls {
+        Some(t) => {
+            let set = crate::tls::CertSet::load(&t.certificates).map_err(BuildError)?;
+            Some(crate::tls::server::TlsListener::new(t.listen, crate::tls::CertStore::new(set)).map_err(BuildError)?)
+        }
+        None => None,
+    };
     Ok(Gateway {
+        tls,
         instance_id: instance_id.to_string(),
         routes,
         upstreams,

@@ -6,7 +6,8 @@
 //! proxy (`trusted_proxies`):
 //! - `X-Forwarded-For`: the client address for an untrusted peer; a trusted proxy's list with
 //!   the proxy's address appended.
-//! - `X-Forwarded-Proto`: `http` (the listener's scheme), unless a trusted proxy set it.
+//! - `X-Forwarded-Proto`: the listener's scheme (`http`, or `https` on the TLS listener),
+//!   unless a trusted proxy set it.
 //! - `X-Forwarded-Host`: the request's Host (or an absolute target's authority), unless a
 //!   trusted proxy set it; removed when there is neither.
 //! - The other headers that carry the same claims ([`CLAIMS`]: `Forwarded`, `X-Real-IP`,
@@ -118,8 +119,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sets the forwarding headers on a request going upstream (see the module docs). `trusted`:
 /// the TCP peer is a trusted proxy; `client`: the client address as resolved from it; `host`:
-/// the request's Host or absolute-form authority.
-pub fn set_forwarded(headers: &mut HeaderMap, trusted: bool, peer: IpAddr, client: IpAddr, host: Option<HeaderValue>) {
+/// the request's Host or absolute-form authority; `https`: the request came over TLS.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    trusted: bool,
+    peer: IpAddr,
+    client: IpAddr,
+    host: Option<HeaderValue>,
+    https: bool,
+) {
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     if trusted {
         // Every earlier hop, in order (several lines are one list), then this peer.
         let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
@@ -139,7 +148,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, trusted: bool, peer: IpAddr, clien
             headers.insert(&X_FORWARDED_FOR, v);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(&X_FORWARDED_PROTO, proto);
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Some(h) = host {
@@ -150,7 +159,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, trusted: bool, peer: IpAddr, clien
     }
     remove_claims(headers);
     headers.insert(&X_FORWARDED_FOR, ip_header_value(client));
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, proto);
     match host {
         Some(h) => {
             headers.insert(&X_FORWARDED_HOST, h);
@@ -284,7 +293,14 @@ mod tests {
             ("x-api-key", "k"),
         ]);
         let peer: IpAddr = "192.0.2.9".parse().unwrap();
-        set_forwarded(&mut h, false, peer, peer, Some(HeaderValue::from_static("example.com")));
+        set_forwarded(
+            &mut h,
+            false,
+            peer,
+            peer,
+            Some(HeaderValue::from_static("example.com")),
+            false,
+        );
         assert_eq!(
             names(&h),
             [
@@ -300,8 +316,9 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         // No host at all: the client's X-Forwarded-Host does not survive.
         let mut h = map(&[("x-forwarded-host", "evil")]);
-        set_forwarded(&mut h, false, peer, peer, None);
+        set_forwarded(&mut h, false, peer, peer, None, true);
         assert!(!h.contains_key("x-forwarded-host"));
+        assert_eq!(h["x-forwarded-proto"], "https", "the TLS listener's scheme");
     }
 
     #[test]
@@ -319,6 +336,7 @@ mod tests {
             peer,
             "6.6.6.6".parse().unwrap(),
             Some(HeaderValue::from_static("h")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);

@@ -7,9 +7,10 @@
 //! - a gRPC request (HTTP/2 from the client, `content-type: application/grpc...`): HTTP/2 with
 //!   prior knowledge to the target, on the worker's one multiplexed connection to it, with
 //!   `te: trailers` kept and the response's trailers (`grpc-status`) passed back. gRPC exists
-//!   only over HTTP/2, so a target that serves it speaks HTTP/2; other HTTP/2 requests go over
-//!   HTTP/1.1, which every target speaks. (Per-upstream `protocol: h1 | h2 | auto` and ALPN
-//!   for `https` targets would make this a setting.)
+//!   only over HTTP/2, so a target that serves it speaks HTTP/2;
+//! - an upstream with `protocol: http2`, or an `https://` target that chose `h2` by ALPN under
+//!   `protocol: auto`: every request but upgrades over HTTP/2, `:authority` being the client's
+//!   Host.
 
 use crate::body::{full, json_error, GatewayBody};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
@@ -52,6 +53,8 @@ pub struct Gateway {
     pub store_url_redacted: String,
     /// Live gateway instances sharing the store (1 until the first heartbeat answers).
     pub live_instances: Arc<std::sync::atomic::AtomicU64>,
+    /// The TLS listener's settings (`tls`), when there is one.
+    pub tls: Option<crate::tls::server::TlsListener>,
 }
 
 /// Per-worker state: store handles and, per upstream target, a pool of keep-alive connections.
@@ -73,6 +76,7 @@ impl Worker {
                         TargetPool::new(
                             t.authority.to_string(),
                             PoolSettings::for_upstream(u, gateway.body_idle_timeout, gateway.max_body_bytes),
+                            t.link.clone(),
                         )
                     })
                     .collect()
@@ -252,6 +256,15 @@ impl Gateway {
             _ => None,
         };
         let grpc = parts.version == http::Version::HTTP_2 && is_grpc(&parts.headers);
+        let pool = &worker.pools[idx][t];
+        // HTTP/2 to the target: for gRPC always; otherwise as the upstream's `protocol` (and,
+        // under `auto`, an https target's ALPN) says. Upgrades stay HTTP/1.1.
+        let h2 = grpc
+            || (upgrade.is_none()
+                && match pool.h2_known() {
+                    Some(known) => known,
+                    None => Box::pin(pool.learn_protocol()).await,
+                });
         let te_trailers = grpc
             && parts
                 .headers
@@ -269,14 +282,14 @@ impl Gateway {
             // gRPC servers expect it; it is the one TE value HTTP/2 allows.
             parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if chunked && !grpc {
+        if chunked && !h2 {
             // Transfer-Encoding went with the hop-by-hop headers. Said again, so the body is
             // sent as it was read: without it, hyper sends a GET's unknown-length body as empty.
             parts
                 .headers
                 .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-        if !has_host && !grpc {
+        if !has_host && !h2 {
             // HTTP/1.0 clients may leave Host out; HTTP/1.1 upstreams need one. (`Connection`
             // cannot remove a Host that was sent.)
             let host = client_host
@@ -287,7 +300,7 @@ impl Gateway {
             }
         }
         // HTTP/2 names the authority in `:authority`: the client's, else the target's.
-        let grpc_authority = grpc.then(|| {
+        let h2_authority = h2.then(|| {
             client_host
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
@@ -300,11 +313,12 @@ impl Gateway {
             peer.ip(),
             ip,
             client_host,
+            parts.extensions.get::<crate::tls::ArrivedOverTls>().is_some(),
         );
-        if let Some(authority) = grpc_authority {
+        if let Some(authority) = h2_authority {
             parts.headers.remove(header::HOST);
             let absolute = Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
+                .scheme(upstream.targets[t].scheme.clone())
                 .authority(authority)
                 .path_and_query(path.as_ref())
                 .build();
@@ -330,7 +344,6 @@ impl Gateway {
         let body = OutboundBody::new(body);
         let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
-        let pool = &worker.pools[idx][t];
         let result = if let Some(client_side) = client_upgrade {
             tokio::time::timeout(timeout, async {
                 // Boxed, here and for HTTP/2: the rare paths' futures (with their handshakes)
@@ -348,7 +361,7 @@ impl Gateway {
                 Ok(resp.map(|b| b.map_err(crate::body::BoxError::from).boxed_unsync()))
             })
             .await
-        } else if grpc {
+        } else if h2 {
             tokio::time::timeout(timeout, async {
                 Ok(Box::pin(pool.send_h2(req)).await?.map(BodyExt::boxed_unsync))
             })

@@ -89,6 +89,23 @@ pub fn run(config: Config) -> Result<(), RunError> {
         source,
     })?;
     let local_addr = listeners[0].local_addr().ok();
+    // The TLS listener, one socket per worker as for the plain one.
+    let mut tls_listeners = match &gateway.tls {
+        Some(tls) => bind_listeners(tls.listen, workers)
+            .map_err(|source| RunError::Listen {
+                addr: tls.listen,
+                source,
+            })?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => Vec::new(),
+    };
+    tls_listeners.resize_with(workers, || None);
+    let tls_addr = tls_listeners
+        .first()
+        .and_then(|l| l.as_ref())
+        .and_then(|l| l.local_addr().ok());
     let admin_listener = std::net::TcpListener::bind(config.admin.listen).map_err(|source| RunError::Listen {
         addr: config.admin.listen,
         source,
@@ -110,7 +127,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, (listener, tls_listener)) in listeners.into_iter().zip(tls_listeners).enumerate() {
+        let tls = tls_listener
+            .zip(gateway.tls.as_ref())
+            .map(|(listener, tls)| crate::server::WorkerTls {
+                listener,
+                acceptor: tls.acceptor.clone(),
+            });
         let gateway = gateway.clone();
         let shared_memory = match &admin_store {
             Store::Memory(m) => Some(m.clone()),
@@ -142,7 +165,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         instance,
                     })
                 };
-                if let Err(e) = run_worker(listener, gateway, make_ctx, opened, settings, rx) {
+                if let Err(e) = run_worker(listener, tls, gateway, make_ctx, opened, settings, rx) {
                     tracing::error!(error = %e, "worker stopped");
                 }
             })
@@ -173,6 +196,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
         for upstream in &gateway.upstreams {
             tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
         }
+        if let (Some(tls), Some(listener)) = (&gateway.tls, &config.tls) {
+            tokio::spawn(crate::tls::reload::watch(
+                listener.certificates.clone(),
+                tls.store.clone(),
+                listener.reload_interval,
+            ));
+        }
         let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
         let app = crate::admin::router(gateway.clone(), admin_store.clone());
         tokio::spawn(async move {
@@ -189,6 +219,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         gateway.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = ?local_addr,
+            tls = ?tls_addr,
             admin = %config.admin.listen,
             store = %redacted,
             workers,

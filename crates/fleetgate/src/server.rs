@@ -17,6 +17,11 @@
 //! streams finish); a peer that stops answering pings for [`H2_KEEPALIVE_TIMEOUT`] is dropped.
 //! A connection that sends no request at all is closed after one to two `server.idle_timeout`s.
 //!
+//! The TLS listener (`tls`, [`WorkerTls`]) is served by the same workers: after the handshake
+//! (bounded by `server.idle_timeout`; a failure is counted by reason and ends only that
+//! connection, see `crate::tls::server`) a connection is served exactly as a plain one is, with
+//! HTTP/2 when ALPN chose `h2` (its preface is what the `auto` builder sees).
+//!
 //! Client connections are capped per instance (all workers share one count): one past the cap
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
 //! wait for nothing. Writes to a client that stops reading fail after `write_timeout`.
@@ -138,9 +143,19 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std
     Ok(listeners)
 }
 
+/// The TLS side of a worker: its listener and the handshake settings.
+pub struct WorkerTls {
+    pub listener: std::net::TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
 /// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread.
+/// With `tls`, the worker also accepts on the TLS listener: each connection's handshake is
+/// bounded by `server.idle_timeout`, and then it is served as a plain one is (HTTP/1.1 or
+/// HTTP/2, as ALPN chose), its requests marked [`crate::tls::ArrivedOverTls`].
 pub fn run_worker(
     listener: std::net::TcpListener,
+    tls: Option<WorkerTls>,
     gateway: Arc<Gateway>,
     make_ctx: impl FnOnce() -> Result<StoreCtx, String>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
@@ -150,6 +165,10 @@ pub fn run_worker(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (tls_listener, acceptor) = match tls {
+            Some(t) => (Some(tokio::net::TcpListener::from_std(t.listener)?), Some(t.acceptor)),
+            None => (None, None),
+        };
         let ctx = match make_ctx() {
             Ok(ctx) => ctx,
             Err(e) => {
@@ -167,72 +186,64 @@ pub fn run_worker(
         let registry = Arc::new(Registry::default());
         let sweeper = tokio::spawn(registry.clone().sweep(settings.idle_timeout));
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // EMFILE and friends: back off briefly instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let Some(slot) = settings.connections.admit() else {
-                        tracing::debug!(peer = %peer, "connection refused: server.max_connections reached");
-                        drop(stream);
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let stream = WriteBound::new(stream, settings.write_timeout);
-                    let state = registry.add();
-                    let (gateway, worker, seen) = (gateway.clone(), worker.clone(), state.clone());
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        if req.version() == http::Version::HTTP_2 {
-                            seen.stream_opened();
-                        } else {
-                            seen.request();
-                        }
-                        let (gateway, worker) = (gateway.clone(), worker.clone());
-                        async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
-                    });
-                    let (builder, open) = (builder.clone(), open_tx.clone());
+            let (accepted, over_tls) = tokio::select! {
+                accepted = listener.accept() => (accepted, false),
+                accepted = accept_on(tls_listener.as_ref()) => (accepted, true),
+                _ = shutdown.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = settings.connections.admit() else {
+                tracing::debug!(peer = %peer, "connection refused: server.max_connections reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let stream = WriteBound::new(stream, settings.write_timeout);
+            let state = registry.add();
+            let conn = Connection {
+                gateway: gateway.clone(),
+                worker: worker.clone(),
+                builder: builder.clone(),
+                state,
+                peer,
+            };
+            let open = open_tx.clone();
+            match (over_tls, &acceptor) {
+                (true, Some(acceptor)) => {
+                    let (accept, bound) = (acceptor.accept(stream), settings.idle_timeout);
                     tokio::spawn(async move {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        tokio::pin!(conn);
-                        let mut stopping = false;
-                        let mut registered = false;
-                        // One load per poll: the drain and the idle sweep set `stop` and wake
-                        // this task (rather than a select! that would poll their futures on
-                        // every wake-up of every request).
-                        let result = std::future::poll_fn(|cx| {
-                            if !stopping && state.stop.load(Ordering::Acquire) {
-                                stopping = true;
-                                // HTTP/1 finishes the request in flight and closes; HTTP/2 sends
-                                // GOAWAY and lets open streams finish; a connection still
-                                // before its first bytes is dropped.
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            if !registered {
-                                // This future only ever runs in this task: its waker does
-                                // not change.
-                                state.waker.register(cx.waker());
-                                registered = true;
-                            }
-                            conn.as_mut().poll(cx)
-                        })
-                        .await;
-                        if let Err(e) = result {
-                            report_connection_error(&*e, peer);
+                        let handshake = tokio::time::timeout(bound, accept).await.unwrap_or_else(|_| {
+                            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within server.idle_timeout"))
+                        });
+                        match handshake {
+                            // A drain that began during the handshake: nothing was asked yet.
+                            Ok(_) if conn.state.stop.load(Ordering::Acquire) => {}
+                            Ok(tls) => conn.serve(tls, true).await,
+                            Err(e) => crate::tls::server::handshake_failed(&e, peer),
                         }
                         drop(slot);
                         drop(open);
                     });
                 }
-                _ = shutdown.changed() => break,
+                _ => {
+                    tokio::spawn(async move {
+                        conn.serve(stream, false).await;
+                        drop(slot);
+                        drop(open);
+                    });
+                }
             }
         }
         drop(listener);
+        drop(tls_listener);
         drop(open_tx);
         registry.stop_all();
         tokio::select! {
@@ -244,6 +255,79 @@ pub fn run_worker(
         sweeper.abort();
         Ok::<(), std::io::Error>(())
     })
+}
+
+/// The next connection on the TLS listener; never, without one.
+async fn accept_on(listener: Option<&tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Connection {
+    gateway: Arc<Gateway>,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<ConnState>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection's requests until it ends, is idle too long, or the drain asks it
+    /// to stop.
+    async fn serve<S>(self, stream: S, over_tls: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            gateway,
+            worker,
+            builder,
+            state,
+            peer,
+        } = self;
+        let seen = state.clone();
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if req.version() == http::Version::HTTP_2 {
+                seen.stream_opened();
+            } else {
+                seen.request();
+            }
+            if over_tls {
+                req.extensions_mut().insert(crate::tls::ArrivedOverTls);
+            }
+            let (gateway, worker) = (gateway.clone(), worker.clone());
+            async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let mut stopping = false;
+        let mut registered = false;
+        // One load per poll: the drain and the idle sweep set `stop` and wake this task
+        // (rather than a select! that would poll their futures on every wake-up of every
+        // request).
+        let result = std::future::poll_fn(|cx| {
+            if !stopping && state.stop.load(Ordering::Acquire) {
+                stopping = true;
+                // HTTP/1 finishes the request in flight and closes; HTTP/2 sends GOAWAY and
+                // lets open streams finish; a connection still before its first bytes is
+                // dropped.
+                conn.as_mut().graceful_shutdown();
+            }
+            if !registered {
+                // This future only ever runs in this task: its waker does not change.
+                state.waker.register(cx.waker());
+                registered = true;
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = result {
+            report_connection_error(&*e, peer);
+        }
+    }
 }
 
 /// The connection builder: HTTP/1.1 with the server's bounds, and h2c with its own.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Target {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// How the target is reached (TLS, HTTP version).
+    pub link: crate::upstream_pool::TargetLink,
     /// Set by active health checks.
     healthy: AtomicBool,
     consecutive_failures: AtomicU32,
@@ -74,6 +76,7 @@ impl Upstream {
                 Target {
                     scheme,
                     authority,
+                    link: crate::upstream_pool::TargetLink::plain(),
                     healthy: AtomicBool::new(true),
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
@@ -95,6 +98,14 @@ impl Upstream {
             eject_after: eject_after.max(1),
             eject_for,
         }
+    }
+
+    /// Sets how each target is reached (`links[i]` for `targets[i]`).
+    pub fn with_links(mut self, links: Vec<crate::upstream_pool::TargetLink>) -> Self {
+        for (t, link) in self.targets.iter_mut().zip(links) {
+            t.link = link;
+        }
+        self
     }
 
     /// Sets the bounds on waiting for response body bytes and on stalled writes.
@@ -165,24 +176,49 @@ pub async fn run_health_checks(upstream: Arc<Upstream>) {
             .pool_max_idle_per_host(0)
             .build(connector);
     let mut streaks: Vec<(u32, u32)> = vec![(0, 0); upstream.targets.len()];
+    // https targets are checked over TLS, on connections of their own.
+    let probes: Vec<_> = upstream
+        .targets
+        .iter()
+        .map(|t| {
+            t.link.tls.as_ref().map(|_| {
+                let settings = crate::upstream_pool::PoolSettings {
+                    connect_timeout: check.timeout,
+                    idle_timeout: check.timeout,
+                    response_body_idle: check.timeout,
+                    request_body_idle: check.timeout,
+                    write_timeout: check.timeout,
+                    max_body_bytes: 0,
+                };
+                crate::upstream_pool::TargetPool::new(t.authority.to_string(), settings, t.link.clone())
+            })
+        })
+        .collect();
     let mut ticker = tokio::time::interval(check.interval);
     loop {
         ticker.tick().await;
         for (idx, target) in upstream.targets.iter().enumerate() {
             let uri = format!("{}{}", target.url(), check.path);
-            let ok = match uri.parse::<http::Uri>() {
-                Ok(uri) => {
-                    let req = http::Request::get(uri)
-                        .header("user-agent", "fleetgate-health-check")
-                        .body(http_body_util::Empty::new());
-                    match req {
-                        Ok(req) => {
-                            matches!(tokio::time::timeout(check.timeout, client.request(req)).await, Ok(Ok(resp)) if resp.status().is_success())
+            let ok = if let Some(probe) = &probes[idx] {
+                matches!(
+                    tokio::time::timeout(check.timeout, probe.probe(&check.path)).await,
+                    Ok(true)
+                )
+            } else {
+                match uri.parse::<http::Uri>() {
+                    Ok(uri) => {
+                        let req = http::Request::get(uri)
+                            .header("user-agent", "fleetgate-health-check")
+                            .body(http_body_util::Empty::new());
+                        match req {
+                            Ok(req) => {
+                                matches!(tokio::time::timeout(check.timeout, client.request(req)).await, Ok(Ok(resp)) if resp.status().is_success())
+                            }
+                            Err(_) => false,
                         }
-                        Err(_) => false,
                     }
+                    Err(_) => false,
                 }
-                Err(_) => false,
             };
             let (ups, downs) = &mut streaks[idx];
             if ok {

@@ -10,8 +10,16 @@
 //! `scripts/bench gateway`). A request that found a stale idle connection (closed by the
 //! upstream before it was sent) is retried once on a fresh one.
 //!
-//! HTTP/2 to a target (gRPC, see `crate::gateway`): one multiplexed connection per worker and
-//! target, opened with prior knowledge on first use and replaced when it closes. Upgrade
+//! HTTP/2 to a target (gRPC, `protocol: http2`, or an `https://` target that chose `h2` by
+//! ALPN under `protocol: auto`; see `crate::gateway`): one multiplexed connection per worker
+//! and target, opened on first use (prior knowledge for `http://`, ALPN `h2` for `https://`)
+//! and replaced when it closes. Under `auto`, the first request to an `https://` target
+//! connects offering both and keeps the connection for the protocol the target chose
+//! ([`TargetPool::learn_protocol`]); a target that later stops offering `h2` is spoken to over
+//! HTTP/1.1 again from its next connection on.
+//!
+//! `https://` targets ([`TargetLink::tls`]): the TLS handshake is part of connecting, within
+//! `connect_timeout`; a failed one is a connection failure (502, passive ejection). Upgrade
 //! requests (WebSocket) get a fresh HTTP/1.1 connection of their own, never pooled: after a
 //! 101 it belongs to the tunnel.
 //!
@@ -21,16 +29,19 @@
 
 use crate::body::BoxError;
 use crate::idle::{is_write_stall, IdleBound, WriteBound};
+use crate::tls::client::{Alpn, UpstreamIo, UpstreamTls};
 use crate::upstream::Upstream;
 use bytes::Bytes;
+use fleetgate_config::UpstreamProtocol;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -132,10 +143,36 @@ impl Conn {
     }
 }
 
+/// How a target is reached: over TLS or not, and in which HTTP version.
+#[derive(Clone)]
+pub struct TargetLink {
+    /// For an `https://` target: the upstream's TLS settings and the name to verify.
+    pub tls: Option<(Arc<UpstreamTls>, ServerName<'static>)>,
+    pub protocol: UpstreamProtocol,
+}
+
+impl TargetLink {
+    /// Plain HTTP/1.1 (gRPC aside).
+    pub fn plain() -> Self {
+        TargetLink {
+            tls: None,
+            protocol: UpstreamProtocol::Auto,
+        }
+    }
+}
+
+/// What is known of the HTTP version a target speaks (`TargetPool::h2`).
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_HTTP1: u8 = 1;
+const PROTO_HTTP2: u8 = 2;
+
 /// Idle connections of one worker to one target.
 pub struct TargetPool {
     authority: String,
     settings: PoolSettings,
+    link: TargetLink,
+    /// [`PROTO_UNKNOWN`] until an `auto` TLS target's choice is known.
+    proto: AtomicU8,
     idle: Mutex<Vec<(Conn, Instant)>>,
     /// The HTTP/2 connection, once one was asked for.
     h2: Mutex<Option<H2Sender>>,
@@ -147,10 +184,17 @@ type H2Sender = hyper::client::conn::http2::SendRequest<OutboundBody>;
 const MAX_IDLE: usize = 256;
 
 impl TargetPool {
-    pub fn new(authority: String, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(authority: String, settings: PoolSettings, link: TargetLink) -> Arc<Self> {
+        let proto = match (link.protocol, link.tls.is_some()) {
+            (UpstreamProtocol::Http2, _) => PROTO_HTTP2,
+            (UpstreamProtocol::Http1, _) | (UpstreamProtocol::Auto, false) => PROTO_HTTP1,
+            (UpstreamProtocol::Auto, true) => PROTO_UNKNOWN,
+        };
         Arc::new(TargetPool {
             authority,
             settings,
+            link,
+            proto: AtomicU8::new(proto),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         })
@@ -183,22 +227,98 @@ impl TargetPool {
         }
     }
 
-    async fn connect_tcp(&self) -> Result<TokioIo<WriteBound<tokio::net::TcpStream>>, UpstreamError> {
-        let stream = tokio::time::timeout(
-            self.settings.connect_timeout,
-            tokio::net::TcpStream::connect(&self.authority),
-        )
-        .await
-        .map_err(|_| UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
-        .map_err(UpstreamError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(WriteBound::new(stream, self.settings.write_timeout)))
+    /// Whether requests go to the target over HTTP/2 (`None`: not known yet, see
+    /// [`learn_protocol`](Self::learn_protocol)).
+    #[inline]
+    pub fn h2_known(&self) -> Option<bool> {
+        match self.proto.load(Ordering::Relaxed) {
+            PROTO_HTTP1 => Some(false),
+            PROTO_HTTP2 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Connects once offering both protocols and keeps the connection for the one the target
+    /// chose (`protocol: auto`, `https://`). Whether it chose HTTP/2; a failure says no (the
+    /// HTTP/1.1 path then connects again and reports it).
+    pub async fn learn_protocol(&self) -> bool {
+        let Ok((io, h2)) = self.connect_io(Alpn::Either).await else {
+            return false;
+        };
+        if h2 {
+            match self.h2_handshake(io).await {
+                Ok(sender) => {
+                    *self.h2.lock() = Some(sender);
+                    self.proto.store(PROTO_HTTP2, Ordering::Relaxed);
+                    true
+                }
+                Err(_) => false,
+            }
+        } else {
+            self.proto.store(PROTO_HTTP1, Ordering::Relaxed);
+            if let Ok(conn) = self.h1_handshake(io).await {
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push((conn, Instant::now()));
+                }
+            }
+            false
+        }
+    }
+
+    /// One health check over a connection of its own (HTTP/1.1, TLS for an `https://` target):
+    /// whether `GET path` answered 2xx. Bounded by the caller.
+    pub async fn probe(&self, path: &str) -> bool {
+        let Ok((io, _)) = self.connect_io(Alpn::Http1).await else {
+            return false;
+        };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(io).await
+        else {
+            return false;
+        };
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, self.authority.as_str())
+            .header(http::header::USER_AGENT, "fleetgate-health-check")
+            .body(http_body_util::Empty::new());
+        match req {
+            Ok(req) => sender
+                .send_request(req)
+                .await
+                .is_ok_and(|resp| resp.status().is_success()),
+            Err(_) => false,
+        }
+    }
+
+    /// A connection to the target: TCP, then TLS offering `alpn` for an `https://` target,
+    /// both within `connect_timeout`. Also whether the target chose HTTP/2 by ALPN.
+    async fn connect_io(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), UpstreamError> {
+        let timed_out =
+            || UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
+        let connecting = async {
+            let stream = tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            let stream = WriteBound::new(stream, self.settings.write_timeout);
+            match &self.link.tls {
+                None => Ok((UpstreamIo::Plain(stream), false)),
+                Some((tls, name)) => tls
+                    .connect(name.clone(), stream, alpn)
+                    .await
+                    .map_err(UpstreamError::Connect),
+            }
+        };
+        let (io, h2) = tokio::time::timeout(self.settings.connect_timeout, connecting)
+            .await
+            .map_err(|_| timed_out())??;
+        Ok((TokioIo::new(io), h2))
     }
 
     /// Sends an upgrade request (WebSocket) on a connection of its own. The response, if 101,
     /// carries the upstream's side of the tunnel (`hyper::upgrade::on`).
     pub async fn send_upgrade(&self, req: Request<UpstreamRequestBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let io = self.connect_tcp().await?;
+        let (io, _) = self.connect_io(Alpn::Http1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
@@ -211,12 +331,29 @@ impl TargetPool {
     }
 
     /// The worker's HTTP/2 connection to the target: the open one, or a new one (prior
-    /// knowledge).
+    /// knowledge, or ALPN `h2` for an `https://` target).
     async fn h2_sender(&self) -> Result<H2Sender, UpstreamError> {
         if let Some(sender) = self.h2.lock().as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = self.connect_tcp().await?;
+        let (io, h2) = self.connect_io(Alpn::Http2).await?;
+        if self.link.tls.is_some() && !h2 {
+            if self.link.protocol == UpstreamProtocol::Auto {
+                // Its next requests go over HTTP/1.1.
+                self.proto.store(PROTO_HTTP1, Ordering::Relaxed);
+            }
+            return Err(UpstreamError::Connect(std::io::Error::other(
+                "the target did not choose HTTP/2 (ALPN h2)",
+            )));
+        }
+        let sender = self.h2_handshake(io).await?;
+        // Two requests may race to connect: the last one in stays, the other connection ends
+        // when its streams do.
+        *self.h2.lock() = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn h2_handshake(&self, io: TokioIo<UpstreamIo>) -> Result<H2Sender, UpstreamError> {
         let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
@@ -227,9 +364,6 @@ impl TargetPool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        // Two requests may race to connect: the last one in stays, the other connection ends
-        // when its streams do.
-        *self.h2.lock() = Some(sender.clone());
         Ok(sender)
     }
 
@@ -259,7 +393,11 @@ impl TargetPool {
     }
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let io = self.connect_tcp().await?;
+        let (io, _) = self.connect_io(Alpn::Http1).await?;
+        self.h1_handshake(io).await
+    }
+
+    async fn h1_handshake(&self, io: TokioIo<UpstreamIo>) -> Result<Conn, UpstreamError> {
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(UpstreamError::Request)?;

@@ -28,8 +28,8 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, Stri
     };
     webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("certificate file {cert_name:?}: the first certificate is not valid X.509: {e}"))?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("key file {key_name:?} cannot be read: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("key file {key_name:?} cannot be read: {e}"))?;
     let signer = super::provider()
         .key_provider
         .load_private_key(key)

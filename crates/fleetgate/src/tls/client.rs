@@ -39,7 +39,7 @@ impl UpstreamTls {
     pub fn new(config: &UpstreamTlsConfig) -> Result<Self, String> {
         let builder = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| format!("tls: {e}"))?;
         let builder = if config.insecure_skip_verify {
             builder
                 .dangerous()
@@ -67,9 +67,7 @@ impl UpstreamTls {
         base.alpn_protocols = Vec::new();
         let server_name = match &config.server_name {
             None => None,
-            Some(n) => Some(
-                ServerName::try_from(n.clone()).map_err(|e| format!("tls.server_name {n:?}: {e}"))?,
-            ),
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| format!("tls.server_name {n:?}: {e}"))?),
         };
         Ok(UpstreamTls {
             http1: with(&[b"http/1.1"], &base),
@@ -125,7 +123,7 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
             let system = SYSTEM.get_or_init(|| rustls_native_certs::load_native_certs().certs);
             store.add_parsable_certificates(system.iter().cloned());
             if store.is_empty() {
-                return Err("no CA roots found on this system for https targets; accepted: tls.ca_file, or the system's roots (apt-get install -y ca-certificates)".to_string());
+                return Err("tls: no CA roots found on this system for https targets; accepted: tls.ca_file, or the system's roots (apt-get install -y ca-certificates)".to_string());
             }
         }
     }

@@ -82,5 +82,6 @@ fn warn_now() -> bool {
     if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
         return false;
     }
-    LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
 }
