@@ -805,10 +805,10 @@ fn other_refusals() {
         &["no targets", "accepted: a non-empty list"],
     );
     refused(
-        "upstreams:\n  b:\n    targets: [https://x:443]\n",
+        "upstreams:\n  b:\n    targets: [ftp://x:21]\n",
         3,
         "upstreams.b.targets[0]",
-        &["https targets are not supported yet"],
+        &["scheme \"ftp\" is not supported"],
     );
     refused(
         "upstreams:\n  b:\n    targets: [http://x/api]\n",
@@ -2250,4 +2250,92 @@ mod duration_units {
             Err("\"18446744073709551615d\" is longer than 7d".to_string())
         );
     }
+}
+
+#[test]
+fn https_targets_and_upstream_tls_settings() {
+    let c = p("upstreams:\n  b:\n    targets: [https://api.internal, http://x]\n    protocol: http2\n").unwrap();
+    let b = &c.upstreams["b"];
+    assert_eq!((b.targets[0].tls, b.targets[0].port), (true, 443));
+    assert_eq!(b.targets[0].url(), "https://api.internal:443");
+    assert_eq!((b.targets[1].tls, b.targets[1].port), (false, 80));
+    assert_eq!(b.protocol, UpstreamProtocol::Http2);
+    assert_eq!(b.tls, UpstreamTlsConfig::default());
+    let c = p("upstreams:\n  b:\n    targets: [https://10.0.0.1:8443]\n    tls: { server_name: API.internal, insecure_skip_verify: true }\n").unwrap();
+    let t = &c.upstreams["b"].tls;
+    assert_eq!(t.server_name.as_deref(), Some("api.internal"));
+    assert!(t.insecure_skip_verify);
+    assert_eq!(c.upstreams["b"].protocol, UpstreamProtocol::Auto);
+    refused(
+        "upstreams:\n  b:\n    targets: [https://x]\n    protocol: spdy\n",
+        4,
+        "upstreams.b.protocol",
+        &["unknown protocol \"spdy\"", "auto", "http1", "http2"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [https://x]\n    tls: { server_name: \"a b\" }\n",
+        4,
+        "upstreams.b.tls.server_name",
+        &["is not a DNS name or IP address"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [https://x]\n    tls: { cert_file: /nonexistent.pem }\n",
+        4,
+        "upstreams.b.tls.cert_file",
+        &["cert_file is set without key_file"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [https://x]\n    tls: { ca_file: /nonexistent/ca.pem }\n",
+        4,
+        "upstreams.b.tls.ca_file",
+        &["does not exist"],
+    );
+    refused(
+        "upstreams:\n  b:\n    targets: [http://x]\n    tls: { server_name: x }\n",
+        4,
+        "upstreams.b.tls",
+        &["none of its targets is https://"],
+    );
+}
+
+#[test]
+fn the_tls_listener_section() {
+    let dir = std::env::temp_dir().join(format!("fleetgate-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n").unwrap();
+    let (c_, k_) = (cert.display(), key.display());
+    let c = p(&format!("tls:\n  listen: 127.0.0.1:9443\n  certificates:\n    - {{ cert_file: {c_}, key_file: {k_} }}\n")).unwrap();
+    let tls = c.tls.expect("the section");
+    assert_eq!(tls.listen, "127.0.0.1:9443".parse().unwrap());
+    assert_eq!(tls.certificates, [CertificatePair { cert_file: cert.clone(), key_file: key.clone() }]);
+    assert_eq!(tls.reload_interval, std::time::Duration::from_secs(5));
+    assert!(p("listen: 127.0.0.1:1\n").unwrap().tls.is_none());
+    refused("tls:\n  certificates: []\n", 2, "tls.certificates", &["no certificates"]);
+    refused(
+        &format!("tls:\n  certificates:\n    - {{ cert_file: {c_} }}\n"),
+        3,
+        "tls.certificates[0]",
+        &["needs both cert_file and key_file"],
+    );
+    refused(
+        &format!("tls:\n  certificates:\n    - {{ cert_file: {k_}, key_file: {k_} }}\n"),
+        3,
+        "tls.certificates[0].cert_file",
+        &["holds no certificate"],
+    );
+    refused(
+        &format!("tls:\n  reload_interval: 0s\n  certificates:\n    - {{ cert_file: {c_}, key_file: {k_} }}\n"),
+        2,
+        "tls.reload_interval",
+        &["out of range"],
+    );
+    refused(
+        &format!("listen: 127.0.0.1:8443\ntls:\n  listen: 127.0.0.1:8443\n  certificates:\n    - {{ cert_file: {c_}, key_file: {k_} }}\n"),
+        3,
+        "tls.listen",
+        &["also the address of `listen`"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
