@@ -2306,13 +2306,27 @@ fn the_tls_listener_section() {
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n").unwrap();
     std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n").unwrap();
     let (c_, k_) = (cert.display(), key.display());
-    let c = p(&format!("tls:\n  listen: 127.0.0.1:9443\n  certificates:\n    - {{ cert_file: {c_}, key_file: {k_} }}\n")).unwrap();
+    let c = p(&format!(
+        "tls:\n  listen: 127.0.0.1:9443\n  certificates:\n    - {{ cert_file: {c_}, key_file: {k_} }}\n"
+    ))
+    .unwrap();
     let tls = c.tls.expect("the section");
     assert_eq!(tls.listen, "127.0.0.1:9443".parse().unwrap());
-    assert_eq!(tls.certificates, [CertificatePair { cert_file: cert.clone(), key_file: key.clone() }]);
+    assert_eq!(
+        tls.certificates,
+        [CertificatePair {
+            cert_file: cert.clone(),
+            key_file: key.clone()
+        }]
+    );
     assert_eq!(tls.reload_interval, std::time::Duration::from_secs(5));
     assert!(p("listen: 127.0.0.1:1\n").unwrap().tls.is_none());
-    refused("tls:\n  certificates: []\n", 2, "tls.certificates", &["no certificates"]);
+    refused(
+        "tls:\n  certificates: []\n",
+        2,
+        "tls.certificates",
+        &["no certificates"],
+    );
     refused(
         &format!("tls:\n  certificates:\n    - {{ cert_file: {c_} }}\n"),
         3,

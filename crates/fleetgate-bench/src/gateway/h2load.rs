@@ -18,6 +18,12 @@ pub struct H2load {
 
 /// `h2load -t2 -c64 -m10 -D SECS http://127.0.0.1:PORT/`, under `taskset -c CPUS` if given.
 pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> H2load {
+    run_url(&format!("http://127.0.0.1:{port}/"), duration, cpus)
+}
+
+/// [`run`] against `url`: `https://...` is HTTP/2 over TLS, chosen by ALPN (h2load does not
+/// verify the certificate).
+pub fn run_url(url: &str, duration: Duration, cpus: Option<&str>) -> H2load {
     let mut cmd = match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -31,7 +37,7 @@ pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> H2load {
         .arg(format!("-c{CONNECTIONS}"))
         .arg(format!("-m{STREAMS}"))
         .arg(format!("-D{}", duration.as_secs().max(1)))
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(url)
         .output()
         .unwrap_or_else(|e| panic!("run h2load ({e}); install it with: apt-get install -y nghttp2-client"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -75,10 +81,10 @@ pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> H2load {
         .unwrap_or_else(|| panic!("no status codes line in h2load's output:\n{text}"));
     let (done, succeeded, failed, errored) = (requests[2], requests[3], requests[4], requests[5]);
     if failed != 0 || errored != 0 || succeeded != done {
-        panic!("h2load on port {port}: failed or errored requests:\n{text}");
+        panic!("h2load on {url}: failed or errored requests:\n{text}");
     }
     if statuses.iter().skip(1).any(|n| *n != 0) {
-        panic!("h2load on port {port}: answers that were not 2xx:\n{text}");
+        panic!("h2load on {url}: answers that were not 2xx:\n{text}");
     }
     H2load {
         requests: succeeded,

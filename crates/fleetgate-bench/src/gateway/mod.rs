@@ -48,6 +48,7 @@
 mod h2load;
 mod openloop;
 mod procs;
+mod tls;
 mod wrk;
 
 use crate::redis_bench::pin;
@@ -405,6 +406,8 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     drop(redis);
 
     h2_rounds(&fg_memory, peer_h2_port, &cpus, &peer_desc);
+    // Its own fleetgate and nginx; the others stay idle meanwhile.
+    tls::tls_rounds(fleetgate_bin, &scratch, &cpus, &upstream, &peer_desc);
 
     // Latency added at half of fleetgate's maximum rate: open-loop rounds on fleetgate, on the
     // upstream directly and (for the log only) on nginx, in rotated order.
@@ -557,6 +560,29 @@ fn h2_rounds(fg: &Fleetgate, peer_h2_port: u16, cpus: &Cpus, peer_desc: &str) {
         ),
         nginx,
     );
+}
+
+/// Only `gateway_tls_memory_limit` (`fleetgate-bench gateway-tls FLEETGATE_BINARY`): the
+/// upstream, the TLS peer and fleetgate's TLS listener, with the placement of the full run.
+pub fn run_tls(fleetgate_bin: &Path) -> ExitCode {
+    let cpus = cpus();
+    if let Some(load) = cpus.load {
+        assert!(pin(std::process::id(), load), "taskset could not pin this process");
+    }
+    let scratch = Scratch::new();
+    let upstream = Nginx::upstream(&scratch, free_port(), cpus.load);
+    let peer_desc = format!(
+        "{} {PEER}, {} worker(s){}",
+        nginx_version(),
+        cpus.workers,
+        if cpus.placement == Placement::Split {
+            ", on CPU 1"
+        } else {
+            ""
+        }
+    );
+    tls::tls_rounds(fleetgate_bin, &scratch, &cpus, &upstream, &peer_desc);
+    ExitCode::SUCCESS
 }
 
 /// `gateway_store_outage_*`: a Redis store SIGSTOPped under a fixed load.

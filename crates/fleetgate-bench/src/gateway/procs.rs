@@ -280,6 +280,55 @@ http {{
         Nginx::start(&prefix, &conf, port, "nginx proxy", cpus)
     }
 
+    /// The TLS peer: the same reverse proxy as [`proxy`](Self::proxy), terminating TLS with
+    /// HTTP/2 by ALPN (`listen ... ssl http2`) on `tls_port`, with `cert` and `key`; plain
+    /// HTTP/1.1 on `port` (for the readiness check).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tls_proxy(
+        scratch: &Scratch,
+        port: u16,
+        tls_port: u16,
+        upstream_port: u16,
+        workers: usize,
+        cpus: Option<&str>,
+        cert: &Path,
+        key: &Path,
+    ) -> Nginx {
+        let prefix = scratch.dir.join("nginx-tls-proxy");
+        let conf = format!(
+            "{main}
+http {{
+    {common}
+    limit_req_zone $binary_remote_addr zone=z:10m rate=100000000r/s;
+    upstream up {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        http2_max_concurrent_streams 128;
+        location / {{
+            limit_req zone=z burst=100000 nodelay;
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+",
+            main = main_common(&prefix, workers),
+            common = http_common(&prefix),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        Nginx::start(&prefix, &conf, port, "nginx TLS proxy", cpus)
+    }
+
     fn start(prefix: &Path, conf: &str, port: u16, what: &str, cpus: Option<&str>) -> Nginx {
         std::fs::create_dir_all(prefix.join("tmp")).expect("create the nginx prefix");
         let conf_path = prefix.join("nginx.conf");
@@ -358,6 +407,19 @@ impl Fleetgate {
         upstream_port: u16,
         cpus: Option<&str>,
     ) -> Fleetgate {
+        Fleetgate::start_with(binary, scratch, setup, upstream_port, cpus, "")
+    }
+
+    /// [`start`](Self::start) with `sections` (top-level YAML, e.g. a `tls:` section) added to
+    /// the configuration.
+    pub fn start_with(
+        binary: &Path,
+        scratch: &Scratch,
+        setup: &FleetgateSetup,
+        upstream_port: u16,
+        cpus: Option<&str>,
+        sections: &str,
+    ) -> Fleetgate {
         let port = fleetgate_testkit::free_port();
         let admin_port = fleetgate_testkit::free_port();
         let store_extra = if setup.store_extra.is_empty() {
@@ -382,7 +444,7 @@ routes:
     upstream: up
     rate_limits:
       - {{ {limit}{limit_extra} }}
-",
+{sections}",
             url = setup.store_url,
             limit = setup.limit.unwrap_or(NEVER_REACHED),
         );
