@@ -491,6 +491,9 @@ fn https_upstreams_are_verified_and_spoken_to_over_h2_or_http1() {
     tls: {{ ca_file: {ca}, server_name: elsewhere.internal }}
   untrusted:
     targets: [https://localhost:{p}]
+  skipverify:
+    targets: [https://localhost:{p}]
+    tls: {{ insecure_skip_verify: true }}
   mtls:
     targets: [https://localhost:{m}]
     tls: {{ ca_file: {ca}, cert_file: {cc}, key_file: {ck} }}
@@ -503,6 +506,7 @@ routes:
   - {{ name: named, match: {{ path_prefix: /named }}, upstream: named }}
   - {{ name: wrongname, match: {{ path_prefix: /wrongname }}, upstream: wrongname }}
   - {{ name: untrusted, match: {{ path_prefix: /untrusted }}, upstream: untrusted }}
+  - {{ name: skipverify, match: {{ path_prefix: /skipverify }}, upstream: skipverify }}
   - {{ name: mtls, match: {{ path_prefix: /mtls }}, upstream: mtls }}
   - {{ name: nocert, match: {{ path_prefix: /nocert }}, upstream: nocert }}
 ",
@@ -530,6 +534,11 @@ routes:
         gw.get("/untrusted", &[]).status,
         502,
         "the system roots do not know the test CA"
+    );
+    assert_eq!(
+        gw.get("/skipverify", &[]).status,
+        200,
+        "insecure_skip_verify takes any certificate"
     );
     let r = gw.get("/mtls", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
