@@ -62,7 +62,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert_eq!(c.admin.listen, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
     assert_eq!(c.log.level, LogLevel::Info);
-    assert!(c.log.access_log);
+    assert_eq!(c.log.access_log, AccessLog::Text);
     assert_eq!(c.store.url, "memory://");
     assert_eq!(c.store.kind, StoreKind::Memory);
     assert_eq!(c.store.url_source, UrlSource::Default);
@@ -304,7 +304,7 @@ fn every_field_is_read() {
     assert_eq!(c.listen, "0.0.0.0:8081".parse::<SocketAddr>().unwrap());
     assert_eq!(c.admin.listen, "[::1]:9091".parse::<SocketAddr>().unwrap());
     assert_eq!(c.log.level, LogLevel::Debug);
-    assert!(!c.log.access_log);
+    assert_eq!(c.log.access_log, AccessLog::Off);
     assert_eq!(c.store.kind, StoreKind::Redis);
     assert_eq!(c.store.url_source, UrlSource::File);
     assert_eq!(c.store.redacted_url(), "redis://user:***@127.0.0.1:6379/2");
@@ -765,7 +765,13 @@ fn other_refusals() {
         "log.level",
         &["accepted: trace, debug, info, warn, error"],
     );
-    refused("log:\n  access_log: maybe\n", 2, "log.access_log", &["true or false"]);
+    refused(
+        "log:\n  access_log: maybe\n",
+        2,
+        "log.access_log",
+        &["unknown access log form \"maybe\"", "accepted: text, json, off"],
+    );
+    refused("log:\n  access_log: 3\n", 2, "log.access_log", &["text, json, off"]);
     refused(
         "store:\n  key_prefix: \"a:b\"\n",
         2,

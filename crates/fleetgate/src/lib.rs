@@ -4,9 +4,11 @@
 //! out. The binary (`main.rs`) is a thin command line over [`run::run`].
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod build;
+pub mod correlation;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;

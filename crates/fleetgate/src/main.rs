@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str());
+    // The JSON writer starts whatever the file says: a reload may turn it on.
+    let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str(), true);
     match fleetgate::run::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
