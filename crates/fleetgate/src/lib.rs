@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod idle;
 pub mod path_normalize;
 pub mod pipeline;
+pub mod reload;
 pub mod request_head;
 pub mod route;
 pub mod run;

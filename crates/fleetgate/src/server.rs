@@ -21,7 +21,7 @@
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
 //! wait for nothing. Writes to a client that stops reading fail after `write_timeout`.
 
-use crate::gateway::{Gateway, Worker};
+use crate::reload::{LiveGateway, LiveWorker};
 use crate::idle::WriteBound;
 use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
@@ -138,10 +138,11 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std
     Ok(listeners)
 }
 
-/// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread.
+/// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread. Each
+/// request takes the configuration current when it arrives ([`LiveWorker::snapshot`]).
 pub fn run_worker(
     listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     make_ctx: impl FnOnce() -> Result<StoreCtx, String>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
     settings: ServerSettings,
@@ -160,7 +161,7 @@ pub fn run_worker(
         // Connected before the first request, so no first decision times out on a handshake.
         ctx.store.warm_up().await;
         let _ = started.send(Ok(()));
-        let worker = Arc::new(Worker::new(&gateway, ctx));
+        let worker = Arc::new(LiveWorker::new(live, ctx));
         let builder = Arc::new(connection_builder(&settings));
         // Each connection task holds a sender; when all are gone, the drain is over.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -186,15 +187,15 @@ pub fn run_worker(
                     let _ = stream.set_nodelay(true);
                     let stream = WriteBound::new(stream, settings.write_timeout);
                     let state = registry.add();
-                    let (gateway, worker, seen) = (gateway.clone(), worker.clone(), state.clone());
+                    let (worker, seen) = (worker.clone(), state.clone());
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         if req.version() == http::Version::HTTP_2 {
                             seen.stream_opened();
                         } else {
                             seen.request();
                         }
-                        let (gateway, worker) = (gateway.clone(), worker.clone());
-                        async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
+                        let snap = worker.snapshot();
+                        async move { Ok::<_, Infallible>(snap.gateway.handle(&snap.worker, peer, req).await) }
                     });
                     let (builder, open) = (builder.clone(), open_tx.clone());
                     tokio::spawn(async move {
