@@ -173,7 +173,9 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(r) = this.record.take() {
-                r.write(*this.sent, false);
+                // Dropped at its end (a bodiless answer, never polled) or before it.
+                let whole = this.inner.is_end_stream();
+                r.write(*this.sent, whole);
             }
         }
     }
@@ -194,12 +196,18 @@ impl Body for Logged {
     type Error = crate::body::BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.sent += data.len() as u64;
+                }
+                // A body of known length is not polled past its last bytes.
+                if this.inner.is_end_stream() {
+                    if let Some(r) = this.record.take() {
+                        r.write(*this.sent, true);
+                    }
                 }
             }
             Poll::Ready(None) => {
