@@ -55,6 +55,7 @@ mod route;
 mod snippet;
 mod store;
 mod store_url;
+mod telemetry;
 mod tls;
 mod upstream;
 mod validate;

@@ -7,6 +7,7 @@ pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
+pub use crate::telemetry::{OtlpConfig, OtlpEndpoint, TelemetryConfig};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
 pub use fleetgate_http::ratelimit::LimitMode;
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
@@ -63,6 +64,9 @@ pub struct Config {
     /// Routes in file order; the first that matches a request wins.
     #[serde(default, deserialize_with = "nullable")]
     pub routes: Vec<RouteConfig>,
+    /// Trace export (`telemetry`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -178,13 +182,22 @@ impl<'de> Deserialize<'de> for AccessLog {
                 }
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<AccessLog, E> {
-                Err(refuse(format!("{n} is not an access log form; accepted: {}", AccessLog::ACCEPTED)))
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<AccessLog, E> {
-                Err(refuse(format!("{n} is not an access log form; accepted: {}", AccessLog::ACCEPTED)))
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
             }
             fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<AccessLog, E> {
-                Err(refuse(format!("{n} is not an access log form; accepted: {}", AccessLog::ACCEPTED)))
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
             }
             fn visit_unit<E: serde::de::Error>(self) -> Result<AccessLog, E> {
                 Ok(AccessLog::Text)

@@ -1897,6 +1897,67 @@ fn the_configuration_reference_names_every_field() {
     );
 }
 
+#[test]
+fn access_log_forms_are_read() {
+    for (written, want) in [
+        ("true", AccessLog::Text),
+        ("false", AccessLog::Off),
+        ("text", AccessLog::Text),
+        ("JSON", AccessLog::Json),
+        ("off", AccessLog::Off),
+        ("", AccessLog::Text),
+    ] {
+        let c = p(&format!("log:\n  access_log: {written}\n")).unwrap();
+        assert_eq!(c.log.access_log, want, "{written:?}");
+    }
+}
+
+#[test]
+fn telemetry_otlp_is_read_and_checked() {
+    assert_eq!(Config::default().telemetry.otlp, None);
+    let c = p("telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:4318\n").unwrap();
+    let otlp = c.telemetry.otlp.unwrap();
+    assert_eq!(otlp.endpoint.0, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.service_name, "fleetgate");
+    for (written, full) in [
+        ("http://collector:4318/", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/v1/traces", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/otel", "http://collector:4318/otel/v1/traces"),
+    ] {
+        let c = p(&format!(
+            "telemetry:\n  otlp:\n    endpoint: {written}\n    service_name: edge\n"
+        ))
+        .unwrap();
+        let otlp = c.telemetry.otlp.unwrap();
+        assert_eq!(otlp.endpoint.0, full);
+        assert_eq!(otlp.service_name, "edge");
+    }
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: https://c:4318\n",
+        3,
+        "telemetry.otlp.endpoint",
+        &["not an http:// URL", "accepted: an http:// URL"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: http://u:p@c:4318\n",
+        3,
+        "telemetry.otlp.endpoint",
+        &["credentials"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: http://c:4318\n    service_name: \"\"\n",
+        4,
+        "telemetry.otlp.service_name",
+        &["not a service name"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpont: http://c:4318\n",
+        3,
+        "telemetry.otlp.endpont",
+        &["endpoint"],
+    );
+}
+
 // ---- unit tests of the modules (moved here from each module) ----
 
 mod model_units {

@@ -218,7 +218,10 @@ mod tests {
         assert_ne!(&out[36..52], &VALID[36..52], "the gateway's span is the new parent");
         assert_eq!(&out[52..], "-01");
         assert_eq!(cx.parent_id, Some(parse_traceparent(VALID.as_bytes()).unwrap().1));
-        assert!(h.contains_key(&TRACESTATE), "tracestate travels with a valid traceparent");
+        assert!(
+            h.contains_key(&TRACESTATE),
+            "tracestate travels with a valid traceparent"
+        );
         assert!(parse_traceparent(out.as_bytes()).is_some());
     }
 

@@ -103,10 +103,15 @@ impl Gateway {
         let started = Instant::now();
         // Only what the access log needs, captured before the request moves on (nothing when
         // there is no access log). The path as the client sent it.
-        let mut access = self
-            .access_log
-            .is_on()
-            .then(|| Record::new(self.access_log, req.method().clone(), req.uri().path(), req.version(), peer));
+        let mut access = self.access_log.is_on().then(|| {
+            Record::new(
+                self.access_log,
+                req.method().clone(),
+                req.uri().path(),
+                req.version(),
+                peer,
+            )
+        });
         let request_id = crate::correlation::request_id(req.headers(), self.trusted.contains(peer.ip()));
         let mut resp = self.serve(worker, peer, req, &request_id, &mut access, started).await;
         if let Some(mut record) = access {
@@ -164,6 +169,18 @@ impl Gateway {
             record.client_ip = Some(ip);
             record.bytes_in = content_length(&parts.headers).map(|(len, _)| len);
         }
+        // Proxied requests continue the trace upstream; with trace export on, every routed
+        // request has its span.
+        let proxied = matches!(route.action, Action::Proxy(_));
+        let mut trace =
+            (proxied || crate::otlp::enabled()).then(|| TraceContext::continue_or_start(&mut parts.headers));
+        let span = match &mut trace {
+            Some(t) => crate::otlp::start(t, &route.name, &parts.method, parts.uri.path()),
+            None => None,
+        };
+        if let (Some(record), Some(t)) = (access.as_deref_mut(), &trace) {
+            record.trace_id = Some(t.trace_id_hex());
+        }
         let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
         let mut tunnel = None;
         let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
@@ -180,8 +197,9 @@ impl Gateway {
                     let upstream = &self.upstreams[*idx];
                     // The upstream gets the request's id and the trace, continued.
                     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-                    let trace = TraceContext::continue_or_start(&mut parts.headers);
-                    trace.forward(&mut parts.headers);
+                    if let Some(t) = &trace {
+                        t.forward(&mut parts.headers);
+                    }
                     let mut upstream_time = None;
                     let (resp, target) = self
                         .proxy(
@@ -202,7 +220,6 @@ impl Gateway {
                         record.upstream = Some(upstream.name.clone());
                         record.target = target.map(|t| upstream.targets[t].url());
                         record.upstream_time = upstream_time;
-                        record.trace_id = Some(trace.trace_id_hex());
                     }
                     resp
                 }
@@ -211,6 +228,13 @@ impl Gateway {
         route.pipeline.response(&mut cx, &mut resp).await;
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());
+        if let Some(span) = span {
+            let upstream = match route.action {
+                Action::Proxy(idx) => Some(self.upstreams[idx].name.as_str()),
+                Action::Respond { .. } => None,
+            };
+            span.end(status.as_u16(), request_id, upstream);
+        }
         if let Some(tunnel) = tunnel {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 // The permits are held by the tunnel until it closes.

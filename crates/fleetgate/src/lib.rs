@@ -12,6 +12,7 @@ pub mod correlation;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;
+pub mod otlp;
 pub mod path_normalize;
 pub mod pipeline;
 pub mod reload;

@@ -114,8 +114,8 @@ impl LiveWorker {
 /// The error is the text `check` prints after `error: `.
 pub fn load_and_build(path: &Path, instance_id: &str, store_url_redacted: String) -> Result<(Config, Gateway), String> {
     let config = fleetgate_config::load(path).map_err(|e| e.to_string())?;
-    let gateway = build_gateway(&config, instance_id, store_url_redacted)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let gateway =
+        build_gateway(&config, instance_id, store_url_redacted).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((config, gateway))
 }
 
@@ -127,13 +127,18 @@ pub fn restart_only_changes(current: &Config, next: &Config) -> Vec<&'static str
         ("admin", current.admin != next.admin),
         ("store", current.store != next.store || current.stores != next.stores),
         ("log.level", current.log.level != next.log.level),
+        ("telemetry", current.telemetry != next.telemetry),
         ("server.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
         ("server.idle_timeout_ms", a.idle_timeout != b.idle_timeout),
         ("server.drain_timeout_ms", a.drain_timeout != b.drain_timeout),
         ("server.write_timeout", a.write_timeout != b.write_timeout),
         ("server.max_connections", a.max_connections != b.max_connections),
     ];
-    checks.iter().filter(|(_, changed)| *changed).map(|(name, _)| *name).collect()
+    checks
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// How a reload ended.

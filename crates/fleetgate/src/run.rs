@@ -51,6 +51,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
 /// Runs the gateway until a shutdown signal; on SIGHUP, reloads `config_file` when given.
 pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) -> Result<(), RunError> {
     install_metrics();
+    if let Some(otlp) = &config.telemetry.otlp {
+        crate::otlp::install(otlp).map_err(RunError::Setup)?;
+    }
     // The control runtime (admin, health checks, signals) exists first: Redis connections are
     // bound to the runtime that opens them.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -235,6 +238,8 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
     for t in threads {
         let _ = t.join();
     }
+    // Spans still queued go out before the exit.
+    crate::otlp::shutdown();
     tracing::info!("fleetgate stopped");
     Ok(())
 }

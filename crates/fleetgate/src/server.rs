@@ -21,8 +21,8 @@
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
 //! wait for nothing. Writes to a client that stops reading fail after `write_timeout`.
 
-use crate::reload::{LiveGateway, LiveWorker};
 use crate::idle::WriteBound;
+use crate::reload::{LiveGateway, LiveWorker};
 use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

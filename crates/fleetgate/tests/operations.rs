@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn head(log: &str) -> String {
-    format!("listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: info\n  access_log: {log}\n")
+    format!(
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: info\n  access_log: {log}\n"
+    )
 }
 
 fn log_path(name: &str) -> PathBuf {
@@ -25,7 +27,11 @@ fn wait_lines(log: &Path, needle: &str, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<String> = text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
         if lines.len() >= n {
             return lines;
         }
@@ -60,7 +66,11 @@ fn request_ids_are_generated_kept_from_trusted_proxies_forwarded_and_returned() 
     let id = r.header("x-request-id").expect("every response has an id").to_string();
     assert!(is_hex_id(&id), "generated: {id}");
     let seen = upstream.wait_for(1);
-    assert_eq!(seen[0].one("x-request-id"), id, "the upstream gets the id the client gets");
+    assert_eq!(
+        seen[0].one("x-request-id"),
+        id,
+        "the upstream gets the id the client gets"
+    );
     let again = untrusted.get("/api/a", &[]);
     let second = again.header("x-request-id").unwrap();
     assert!(is_hex_id(second) && second != id, "each request gets its own id");
@@ -68,7 +78,11 @@ fn request_ids_are_generated_kept_from_trusted_proxies_forwarded_and_returned() 
     for (path, status) in [("/nowhere", 404), ("/limited", 200), ("/limited", 429)] {
         let r = untrusted.get(path, &[]);
         assert_eq!(r.status, status, "{path}");
-        assert!(is_hex_id(r.header("x-request-id").unwrap_or("")), "{path}: {:?}", r.headers);
+        assert!(
+            is_hex_id(r.header("x-request-id").unwrap_or("")),
+            "{path}: {:?}",
+            r.headers
+        );
     }
     drop(untrusted);
 
@@ -102,7 +116,12 @@ fn the_json_access_log_has_one_parsable_line_per_request_with_its_fields() {
         &log,
     );
     let ids: Vec<String> = (0..3)
-        .map(|_| gw.get("/api/thing?secret=1", &[]).header("x-request-id").unwrap().to_string())
+        .map(|_| {
+            gw.get("/api/thing?secret=1", &[])
+                .header("x-request-id")
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let lines = wait_lines(&log, "\"request_id\"", 3);
     let records: Vec<serde_json::Value> = lines
@@ -120,7 +139,10 @@ fn the_json_access_log_has_one_parsable_line_per_request_with_its_fields() {
         assert_eq!(rec["completed"], true);
         assert!(rec["bytes_out"].as_u64().unwrap() > 0, "{rec}");
         assert!(rec["unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
-        assert!(is_hex_id(rec["trace_id"].as_str().unwrap_or("")) || rec["status"] == 429, "{rec}");
+        assert!(
+            is_hex_id(rec["trace_id"].as_str().unwrap_or("")) || rec["status"] == 429,
+            "{rec}"
+        );
     }
     // Two allowed and proxied, then the limit refuses.
     for rec in &records[..2] {
@@ -165,11 +187,16 @@ fn the_duration_histogram_and_the_upstream_error_counter_are_in_metrics() {
         0.0
     );
     for route in ["dead", "fine"] {
-        let count = common::metric_sum(&m, &format!("fleetgate_request_duration_seconds_count{{route=\"{route}\"}}"));
+        let count = common::metric_sum(
+            &m,
+            &format!("fleetgate_request_duration_seconds_count{{route=\"{route}\"}}"),
+        );
         let want = if route == "dead" { 2.0 } else { 1.0 };
         assert_eq!(count, want, "{route}: {m}");
         assert!(
-            m.contains(&format!("fleetgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"0.005\"}}")),
+            m.contains(&format!(
+                "fleetgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"0.005\"}}"
+            )),
             "{route} has buckets: {m}"
         );
     }
@@ -185,21 +212,34 @@ fn traceparent_keeps_the_trace_id_and_gets_a_new_parent_or_starts_a_trace() {
     ));
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     assert_eq!(
-        gw.get("/a", &[("traceparent", incoming.as_bytes()), ("tracestate", b"congo=t61rcWkgMzE")])
-            .status,
+        gw.get(
+            "/a",
+            &[
+                ("traceparent", incoming.as_bytes()),
+                ("tracestate", b"congo=t61rcWkgMzE")
+            ]
+        )
+        .status,
         200
     );
     assert_eq!(gw.get("/b", &[]).status, 200);
     assert_eq!(
-        gw.get("/c", &[("traceparent", b"00-zz-bad"), ("tracestate", b"congo=t61rcWkgMzE")])
-            .status,
+        gw.get(
+            "/c",
+            &[("traceparent", b"00-zz-bad"), ("tracestate", b"congo=t61rcWkgMzE")]
+        )
+        .status,
         200
     );
     let seen = upstream.wait_for(3);
     let continued = seen[0].one("traceparent");
     assert_eq!(continued.len(), 55, "{continued}");
     assert_eq!(&continued[..36], &incoming[..36], "same version and trace id");
-    assert_ne!(&continued[36..52], &incoming[36..52], "a new parent id: the gateway's span");
+    assert_ne!(
+        &continued[36..52],
+        &incoming[36..52],
+        "a new parent id: the gateway's span"
+    );
     assert_ne!(&continued[36..52], "0000000000000000");
     assert_eq!(&continued[52..], "-01", "the flags are kept");
     assert_eq!(seen[0].one("tracestate"), "congo=t61rcWkgMzE");
@@ -212,7 +252,10 @@ fn traceparent_keeps_the_trace_id_and_gets_a_new_parent_or_starts_a_trace() {
         assert!(parts[2].len() == 16, "{tp}");
     }
     assert_ne!(seen[1].one("traceparent")[3..35], seen[2].one("traceparent")[3..35]);
-    assert!(!seen[2].has("tracestate"), "tracestate goes with an invalid traceparent");
+    assert!(
+        !seen[2].has("tracestate"),
+        "tracestate goes with an invalid traceparent"
+    );
 }
 
 /// One request on an open keep-alive connection; the status and body.
@@ -348,4 +391,142 @@ fn sighup_reloads_a_valid_file_without_dropping_connections_and_refuses_an_inval
     );
     drop(gw);
     let _ = std::fs::remove_file(&log);
+}
+
+/// A stand-in OTLP collector: records every POST (path, content type, body) and answers 200
+/// with an empty `ExportTraceServiceResponse`.
+struct Collector {
+    port: u16,
+    posts: std::sync::Arc<parking_lot::Mutex<Vec<(String, String, Vec<u8>)>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        use http_body_util::BodyExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let posts = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = posts.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let path = req.uri().path().to_string();
+                                let ct = req
+                                    .headers()
+                                    .get("content-type")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
+                                seen.lock().push((path, ct, body));
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                                resp.headers_mut()
+                                    .insert("content-type", "application/x-protobuf".parse().unwrap());
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Collector { port, posts }
+    }
+}
+
+#[test]
+fn otlp_export_sends_each_request_span_continuing_the_callers_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+    let collector = Collector::start();
+    let upstream = RawUpstream::start();
+    let mut gw = Gateway::start(&format!(
+        "{}telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    service_name: edge-test\nupstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: hello\n    match: {{ path_prefix: /hello }}\n    respond: {{ status: 200, body: hi }}\n  - name: api\n    upstream: b\n",
+        head("false"),
+        collector.port,
+        upstream.url()
+    ));
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = gw.get("/api/x", &[("traceparent", incoming.as_bytes())]);
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(gw.get("/hello", &[]).status, 200);
+    let forwarded = upstream.wait_for(1)[0].one("traceparent").to_string();
+    // A graceful stop flushes the batch.
+    assert!(gw.terminate().success());
+    let posts = collector.posts.lock().clone();
+    assert!(!posts.is_empty(), "the collector received nothing");
+    let mut spans = Vec::new();
+    for (path, content_type, body) in &posts {
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(content_type, "application/x-protobuf");
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("a valid OTLP protobuf body");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.clone());
+            assert_eq!(service, Some(Value::StringValue("edge-test".into())));
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let api = spans
+        .iter()
+        .find(|s| s.name == "GET api")
+        .unwrap_or_else(|| panic!("no api span in {spans:?}"));
+    assert_eq!(hex(&api.trace_id), &incoming[3..35], "the caller's trace");
+    assert_eq!(
+        hex(&api.parent_span_id),
+        &incoming[36..52],
+        "the caller's span is the parent"
+    );
+    assert_eq!(
+        hex(&api.span_id),
+        &forwarded[36..52],
+        "the upstream's parent is this span"
+    );
+    assert_eq!(&forwarded[3..35], &incoming[3..35]);
+    assert_eq!(api.kind, 2, "a server span");
+    let attr = |name: &str| {
+        api.attributes
+            .iter()
+            .find(|kv| kv.key == name)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+    };
+    assert_eq!(attr("http.response.status_code"), Some(Value::IntValue(200)));
+    assert_eq!(attr("fleetgate.request_id"), Some(Value::StringValue(request_id)));
+    assert_eq!(attr("url.path"), Some(Value::StringValue("/api/x".into())));
+    let hello = spans
+        .iter()
+        .find(|s| s.name == "GET hello")
+        .expect("the respond route's span");
+    assert!(hello.parent_span_id.is_empty(), "a new trace");
+    assert_ne!(hello.trace_id, api.trace_id);
 }
