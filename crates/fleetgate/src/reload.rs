@@ -145,7 +145,7 @@ pub fn restart_only_changes(current: &Config, next: &Config) -> Vec<&'static str
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The new configuration serves new requests.
-    Applied(Config),
+    Applied(Box<Config>),
     /// The file was refused (the message `check` would print); the old configuration serves.
     Invalid(String),
     /// The file changes settings that need a restart; the old configuration serves.
@@ -186,5 +186,5 @@ pub fn reload(path: &Path, current: &Config, live: &LiveGateway) -> Outcome {
         generation = live.generation(),
         "configuration reloaded"
     );
-    Outcome::Applied(config)
+    Outcome::Applied(Box::new(config))
 }

@@ -213,7 +213,7 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
                 continue;
             };
             if let crate::reload::Outcome::Applied(next) = crate::reload::reload(path, &config, &live) {
-                config = next;
+                config = *next;
                 // The old upstreams' health checks stop; the new ones' start.
                 for h in health_checks.drain(..) {
                     h.abort();

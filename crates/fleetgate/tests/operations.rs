@@ -393,11 +393,14 @@ fn sighup_reloads_a_valid_file_without_dropping_connections_and_refuses_an_inval
     let _ = std::fs::remove_file(&log);
 }
 
-/// A stand-in OTLP collector: records every POST (path, content type, body) and answers 200
-/// with an empty `ExportTraceServiceResponse`.
+/// One POST the collector received: path, content type, body.
+type Post = (String, String, Vec<u8>);
+
+/// A stand-in OTLP collector: records every POST and answers 200 with an empty
+/// `ExportTraceServiceResponse`.
 struct Collector {
     port: u16,
-    posts: std::sync::Arc<parking_lot::Mutex<Vec<(String, String, Vec<u8>)>>>,
+    posts: std::sync::Arc<parking_lot::Mutex<Vec<Post>>>,
 }
 
 impl Collector {
