@@ -195,11 +195,6 @@ impl Gateway {
                 }
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
-                    // The upstream gets the request's id and the trace, continued.
-                    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-                    if let Some(t) = &trace {
-                        t.forward(&mut parts.headers);
-                    }
                     let mut upstream_time = None;
                     let (resp, target) = self
                         .proxy(
@@ -213,6 +208,7 @@ impl Gateway {
                             ip,
                             checked.chunked,
                             &mut tunnel,
+                            (request_id, trace.as_ref()),
                             access.is_some().then_some(&mut upstream_time),
                         )
                         .await;
@@ -265,6 +261,7 @@ impl Gateway {
         ip: std::net::IpAddr,
         chunked: bool,
         tunnel: &mut Option<Tunnel>,
+        (request_id, trace): (&HeaderValue, Option<&TraceContext>),
         upstream_time: Option<&mut Option<Duration>>,
     ) -> (Response<GatewayBody>, Option<usize>) {
         let content_length = content_length(&parts.headers);
@@ -365,6 +362,11 @@ impl Gateway {
             ip,
             client_host,
         );
+        // After the hop-by-hop headers went: a client's `Connection` cannot remove these.
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(t) = trace {
+            t.forward(&mut parts.headers);
+        }
         if let Some(authority) = grpc_authority {
             parts.headers.remove(header::HOST);
             let absolute = Uri::builder()

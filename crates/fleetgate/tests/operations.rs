@@ -71,9 +71,13 @@ fn request_ids_are_generated_kept_from_trusted_proxies_forwarded_and_returned() 
         id,
         "the upstream gets the id the client gets"
     );
-    let again = untrusted.get("/api/a", &[]);
+    // A client's `Connection` cannot strip what the gateway adds.
+    let again = untrusted.get("/api/a", &[("connection", b"x-request-id, traceparent")]);
     let second = again.header("x-request-id").unwrap();
     assert!(is_hex_id(second) && second != id, "each request gets its own id");
+    let seen = upstream.wait_for(2);
+    assert_eq!(seen[1].one("x-request-id"), second);
+    assert!(seen[1].has("traceparent"), "{:?}", seen[1].headers);
     // Gateway-made answers carry one too: a 404, a respond route, a 429.
     for (path, status) in [("/nowhere", 404), ("/limited", 200), ("/limited", 429)] {
         let r = untrusted.get(path, &[]);
