@@ -56,6 +56,7 @@ mod route;
 mod snippet;
 mod store;
 mod store_url;
+mod telemetry;
 mod tls;
 mod upstream;
 mod upstream_tls;

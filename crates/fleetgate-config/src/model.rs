@@ -2,12 +2,13 @@
 //! defaults are filled in. Each section's type reads itself from the file (`Deserialize`); see
 //! docs/configuration.md for the format.
 
-use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
+use crate::fields::{int, listen, millis, ms, nullable, proxies, refuse};
 pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
+pub use crate::telemetry::{OtlpConfig, OtlpEndpoint, TelemetryConfig};
 pub use crate::upstream::{
     HealthCheckConfig, PassiveConfig, Target, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
 };
@@ -70,6 +71,9 @@ pub struct Config {
     /// Routes in file order; the first that matches a request wins.
     #[serde(default, deserialize_with = "nullable")]
     pub routes: Vec<RouteConfig>,
+    /// Trace export (`telemetry`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -135,16 +139,92 @@ pub struct LogConfig {
     /// Minimum level (`log.level`, default `info`). `RUST_LOG`, when set, overrides it at run
     /// time.
     pub level: LogLevel,
-    /// Whether each completed request is logged (`log.access_log`, default `true`).
-    #[serde(deserialize_with = "flag::<_, true>")]
-    pub access_log: bool,
+    /// How each completed request is logged (`log.access_log`, default `text`): `text` (or
+    /// `true`), `json` (one JSON object per line), `off` (or `false`).
+    pub access_log: AccessLog,
+}
+
+/// The access log's form (`log.access_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log.
+    Off,
+    /// One line per request through the text logger (target `fleetgate::access`).
+    #[default]
+    Text,
+    /// One JSON object per line on standard output, written when the response is over.
+    Json,
+}
+
+impl AccessLog {
+    /// The accepted spellings, for error messages.
+    pub const ACCEPTED: &'static str = "text, json, off (true is text, false is off)";
+
+    /// Whether requests are logged at all.
+    pub fn is_on(self) -> bool {
+        self != AccessLog::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = AccessLog;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(AccessLog::ACCEPTED)
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<AccessLog, E> {
+                Ok(if on { AccessLog::Text } else { AccessLog::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<AccessLog, E> {
+                match w.trim().to_ascii_lowercase().as_str() {
+                    "text" | "true" => Ok(AccessLog::Text),
+                    "json" => Ok(AccessLog::Json),
+                    "off" | "false" => Ok(AccessLog::Off),
+                    _ => Err(refuse(format!(
+                        "unknown access log form {w:?}; accepted: {}",
+                        AccessLog::ACCEPTED
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<AccessLog, E> {
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<AccessLog, E> {
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<AccessLog, E> {
+                Err(refuse(format!(
+                    "{n} is not an access log form; accepted: {}",
+                    AccessLog::ACCEPTED
+                )))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<AccessLog, E> {
+                Ok(AccessLog::Text)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<AccessLog, E> {
+                Ok(AccessLog::Text)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<AccessLog, D::Error> {
+                d.deserialize_any(Form)
+            }
+        }
+        d.deserialize_option(Form)
+    }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: LogLevel::Info,
-            access_log: true,
+            access_log: AccessLog::Text,
         }
     }
 }

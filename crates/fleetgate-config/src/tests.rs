@@ -62,7 +62,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(c.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert_eq!(c.admin.listen, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
     assert_eq!(c.log.level, LogLevel::Info);
-    assert!(c.log.access_log);
+    assert_eq!(c.log.access_log, AccessLog::Text);
     assert_eq!(c.store.url, "memory://");
     assert_eq!(c.store.kind, StoreKind::Memory);
     assert_eq!(c.store.url_source, UrlSource::Default);
@@ -304,7 +304,7 @@ fn every_field_is_read() {
     assert_eq!(c.listen, "0.0.0.0:8081".parse::<SocketAddr>().unwrap());
     assert_eq!(c.admin.listen, "[::1]:9091".parse::<SocketAddr>().unwrap());
     assert_eq!(c.log.level, LogLevel::Debug);
-    assert!(!c.log.access_log);
+    assert_eq!(c.log.access_log, AccessLog::Off);
     assert_eq!(c.store.kind, StoreKind::Redis);
     assert_eq!(c.store.url_source, UrlSource::File);
     assert_eq!(c.store.redacted_url(), "redis://user:***@127.0.0.1:6379/2");
@@ -765,7 +765,13 @@ fn other_refusals() {
         "log.level",
         &["accepted: trace, debug, info, warn, error"],
     );
-    refused("log:\n  access_log: maybe\n", 2, "log.access_log", &["true or false"]);
+    refused(
+        "log:\n  access_log: maybe\n",
+        2,
+        "log.access_log",
+        &["unknown access log form \"maybe\"", "accepted: text, json, off"],
+    );
+    refused("log:\n  access_log: 3\n", 2, "log.access_log", &["text, json, off"]);
     refused(
         "store:\n  key_prefix: \"a:b\"\n",
         2,
@@ -1888,6 +1894,67 @@ fn the_configuration_reference_names_every_field() {
     assert!(
         missing.is_empty(),
         "fields missing from docs/configuration.md: {missing:?}"
+    );
+}
+
+#[test]
+fn access_log_forms_are_read() {
+    for (written, want) in [
+        ("true", AccessLog::Text),
+        ("false", AccessLog::Off),
+        ("text", AccessLog::Text),
+        ("JSON", AccessLog::Json),
+        ("off", AccessLog::Off),
+        ("", AccessLog::Text),
+    ] {
+        let c = p(&format!("log:\n  access_log: {written}\n")).unwrap();
+        assert_eq!(c.log.access_log, want, "{written:?}");
+    }
+}
+
+#[test]
+fn telemetry_otlp_is_read_and_checked() {
+    assert_eq!(Config::default().telemetry.otlp, None);
+    let c = p("telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:4318\n").unwrap();
+    let otlp = c.telemetry.otlp.unwrap();
+    assert_eq!(otlp.endpoint.0, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.service_name, "fleetgate");
+    for (written, full) in [
+        ("http://collector:4318/", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/v1/traces", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/otel", "http://collector:4318/otel/v1/traces"),
+    ] {
+        let c = p(&format!(
+            "telemetry:\n  otlp:\n    endpoint: {written}\n    service_name: edge\n"
+        ))
+        .unwrap();
+        let otlp = c.telemetry.otlp.unwrap();
+        assert_eq!(otlp.endpoint.0, full);
+        assert_eq!(otlp.service_name, "edge");
+    }
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: https://c:4318\n",
+        3,
+        "telemetry.otlp.endpoint",
+        &["not an http:// URL", "accepted: an http:// URL"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: http://u:p@c:4318\n",
+        3,
+        "telemetry.otlp.endpoint",
+        &["credentials"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpoint: http://c:4318\n    service_name: \"\"\n",
+        4,
+        "telemetry.otlp.service_name",
+        &["not a service name"],
+    );
+    refused(
+        "telemetry:\n  otlp:\n    endpont: http://c:4318\n",
+        3,
+        "telemetry.otlp.endpont",
+        &["endpoint"],
     );
 }
 

@@ -21,9 +21,29 @@ pub enum Refusal {
     MissingKey { limit: String, what: String },
 }
 
+/// Carried in the extensions of a refusal's answer: which limit refused and why (the answer's
+/// `error`), for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBy {
+    pub limit: String,
+    pub error: &'static str,
+}
+
 impl Refusal {
-    /// The answer for a refusal on `route`.
+    /// The answer for a refusal on `route`, with [`RefusedBy`] in its extensions.
     pub fn response(self, route: &str) -> Response<Bytes> {
+        let (limit, error) = match &self {
+            Refusal::Limited { limit, .. } => (limit.clone(), "rate_limited"),
+            Refusal::Concurrency { limit, .. } => (limit.clone(), "concurrency_limited"),
+            Refusal::StoreDown { limit } => (limit.clone(), "store_unavailable"),
+            Refusal::MissingKey { limit, .. } => (limit.clone(), "missing_key"),
+        };
+        let mut resp = self.answer(route);
+        resp.extensions_mut().insert(RefusedBy { limit, error });
+        resp
+    }
+
+    fn answer(self, route: &str) -> Response<Bytes> {
         let ids = |limit: &str| [("route", json!(route)), ("limit", json!(limit))];
         match self {
             Refusal::Limited { limit, decision } => {

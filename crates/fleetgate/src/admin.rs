@@ -1,6 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`.
 
-use crate::gateway::Gateway;
+use crate::reload::LiveGateway;
 use crate::telemetry::render_metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,22 +14,23 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 struct AdminState {
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     store: Store,
 }
 
-pub fn router(gateway: Arc<Gateway>, store: Store) -> Router {
+/// The admin routes; each request reads the configuration current then.
+pub fn router(live: Arc<LiveGateway>, store: Store) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { gateway, store })
+        .with_state(AdminState { live, store })
 }
 
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     let store: StoreHealth = s.store.health().await;
-    let upstreams: serde_json::Map<String, serde_json::Value> = s
-        .gateway
+    let gateway = s.live.current();
+    let upstreams: serde_json::Map<String, serde_json::Value> = gateway
         .upstreams
         .iter()
         .map(|u| {
@@ -43,20 +44,21 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     Json(json!({
         "status": "ok",
         "store": store.as_str(),
-        "store_url": s.gateway.store_url_redacted,
-        "instance": s.gateway.instance_id,
-        "live_instances": s.gateway.live_instances.load(Ordering::Relaxed),
-        "draining": s.gateway.draining.load(Ordering::Relaxed),
+        "store_url": gateway.store_url_redacted,
+        "instance": gateway.instance_id,
+        "live_instances": gateway.live_instances.load(Ordering::Relaxed),
+        "draining": gateway.draining.load(Ordering::Relaxed),
         "upstreams": upstreams,
     }))
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    let ready = s.gateway.ready.load(Ordering::Relaxed) && !s.gateway.draining.load(Ordering::Relaxed);
+    let gateway = s.live.current();
+    let ready = gateway.ready.load(Ordering::Relaxed) && !gateway.draining.load(Ordering::Relaxed);
     if ready {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
-        let why = if s.gateway.draining.load(Ordering::Relaxed) {
+        let why = if gateway.draining.load(Ordering::Relaxed) {
             "draining"
         } else {
             "starting"

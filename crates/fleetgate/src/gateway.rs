@@ -12,7 +12,9 @@
 //!   `protocol: auto`: every request but upgrades over HTTP/2, `:authority` being the client's
 //!   Host.
 
+use crate::access_log::{Logged, Record};
 use crate::body::{full, json_error, GatewayBody};
+use crate::correlation::{TraceContext, X_REQUEST_ID};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
 use crate::pipeline::RoutePipeline;
 use crate::request_head::{self, Refusal};
@@ -47,7 +49,7 @@ pub struct Gateway {
     pub body_idle_timeout: Duration,
     /// How long an upgraded tunnel may move no byte either way (`server.idle_timeout`).
     pub tunnel_idle_timeout: Duration,
-    pub access_log: bool,
+    pub access_log: fleetgate_config::AccessLog,
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub store_url_redacted: String,
@@ -99,16 +101,54 @@ impl Gateway {
         self.routes.iter().find(|r| r.matches(&parts.method, host, path))
     }
 
-    /// Handles one request end to end. Never fails: every problem becomes a response.
+    /// Handles one request end to end. Never fails: every problem becomes a response, and
+    /// every response carries the request's `X-Request-Id`.
     pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
+        let started = Instant::now();
+        // Only what the access log needs, captured before the request moves on (nothing when
+        // there is no access log). The path as the client sent it.
+        let mut access = self.access_log.is_on().then(|| {
+            Record::new(
+                self.access_log,
+                req.method().clone(),
+                req.uri().path(),
+                req.version(),
+                peer,
+            )
+        });
+        let request_id = crate::correlation::request_id(req.headers(), self.trusted.contains(peer.ip()));
+        let mut resp = self.serve(worker, peer, req, &request_id, &mut access, started).await;
+        if let Some(mut record) = access {
+            record.status = resp.status().as_u16();
+            record.request_id = request_id.clone();
+            record.refused_by = resp
+                .extensions()
+                .get::<fleetgate_http::refusal::RefusedBy>()
+                .map(|r| (r.limit.clone(), r.error));
+            record.ratelimit = resp
+                .headers()
+                .get(&fleetgate_http::rate_headers::RATELIMIT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            return resp.map(|b| Logged::new(b, record).boxed_unsync());
+        }
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        resp
+    }
+
+    async fn serve(
+        &self,
+        worker: &Worker,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+        access: &mut Option<Box<Record>>,
+        started: Instant,
+    ) -> Response<GatewayBody> {
         // A known length: no body, or Content-Length. Otherwise hyper read a chunked body.
         let body_length_known = req.body().size_hint().exact().is_some();
         let (mut parts, body) = req.into_parts();
-        // Only what the access log needs, captured before the request moves on (and no clock
-        // read when there is no access log). The path as the client sent it.
-        let access = self
-            .access_log
-            .then(|| (Instant::now(), parts.method.clone(), parts.uri.path().to_string()));
         // Before anything else: refuse what is malformed or ambiguous, and normalise the path
         // so that routing, limits and the upstream all see the same one.
         let checked = request_head::check(&parts, body_length_known, self.header_limit).and_then(|checked| {
@@ -121,19 +161,31 @@ impl Gateway {
             Ok(c) => c,
             Err(refusal) => {
                 crate::telemetry::request_refused(refusal.kind);
-                let resp = refusal.response();
-                self.log(access, None, peer, resp.status(), None);
-                return resp;
+                return refusal.response();
             }
         };
         let Some(route) = self.route_for(&parts) else {
-            let resp = json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
-            self.log(access, None, peer, resp.status(), None);
-            return resp;
+            return json_error(StatusCode::NOT_FOUND, "no_route", "no route matches this request", &[]);
         };
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
+        if let Some(record) = access.as_deref_mut() {
+            record.route = Some(route.name.clone());
+            record.client_ip = Some(ip);
+            record.bytes_in = content_length(&parts.headers).map(|(len, _)| len);
+        }
+        // Proxied requests continue the trace upstream; with trace export on, every routed
+        // request has its span.
+        let proxied = matches!(route.action, Action::Proxy(_));
+        let mut trace =
+            (proxied || crate::otlp::enabled()).then(|| TraceContext::continue_or_start(&mut parts.headers));
+        let span = match &mut trace {
+            Some(t) => crate::otlp::start(t, &route.name, &parts.method, parts.uri.path()),
+            None => None,
+        };
+        if let (Some(record), Some(t)) = (access.as_deref_mut(), &trace) {
+            record.trace_id = Some(t.trace_id_hex());
+        }
         let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
-        let mut upstream_target = None;
         let mut tunnel = None;
         let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
             Flow::Answer(answer) => answer.map(full),
@@ -147,6 +199,7 @@ impl Gateway {
                 }
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
+                    let mut upstream_time = None;
                     let (resp, target) = self
                         .proxy(
                             worker,
@@ -159,10 +212,14 @@ impl Gateway {
                             ip,
                             checked.chunked,
                             &mut tunnel,
+                            (request_id, trace.as_ref()),
+                            access.is_some().then_some(&mut upstream_time),
                         )
                         .await;
-                    if access.is_some() {
-                        upstream_target = target.map(|t| upstream.targets[t].url());
+                    if let Some(record) = access.as_deref_mut() {
+                        record.upstream = Some(upstream.name.clone());
+                        record.target = target.map(|t| upstream.targets[t].url());
+                        record.upstream_time = upstream_time;
                     }
                     resp
                 }
@@ -170,8 +227,14 @@ impl Gateway {
         };
         route.pipeline.response(&mut cx, &mut resp).await;
         let status = resp.status();
-        route.metrics.request(status.as_u16());
-        self.log(access, Some(&route.name), peer, status, upstream_target);
+        route.metrics.request(status.as_u16(), started.elapsed());
+        if let Some(span) = span {
+            let upstream = match route.action {
+                Action::Proxy(idx) => Some(self.upstreams[idx].name.as_str()),
+                Action::Respond { .. } => None,
+            };
+            span.end(status.as_u16(), request_id, upstream);
+        }
         if let Some(tunnel) = tunnel {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 // The permits are held by the tunnel until it closes.
@@ -202,12 +265,10 @@ impl Gateway {
         ip: std::net::IpAddr,
         chunked: bool,
         tunnel: &mut Option<Tunnel>,
+        (request_id, trace): (&HeaderValue, Option<&TraceContext>),
+        upstream_time: Option<&mut Option<Duration>>,
     ) -> (Response<GatewayBody>, Option<usize>) {
-        // hyper has checked it: one value, digits only.
-        let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| {
-            let digits = v.to_str().ok()?;
-            Some((digits.parse::<u64>().ok()?, digits.len() > 1 && digits.starts_with('0')))
-        });
+        let content_length = content_length(&parts.headers);
         if let Some((len, zero_padded)) = content_length {
             if zero_padded {
                 // `005` is 5; the upstream gets the plain spelling.
@@ -315,6 +376,11 @@ impl Gateway {
             client_host,
             parts.extensions.get::<crate::tls::ArrivedOverTls>().is_some(),
         );
+        // After the hop-by-hop headers went: a client's `Connection` cannot remove these.
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(t) = trace {
+            t.forward(&mut parts.headers);
+        }
         if let Some(authority) = h2_authority {
             parts.headers.remove(header::HOST);
             let absolute = Uri::builder()
@@ -344,6 +410,7 @@ impl Gateway {
         let body = OutboundBody::new(body);
         let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
+        let sent_at = upstream_time.is_some().then(Instant::now);
         let result = if let Some(client_side) = client_upgrade {
             tokio::time::timeout(timeout, async {
                 // Boxed, here and for HTTP/2: the rare paths' futures (with their handshakes)
@@ -369,12 +436,16 @@ impl Gateway {
         } else {
             tokio::time::timeout(timeout, async { Ok(pool.send(req).await?.map(BodyExt::boxed_unsync)) }).await
         };
+        if let (Some(out), Some(at)) = (upstream_time, sent_at) {
+            *out = Some(at.elapsed());
+        }
         if upgrade.is_some() && !matches!(result, Ok(Ok(_))) {
             crate::telemetry::upgrade("failed");
         }
         let target_url = Some(t);
         match result {
             Err(_) => {
+                crate::telemetry::upstream_error(&upstream.name, "timeout");
                 let msg = format!(
                     "upstream {} did not answer within {} ms",
                     upstream.name,
@@ -394,6 +465,7 @@ impl Gateway {
                 (resp, target_url)
             }
             Ok(Err(UpstreamError::UpstreamStalled(bound))) => {
+                crate::telemetry::upstream_error(&upstream.name, "stalled");
                 let msg = format!(
                     "upstream {} read nothing of the request for {} ms",
                     upstream.name,
@@ -437,6 +509,7 @@ impl Gateway {
                 if matches!(e, UpstreamError::Connect(_)) {
                     upstream.report_connect_failure(t);
                 }
+                crate::telemetry::upstream_error(&upstream.name, upstream_error_reason(&e));
                 tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");
                 let msg = format!("upstream {} is unreachable", upstream.name);
                 (
@@ -459,27 +532,30 @@ impl Gateway {
             }
         }
     }
+}
 
-    fn log(
-        &self,
-        access: Option<(Instant, http::Method, String)>,
-        route: Option<&str>,
-        peer: SocketAddr,
-        status: StatusCode,
-        upstream: Option<String>,
-    ) {
-        if let Some((started, method, path)) = access {
-            tracing::info!(
-                target: "fleetgate::access",
-                method = %method,
-                path = %path,
-                status = status.as_u16(),
-                route = route.unwrap_or("-"),
-                peer = %peer,
-                upstream = upstream.as_deref().unwrap_or("-"),
-                micros = started.elapsed().as_micros() as u64,
-            );
-        }
+/// The request's `Content-Length` (hyper has checked it: one value, digits only), and whether
+/// it was written with leading zeros.
+fn content_length(headers: &http::HeaderMap) -> Option<(u64, bool)> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| {
+        let digits = v.to_str().ok()?;
+        Some((digits.parse::<u64>().ok()?, digits.len() > 1 && digits.starts_with('0')))
+    })
+}
+
+/// The `reason` label of `fleetgate_upstream_errors_total` for a failed exchange: `connect`
+/// (refused, unreachable, connect timeout), `timeout`, `reset` (the connection closed or broke
+/// before the response was whole), `protocol` (an unreadable response), `other`.
+fn upstream_error_reason(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Connect(_) => "connect",
+        UpstreamError::UpstreamStalled(_) => "stalled",
+        UpstreamError::ClientBodyIdle(_) => "client_body",
+        UpstreamError::Request(err) if err.is_timeout() => "timeout",
+        UpstreamError::Request(err) if err.is_parse() || err.is_parse_status() => "protocol",
+        UpstreamError::Request(err) if err.is_incomplete_message() || err.is_closed() || err.is_canceled() => "reset",
+        UpstreamError::Request(err) if error_chain_has::<std::io::Error>(err) => "reset",
+        UpstreamError::Request(_) => "other",
     }
 }
 

@@ -4,14 +4,18 @@
 //! out. The binary (`main.rs`) is a thin command line over [`run::run`].
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod build;
+pub mod correlation;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;
+pub mod otlp;
 pub mod path_normalize;
 pub mod pipeline;
+pub mod reload;
 pub mod request_head;
 pub mod route;
 pub mod run;

@@ -41,8 +41,9 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        if let Err(e) = fleetgate::build::build_gateway(&config, "check", String::new()) {
-            eprintln!("error: {}: {e}", cli.config.display());
+        // The same check as a reload's (SIGHUP), which logs these errors.
+        if let Err(e) = fleetgate::reload::load_and_build(&cli.config, "check", String::new()) {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
         println!(
@@ -53,8 +54,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str());
-    match fleetgate::run::run(config) {
+    // The JSON writer starts whatever the file says: a reload may turn it on.
+    let _log_guard = fleetgate::telemetry::init_logging(config.log.level.as_str(), true);
+    match fleetgate::run::run_with_reload(config, Some(cli.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "fleetgate could not start");

@@ -1,4 +1,5 @@
-//! Starts everything a configuration asks for and runs until SIGTERM or SIGINT.
+//! Starts everything a configuration asks for and runs until SIGTERM or SIGINT; SIGHUP
+//! reloads the configuration file ([`crate::reload`]).
 
 use crate::build::build_gateway;
 use crate::server::{bind_listeners, run_worker, ServerSettings};
@@ -41,9 +42,18 @@ fn worker_count() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-/// Runs the gateway until a shutdown signal; returns after draining.
+/// Runs the gateway until a shutdown signal; returns after draining. SIGHUP is ignored (there
+/// is no file to reload); see [`run_with_reload`].
 pub fn run(config: Config) -> Result<(), RunError> {
+    run_with_reload(config, None)
+}
+
+/// Runs the gateway until a shutdown signal; on SIGHUP, reloads `config_file` when given.
+pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) -> Result<(), RunError> {
     install_metrics();
+    if let Some(otlp) = &config.telemetry.otlp {
+        crate::otlp::install(otlp).map_err(RunError::Setup)?;
+    }
     // The control runtime (admin, health checks, signals) exists first: Redis connections are
     // bound to the runtime that opens them.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -51,6 +61,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .build()
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let _entered = runtime.enter();
+    // Early, so that a SIGHUP sent during the start is a reload request rather than fatal.
+    let mut signals = Signals::install();
     let instance = instance_id();
     // Limits (rate and concurrency) and fleet membership live in the rate-limit store.
     let limits_store = &config.stores.rate_limits;
@@ -117,6 +129,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let local = MemoryStore::new();
     let metrics = Arc::new(StoreMetrics::new());
     let live_instances = gateway.live_instances.clone();
+    let live = crate::reload::LiveGateway::new(gateway.clone());
     let settings = ServerSettings {
         max_header_bytes: config.server.max_header_bytes,
         idle_timeout: config.server.idle_timeout,
@@ -128,13 +141,15 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
     for (i, (listener, tls_listener)) in listeners.into_iter().zip(tls_listeners).enumerate() {
+        // The TLS listener and its certificates are fixed at start (a reload that changes
+        // `tls` is refused); the certificate files themselves are watched and reloaded.
         let tls = tls_listener
             .zip(gateway.tls.as_ref())
             .map(|(listener, tls)| crate::server::WorkerTls {
                 listener,
                 acceptor: tls.acceptor.clone(),
             });
-        let gateway = gateway.clone();
+        let live_gateway = live.clone();
         let shared_memory = match &admin_store {
             Store::Memory(m) => Some(m.clone()),
             Store::Redis(_) => None,
@@ -165,7 +180,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                         instance,
                     })
                 };
-                if let Err(e) = run_worker(listener, tls, gateway, make_ctx, opened, settings, rx) {
+                if let Err(e) = run_worker(listener, tls, live_gateway, make_ctx, opened, settings, rx) {
                     tracing::error!(error = %e, "worker stopped");
                 }
             })
@@ -193,9 +208,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 crate::telemetry::run_metrics_upkeep();
             }
         });
-        for upstream in &gateway.upstreams {
-            tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
-        }
+        let mut health_checks = spawn_health_checks(&gateway);
         if let (Some(tls), Some(listener)) = (&gateway.tls, &config.tls) {
             tokio::spawn(crate::tls::reload::watch(
                 listener.certificates.clone(),
@@ -204,7 +217,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             ));
         }
         let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
-        let app = crate::admin::router(gateway.clone(), admin_store.clone());
+        let app = crate::admin::router(live.clone(), admin_store.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, app).await {
                 tracing::error!(error = %e, "admin listener stopped");
@@ -226,7 +239,22 @@ pub fn run(config: Config) -> Result<(), RunError> {
             instance = %gateway.instance_id,
             "fleetgate started"
         );
-        wait_for_signal().await;
+        let mut config = config;
+        while let Signal::Reload = signals.next().await {
+            let Some(path) = &config_file else {
+                tracing::info!("SIGHUP ignored: the gateway was started without a configuration file");
+                continue;
+            };
+            if let crate::reload::Outcome::Applied(next) = crate::reload::reload(path, &config, &live) {
+                config = *next;
+                // The old upstreams' health checks stop; the new ones' start.
+                for h in health_checks.drain(..) {
+                    h.abort();
+                }
+                health_checks = spawn_health_checks(&live.current());
+            }
+        }
+        let gateway = live.current();
         tracing::info!(
             bound_ms = config.server.drain_timeout.as_millis() as u64,
             "shutdown requested; draining"
@@ -243,6 +271,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for t in threads {
         let _ = t.join();
     }
+    // Spans still queued go out before the exit.
+    crate::otlp::shutdown();
     tracing::info!("fleetgate stopped");
     Ok(())
 }
@@ -273,15 +303,48 @@ async fn flush_on_startup(config: &Config) {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process still stops on the default action.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The health checks of the gateway's upstreams, on the control runtime.
+fn spawn_health_checks(gateway: &crate::gateway::Gateway) -> Vec<tokio::task::JoinHandle<()>> {
+    gateway
+        .upstreams
+        .iter()
+        .map(|u| tokio::spawn(crate::upstream::run_health_checks(u.clone())))
+        .collect()
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// The process's signal handlers, installed once at start so that a SIGHUP between two waits
+/// is neither lost nor fatal.
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let all = (|| {
+            Some([
+                signal(SignalKind::terminate()).ok()?,
+                signal(SignalKind::interrupt()).ok()?,
+                signal(SignalKind::hangup()).ok()?,
+            ])
+        })();
+        Signals(all)
+    }
+
+    /// The next signal that matters: SIGTERM or SIGINT (stop), SIGHUP (reload).
+    async fn next(&mut self) -> Signal {
+        let Some([term, int, hup]) = &mut self.0 else {
+            // Without signal handlers the process still stops on the default action.
+            std::future::pending::<()>().await;
+            return Signal::Stop;
+        };
+        tokio::select! {
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        }
     }
 }

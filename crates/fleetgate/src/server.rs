@@ -26,8 +26,8 @@
 //! is closed as soon as it is accepted, so the kernel's backlog does not fill with clients that
 //! wait for nothing. Writes to a client that stops reading fail after `write_timeout`.
 
-use crate::gateway::{Gateway, Worker};
 use crate::idle::WriteBound;
+use crate::reload::{LiveGateway, LiveWorker};
 use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -149,14 +149,15 @@ pub struct WorkerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
 }
 
-/// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread.
+/// Runs one worker until `shutdown` turns true, then drains. Blocks the calling thread. Each
+/// request takes the configuration current when it arrives ([`LiveWorker::snapshot`]).
 /// With `tls`, the worker also accepts on the TLS listener: each connection's handshake is
 /// bounded by `server.idle_timeout`, and then it is served as a plain one is (HTTP/1.1 or
 /// HTTP/2, as ALPN chose), its requests marked [`crate::tls::ArrivedOverTls`].
 pub fn run_worker(
     listener: std::net::TcpListener,
     tls: Option<WorkerTls>,
-    gateway: Arc<Gateway>,
+    live: Arc<LiveGateway>,
     make_ctx: impl FnOnce() -> Result<StoreCtx, String>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
     settings: ServerSettings,
@@ -179,7 +180,7 @@ pub fn run_worker(
         // Connected before the first request, so no first decision times out on a handshake.
         ctx.store.warm_up().await;
         let _ = started.send(Ok(()));
-        let worker = Arc::new(Worker::new(&gateway, ctx));
+        let worker = Arc::new(LiveWorker::new(live, ctx));
         let builder = Arc::new(connection_builder(&settings));
         // Each connection task holds a sender; when all are gone, the drain is over.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -209,7 +210,6 @@ pub fn run_worker(
             let stream = WriteBound::new(stream, settings.write_timeout);
             let state = registry.add();
             let conn = Connection {
-                gateway: gateway.clone(),
                 worker: worker.clone(),
                 builder: builder.clone(),
                 state,
@@ -267,8 +267,7 @@ async fn accept_on(listener: Option<&tokio::net::TcpListener>) -> std::io::Resul
 
 /// One accepted client connection and what serving it needs.
 struct Connection {
-    gateway: Arc<Gateway>,
-    worker: Arc<Worker>,
+    worker: Arc<LiveWorker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<ConnState>,
     peer: SocketAddr,
@@ -282,7 +281,6 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Connection {
-            gateway,
             worker,
             builder,
             state,
@@ -298,8 +296,8 @@ impl Connection {
             if over_tls {
                 req.extensions_mut().insert(crate::tls::ArrivedOverTls);
             }
-            let (gateway, worker) = (gateway.clone(), worker.clone());
-            async move { Ok::<_, Infallible>(gateway.handle(&worker, peer, req).await) }
+            let snap = worker.snapshot();
+            async move { Ok::<_, Infallible>(snap.gateway.handle(&snap.worker, peer, req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
