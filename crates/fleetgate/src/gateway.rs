@@ -165,6 +165,10 @@ impl Gateway {
             },
         };
         route.pipeline.response(&mut cx, &mut resp).await;
+        if let Some(answer) = cx.answer_instead.take() {
+            // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
+            resp = answer.map(full);
+        }
         let status = resp.status();
         route.metrics.request(status.as_u16());
         self.log(access, Some(&route.name), peer, status, upstream_target);

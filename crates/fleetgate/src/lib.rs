@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod body;
 pub mod build;
+pub mod facilitator;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;
