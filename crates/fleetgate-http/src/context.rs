@@ -4,8 +4,8 @@
 
 use crate::rate_headers::RateHeaders;
 use crate::store_ctx::StoreCtx;
-use fleetgate_store::Store;
 use bytes::Bytes;
+use fleetgate_store::Store;
 use http::Response;
 use std::net::IpAddr;
 use std::time::Instant;

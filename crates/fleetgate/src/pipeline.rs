@@ -9,8 +9,8 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{Concurrency, FacilitatorClient, Payment, RateLimits};
-use std::sync::Arc;
 use fleetgate_store::Keyspace;
+use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
 /// the route), then rate limits (most specific first), then concurrency, then the payment gate.

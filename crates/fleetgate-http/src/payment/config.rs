@@ -162,17 +162,17 @@ fn facilitator_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     let refuse = |why: &str| {
         error_at(
             "",
-            format!("{t:?} {why}; accepted: an http:// URL of the facilitator without query, e.g. http://127.0.0.1:4020"),
+            format!(
+                "{t:?} {why}; accepted: an http:// URL of the facilitator without query, e.g. http://127.0.0.1:4020"
+            ),
         )
     };
     let uri: http::Uri = t.parse().map_err(|_| refuse("is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(refuse(
-                "is https, which the facilitator client does not speak yet (put a local TLS-originating proxy in front)",
-            ))
-        }
+        Some("https") => return Err(refuse(
+            "is https, which the facilitator client does not speak yet (put a local TLS-originating proxy in front)",
+        )),
         _ => return Err(refuse("is not an http:// URL")),
     }
     if uri.authority().is_none() || uri.query().is_some() {
@@ -226,7 +226,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     parse_duration(&text).map(Some).map_err(|why| {
         error_at(
             "",
-            format!("{why}; accepted: a whole number and a unit (ms, s, m, h or d) from 1ms to 7d, e.g. 500ms, 30s, 10m"),
+            format!(
+                "{why}; accepted: a whole number and a unit (ms, s, m, h or d) from 1ms to 7d, e.g. 500ms, 30s, 10m"
+            ),
         )
     })
 }
@@ -287,9 +289,11 @@ mod tests {
         assert!(e.contains("https"), "{e}");
         let e = read(serde_json::json!({"facilitator": "http://h:1", "accepts": []})).unwrap_err();
         assert!(e.contains("no way to pay"), "{e}");
-        let e = read(serde_json::json!({"facilitator": "http://h:1", "accepts": [offer()], "settle": "later"})).unwrap_err();
+        let e = read(serde_json::json!({"facilitator": "http://h:1", "accepts": [offer()], "settle": "later"}))
+            .unwrap_err();
         assert!(e.contains("unknown settle mode"), "{e}");
-        let e = read(serde_json::json!({"facilitator": "http://h:1", "accepts": [offer()], "session": "10x"})).unwrap_err();
+        let e =
+            read(serde_json::json!({"facilitator": "http://h:1", "accepts": [offer()], "session": "10x"})).unwrap_err();
         assert!(e.contains("not a duration"), "{e}");
         let e = read(serde_json::json!({"facilitator": "http://h:1", "accepts": [offer()], "price": 1})).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");

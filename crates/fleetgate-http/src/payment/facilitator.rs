@@ -64,7 +64,11 @@ impl Facilitator {
         }
     }
 
-    async fn call<T: DeserializeOwned>(&self, url: &str, body: Bytes) -> Result<(T, serde_json::Value), FacilitatorError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: Bytes,
+    ) -> Result<(T, serde_json::Value), FacilitatorError> {
         let answer = tokio::time::timeout(self.timeout, self.client.post_json(url, body, self.token.as_deref())).await;
         let (status, bytes) = match answer {
             Err(_) => return Err(FacilitatorError::Timeout(self.timeout.as_millis())),

@@ -274,7 +274,10 @@ impl Payment {
 
     /// The answer for a refused settlement: 402, the settlement result in the response header.
     fn settle_refused(&self, version: Version, json: &Value, req_url: Option<&Parts>) -> Response<Bytes> {
-        let reason = json.get("errorReason").and_then(Value::as_str).unwrap_or("settlement failed");
+        let reason = json
+            .get("errorReason")
+            .and_then(Value::as_str)
+            .unwrap_or("settlement failed");
         let mut resp = match req_url {
             Some(req) => self.required(version, &format!("settlement failed: {reason}"), req),
             None => json_error(
@@ -316,7 +319,13 @@ impl Payment {
         // Claim the payment's identity for the fleet until past its validity.
         let a = &p.payload.authorization;
         let lower = |s: &str| s.to_ascii_lowercase();
-        let identity = [lower(&offer.network), lower(&offer.asset), lower(&a.from), lower(&a.nonce)].join("\0");
+        let identity = [
+            lower(&offer.network),
+            lower(&offer.asset),
+            lower(&a.from),
+            lower(&a.nonce),
+        ]
+        .join("\0");
         let marker = self.markers.key(identity.as_bytes());
         let ttl = Duration::from_secs(p.valid_before - now) + MARGIN;
         let pending = Bytes::from(format!("pending:{}", cx.store.instance));

@@ -225,7 +225,11 @@ pub enum Malformed {
     #[error("the payment is not valid JSON of the expected shape: {0}")]
     NotJson(String),
     #[error("the payment says x402Version {found}, but {header} carries version {expected}")]
-    WrongVersion { found: u8, expected: u8, header: &'static str },
+    WrongVersion {
+        found: u8,
+        expected: u8,
+        header: &'static str,
+    },
     #[error("{field} {value:?} is not a canonical decimal (no sign, exponent, point or leading zeros)")]
     NotCanonical { field: &'static str, value: String },
     #[error("both PAYMENT-SIGNATURE and X-PAYMENT are present, or one is sent twice")]
@@ -438,7 +442,10 @@ mod tests {
     #[test]
     fn bad_input_is_refused_precisely() {
         assert_eq!(decode(Version::V2, b"***").unwrap_err(), Malformed::NotBase64);
-        assert!(matches!(decode(Version::V2, &b64(b"not json").into_bytes()), Err(Malformed::NotJson(_))));
+        assert!(matches!(
+            decode(Version::V2, &b64(b"not json").into_bytes()),
+            Err(Malformed::NotJson(_))
+        ));
         assert!(matches!(
             decode(Version::V2, &vec![b'A'; MAX_PAYMENT_HEADER + 4]),
             Err(Malformed::TooLarge)
@@ -448,10 +455,16 @@ mod tests {
         assert!(matches!(decode(Version::V2, &enc(&extra)), Err(Malformed::NotJson(_))));
         let mut wrong = v2("10000", "0xpayto");
         wrong["x402Version"] = json!(1);
-        assert!(matches!(decode(Version::V2, &enc(&wrong)), Err(Malformed::WrongVersion { .. })));
+        assert!(matches!(
+            decode(Version::V2, &enc(&wrong)),
+            Err(Malformed::WrongVersion { .. })
+        ));
         for bad in ["-10000", "1e4", "010000", "10000.0", "+10000"] {
             assert!(
-                matches!(decode(Version::V2, &enc(&v2(bad, "0xpayto"))), Err(Malformed::NotCanonical { .. })),
+                matches!(
+                    decode(Version::V2, &enc(&v2(bad, "0xpayto"))),
+                    Err(Malformed::NotCanonical { .. })
+                ),
                 "{bad}"
             );
         }
@@ -461,7 +474,10 @@ mod tests {
         assert!(matches!(decode(Version::V2, &spaced), Err(Malformed::NotBase64)));
         // A duplicate field.
         let dup = br#"{"x402Version":2,"x402Version":2}"#;
-        assert!(matches!(decode(Version::V2, &b64(dup).into_bytes()), Err(Malformed::NotJson(_))));
+        assert!(matches!(
+            decode(Version::V2, &b64(dup).into_bytes()),
+            Err(Malformed::NotJson(_))
+        ));
     }
 
     #[test]
@@ -483,7 +499,11 @@ mod tests {
                           "validAfter": "0", "validBefore": "2000000000", "nonce": "0x01"}}});
         let p = decode(Version::V1, &enc(&v1)).unwrap();
         assert!(matching(&p, &[offer()]).is_ok());
-        let r = Resource { url: "http://h/paid", description: "d", mime_type: "" };
+        let r = Resource {
+            url: "http://h/paid",
+            description: "d",
+            mime_type: "",
+        };
         let body = payment_required(Version::V1, "x", &[offer()], &r);
         assert_eq!(body["accepts"][0]["maxAmountRequired"], "10000");
         assert_eq!(body["accepts"][0]["network"], "base-sepolia");
