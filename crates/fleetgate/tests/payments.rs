@@ -694,3 +694,59 @@ fn payer_is_a_rate_limit_key() {
         "a limited request never reaches the facilitator"
     );
 }
+
+/// The official x402 client libraries (`tests/x402-client`, installed there by `.ci/run` with
+/// `npm ci`), and `node` to run them.
+fn x402_client() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/x402-client");
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: apt-get install -y nodejs npm"
+    );
+    assert!(
+        dir.join("node_modules/@x402/fetch").is_dir() && dir.join("node_modules/@x402/evm").is_dir(),
+        "the x402 client libraries are missing: npm ci --prefix crates/fleetgate/tests/x402-client (.ci/run does this)"
+    );
+    dir
+}
+
+#[test]
+fn the_official_x402_client_pays_through_the_gateway() {
+    let dir = x402_client();
+    let (fac, up) = (Facilitator::start(), FailingUpstream::start());
+    let gw = Gateway::start(&config("memory://", &fac.url(), up.port, ""));
+    // A well-known development key (anvil's first account): the client signs offline.
+    let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+    let out = std::process::Command::new("node")
+        .arg(dir.join("client.mjs"))
+        .arg(format!("http://127.0.0.1:{}/paid/report", gw.port))
+        .arg(key)
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let result: Value = serde_json::from_slice(&out.stdout).expect("the client prints JSON");
+    println!("official client: {result}");
+    assert_eq!(result["status"], 200, "{result}");
+    assert_eq!(result["body"], "paid-content");
+    let address = result["address"].as_str().unwrap();
+    assert_eq!(result["paymentResponse"]["success"], true, "{result}");
+    assert_eq!(result["paymentResponse"]["payer"], address);
+    // What the client signed is what the facilitator was asked about, as it was sent.
+    let sent = result["sent"].as_str().expect("the client sent a payment");
+    let signed = unb64(sent);
+    assert_eq!(signed["x402Version"], 2);
+    assert_eq!(signed["payload"]["authorization"]["from"], address);
+    assert_eq!(signed["payload"]["authorization"]["to"], PAY_TO);
+    assert_eq!(signed["payload"]["authorization"]["value"], "10000");
+    let signature = signed["payload"]["signature"].as_str().unwrap();
+    assert_eq!(signature.len(), 2 + 130, "a 65-byte signature: {signature}");
+    assert_eq!((fac.count("/verify"), fac.count("/settle")), (1, 1));
+    assert_eq!(fac.calls()[0].body["paymentPayload"], signed);
+    assert_eq!(up.hits(), 1);
+    // The client's payment, sent again, is a replay.
+    let again = gw.get("/paid/report", &[("PAYMENT-SIGNATURE", sent.as_bytes())]);
+    assert_eq!(again.status, 402, "{again:?}");
+    assert_eq!(fac.calls().len(), 2);
+}
