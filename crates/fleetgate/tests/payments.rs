@@ -725,7 +725,11 @@ fn the_official_x402_client_pays_through_the_gateway() {
         .current_dir(&dir)
         .output()
         .expect("run node");
-    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: Value = serde_json::from_slice(&out.stdout).expect("the client prints JSON");
     println!("official client: {result}");
     assert_eq!(result["status"], 200, "{result}");
