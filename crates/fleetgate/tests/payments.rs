@@ -29,6 +29,9 @@ enum Mode {
     Invalid = 1,
     Error = 2,
     Slow = 3,
+    /// 200 with a body that is not JSON, or JSON without the verdict's fields.
+    Garbage = 4,
+    Fieldless = 5,
 }
 
 /// One recorded facilitator call.
@@ -156,6 +159,13 @@ async fn facilitate(
                 .body(Full::new(Bytes::from("boom")))
                 .unwrap()
         }
+        (_, 4) => {
+            return Response::builder()
+                .status(200)
+                .body(Full::new(Bytes::from("<html>ok</html>")))
+                .unwrap()
+        }
+        (_, 5) => json!({"ok": true}),
         (_, 3) => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             json!({"isValid": true, "success": true, "payer": payer, "transaction": "0xslow", "network": network})
@@ -509,11 +519,17 @@ fn facilitator_errors_and_invalid_verdicts_release_the_claim() {
     let r = pay(&gw, "/paid", "PAYMENT-SIGNATURE", &p);
     assert_eq!(r.status, 502, "a facilitator slower than facilitator_timeout: {r:?}");
     assert!(r.json()["message"].as_str().unwrap().contains("within"), "{r:?}");
+    for (mode, what) in [(Mode::Garbage, "not JSON"), (Mode::Fieldless, "lacks isValid")] {
+        fac.set_verify(mode);
+        let r = pay(&gw, "/paid", "PAYMENT-SIGNATURE", &p);
+        assert_eq!(r.status, 502, "an answer that {what}: {r:?}");
+        assert_eq!(r.json()["error"], "facilitator_error");
+    }
     // The claim was given back each time: the honest retry goes through.
     fac.set_verify(Mode::Valid);
     let r = pay(&gw, "/paid", "PAYMENT-SIGNATURE", &p);
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(fac.count("/verify"), 3);
+    assert_eq!(fac.count("/verify"), 5);
     assert_eq!(fac.count("/settle"), 1);
 
     // Invalid: 402 naming the reason; the verdict is cached, so the same payment is not asked
@@ -528,7 +544,7 @@ fn facilitator_errors_and_invalid_verdicts_release_the_claim() {
             .unwrap()
             .contains("invalid_exact_evm_payload_signature"));
     }
-    assert_eq!(fac.count("/verify"), 4, "one verification of the invalid payment");
+    assert_eq!(fac.count("/verify"), 6, "one verification of the invalid payment");
 
     // A refused settlement: 402 with the settlement result, the upstream never called.
     fac.set_verify(Mode::Valid);
