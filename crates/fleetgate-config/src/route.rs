@@ -2,7 +2,7 @@
 
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
-use fleetgate_http::{ConcurrencyLimitConfig, RateLimitConfig};
+use fleetgate_http::{ConcurrencyLimitConfig, PaymentConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -47,6 +47,9 @@ pub struct RouteConfig {
     /// The route's concurrency limits (`concurrency_limits`).
     #[serde(default, deserialize_with = "nullable")]
     pub concurrency_limits: Vec<ConcurrencyLimitConfig>,
+    /// The route's x402 payment gate (`payment`); `None`: free.
+    #[serde(default, deserialize_with = "nullable")]
+    pub payment: Option<PaymentConfig>,
 }
 
 /// The target before validation has resolved it (never seen outside the crate).

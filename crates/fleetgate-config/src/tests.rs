@@ -1830,6 +1830,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("validate.rs"),
         include_str!("../../fleetgate-http/src/ratelimit/config.rs"),
         include_str!("../../fleetgate-http/src/concurrency/config.rs"),
+        include_str!("../../fleetgate-http/src/payment/config.rs"),
     ];
     let mut fields = Vec::new();
     for source in sources {

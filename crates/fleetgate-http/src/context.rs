@@ -4,7 +4,9 @@
 
 use crate::rate_headers::RateHeaders;
 use crate::store_ctx::StoreCtx;
+use bytes::Bytes;
 use fleetgate_store::Store;
+use http::Response;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -40,6 +42,11 @@ pub struct RequestCtx<'r, D = Store> {
     /// When the request arrived, when something (an access log, a stage) needs it: reading the
     /// clock is not free, so it is only read on demand.
     pub started: Option<Instant>,
+    /// What the payment gate's way out needs of a payment its way in accepted.
+    pub payment: Option<Box<crate::payment::Accepted>>,
+    /// Set by a response phase that must answer instead of the service (a failed settlement):
+    /// the service's response, body and all, is dropped for this one.
+    pub answer_instead: Option<Response<Bytes>>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -52,6 +59,8 @@ impl<'r, D> RequestCtx<'r, D> {
             rate_headers: RateHeaders::default(),
             guards: Vec::new(),
             started: None,
+            payment: None,
+            answer_instead: None,
         }
     }
 }

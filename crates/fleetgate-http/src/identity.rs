@@ -62,6 +62,23 @@ pub fn identify(key: &[KeyPart], req: &Parts, client_ip: IpAddr, route: &str) ->
                 out.extend_from_slice(route.as_bytes());
             }
             KeyPart::Global => out.extend_from_slice(b"g"),
+            KeyPart::Payer => {
+                // A payment session speaks for its payer; otherwise the payment header's.
+                let session = crate::payment::session_cookie(&req.headers, route);
+                match session {
+                    Some(id) => {
+                        out.extend_from_slice(b"ps=");
+                        out.extend_from_slice(id.as_bytes());
+                    }
+                    None => match crate::payment::wire::declared_payer(&req.headers) {
+                        Some(payer) => {
+                            out.extend_from_slice(b"p=");
+                            out.extend_from_slice(payer.as_bytes());
+                        }
+                        None => return Identity::Missing("payer (a payment header or payment session)".into()),
+                    },
+                }
+            }
         }
         out.push(0);
     }

@@ -73,16 +73,19 @@ pub enum KeyPart {
     Route,
     /// One bucket for everything (`global`).
     Global,
+    /// The payer (`payer`): of the request's payment session cookie, else the payer its x402
+    /// payment header declares (rate limits run before the payment gate verifies it).
+    Payer,
 }
 
 impl KeyPart {
     /// The accepted forms, for error messages.
     pub const ACCEPTED: &'static str =
-        "ip, header:NAME, cookie:NAME, route, global, or a list of these (e.g. [ip, header:x-api-key])";
+        "ip, header:NAME, cookie:NAME, route, global, payer, or a list of these (e.g. [ip, header:x-api-key])";
 
     /// Whether a request can lack this part (headers and cookies can be absent).
     pub fn can_be_missing(&self) -> bool {
-        matches!(self, KeyPart::Header(_) | KeyPart::Cookie(_))
+        matches!(self, KeyPart::Header(_) | KeyPart::Cookie(_) | KeyPart::Payer)
     }
 
     /// Reads one form as the file writes it (surrounding spaces allowed).
@@ -92,6 +95,7 @@ impl KeyPart {
                 "ip" => KeyPart::Ip,
                 "route" => KeyPart::Route,
                 "global" => KeyPart::Global,
+                "payer" => KeyPart::Payer,
                 _ => return None,
             },
             Some(("header", n)) if is_token(n) => KeyPart::Header(n.to_ascii_lowercase()),
@@ -116,6 +120,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Cookie(n) => write!(f, "cookie:{n}"),
             KeyPart::Route => f.write_str("route"),
             KeyPart::Global => f.write_str("global"),
+            KeyPart::Payer => f.write_str("payer"),
         }
     }
 }
@@ -141,7 +146,7 @@ pub(crate) fn key<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyPart>, D::Er
     impl<'de> Visitor<'de> for V {
         type Value = Vec<KeyPart>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a key form (ip, header:NAME, cookie:NAME, route, global) or a list of them")
+            f.write_str("a key form (ip, header:NAME, cookie:NAME, route, global, payer) or a list of them")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(vec![part(v, "", &[])?])

@@ -190,6 +190,12 @@ where
                     }),
             };
             shared.stage.response(&mut cx, &mut resp).await;
+            if let Some(answer) = cx.answer_instead.take() {
+                resp = answer.map(|b| StageBody::Answer {
+                    body: Some(b),
+                    finish: None,
+                });
+            }
             let complete = S::COMPLETES.then(|| {
                 let completion = Completion {
                     status: resp.status().as_u16(),

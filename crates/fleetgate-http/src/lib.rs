@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
 //! | [`concurrency`] | requests in flight, with leased permits |
+//! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -26,6 +27,7 @@ pub mod key;
 pub mod layer;
 mod limit_key;
 pub mod metrics;
+pub mod payment;
 pub mod rate_headers;
 pub mod ratelimit;
 pub mod refusal;
@@ -40,6 +42,7 @@ pub use failure::FailurePolicy;
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};
 pub use limit_key::LimitScope;
+pub use payment::{FacilitatorClient, Payment, PaymentConfig};
 pub use ratelimit::{RateLimitConfig, RateLimiter, RateLimits};
 pub use refusal::Refusal;
 pub use stage::{Flow, Stage, Then};

@@ -11,6 +11,49 @@ pub const PERMIT_RENEWALS: &str = "fleetgate_concurrency_permit_renewals_total";
 pub const STORE_CALL_SECONDS: &str = "fleetgate_store_call_duration_seconds";
 pub const STORE_ERRORS: &str = "fleetgate_store_errors_total";
 pub const STORE_FALLBACK: &str = "fleetgate_store_fallback_active";
+pub const PAYMENTS: &str = "fleetgate_payments_total";
+/// The payment gate's store calls under its failure policy (`fallback_open`, `fallback_closed`).
+pub const PAYMENT_STORE_DECISIONS: &str = "fleetgate_payment_store_decisions_total";
+
+/// Payment outcomes of one route (`fleetgate_payments_total{route, outcome}`): `required` (402
+/// without a payment), `malformed` (400), `rejected` (402: no matching offer, bad timing, or
+/// invalid), `replayed` (402: already used), `verified`, `verdict_cached` (a verdict read from
+/// the fleet's cache), `settled`, `failed` (settlement refused or the facilitator failed),
+/// `unsettled` (after_response and the upstream answered 500 or more), `session` (admitted by a
+/// payment session), `store_unavailable` (503 under `closed`).
+#[derive(Clone)]
+pub struct PaymentMetrics {
+    pub required: Counter,
+    pub malformed: Counter,
+    pub rejected: Counter,
+    pub replayed: Counter,
+    pub verified: Counter,
+    pub verdict_cached: Counter,
+    pub settled: Counter,
+    pub failed: Counter,
+    pub unsettled: Counter,
+    pub session: Counter,
+    pub store_unavailable: Counter,
+}
+
+impl PaymentMetrics {
+    pub fn new(route: &str) -> Self {
+        let c = |outcome: &'static str| counter!(PAYMENTS, "route" => route.to_string(), "outcome" => outcome);
+        PaymentMetrics {
+            required: c("required"),
+            malformed: c("malformed"),
+            rejected: c("rejected"),
+            replayed: c("replayed"),
+            verified: c("verified"),
+            verdict_cached: c("verdict_cached"),
+            settled: c("settled"),
+            failed: c("failed"),
+            unsettled: c("unsettled"),
+            session: c("session"),
+            store_unavailable: c("store_unavailable"),
+        }
+    }
+}
 
 /// Decision counters of one limit.
 #[derive(Clone)]
@@ -69,6 +112,8 @@ impl RenewalMetrics {
 pub struct StoreMetrics {
     pub rate_seconds: Histogram,
     pub permit_seconds: Histogram,
+    /// Markers, verdicts and sessions (get, set, claim, delete).
+    pub marker_seconds: Histogram,
     pub timeouts: Counter,
     pub unavailable: Counter,
     pub server_errors: Counter,
@@ -83,6 +128,7 @@ impl StoreMetrics {
         StoreMetrics {
             rate_seconds: histogram!(STORE_CALL_SECONDS, "op" => "rate"),
             permit_seconds: histogram!(STORE_CALL_SECONDS, "op" => "permit"),
+            marker_seconds: histogram!(STORE_CALL_SECONDS, "op" => "marker"),
             timeouts: counter!(STORE_ERRORS, "kind" => "timeout"),
             unavailable: counter!(STORE_ERRORS, "kind" => "unavailable"),
             server_errors: counter!(STORE_ERRORS, "kind" => "server"),

@@ -78,6 +78,8 @@ pub struct ConcernPolicy {
 pub enum Op {
     Rate,
     Permit,
+    /// A claim, get, set or delete of a marker, verdict or session value.
+    Marker,
     /// A lease-mode decision: mostly local, so not timed as a store call (the reservations it
     /// makes are the store's business; their errors are still counted).
     Lease,
@@ -136,6 +138,7 @@ impl<D: StageStore> StoreCtx<D> {
             let seconds = match op {
                 Op::Rate => Some(&self.metrics.rate_seconds),
                 Op::Permit => Some(&self.metrics.permit_seconds),
+                Op::Marker => Some(&self.metrics.marker_seconds),
                 Op::Lease => None,
             };
             if let (Some(seconds), Some(started)) = (seconds, started) {

@@ -91,6 +91,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         ));
     }
     let mut routes = Vec::new();
+    let facilitator = crate::facilitator::HyperFacilitatorClient::shared();
     for r in &config.routes {
         let action = match &r.target {
             RouteTarget::Upstream(name) => Action::Proxy(
@@ -118,7 +119,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             name: r.name.clone(),
             config: r.clone(),
             action,
-            pipeline: crate::pipeline::assemble(config, keyspace, r)?,
+            pipeline: crate::pipeline::assemble(config, keyspace, r, &facilitator)?,
             metrics: RouteMetrics::new(&r.name),
         });
     }

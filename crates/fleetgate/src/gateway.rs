@@ -226,6 +226,10 @@ impl Gateway {
             },
         };
         route.pipeline.response(&mut cx, &mut resp).await;
+        if let Some(answer) = cx.answer_instead.take() {
+            // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
+            resp = answer.map(full);
+        }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());
         if let Some(span) = span {

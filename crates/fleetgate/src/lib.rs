@@ -9,6 +9,7 @@ pub mod admin;
 pub mod body;
 pub mod build;
 pub mod correlation;
+pub mod facilitator;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;

@@ -8,23 +8,31 @@
 
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
-use fleetgate_http::{Concurrency, RateLimits};
+use fleetgate_http::{Concurrency, FacilitatorClient, Payment, RateLimits};
 use fleetgate_store::Keyspace;
+use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
-/// the route), then rate limits (most specific first), then concurrency.
+/// the route), then rate limits (most specific first), then concurrency, then the payment gate.
 pub type RoutePipeline = fleetgate_http::stages![
     RateLimits,  // the route's own limits, then the global ones
     Concurrency, // permits held until the response is over
+    Payment,     // x402: 402, or a payment verified and settled once for the fleet
 ];
 
 /// Compiles `route`'s configuration into its pipeline.
-pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Result<RoutePipeline, BuildError> {
+pub fn assemble(
+    config: &Config,
+    keyspace: &Keyspace,
+    route: &RouteConfig,
+    facilitator: &Arc<dyn FacilitatorClient>,
+) -> Result<RoutePipeline, BuildError> {
     let r = route.name.as_str();
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
     Ok(fleetgate_http::pipeline![
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
+        Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
     ])
 }
 
