@@ -65,4 +65,15 @@ pub struct Completion {
     pub started: Option<Instant>,
     /// Whether the whole body was sent (false: the client left, or the body failed).
     pub body_finished: bool,
+    /// The request's method.
+    pub method: http::Method,
+    /// The request's path, without its query.
+    pub path: String,
+    /// The upstream target that answered (its URL), if the request went upstream.
+    pub upstream: Option<String>,
+    /// Whether a stage answered the request itself (a limit refused it, for instance) rather
+    /// than the upstream or the route's own answer.
+    pub answered_by_stage: bool,
+    /// Response body bytes sent (counted as the body is sent; filled in at the end).
+    pub bytes: u64,
 }

@@ -59,6 +59,14 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             .with_io_bounds(u.body_idle_timeout, u.write_timeout),
         ));
     }
+    // Live events: one sink for every route; the publisher takes the receiver at start.
+    let (events, events_rx) = match config.events.enabled {
+        true => {
+            let (sink, rx) = fleetgate_http::EventSink::new(instance_id, config.events.buffer);
+            (Some(sink), Some(rx))
+        }
+        false => (None, None),
+    };
     let mut routes = Vec::new();
     for r in &config.routes {
         let action = match &r.target {
@@ -87,7 +95,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             name: r.name.clone(),
             config: r.clone(),
             action,
-            pipeline: crate::pipeline::assemble(config, keyspace, r)?,
+            pipeline: Arc::new(crate::pipeline::assemble(config, keyspace, r, events.as_ref())?),
             metrics: RouteMetrics::new(&r.name),
         });
     }
@@ -107,5 +115,6 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         draining: AtomicBool::new(false),
         store_url_redacted,
         live_instances: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        events_rx: parking_lot::Mutex::new(events_rx),
     })
 }

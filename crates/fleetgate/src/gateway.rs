@@ -13,7 +13,6 @@
 
 use crate::body::{full, json_error, GatewayBody};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
-use crate::pipeline::RoutePipeline;
 use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
 use crate::tunnel::Tunnel;
@@ -52,6 +51,8 @@ pub struct Gateway {
     pub store_url_redacted: String,
     /// Live gateway instances sharing the store (1 until the first heartbeat answers).
     pub live_instances: Arc<std::sync::atomic::AtomicU64>,
+    /// The live events' channel, until the publisher takes it (`None`: events are off).
+    pub events_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<fleetgate_http::events::Event>>>,
 }
 
 /// Per-worker state: store handles and, per upstream target, a pool of keep-alive connections.
@@ -129,10 +130,20 @@ impl Gateway {
         };
         let ip = self.trusted.client_ip(peer.ip(), &parts.headers);
         let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
+        // The route's complete phase (live events) needs the request line and the start.
+        let completes = route.pipeline.0.is_some();
+        let request_line = completes.then(|| {
+            cx.started = Some(access.as_ref().map_or_else(Instant::now, |a| a.0));
+            (parts.method.clone(), parts.uri.path().to_string())
+        });
+        let mut answered_by_stage = false;
         let mut upstream_target = None;
         let mut tunnel = None;
         let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
-            Flow::Answer(answer) => answer.map(full),
+            Flow::Answer(answer) => {
+                answered_by_stage = true;
+                answer.map(full)
+            }
             Flow::Continue => match &route.action {
                 Action::Respond { status, body, headers } => {
                     let mut resp = Response::new(full(body.clone()));
@@ -157,7 +168,7 @@ impl Gateway {
                             &mut tunnel,
                         )
                         .await;
-                    if access.is_some() {
+                    if access.is_some() || completes {
                         upstream_target = target.map(|t| upstream.targets[t].url());
                     }
                     resp
@@ -167,6 +178,23 @@ impl Gateway {
         route.pipeline.response(&mut cx, &mut resp).await;
         let status = resp.status();
         route.metrics.request(status.as_u16());
+        let complete = request_line.map(|(method, path)| {
+            let completion = fleetgate_http::Completion {
+                status: status.as_u16(),
+                client_ip: ip,
+                principal: cx.principal.take(),
+                started: cx.started,
+                body_finished: false,
+                method,
+                path,
+                upstream: upstream_target.clone(),
+                answered_by_stage,
+                bytes: 0,
+            };
+            let pipeline = route.pipeline.clone();
+            let run: Box<dyn FnOnce(&fleetgate_http::Completion) + Send> = Box::new(move |done| Stage::<fleetgate_store::Store>::complete(&*pipeline, done));
+            (run, completion)
+        });
         self.log(access, Some(&route.name), peer, status, upstream_target);
         if let Some(tunnel) = tunnel {
             if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -177,10 +205,10 @@ impl Gateway {
             }
         }
         // Permits are held, and complete phases run, when the body is over.
-        if cx.guards.is_empty() && !<RoutePipeline as Stage>::COMPLETES {
+        if cx.guards.is_empty() && complete.is_none() {
             resp
         } else {
-            let finish = Finish::new(std::mem::take(&mut cx.guards), None);
+            let finish = Finish::new(std::mem::take(&mut cx.guards), complete);
             resp.map(|b| Finishing::new(b, finish).boxed_unsync())
         }
     }

@@ -5,8 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_auth;
+pub mod admin_events;
 pub mod body;
 pub mod build;
+pub mod dashboard;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;

@@ -8,21 +8,29 @@
 
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
-use fleetgate_http::{Concurrency, RateLimits};
+use fleetgate_http::{Concurrency, EventSink, EventStage, RateLimits};
 use fleetgate_store::Keyspace;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
-/// the route), then rate limits (most specific first), then concurrency.
+/// the route), then events (its complete phase runs last), rate limits (most specific first),
+/// then concurrency.
 pub type RoutePipeline = fleetgate_http::stages![
+    EventStage,  // one live event per completed request (`events.enabled`)
     RateLimits,  // the route's own limits, then the global ones
     Concurrency, // permits held until the response is over
 ];
 
 /// Compiles `route`'s configuration into its pipeline.
-pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Result<RoutePipeline, BuildError> {
+pub fn assemble(
+    config: &Config,
+    keyspace: &Keyspace,
+    route: &RouteConfig,
+    events: Option<&EventSink>,
+) -> Result<RoutePipeline, BuildError> {
     let r = route.name.as_str();
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
     Ok(fleetgate_http::pipeline![
+        events.map(|sink| EventStage::for_route(sink, r)),
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
     ])
@@ -33,7 +41,7 @@ pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Re
 pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
     let mut given = 0;
     for route in routes {
-        if let Some(limits) = &route.pipeline.0 {
+        if let Some(limits) = &route.pipeline.1 .0 {
             for limiter in limits.limiters() {
                 given += limiter.give_back(store).await;
             }

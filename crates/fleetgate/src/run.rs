@@ -174,7 +174,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
         }
         let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
-        let app = crate::admin::router(gateway.clone(), admin_store.clone());
+        let app = crate::admin::router_with(gateway.clone(), admin_store.clone(), start_events(&gateway, &config, &admin_store));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, app).await {
                 tracing::error!(error = %e, "admin listener stopped");
@@ -214,6 +214,32 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("fleetgate stopped");
     Ok(())
+}
+
+/// Starts the live events' publisher (if events are on) and says what the admin listener
+/// serves: `/events` and the admin token. Warns when the admin listener is reachable from
+/// elsewhere without a token.
+fn start_events(gateway: &crate::gateway::Gateway, config: &Config, store: &Store) -> crate::admin::AdminExtras {
+    if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
+        tracing::warn!(admin = %config.admin.listen, "the admin listener is not on loopback and admin.token is not set: anyone who reaches it can read events and metrics");
+    }
+    let token = config.admin.token.as_deref().map(crate::admin_auth::AdminToken::new);
+    let events = gateway.events_rx.lock().take().map(|rx| {
+        let key = fleetgate_http::events::stream_key(&config.stores.rate_limits.keyspace);
+        let local = MemoryStore::new();
+        let settings = fleetgate_http::events::EventSettings {
+            key: key.clone(),
+            batch: config.events.batch,
+            max_len: config.events.stream_max_len,
+        };
+        tokio::spawn(fleetgate_http::events::run_publisher(store.clone(), local.clone(), settings, rx));
+        crate::admin_events::EventsSource {
+            store: store.clone(),
+            local: (!store.is_memory()).then_some(local),
+            key,
+        }
+    });
+    crate::admin::AdminExtras { events, token }
 }
 
 /// `flush_on_startup`: deletes every key under each concern store's prefix (once per distinct
