@@ -77,13 +77,20 @@ impl<B: Body> Body for Finishing<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(f) = this.finish.as_mut().filter(|f| f.completes()) {
                     if let Some(data) = frame.data_ref() {
                         f.sent += bytes::Buf::remaining(data) as u64;
+                    }
+                }
+                // A body that knows it has ended is not polled again (hyper stops at
+                // `is_end_stream`): it finished whole with this frame.
+                if this.inner.is_end_stream() {
+                    if let Some(mut f) = this.finish.take() {
+                        f.run(true);
                     }
                 }
             }

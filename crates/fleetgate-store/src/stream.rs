@@ -78,7 +78,8 @@ pub struct StreamRead {
     pub cursor: StreamId,
     /// [`StreamFrom::Resume`] only: entries after the starting id may have been trimmed before
     /// they could be read (the reader missed some). The in-process ring knows exactly; Redis
-    /// says so whenever the starting id is older than the oldest entry kept.
+    /// says so whenever trimming has removed entries and the starting id is older than the
+    /// oldest entry kept.
     pub gap: bool,
 }
 

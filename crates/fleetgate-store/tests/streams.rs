@@ -84,6 +84,14 @@ async fn every_reader_sees_each_entry_once_in_order<S: StoreDriver>(writers: [&S
 async fn a_resume_past_the_bound_reports_a_gap<S: StoreDriver>(s: &S) {
     let k = key("gap");
     let start = s.stream_read(&k, StreamFrom::Now, 1, Duration::ZERO).await.unwrap();
+    // Nothing trimmed yet: reading from the very start is no gap.
+    s.stream_append(&k, &payloads(0..5), 10).await.unwrap();
+    let whole = s
+        .stream_read(&k, StreamFrom::Resume(StreamId::ZERO), 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!whole.gap, "nothing was trimmed");
+    assert_eq!(numbers(&whole), vec![0, 1, 2, 3, 4]);
     for chunk in 0..10u32 {
         s.stream_append(&k, &payloads(chunk * 100..chunk * 100 + 100), 10)
             .await

@@ -52,11 +52,8 @@ impl AdminToken {
 
     /// The `Set-Cookie` value that lets a browser in from now on.
     fn cookie(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.hash
-        ))
-        .expect("a hex hash is a valid header value")
+        HeaderValue::from_str(&format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.hash))
+            .expect("a hex hash is a valid header value")
     }
 }
 

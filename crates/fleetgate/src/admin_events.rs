@@ -57,7 +57,11 @@ impl Filter {
                             let low = u16::from(c - b'0') * 100;
                             Some((low, low + 99))
                         }
-                        _ => s.parse::<u16>().ok().filter(|n| (100..=599).contains(n)).map(|n| (n, n)),
+                        _ => s
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|n| (100..=599).contains(n))
+                            .map(|n| (n, n)),
                     };
                     f.status = Some(range.ok_or_else(|| {
                         format!(
@@ -95,7 +99,9 @@ pub async fn events(State(source): State<Option<EventsSource>>, uri: Uri, header
     let Some(source) = source else {
         return (
             StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": "events_off", "message": "live events are off (events.enabled: false)"})),
+            axum::Json(
+                serde_json::json!({"error": "events_off", "message": "live events are off (events.enabled: false)"}),
+            ),
         )
             .into_response();
     };
@@ -142,9 +148,7 @@ async fn feed_subscriber(source: EventsSource, start: FeedStart, filter: Filter,
                     if !filter.admits(&payload) {
                         continue;
                     }
-                    SseEvent::default()
-                        .id(id)
-                        .data(String::from_utf8_lossy(&payload))
+                    SseEvent::default().id(id).data(String::from_utf8_lossy(&payload))
                 }
                 FeedItem::Notice(text) => SseEvent::default().event("notice").data(text),
             };

@@ -192,7 +192,8 @@ impl Gateway {
                 bytes: 0,
             };
             let pipeline = route.pipeline.clone();
-            let run: Box<dyn FnOnce(&fleetgate_http::Completion) + Send> = Box::new(move |done| Stage::<fleetgate_store::Store>::complete(&*pipeline, done));
+            let run: Box<dyn FnOnce(&fleetgate_http::Completion) + Send> =
+                Box::new(move |done| Stage::<fleetgate_store::Store>::complete(&*pipeline, done));
             (run, completion)
         });
         self.log(access, Some(&route.name), peer, status, upstream_target);

@@ -174,7 +174,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
             tokio::spawn(crate::upstream::run_health_checks(upstream.clone()));
         }
         let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
-        let app = crate::admin::router_with(gateway.clone(), admin_store.clone(), start_events(&gateway, &config, &admin_store));
+        let app = crate::admin::router_with(
+            gateway.clone(),
+            admin_store.clone(),
+            start_events(&gateway, &config, &admin_store),
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, app).await {
                 tracing::error!(error = %e, "admin listener stopped");
@@ -232,7 +236,12 @@ fn start_events(gateway: &crate::gateway::Gateway, config: &Config, store: &Stor
             batch: config.events.batch,
             max_len: config.events.stream_max_len,
         };
-        tokio::spawn(fleetgate_http::events::run_publisher(store.clone(), local.clone(), settings, rx));
+        tokio::spawn(fleetgate_http::events::run_publisher(
+            store.clone(),
+            local.clone(),
+            settings,
+            rx,
+        ));
         crate::admin_events::EventsSource {
             store: store.clone(),
             local: (!store.is_memory()).then_some(local),

@@ -91,7 +91,11 @@ impl<D: StoreDriver> EventFeed<D> {
             block,
         };
         match resume {
-            Some(id) => match feed.store.stream_read(&feed.key, StreamFrom::Resume(id), 1, Duration::ZERO).await {
+            Some(id) => match feed
+                .store
+                .stream_read(&feed.key, StreamFrom::Resume(id), 1, Duration::ZERO)
+                .await
+            {
                 Ok(r) if r.gap => {
                     notices.push(FeedItem::Notice(
                         "events after Last-Event-ID are no longer kept; starting from now".into(),

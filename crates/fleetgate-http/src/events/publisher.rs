@@ -61,9 +61,7 @@ pub async fn run_publisher<D: StoreDriver>(
                     event.local = true;
                 }
                 let payloads = encode(&batch);
-                let _ = local
-                    .stream_append(&settings.key, &payloads, settings.max_len)
-                    .await;
+                let _ = local.stream_append(&settings.key, &payloads, settings.max_len).await;
                 local_count.increment(payloads.len() as u64);
             }
         }

@@ -74,6 +74,13 @@ fn entries_of(reply: Value) -> StoreResult<Vec<StreamEntry>> {
     Ok(out)
 }
 
+#[derive(Debug, Default)]
+struct Position {
+    last: StreamId,
+    first: StreamId,
+    trimmed: bool,
+}
+
 impl RedisStore {
     pub(super) async fn xadd_batch(
         &self,
@@ -102,31 +109,38 @@ impl RedisStore {
         replies.iter().map(id_of).collect()
     }
 
-    /// `last-generated-id` and the id of the oldest entry kept (`first-entry`) of the stream
-    /// (zero when it is absent or empty).
-    async fn xinfo(&self, key: &StoreKey) -> StoreResult<(StreamId, StreamId)> {
+    /// Where the stream stands: `last-generated-id`, the oldest entry kept (`first-entry`),
+    /// and whether trimming removed any entry (`entries-added` above `length`; when the server
+    /// does not say, assumed so). Zero and false for a stream that does not exist.
+    async fn xinfo(&self, key: &StoreKey) -> StoreResult<Position> {
         let reply = match self.query(redis::cmd("XINFO").arg("STREAM").arg(key.as_str())).await {
             Ok(v) => v,
             Err(StoreError::Server(t)) if t.to_ascii_lowercase().contains("no such key") => {
-                return Ok((StreamId::ZERO, StreamId::ZERO))
+                return Ok(Position::default())
             }
             Err(e) => return Err(e),
         };
         let fields = items(reply);
-        let mut last = StreamId::ZERO;
-        let mut first = StreamId::ZERO;
+        let mut pos = Position::default();
+        let (mut length, mut added) = (None, None);
         for kv in fields.chunks(2) {
             match (text(&kv[0]), kv.get(1)) {
-                (Some(b"last-generated-id"), Some(v)) => last = id_of(v)?,
+                (Some(b"last-generated-id"), Some(v)) => pos.last = id_of(v)?,
                 (Some(b"first-entry"), Some(v @ (Value::Array(_) | Value::Map(_)))) => {
                     if let Some(id) = items(v.clone()).first() {
-                        first = id_of(id)?;
+                        pos.first = id_of(id)?;
                     }
                 }
+                (Some(b"length"), Some(Value::Int(n))) => length = Some(*n),
+                (Some(b"entries-added"), Some(Value::Int(n))) => added = Some(*n),
                 _ => {}
             }
         }
-        Ok((last, first))
+        pos.trimmed = match (added, length) {
+            (Some(a), Some(l)) => a > l,
+            _ => true,
+        };
+        Ok(pos)
     }
 
     pub(super) async fn xread(
@@ -138,20 +152,21 @@ impl RedisStore {
     ) -> StoreResult<StreamRead> {
         let (after, gap) = match from {
             StreamFrom::Now => {
-                let (last, _) = self.xinfo(key).await?;
+                let pos = self.xinfo(key).await?;
                 return Ok(StreamRead {
                     entries: Vec::new(),
-                    cursor: last,
+                    cursor: pos.last,
                     gap: false,
                 });
             }
             StreamFrom::After(id) => (id, false),
-            // Trimming removes the oldest entries: a reader whose last id is older than the
-            // oldest kept may have missed some (it is told so even when the very next entry
-            // happens to be the oldest kept: Redis does not record what trimming removed).
+            // Trimming removes the oldest entries: once it has removed some, a reader whose
+            // last id is older than the oldest kept may have missed some (it is told so even
+            // when the very next entry happens to be the oldest kept: Redis records how many
+            // entries trimming removed, not which).
             StreamFrom::Resume(id) => {
-                let (_, first) = self.xinfo(key).await?;
-                (id, first != StreamId::ZERO && id < first)
+                let pos = self.xinfo(key).await?;
+                (id, pos.trimmed && pos.first != StreamId::ZERO && id < pos.first)
             }
         };
         let count = count.max(1);
