@@ -127,9 +127,10 @@ async fn a_blocked_reader_wakes_for_another_handles_append<S: StoreDriver + Clon
         .unwrap();
     assert_eq!(numbers(&r), vec![7]);
     w.await.unwrap();
-    // Nothing new: an empty read once the block ends, not an error.
+    // Nothing new: an empty read once the block ends, not an error (a block longer than the
+    // Redis client's own 500 ms response timeout included).
     let idle = reader
-        .stream_read(&k, StreamFrom::After(r.cursor), 10, Duration::from_millis(50))
+        .stream_read(&k, StreamFrom::After(r.cursor), 10, Duration::from_millis(1200))
         .await
         .unwrap();
     assert!(idle.entries.is_empty());

@@ -127,8 +127,11 @@ pub async fn events(State(source): State<Option<EventsSource>>, uri: Uri, header
         })
         .filter(|s| !s.is_empty());
     let start = last_id.map_or(FeedStart::Now, FeedStart::After);
+    // The position is taken before the response starts: a client that sees the stream open
+    // misses nothing completed after that.
+    let (feed, first) = EventFeed::open(source.store, source.local, source.key, start, BLOCK).await;
     let (tx, rx) = mpsc::channel::<SseEvent>(QUEUE);
-    tokio::spawn(feed_subscriber(source, start, filter, tx));
+    tokio::spawn(feed_subscriber(feed, first, filter, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -138,8 +141,7 @@ pub async fn events(State(source): State<Option<EventsSource>>, uri: Uri, header
 }
 
 /// Reads the feed into the subscriber's queue until it goes away or falls [`QUEUE`] behind.
-async fn feed_subscriber(source: EventsSource, start: FeedStart, filter: Filter, tx: mpsc::Sender<SseEvent>) {
-    let (mut feed, first) = EventFeed::open(source.store, source.local, source.key, start, BLOCK).await;
+async fn feed_subscriber(mut feed: EventFeed<Store>, first: Vec<FeedItem>, filter: Filter, tx: mpsc::Sender<SseEvent>) {
     let mut items = first;
     loop {
         for item in items.drain(..) {

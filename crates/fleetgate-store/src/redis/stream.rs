@@ -223,7 +223,13 @@ impl RedisStore {
                 let Some(client) = client else {
                     return Err(StoreError::Unavailable("no primary known yet".into()));
                 };
-                match tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection()).await {
+                // No response timeout of the client's own (500 ms by default, shorter than a
+                // block): each read is bounded below, by its block and the store timeout.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(None);
+                let connect = client.get_multiplexed_async_connection_with_config(&config);
+                match tokio::time::timeout(options.connect_timeout, connect).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         health.on_failure();
