@@ -40,6 +40,9 @@ pub struct RequestCtx<'r, D = Store> {
     /// When the request arrived, when something (an access log, a stage) needs it: reading the
     /// clock is not free, so it is only read on demand.
     pub started: Option<Instant>,
+    /// Charges of `count_statuses` limits (by the limit's place in its stage), settled in the
+    /// response phase once the status is known.
+    pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -52,6 +55,7 @@ impl<'r, D> RequestCtx<'r, D> {
             rate_headers: RateHeaders::default(),
             guards: Vec::new(),
             started: None,
+            status_charges: Vec::new(),
         }
     }
 }
