@@ -199,8 +199,11 @@ impl Gateway {
         self.log(access, Some(&route.name), peer, status, upstream_target);
         if let Some(tunnel) = tunnel {
             if status == StatusCode::SWITCHING_PROTOCOLS {
-                // The permits are held by the tunnel until it closes.
+                // The permits are held by the tunnel until it closes; its event is the 101.
                 let guards = std::mem::take(&mut cx.guards);
+                if let Some((run, done)) = complete {
+                    run(&done);
+                }
                 tokio::spawn(tunnel.run(guards, self.tunnel_idle_timeout));
                 return resp;
             }

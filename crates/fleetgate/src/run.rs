@@ -228,8 +228,22 @@ fn start_events(gateway: &crate::gateway::Gateway, config: &Config, store: &Stor
         tracing::warn!(admin = %config.admin.listen, "the admin listener is not on loopback and admin.token is not set: anyone who reaches it can read events and metrics");
     }
     let token = config.admin.token.as_deref().map(crate::admin_auth::AdminToken::new);
+    // `stores.events` when it names a store of its own; otherwise the instance's store.
+    let events_store = &config.stores.events;
+    let store = if events_store.url == config.stores.rate_limits.url {
+        store.clone()
+    } else {
+        match Store::open(&events_store.url, events_store.redis_options()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(store = %events_store.redacted_url(), error = %e, "events: cannot open stores.events; using the instance's store");
+                store.clone()
+            }
+        }
+    };
+    let store = &store;
     let events = gateway.events_rx.lock().take().map(|rx| {
-        let key = fleetgate_http::events::stream_key(&config.stores.rate_limits.keyspace);
+        let key = fleetgate_http::events::stream_key(&events_store.keyspace);
         let local = MemoryStore::new();
         let settings = fleetgate_http::events::EventSettings {
             key: key.clone(),
