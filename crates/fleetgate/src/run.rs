@@ -228,18 +228,19 @@ fn start_events(gateway: &crate::gateway::Gateway, config: &Config, store: &Stor
         tracing::warn!(admin = %config.admin.listen, "the admin listener is not on loopback and admin.token is not set: anyone who reaches it can read events and metrics");
     }
     let token = config.admin.token.as_deref().map(crate::admin_auth::AdminToken::new);
-    // `stores.events` when it names a store of its own; otherwise the instance's store.
+    // Events get connections and a breaker of their own (`stores.events`, which defaults to
+    // the instance's store): their calls failing or timing out during an outage, or right
+    // after it, must not hold the limits' breaker open. The in-process store is shared.
     let events_store = &config.stores.events;
-    let store = if events_store.url == config.stores.rate_limits.url {
-        store.clone()
-    } else {
-        match Store::open(&events_store.url, events_store.redis_options()) {
+    let store = match store {
+        Store::Memory(_) if events_store.is_memory() => store.clone(),
+        _ => match Store::open(&events_store.url, events_store.redis_options()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(store = %events_store.redacted_url(), error = %e, "events: cannot open stores.events; using the instance's store");
+                tracing::error!(store = %events_store.redacted_url(), error = %e, "events: cannot open their store; using the instance's");
                 store.clone()
             }
-        }
+        },
     };
     let store = &store;
     let events = gateway.events_rx.lock().take().map(|rx| {
