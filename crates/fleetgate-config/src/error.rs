@@ -440,7 +440,13 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 pub(crate) fn accepted_for(field: &str) -> Option<&'static str> {
     Some(match field {
         "listen" => LISTEN_ACCEPTED,
-        "admin" => "a mapping with `listen`",
+        "admin" => "a mapping with `listen` and `token`",
+        "token" => "a string (the admin bearer token; `${ADMIN_TOKEN}` keeps it out of the file); empty means no token",
+        "events" => "a mapping with `enabled`, `buffer`, `batch`, `stream_max_len`",
+        "enabled" => "true or false",
+        "buffer" => "a whole number from 16 to 1048576 (events waiting to be published)",
+        "batch" => "a whole number from 1 to 10000 (events per store write)",
+        "stream_max_len" => "a whole number from 100 to 100000000 (events the fleet's stream keeps)",
         "log" => "a mapping with `level` and `access_log`",
         "level" => "trace, debug, info, warn, error",
         "access_log" => "text, json, off (true is text, false is off)",

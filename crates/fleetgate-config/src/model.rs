@@ -2,7 +2,7 @@
 //! defaults are filled in. Each section's type reads itself from the file (`Deserialize`); see
 //! docs/configuration.md for the format.
 
-use crate::fields::{int, listen, millis, ms, nullable, proxies, refuse};
+use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
 pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
 pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
@@ -44,6 +44,9 @@ pub struct Config {
     /// Logging.
     #[serde(default, deserialize_with = "nullable")]
     pub log: LogConfig,
+    /// Live events (`events`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub events: EventsConfig,
     /// The store holding shared state (`store`). `REDIS_URL` overrides its URL.
     #[serde(default, deserialize_with = "nullable")]
     pub store: StoreConfig,
@@ -122,12 +125,50 @@ pub struct AdminConfig {
     /// Address of the admin listener (`admin.listen`, default `127.0.0.1:9090`).
     #[serde(deserialize_with = "listen::<_, 9090>")]
     pub listen: SocketAddr,
+    /// `admin.token`: when set, every admin path but `/healthz` and `/readyz` needs
+    /// `Authorization: Bearer TOKEN` (or the dashboard's cookie). Empty means unset. Never
+    /// printed (`Debug` shows `***`).
+    #[serde(deserialize_with = "crate::store::secret")]
+    pub token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            token: None,
+        }
+    }
+}
+
+/// Live events (`events`): every completed request becomes one event, published fleet-wide
+/// through the store (`GET /events`, `GET /dashboard`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Whether events are made and published (`events.enabled`, default `true`).
+    #[serde(deserialize_with = "flag::<_, true>")]
+    pub enabled: bool,
+    /// Events waiting to be published, at most (`events.buffer`, default 8192); beyond it
+    /// they are dropped and counted, never waited for.
+    #[serde(deserialize_with = "int::<_, 16, 1048576, 8192, _>")]
+    pub buffer: usize,
+    /// Most events written to the store in one batch (`events.batch`, default 256).
+    #[serde(deserialize_with = "int::<_, 1, 10000, 256, _>")]
+    pub batch: usize,
+    /// About how many events the fleet's stream keeps for subscribers resuming after a
+    /// disconnect (`events.stream_max_len`, default 100000).
+    #[serde(deserialize_with = "int::<_, 100, 100000000, 100000, _>")]
+    pub stream_max_len: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            buffer: 8192,
+            batch: 256,
+            stream_max_len: 100_000,
         }
     }
 }

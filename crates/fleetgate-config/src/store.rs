@@ -164,7 +164,7 @@ fn user_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
 }
 
 /// A password, taken as written; empty is not set. Never echoed in a message.
-fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+pub(crate) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()).map(Secret))
 }
 

@@ -2420,4 +2420,66 @@ fn the_tls_listener_section() {
         &["also the address of `listen`"],
     );
     let _ = std::fs::remove_dir_all(&dir);
+// ---- live events, admin token, count_statuses ----
+
+#[test]
+fn events_and_the_admin_token_read_with_defaults_and_bounds() {
+    let c = p("").unwrap();
+    assert!(c.events.enabled);
+    assert_eq!(
+        (c.events.buffer, c.events.batch, c.events.stream_max_len),
+        (8192, 256, 100_000)
+    );
+    assert_eq!(c.admin.token, None);
+    let c = p("events:\n  enabled: false\n  buffer: 64\n  batch: 8\n  stream_max_len: 1000\n").unwrap();
+    assert_eq!(
+        (
+            c.events.enabled,
+            c.events.buffer,
+            c.events.batch,
+            c.events.stream_max_len
+        ),
+        (false, 64, 8, 1000)
+    );
+    refused(
+        "events:\n  buffer: 2\n",
+        2,
+        "events.buffer",
+        &["2 is out of range", "16 to 1048576"],
+    );
+    refused("events:\n  batch: 0\n", 2, "events.batch", &["1 to 10000"]);
+    refused(
+        "events:\n  stream_max_len: 5\n",
+        2,
+        "events.stream_max_len",
+        &["100 to 100000000"],
+    );
+    let c = with_env("admin:\n  token: ${ADMIN_TOKEN}\n", &[("ADMIN_TOKEN", "hunter2")]).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("hunter2"));
+    assert!(!format!("{c:?}").contains("hunter2"), "the token is never printed");
+    let c = with_env("admin:\n  token: ${ADMIN_TOKEN:-}\n", &[]).unwrap();
+    assert_eq!(c.admin.token, None, "empty means no token");
+}
+
+#[test]
+fn count_statuses_reads_a_list_of_statuses_and_refuses_what_cannot_work() {
+    let c = p(&with_limit("key: ip\nrate: 5/15m\ncount_statuses: [401, 403]")).unwrap();
+    assert_eq!(c.routes[0].rate_limits[0].count_statuses, vec![401, 403]);
+    assert!(p(&with_limit("key: ip\nrate: 5/15m")).unwrap().routes[0].rate_limits[0]
+        .count_statuses
+        .is_empty());
+    for (bad, needle) in [
+        ("[]", "an empty list would count nothing"),
+        ("[99]", "99 is not an HTTP status"),
+        ("[401, 600]", "600 is not an HTTP status"),
+    ] {
+        let err = p(&with_limit(&format!("key: ip\nrate: 5/15m\ncount_statuses: {bad}")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && err.contains("count_statuses"), "{bad}: {err}");
+    }
+    let err = p(&with_limit("key: ip\nrate: 5/15m\nmode: lease\ncount_statuses: [401]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mode: exact with count_statuses"), "{err}");
 }

@@ -14,20 +14,32 @@ type Complete = Box<dyn FnOnce(&Completion) + Send>;
 pub struct Finish {
     guards: Vec<Guard>,
     complete: Option<(Complete, Completion)>,
+    /// Body bytes sent so far (counted only while a complete phase waits).
+    sent: u64,
 }
 
 impl Finish {
     /// Drops `guards` when done, then calls `complete` (if any) with `completion`.
     pub fn new(guards: Vec<Guard>, complete: Option<(Complete, Completion)>) -> Self {
-        Finish { guards, complete }
+        Finish {
+            guards,
+            complete,
+            sent: 0,
+        }
     }
 
     fn run(&mut self, body_finished: bool) {
         self.guards.clear();
         if let Some((complete, mut completion)) = self.complete.take() {
             completion.body_finished = body_finished;
+            completion.bytes = self.sent;
             complete(&completion);
         }
+    }
+
+    /// Whether a complete phase is waiting (so the body's bytes are worth counting).
+    fn completes(&self) -> bool {
+        self.complete.is_some()
     }
 }
 
@@ -65,9 +77,23 @@ impl<B: Body> Body for Finishing<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(f) = this.finish.as_mut().filter(|f| f.completes()) {
+                    if let Some(data) = frame.data_ref() {
+                        f.sent += bytes::Buf::remaining(data) as u64;
+                    }
+                }
+                // A body that knows it has ended is not polled again (hyper stops at
+                // `is_end_stream`): it finished whole with this frame.
+                if this.inner.is_end_stream() {
+                    if let Some(mut f) = this.finish.take() {
+                        f.run(true);
+                    }
+                }
+            }
             // Finished: give the permits back now rather than when the server drops the body.
             Poll::Ready(None) => {
                 if let Some(mut f) = this.finish.take() {
@@ -111,7 +137,12 @@ impl<B: Body<Data = Bytes>> Body for StageBody<B> {
         match self.project() {
             StageBodyProj::Service { body } => body.poll_frame(cx),
             StageBodyProj::Answer { body, finish } => match body.take() {
-                Some(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Some(b) if !b.is_empty() => {
+                    if let Some(f) = finish.as_mut() {
+                        f.sent = b.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
                 _ => {
                     if let Some(mut f) = finish.take() {
                         f.run(true);

@@ -47,6 +47,9 @@ pub struct RequestCtx<'r, D = Store> {
     /// Set by a response phase that must answer instead of the service (a failed settlement):
     /// the service's response, body and all, is dropped for this one.
     pub answer_instead: Option<Response<Bytes>>,
+    /// Charges of `count_statuses` limits (by the limit's place in its stage), settled in the
+    /// response phase once the status is known.
+    pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -61,6 +64,7 @@ impl<'r, D> RequestCtx<'r, D> {
             started: None,
             payment: None,
             answer_instead: None,
+            status_charges: Vec::new(),
         }
     }
 }
@@ -74,4 +78,15 @@ pub struct Completion {
     pub started: Option<Instant>,
     /// Whether the whole body was sent (false: the client left, or the body failed).
     pub body_finished: bool,
+    /// The request's method.
+    pub method: http::Method,
+    /// The request's path, without its query.
+    pub path: String,
+    /// The upstream target that answered (its URL), if the request went upstream.
+    pub upstream: Option<String>,
+    /// Whether a stage answered the request itself (a limit refused it, for instance) rather
+    /// than the upstream or the route's own answer.
+    pub answered_by_stage: bool,
+    /// Response body bytes sent (counted as the body is sent; filled in at the end).
+    pub bytes: u64,
 }

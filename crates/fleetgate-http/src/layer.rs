@@ -174,14 +174,20 @@ where
             };
             let (mut parts, body) = req.into_parts();
             let mut cx = RequestCtx::new(&shared.store, ip, &shared.route);
+            let mut request_line = None;
             if S::COMPLETES {
                 cx.started = Some(std::time::Instant::now());
+                request_line = Some((parts.method.clone(), parts.uri.path().to_string()));
             }
+            let mut answered_by_stage = false;
             let mut resp = match shared.stage.request(&mut cx, &mut parts).await {
-                Flow::Answer(answer) => answer.map(|b| StageBody::Answer {
-                    body: Some(b),
-                    finish: None,
-                }),
+                Flow::Answer(answer) => {
+                    answered_by_stage = true;
+                    answer.map(|b| StageBody::Answer {
+                        body: Some(b),
+                        finish: None,
+                    })
+                }
                 Flow::Continue => inner
                     .call(Request::from_parts(parts, body))
                     .await?
@@ -196,13 +202,18 @@ where
                     finish: None,
                 });
             }
-            let complete = S::COMPLETES.then(|| {
+            let complete = request_line.map(|(method, path)| {
                 let completion = Completion {
                     status: resp.status().as_u16(),
                     client_ip: cx.client_ip,
                     principal: cx.principal.take(),
                     started: cx.started,
                     body_finished: false,
+                    method,
+                    path,
+                    upstream: None,
+                    answered_by_stage,
+                    bytes: 0,
                 };
                 let stage = shared.clone();
                 let run: Box<dyn FnOnce(&Completion) + Send> = Box::new(move |done| stage.stage.complete(done));

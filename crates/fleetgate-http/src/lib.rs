@@ -9,6 +9,7 @@
 //! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
 //! | [`concurrency`] | requests in flight, with leased permits |
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
+//! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -20,6 +21,7 @@ pub mod client_ip;
 pub mod concurrency;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod failure;
 pub mod fleet;
 pub mod identity;
@@ -38,6 +40,7 @@ pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{Completion, Principal, RequestCtx};
 pub use error::StageError;
+pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};

@@ -9,6 +9,7 @@
 //! * [`MemoryStore`]: the in-process driver (default). [`RedisStore`]: the shared driver.
 //! * [`Store`]: either driver behind one type, built from a URL.
 //! * [`Keyspace`]: safe, namespaced, hashed keys.
+//! * [`StreamId`], [`StreamFrom`], [`StreamRead`]: bounded streams with ids (live events).
 #![forbid(unsafe_code)]
 
 pub mod algo;
@@ -21,6 +22,7 @@ mod rate;
 pub mod redis;
 mod seam;
 mod store;
+mod stream;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use error::StoreError;
@@ -30,3 +32,4 @@ pub use rate::{Algorithm, LeaseReceipt, LimitError, Rate, RateCharge, RateDecisi
 pub use redis::{BreakerSettings, HealthGroup, RedisOptions, RedisStore, TlsFiles};
 pub use seam::*;
 pub use store::Store;
+pub use stream::{BadStreamId, StreamEntry, StreamFrom, StreamId, StreamRead};

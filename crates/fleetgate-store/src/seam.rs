@@ -12,12 +12,14 @@
 //! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
 //! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
 //! | locks (single flight across instances)   | [`lock`](StoreDriver::lock), [`unlock`](StoreDriver::unlock) |
-//! | live events, breaker trips               | [`publish`](StoreDriver::publish), [`subscribe`](StoreDriver::subscribe) |
+//! | live events (fleet-wide, each seen once)  | [`stream_append`](StoreDriver::stream_append), [`stream_read`](StoreDriver::stream_read) |
+//! | breaker trips                            | [`publish`](StoreDriver::publish), [`subscribe`](StoreDriver::subscribe) |
 //! | health                                   | [`health`](StoreDriver::health) |
 
 use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
+use crate::stream::{StreamFrom, StreamId, StreamRead};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
@@ -220,6 +222,27 @@ pub trait StoreDriver: Send + Sync + 'static {
 
     /// Subscribes to `channel`; the subscription is active when this returns.
     fn subscribe(&self, channel: &str) -> impl Future<Output = StoreResult<Subscription>> + Send;
+
+    /// Appends `payloads` to the stream `key`, in order, in one batch (Redis: pipelined `XADD`
+    /// with `MAXLEN ~ max_len`), keeping about the last `max_len` entries. Returns their ids.
+    fn stream_append(
+        &self,
+        key: &StoreKey,
+        payloads: &[Bytes],
+        max_len: u64,
+    ) -> impl Future<Output = StoreResult<Vec<StreamId>>> + Send;
+
+    /// Reads up to `count` entries of the stream `key` (see [`StreamFrom`]), waiting up to
+    /// `block` for the first when none is there yet (Redis: `XREAD BLOCK` on a connection of
+    /// its own, so that a waiting reader never holds up other calls). An empty read after
+    /// `block` is not an error.
+    fn stream_read(
+        &self,
+        key: &StoreKey,
+        from: StreamFrom,
+        count: usize,
+        block: Duration,
+    ) -> impl Future<Output = StoreResult<StreamRead>> + Send;
 
     /// Whether the store answers now.
     fn health(&self) -> impl Future<Output = StoreHealth> + Send;

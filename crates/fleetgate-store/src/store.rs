@@ -7,6 +7,7 @@ use crate::memory::MemoryStore;
 use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::redis::{url::redact, RedisOptions, RedisStore};
 use crate::seam::*;
+use crate::stream::{StreamFrom, StreamId, StreamRead};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -129,6 +130,18 @@ impl StoreDriver for Store {
     }
     async fn subscribe(&self, channel: &str) -> StoreResult<Subscription> {
         dispatch!(self, d => d.subscribe(channel))
+    }
+    async fn stream_append(&self, key: &StoreKey, payloads: &[Bytes], max_len: u64) -> StoreResult<Vec<StreamId>> {
+        dispatch!(self, d => d.stream_append(key, payloads, max_len))
+    }
+    async fn stream_read(
+        &self,
+        key: &StoreKey,
+        from: StreamFrom,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<StreamRead> {
+        dispatch!(self, d => d.stream_read(key, from, count, block))
     }
     async fn health(&self) -> StoreHealth {
         dispatch!(self, d => d.health())

@@ -1,4 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/events` (live events, SSE),
+//! `/dashboard` and its `/dashboard/state`; behind `admin.token` when set
+//! ([`crate::admin_auth`]).
 
 use crate::reload::LiveGateway;
 use crate::telemetry::render_metrics;
@@ -13,18 +15,42 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Clone)]
-struct AdminState {
-    live: Arc<LiveGateway>,
-    store: Store,
+pub(crate) struct AdminState {
+    pub live: Arc<LiveGateway>,
+    pub store: Store,
+}
+
+/// What the admin listener serves besides health and metrics.
+#[derive(Clone, Default)]
+pub struct AdminExtras {
+    /// Live events (`None`: `events.enabled: false`).
+    pub events: Option<crate::admin_events::EventsSource>,
+    /// `admin.token`.
+    pub token: Option<crate::admin_auth::AdminToken>,
 }
 
 /// The admin routes; each request reads the configuration current then.
 pub fn router(live: Arc<LiveGateway>, store: Store) -> Router {
+    router_with(live, store, AdminExtras::default())
+}
+
+pub fn router_with(live: Arc<LiveGateway>, store: Store, extras: AdminExtras) -> Router {
+    let events = Router::new()
+        .route("/events", get(crate::admin_events::events))
+        .with_state(extras.events);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/state", get(crate::dashboard::state))
+        .route("/dashboard/login", axum::routing::post(crate::dashboard::login))
         .with_state(AdminState { live, store })
+        .merge(events)
+        .layer(axum::middleware::from_fn_with_state(
+            extras.token,
+            crate::admin_auth::require_token,
+        ))
 }
 
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {

@@ -24,6 +24,18 @@ impl BuildError {
 }
 
 pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: String) -> Result<Gateway, BuildError> {
+    build_gateway_sharing(config, instance_id, store_url_redacted, None)
+}
+
+/// [`build_gateway`] for a reload: with `events`, the running gateway's event sink, the new
+/// routes send into the channel the publisher already reads.
+pub fn build_gateway_sharing(
+    config: &Config,
+    instance_id: &str,
+    store_url_redacted: String,
+    events: Option<&fleetgate_http::EventSink>,
+) -> Result<Gateway, BuildError> {
+    let shared_events = events;
     // Limits live in the rate-limit store's keyspace.
     let keyspace = &config.stores.rate_limits.keyspace;
     let mut upstreams = Vec::new();
@@ -90,6 +102,15 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             .with_links(links),
         ));
     }
+    // Live events: one sink for every route; the publisher takes the receiver at start.
+    let (events, events_rx) = match (config.events.enabled, shared_events) {
+        (true, Some(sink)) => (Some(sink.clone()), None),
+        (true, None) => {
+            let (sink, rx) = fleetgate_http::EventSink::new(instance_id, config.events.buffer);
+            (Some(sink), Some(rx))
+        }
+        (false, _) => (None, None),
+    };
     let mut routes = Vec::new();
     let facilitator = crate::facilitator::HyperFacilitatorClient::shared();
     for r in &config.routes {
@@ -119,7 +140,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
             name: r.name.clone(),
             config: r.clone(),
             action,
-            pipeline: crate::pipeline::assemble(config, keyspace, r, &facilitator)?,
+            pipeline: Arc::new(crate::pipeline::assemble(config, keyspace, r, &facilitator, events.as_ref())?),
             metrics: RouteMetrics::new(&r.name),
         });
     }
@@ -148,5 +169,7 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
         draining: AtomicBool::new(false),
         store_url_redacted,
         live_instances: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        events_rx: parking_lot::Mutex::new(events_rx),
+        events_sink: events,
     })
 }

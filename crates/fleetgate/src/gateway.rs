@@ -16,7 +16,6 @@ use crate::access_log::{Logged, Record};
 use crate::body::{full, json_error, GatewayBody};
 use crate::correlation::{TraceContext, X_REQUEST_ID};
 use crate::forward_headers::{set_forwarded, strip_hop_by_hop};
-use crate::pipeline::RoutePipeline;
 use crate::request_head::{self, Refusal};
 use crate::route::{Action, Route};
 use crate::tunnel::Tunnel;
@@ -57,6 +56,11 @@ pub struct Gateway {
     pub live_instances: Arc<std::sync::atomic::AtomicU64>,
     /// The TLS listener's settings (`tls`), when there is one.
     pub tls: Option<crate::tls::server::TlsListener>,
+    /// The live events' channel, until the publisher takes it (`None`: events are off, or a
+    /// reloaded gateway, which sends into the first one's channel).
+    pub events_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<fleetgate_http::events::Event>>>,
+    /// The sending side every route's event stage holds, handed on to a reloaded gateway.
+    pub events_sink: Option<fleetgate_http::EventSink>,
 }
 
 /// Per-worker state: store handles and, per upstream target, a pool of keep-alive connections.
@@ -186,9 +190,20 @@ impl Gateway {
             record.trace_id = Some(t.trace_id_hex());
         }
         let mut cx = RequestCtx::new(&worker.ctx, ip, &route.name);
+        // The route's complete phase (live events) needs the request line and the start.
+        let completes = route.pipeline.0.is_some();
+        let request_line = completes.then(|| {
+            cx.started = Some(started);
+            (parts.method.clone(), parts.uri.path().to_string())
+        });
+        let mut answered_by_stage = false;
+        let mut upstream_target = None;
         let mut tunnel = None;
         let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
-            Flow::Answer(answer) => answer.map(full),
+            Flow::Answer(answer) => {
+                answered_by_stage = true;
+                answer.map(full)
+            }
             Flow::Continue => match &route.action {
                 Action::Respond { status, body, headers } => {
                     let mut resp = Response::new(full(body.clone()));
@@ -216,9 +231,15 @@ impl Gateway {
                             access.is_some().then_some(&mut upstream_time),
                         )
                         .await;
+                    if completes {
+                        upstream_target = target.map(|t| upstream.targets[t].url());
+                    }
                     if let Some(record) = access.as_deref_mut() {
                         record.upstream = Some(upstream.name.clone());
-                        record.target = target.map(|t| upstream.targets[t].url());
+                        record.target = match &upstream_target {
+                            Some(url) => Some(url.clone()),
+                            None => target.map(|t| upstream.targets[t].url()),
+                        };
                         record.upstream_time = upstream_time;
                     }
                     resp
@@ -239,19 +260,40 @@ impl Gateway {
             };
             span.end(status.as_u16(), request_id, upstream);
         }
+        let complete = request_line.map(|(method, path)| {
+            let completion = fleetgate_http::Completion {
+                status: status.as_u16(),
+                client_ip: ip,
+                principal: cx.principal.take(),
+                started: cx.started,
+                body_finished: false,
+                method,
+                path,
+                upstream: upstream_target.clone(),
+                answered_by_stage,
+                bytes: 0,
+            };
+            let pipeline = route.pipeline.clone();
+            let run: Box<dyn FnOnce(&fleetgate_http::Completion) + Send> =
+                Box::new(move |done| Stage::<fleetgate_store::Store>::complete(&*pipeline, done));
+            (run, completion)
+        });
         if let Some(tunnel) = tunnel {
             if status == StatusCode::SWITCHING_PROTOCOLS {
-                // The permits are held by the tunnel until it closes.
+                // The permits are held by the tunnel until it closes; its event is the 101.
                 let guards = std::mem::take(&mut cx.guards);
+                if let Some((run, done)) = complete {
+                    run(&done);
+                }
                 tokio::spawn(tunnel.run(guards, self.tunnel_idle_timeout));
                 return resp;
             }
         }
         // Permits are held, and complete phases run, when the body is over.
-        if cx.guards.is_empty() && !<RoutePipeline as Stage>::COMPLETES {
+        if cx.guards.is_empty() && complete.is_none() {
             resp
         } else {
-            let finish = Finish::new(std::mem::take(&mut cx.guards), None);
+            let finish = Finish::new(std::mem::take(&mut cx.guards), complete);
             resp.map(|b| Finishing::new(b, finish).boxed_unsync())
         }
     }

@@ -6,10 +6,13 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_auth;
+pub mod admin_events;
 pub mod body;
 pub mod build;
 pub mod correlation;
 pub mod facilitator;
+pub mod dashboard;
 pub mod forward_headers;
 pub mod gateway;
 pub mod idle;

@@ -8,13 +8,15 @@
 
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
-use fleetgate_http::{Concurrency, FacilitatorClient, Payment, RateLimits};
+use fleetgate_http::{Concurrency, EventSink, EventStage, FacilitatorClient, Payment, RateLimits};
 use fleetgate_store::Keyspace;
 use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
-/// the route), then rate limits (most specific first), then concurrency, then the payment gate.
+/// the route), then events (its complete phase runs last), rate limits (most specific first),
+/// then concurrency, then the payment gate.
 pub type RoutePipeline = fleetgate_http::stages![
+    EventStage,  // one live event per completed request (`events.enabled`)
     RateLimits,  // the route's own limits, then the global ones
     Concurrency, // permits held until the response is over
     Payment,     // x402: 402, or a payment verified and settled once for the fleet
@@ -26,10 +28,12 @@ pub fn assemble(
     keyspace: &Keyspace,
     route: &RouteConfig,
     facilitator: &Arc<dyn FacilitatorClient>,
+    events: Option<&EventSink>,
 ) -> Result<RoutePipeline, BuildError> {
     let r = route.name.as_str();
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
     Ok(fleetgate_http::pipeline![
+        events.map(|sink| EventStage::for_route(sink, r)),
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
@@ -41,7 +45,7 @@ pub fn assemble(
 pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
     let mut given = 0;
     for route in routes {
-        if let Some(limits) = &route.pipeline.0 {
+        if let Some(limits) = &route.pipeline.1 .0 {
             for limiter in limits.limiters() {
                 given += limiter.give_back(store).await;
             }

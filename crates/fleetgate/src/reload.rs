@@ -13,12 +13,12 @@
 //! What reloads: routes, upstreams, limits, `trusted_proxies`, `log.access_log`,
 //! `server.max_body_bytes`, `server.request_timeout_ms`, `server.body_idle_timeout`. What needs a
 //! restart (a file that changes any of these is refused whole, with one log line naming them):
-//! `listen`, `admin`, `tls` (the certificate files' contents reload by themselves), `store` and `stores`, `log.level`, and the connection-level `server`
+//! `listen`, `admin`, `tls` (the certificate files' contents reload by themselves), `events`, `store` and `stores`, `log.level`, and the connection-level `server`
 //! settings (`max_header_bytes`, `idle_timeout_ms`, `drain_timeout_ms`, `write_timeout`,
 //! `max_connections`). Limits keep their state: their keys are named by the key prefix, the
 //! route and the limit, which a reload does not change.
 
-use crate::build::build_gateway;
+use crate::build::build_gateway_sharing;
 use crate::gateway::{Gateway, Worker};
 use arc_swap::ArcSwap;
 use fleetgate_config::Config;
@@ -113,9 +113,19 @@ impl LiveWorker {
 /// Reads and checks the file as `fleetgate check` does, building the gateway it describes.
 /// The error is the text `check` prints after `error: `.
 pub fn load_and_build(path: &Path, instance_id: &str, store_url_redacted: String) -> Result<(Config, Gateway), String> {
+    load_and_build_sharing(path, instance_id, store_url_redacted, None)
+}
+
+/// [`load_and_build`] whose routes send their events into `events` (the running gateway's).
+fn load_and_build_sharing(
+    path: &Path,
+    instance_id: &str,
+    store_url_redacted: String,
+    events: Option<&fleetgate_http::EventSink>,
+) -> Result<(Config, Gateway), String> {
     let config = fleetgate_config::load(path).map_err(|e| e.to_string())?;
-    let gateway =
-        build_gateway(&config, instance_id, store_url_redacted).map_err(|e| format!("{}: {e}", path.display()))?;
+    let gateway = build_gateway_sharing(&config, instance_id, store_url_redacted, events)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((config, gateway))
 }
 
@@ -126,6 +136,7 @@ pub fn restart_only_changes(current: &Config, next: &Config) -> Vec<&'static str
         ("listen", current.listen != next.listen),
         ("admin", current.admin != next.admin),
         ("tls", current.tls != next.tls),
+        ("events", current.events != next.events),
         ("store", current.store != next.store || current.stores != next.stores),
         ("log.level", current.log.level != next.log.level),
         ("telemetry", current.telemetry != next.telemetry),
@@ -157,7 +168,12 @@ pub enum Outcome {
 /// outcome (`fleetgate_config_reloads_total{outcome}`: `applied`, `invalid`, `restart_required`).
 pub fn reload(path: &Path, current: &Config, live: &LiveGateway) -> Outcome {
     let old = live.current();
-    let built = load_and_build(path, &old.instance_id, old.store_url_redacted.clone());
+    let built = load_and_build_sharing(
+        path,
+        &old.instance_id,
+        old.store_url_redacted.clone(),
+        old.events_sink.as_ref(),
+    );
     let (config, mut gateway) = match built {
         Ok(x) => x,
         Err(e) => {

@@ -23,8 +23,9 @@ pub struct Route {
     pub name: String,
     pub config: RouteConfig,
     pub action: Action,
-    /// The route's stages (limits...), compiled from its configuration at start-up.
-    pub pipeline: RoutePipeline,
+    /// The route's stages (limits...), compiled from its configuration at start-up; shared
+    /// with the response bodies whose complete phase runs when they end.
+    pub pipeline: std::sync::Arc<RoutePipeline>,
     pub metrics: RouteMetrics,
 }
 

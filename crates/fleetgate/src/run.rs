@@ -217,7 +217,11 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
             ));
         }
         let admin = tokio::net::TcpListener::from_std(admin_listener).map_err(|e| RunError::Setup(e.to_string()))?;
-        let app = crate::admin::router(live.clone(), admin_store.clone());
+        let app = crate::admin::router_with(
+            live.clone(),
+            admin_store.clone(),
+            start_events(&gateway, &config, &admin_store),
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, app).await {
                 tracing::error!(error = %e, "admin listener stopped");
@@ -275,6 +279,52 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
     crate::otlp::shutdown();
     tracing::info!("fleetgate stopped");
     Ok(())
+}
+
+/// Starts the live events' publisher (if events are on) and says what the admin listener
+/// serves: `/events` and the admin token. Warns when the admin listener is reachable from
+/// elsewhere without a token.
+fn start_events(gateway: &crate::gateway::Gateway, config: &Config, store: &Store) -> crate::admin::AdminExtras {
+    if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
+        tracing::warn!(admin = %config.admin.listen, "the admin listener is not on loopback and admin.token is not set: anyone who reaches it can read events and metrics");
+    }
+    let token = config.admin.token.as_deref().map(crate::admin_auth::AdminToken::new);
+    // Events get connections and a breaker of their own (`stores.events`, which defaults to
+    // the instance's store): their calls failing or timing out during an outage, or right
+    // after it, must not hold the limits' breaker open. The in-process store is shared.
+    let events_store = &config.stores.events;
+    let store = match store {
+        Store::Memory(_) if events_store.is_memory() => store.clone(),
+        _ => match Store::open(&events_store.url, events_store.redis_options()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(store = %events_store.redacted_url(), error = %e, "events: cannot open their store; using the instance's");
+                store.clone()
+            }
+        },
+    };
+    let store = &store;
+    let events = gateway.events_rx.lock().take().map(|rx| {
+        let key = fleetgate_http::events::stream_key(&events_store.keyspace);
+        let local = MemoryStore::new();
+        let settings = fleetgate_http::events::EventSettings {
+            key: key.clone(),
+            batch: config.events.batch,
+            max_len: config.events.stream_max_len,
+        };
+        tokio::spawn(fleetgate_http::events::run_publisher(
+            store.clone(),
+            local.clone(),
+            settings,
+            rx,
+        ));
+        crate::admin_events::EventsSource {
+            store: store.clone(),
+            local: (!store.is_memory()).then_some(local),
+            key,
+        }
+    });
+    crate::admin::AdminExtras { events, token }
 }
 
 /// `flush_on_startup`: deletes every key under each concern store's prefix (once per distinct

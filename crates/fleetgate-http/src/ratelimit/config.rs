@@ -32,6 +32,11 @@ pub struct RateLimitConfig {
     pub ipv6_prefix: u8,
     /// One store call per request, or local spending of leased batches (`mode`, `lease`).
     pub mode: LimitMode,
+    /// `count_statuses`: when not empty, only requests answered with one of these statuses
+    /// count (a login-failure throttle: `[401, 403]`). Every request is still checked before
+    /// the upstream (refused with 429 once the budget is spent); a request is charged then,
+    /// and given back in the response phase when its status is not one of these.
+    pub count_statuses: Vec<u16>,
 }
 
 /// How a limit decides.
@@ -82,6 +87,31 @@ struct Written {
     mode: Option<String>,
     #[serde(default)]
     lease: Option<WrittenLease>,
+    #[serde(default)]
+    count_statuses: Option<Vec<i64>>,
+}
+
+/// `count_statuses` as written: a non-empty list of statuses from 100 to 599.
+fn count_statuses(written: Option<Vec<i64>>) -> Result<Vec<u16>, String> {
+    let Some(list) = written else {
+        return Ok(Vec::new());
+    };
+    if list.is_empty() {
+        return Err(key::marked(
+            ".count_statuses",
+            "an empty list would count nothing; accepted: a list of HTTP statuses from 100 to 599, e.g. [401, 403], or no count_statuses (count every request)",
+        ));
+    }
+    list.iter()
+        .map(|&n| {
+            u16::try_from(n).ok().filter(|s| (100..=599).contains(s)).ok_or_else(|| {
+                key::marked(
+                    ".count_statuses",
+                    format!("{n} is not an HTTP status; accepted: a list of HTTP statuses from 100 to 599, e.g. [401, 403]"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// `mode` and `lease` into a [`LimitMode`], for a limit on `algorithm`.
@@ -168,6 +198,16 @@ impl TryFrom<Written> for RateLimitConfig {
             on_store_error: w.on_store_error,
             on_missing_key: w.on_missing_key,
             ipv6_prefix: w.ipv6_prefix,
+            count_statuses: {
+                let statuses = count_statuses(w.count_statuses)?;
+                if !statuses.is_empty() && w.mode.as_deref().map(str::trim) == Some("lease") {
+                    return Err(key::marked(
+                        ".count_statuses",
+                        "count_statuses gives back the requests whose status does not count, which leased units cannot be; accepted: mode: exact with count_statuses",
+                    ));
+                }
+                statuses
+            },
             mode: mode(w.mode.as_deref(), w.lease, algorithm)?,
         })
     }

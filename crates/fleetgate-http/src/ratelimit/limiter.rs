@@ -35,6 +35,8 @@ pub struct RateLimiter {
     /// `mode: lease`: the units this instance has reserved from the fleet budget, per key
     /// (shared by every route the limit is on: a global limit is one lease pool).
     lease: Option<LeasedLimit>,
+    /// `count_statuses` (empty: every request counts).
+    count_statuses: Vec<u16>,
 }
 
 impl RateLimiter {
@@ -72,6 +74,7 @@ impl RateLimiter {
         };
         Ok(RateLimiter {
             lease,
+            count_statuses: config.count_statuses.clone(),
             key: LimitKey::new(
                 keyspace,
                 Concern::RateLimit,
@@ -180,6 +183,16 @@ impl RateLimiter {
                 decision,
             })
         }
+    }
+
+    /// Whether only requests answered with some statuses count (`count_statuses`).
+    pub fn counts_some_statuses(&self) -> bool {
+        !self.count_statuses.is_empty()
+    }
+
+    /// Whether a request answered with `status` counts.
+    pub fn counts_status(&self, status: u16) -> bool {
+        self.count_statuses.is_empty() || self.count_statuses.contains(&status)
     }
 
     /// Adds this limit's RateLimit items for `decision`.

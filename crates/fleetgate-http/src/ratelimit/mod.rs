@@ -32,6 +32,7 @@ impl RateLimitConfig {
             on_missing_key: crate::MissingKey::Shared,
             ipv6_prefix: 64,
             mode: LimitMode::Exact,
+            count_statuses: Vec::new(),
         }
     }
 }
@@ -79,7 +80,8 @@ impl<D: StageStore> Stage<D> for RateLimits {
                 .check(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)
                 .await
             {
-                Ok(Some(charge)) if i < last => {
+                // Kept for the response phase too when only some statuses count.
+                Ok(Some(charge)) if i < last || limiter.counts_some_statuses() => {
                     charged.push((limiter, charge));
                     continue;
                 }
@@ -98,10 +100,27 @@ impl<D: StageStore> Stage<D> for RateLimits {
             }
             return Flow::Answer(refusal.response(cx.route));
         }
+        for (limiter, charge) in charged {
+            if limiter.counts_some_statuses() {
+                let index = self.limiters.iter().position(|l| std::ptr::eq(l, limiter)).unwrap_or(0);
+                cx.status_charges.push((index, charge));
+            }
+        }
         Flow::Continue
     }
 
     async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
+        // `count_statuses`: a request whose answer is not one of the statuses is given back.
+        let status = resp.status().as_u16();
+        for (index, charge) in std::mem::take(&mut cx.status_charges) {
+            let Some(limiter) = self.limiters.get(index) else {
+                continue;
+            };
+            if !limiter.counts_status(status) {
+                let mut unused = RateHeaders::default();
+                limiter.refund(cx.store, charge, &mut unused).await;
+            }
+        }
         std::mem::take(&mut cx.rate_headers).write(resp.headers_mut());
     }
 }

@@ -9,6 +9,7 @@
 //! without a background thread.
 
 mod entries;
+mod stream;
 
 use crate::algo::{fixed_window, gcra, sliding_window};
 use crate::clock::{Clock, MonotonicClock};
@@ -16,6 +17,7 @@ use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::seam::*;
+use crate::stream::{StreamFrom, StreamId, StreamRead};
 use bytes::Bytes;
 use entries::{Digest, Entry, Shard, Value};
 use parking_lot::Mutex;
@@ -43,6 +45,7 @@ struct Inner {
     shards: Box<[Shard]>,
     clock: Arc<dyn Clock>,
     channels: Mutex<HashMap<Arc<str>, broadcast::Sender<Message>>>,
+    streams: stream::Streams,
 }
 
 impl Default for MemoryStore {
@@ -63,6 +66,7 @@ impl MemoryStore {
                 shards: (0..SHARDS).map(|_| Shard::default()).collect(),
                 clock,
                 channels: Mutex::new(HashMap::new()),
+                streams: stream::Streams::default(),
             }),
         }
     }
@@ -582,6 +586,23 @@ impl StoreDriver for MemoryStore {
     }
     fn subscribe(&self, channel: &str) -> impl Future<Output = StoreResult<Subscription>> + Send {
         ready(Ok(self.subscribe_now(channel)))
+    }
+    fn stream_append(
+        &self,
+        key: &StoreKey,
+        payloads: &[Bytes],
+        max_len: u64,
+    ) -> impl Future<Output = StoreResult<Vec<StreamId>>> + Send {
+        ready(Ok(self.inner.streams.append(key.as_str(), payloads, max_len)))
+    }
+    async fn stream_read(
+        &self,
+        key: &StoreKey,
+        from: StreamFrom,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<StreamRead> {
+        Ok(self.inner.streams.read(key.as_str(), from, count, block).await)
     }
     fn health(&self) -> impl Future<Output = StoreHealth> + Send {
         ready(StoreHealth::Off)

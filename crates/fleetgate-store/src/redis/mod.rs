@@ -17,6 +17,7 @@ mod conn;
 mod pubsub;
 mod scripts;
 mod sentinel;
+mod stream;
 mod topology;
 pub mod url;
 
@@ -24,6 +25,7 @@ use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use crate::seam::*;
+use crate::stream::{StreamFrom, StreamId, StreamRead};
 use breaker::{Admission, Member};
 pub use breaker::{BreakerSettings, HealthGroup};
 use bytes::Bytes;
@@ -132,6 +134,8 @@ struct Inner {
     member: Arc<Member>,
     /// Cluster only: how to reach one node directly (credentials and TLS), for prefix flushes.
     cluster_nodes: Option<topology::ClusterSpec>,
+    /// Idle connections for blocking stream reads (see `stream.rs`).
+    readers: parking_lot::Mutex<Vec<redis::aio::MultiplexedConnection>>,
 }
 
 impl RedisStore {
@@ -197,6 +201,7 @@ impl RedisStore {
                 options,
                 redacted_url,
                 cluster_nodes,
+                readers: parking_lot::Mutex::new(Vec::new()),
             }),
         };
         tokio::spawn(run_prober(Arc::downgrade(&store.inner)));
@@ -828,6 +833,20 @@ impl StoreDriver for RedisStore {
             .pubsub
             .subscribe(channel, self.inner.options.timeout.max(Duration::from_secs(1)))
             .await
+    }
+
+    async fn stream_append(&self, key: &StoreKey, payloads: &[Bytes], max_len: u64) -> StoreResult<Vec<StreamId>> {
+        self.xadd_batch(key, payloads, max_len).await
+    }
+
+    async fn stream_read(
+        &self,
+        key: &StoreKey,
+        from: StreamFrom,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<StreamRead> {
+        self.xread(key, from, count, block).await
     }
 
     /// The instance's one answer. Closed breaker: PING this store's connection (a failure

@@ -44,6 +44,11 @@ impl Gateway {
         Self::spawn(yaml, &[], Some(log))
     }
 
+    /// With environment variables and, optionally, the log in a file.
+    pub fn spawn_with(yaml: &str, env: &[(&str, &str)], log: Option<&std::path::Path>) -> Gateway {
+        Self::spawn(yaml, env, log)
+    }
+
     fn spawn(yaml: &str, env: &[(&str, &str)], log: Option<&std::path::Path>) -> Gateway {
         // A free port can be taken by a parallel test between our probe and the gateway's bind;
         // the gateway then refuses to start, and we try again on other ports.

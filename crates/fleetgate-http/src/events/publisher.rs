@@ -1,0 +1,69 @@
+//! The publisher: drains the event channel in batches into the store's stream, or into the
+//! local bus while the store fails.
+
+use super::event::Event;
+use super::EVENTS_PUBLISHED;
+use bytes::Bytes;
+use fleetgate_store::{MemoryStore, StoreDriver, StoreKey};
+use tokio::sync::mpsc;
+
+/// Where and how events are published.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// The fleet's stream (and the local bus's, under the same name).
+    pub key: StoreKey,
+    /// Most events in one store write.
+    pub batch: usize,
+    /// About how many events the stream keeps.
+    pub max_len: u64,
+}
+
+fn encode(events: &[Event]) -> Vec<Bytes> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::to_vec(e).ok().map(Bytes::from))
+        .collect()
+}
+
+/// Publishes every event `rx` receives until every sender is gone: a batch is what is waiting
+/// (up to `settings.batch`), written in one call. A batch the store refuses goes to `local`
+/// marked `"local": true`, and the next batch tries the store again.
+pub async fn run_publisher<D: StoreDriver>(
+    store: D,
+    local: MemoryStore,
+    settings: EventSettings,
+    mut rx: mpsc::Receiver<Event>,
+) {
+    let fleet = metrics::counter!(EVENTS_PUBLISHED, "to" => "fleet");
+    let local_count = metrics::counter!(EVENTS_PUBLISHED, "to" => "local");
+    let mut batch = Vec::with_capacity(settings.batch);
+    let mut down = false;
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, settings.batch.max(1)).await == 0 {
+            return;
+        }
+        let payloads = encode(&batch);
+        match store.stream_append(&settings.key, &payloads, settings.max_len).await {
+            Ok(_) => {
+                fleet.increment(payloads.len() as u64);
+                if down {
+                    down = false;
+                    tracing::info!("events: the store answers again; publishing fleet-wide");
+                }
+            }
+            Err(e) => {
+                if !down {
+                    down = true;
+                    tracing::warn!(error = %e, "events: the store failed; events go to this instance's local bus until it answers");
+                }
+                for event in &mut batch {
+                    event.local = true;
+                }
+                let payloads = encode(&batch);
+                let _ = local.stream_append(&settings.key, &payloads, settings.max_len).await;
+                local_count.increment(payloads.len() as u64);
+            }
+        }
+    }
+}
