@@ -592,12 +592,12 @@ fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
     })
 }
 
-/// The reserve and give-back scripts' algorithm name and parameter, or why it cannot lease.
-fn lease_params(limit: &RateLimit) -> StoreResult<(&'static str, u64)> {
+/// The reserve and give-back scripts' algorithm name and parameter.
+fn lease_params(limit: &RateLimit) -> (&'static str, u64) {
     match limit.algorithm() {
-        Algorithm::Gcra => Ok(("gcra", limit.interval_us())),
-        Algorithm::FixedWindow => Ok(("fixed_window", limit.period_us())),
-        Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+        Algorithm::Gcra => ("gcra", limit.interval_us()),
+        Algorithm::FixedWindow => ("fixed_window", limit.period_us()),
+        Algorithm::SlidingWindow => ("sliding_window", limit.period_us()),
     }
 }
 
@@ -697,7 +697,7 @@ impl StoreDriver for RedisStore {
     }
 
     async fn reserve(&self, key: &StoreKey, limit: &RateLimit, want: u64, lease: Duration) -> StoreResult<Reservation> {
-        let (algorithm, param) = lease_params(limit)?;
+        let (algorithm, param) = lease_params(limit);
         let lease_us = lease.as_micros().min(u128::from(crate::rate::MAX_CAPACITY_US)) as u64;
         let args = [
             ScriptArg::Bytes(algorithm.as_bytes()),
@@ -706,7 +706,15 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(want),
             ScriptArg::Int(lease_us),
         ];
-        let reply = self.eval(&self.inner.scripts.reserve, &[key.as_str()], &args).await?;
+        let total;
+        let keys: &[&str] = match limit.algorithm() {
+            Algorithm::SlidingWindow => {
+                total = format!("{key}:n");
+                &[key.as_str(), &total]
+            }
+            _ => &[key.as_str()],
+        };
+        let reply = self.eval(&self.inner.scripts.reserve, keys, &args).await?;
         reservation(reply, limit.capacity())
     }
 
@@ -717,7 +725,7 @@ impl StoreDriver for RedisStore {
         receipt: &LeaseReceipt,
         unused: u64,
     ) -> StoreResult<bool> {
-        let (algorithm, param) = lease_params(limit)?;
+        let (algorithm, param) = lease_params(limit);
         let args = [
             ScriptArg::Bytes(algorithm.as_bytes()),
             ScriptArg::Int(param),
@@ -725,7 +733,15 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(receipt.granted),
             ScriptArg::Int(receipt.mark),
         ];
-        let v = self.eval(&self.inner.scripts.give_back, &[key.as_str()], &args).await?;
+        let total;
+        let keys: &[&str] = match limit.algorithm() {
+            Algorithm::SlidingWindow => {
+                total = format!("{key}:n");
+                &[key.as_str(), &total]
+            }
+            _ => &[key.as_str()],
+        };
+        let v = self.eval(&self.inner.scripts.give_back, keys, &args).await?;
         Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 
