@@ -426,6 +426,26 @@ impl LeasedLimit {
         if let Some(d) = self.spend_fast(key, cost) {
             return Ok(d);
         }
+        self.decide_slow(store, key, cost).await
+    }
+
+    /// The hot path of [`decide`](Self::decide) alone, synchronously: spends `cost` leased
+    /// units of `key` if they are there and no refill is due, else `None` (then call
+    /// `decide`, which does everything else). Lets a caller skip building (and boxing) the
+    /// decision's future for the requests that need no store call.
+    pub fn decide_local(&self, key: &StoreKey, cost: u64) -> Option<RateDecision> {
+        let inner = &self.inner;
+        if cost == 0 || cost > inner.max_batch || inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.spend_fast(key, cost)
+    }
+
+    /// Everything [`decide`](Self::decide) does past the hot path.
+    async fn decide_slow<S>(&self, store: &S, key: &StoreKey, cost: u64) -> StoreResult<RateDecision>
+    where
+        S: StoreDriver + Clone,
+    {
         let slot = self.slot(key);
         let mut refilled = false;
         for _ in 0..ATTEMPTS {

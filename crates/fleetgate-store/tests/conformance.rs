@@ -747,8 +747,10 @@ async fn reservations_take_and_give_back<F: Fleet>(f: &F) {
     // sliding_window: a reservation counts until its lease ends plus the window, so an exact
     // charge right after a lease-long reservation of everything is refused until then.
     let sliding = RateLimit::parse(Algorithm::SlidingWindow, "10/1d", None).unwrap();
-    let r = s.reserve(&key("lease-sliding"), &sliding, 10, lease).await.unwrap();
-    let d = s.rate(&key("lease-sliding"), &sliding, 1).await.unwrap();
+    let k = key("lease-sliding");
+    let r = s.reserve(&k, &sliding, 10, lease).await.unwrap();
+    assert_eq!(r.granted, 10, "{r:?}");
+    let d = s.rate(&k, &sliding, 1).await.unwrap();
     assert!(!d.allowed, "{d:?}");
     let wait = d.retry_after.as_micros() as u64;
     let span = r.lease_until_us - r.at_us;

@@ -362,6 +362,12 @@ fn run_case(
         let replies = &replies[1..replies.len() - 1];
         let reply: Vec<i64> = match &replies[0] {
             Value::Array(items) => items.iter().map(int).collect(),
+            // The rate scripts answer "allowed remaining reset_us retry_us now_us".
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .unwrap()
+                .split(' ')
+                .map(|n| n.parse().unwrap())
+                .collect(),
             v => vec![int(v)],
         };
         prop_assert_eq!(&reply[..expected_reply.len()], &expected_reply[..], "{}", what);

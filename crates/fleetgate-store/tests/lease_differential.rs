@@ -314,6 +314,12 @@ fn run_case(
         let what = format!("step {step} ({op:?}, now {now}, limit {limit:?})");
         let reply: Vec<i64> = match &replies[0] {
             Value::Array(items) => items.iter().map(int).collect(),
+            // The rate scripts answer "allowed remaining reset_us retry_us now_us".
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .unwrap()
+                .split(' ')
+                .map(|n| n.parse().unwrap())
+                .collect(),
             v => vec![int(v)],
         };
         prop_assert_eq!(&reply[..expected.len()], &expected[..], "{}", what);

@@ -1,8 +1,8 @@
 -- Exact sliding log: mirrors decide in src/algo/sliding_window.rs (helpers in sliding_log.lua).
 -- KEYS[1]: list of "time_us:cost" entries ordered by time, one per instant. KEYS[2]: their
--- total. ARGV: window_us, capacity, cost[, now_us]. Returns {allowed, remaining, reset_us,
--- retry_us, now_us}; now_us is the entry's time, the refund receipt. The now_us argument is
--- for tests only (tests/differential.rs): the driver never sends it.
+-- total. ARGV: window_us, capacity, cost[, now_us]. Returns "allowed remaining reset_us
+-- retry_us now_us" (rate_reply in now.lua); now_us is the entry's time, the refund receipt.
+-- The now_us argument is for tests only (tests/differential.rs): the driver never sends it.
 local now = decision_now(ARGV[4])
 local window = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
@@ -40,4 +40,4 @@ else
   end
 end
 local reset = sw_store(KEYS[1], KEYS[2], total, now, window)
-return {allowed and 1 or 0, math.max(0, cap - total), reset, retry, now}
+return rate_reply(allowed and 1 or 0, math.max(0, cap - total), reset, retry, now)
