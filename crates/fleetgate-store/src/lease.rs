@@ -86,7 +86,6 @@ pub enum LeaseError {
     ZeroInstances,
     #[error("lease max_lease {0:?} is below 1ms; accepted: a duration of at least 1ms, e.g. 500ms or 1s")]
     LeaseTooShort(Duration),
-
 }
 
 /// Counters of one leased limit (all keys), for metrics and tests.

@@ -47,7 +47,9 @@ impl SlidingLog {
 
     /// Time (µs after `now`) until the newest entry leaves the window: the log's lifetime.
     fn reset(&self, now: u64, window: u64) -> u64 {
-        self.entries.back().map_or(0, |&(t, _)| (t + window).saturating_sub(now))
+        self.entries
+            .back()
+            .map_or(0, |&(t, _)| (t + window).saturating_sub(now))
     }
 }
 

@@ -404,7 +404,10 @@ impl RedisStore {
             .arg(keys)
             .arg(args);
         self.bounded(|mut conn| async move {
-            if matches!(conn, Conn::Single(_)) && inner.scripts_stale.swap(false, Ordering::Relaxed) {
+            // A plain load first: the read-modify-write only when a reload is due.
+            let stale =
+                || inner.scripts_stale.load(Ordering::Relaxed) && inner.scripts_stale.swap(false, Ordering::Relaxed);
+            if matches!(conn, Conn::Single(_)) && stale() {
                 if let Err(e) = inner.scripts.load_pipeline().exec_async(&mut conn).await {
                     inner.scripts_stale.store(true, Ordering::Relaxed);
                     return Err(e);
@@ -571,7 +574,10 @@ fn ints<const N: usize>(v: Value) -> StoreResult<[i64; N]> {
         Value::Array(items) => items,
         other => {
             let all: Vec<i64> = redis::from_redis_value(other).map_err(protocol)?;
-            return Err(StoreError::Protocol(format!("expected {N} integers, got {}", all.len())));
+            return Err(StoreError::Protocol(format!(
+                "expected {N} integers, got {}",
+                all.len()
+            )));
         }
     };
     if items.len() < N {
@@ -620,7 +626,10 @@ fn rate_reply(v: &Value) -> StoreResult<[i64; 5]> {
     let mut fields = bytes.split(|b| *b == b' ');
     for o in out.iter_mut() {
         let field = fields.next().ok_or_else(bad)?;
-        *o = std::str::from_utf8(field).ok().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        *o = std::str::from_utf8(field)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?;
     }
     if fields.next().is_some() {
         return Err(bad());
@@ -960,11 +969,26 @@ mod tests {
         let reply = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let d = decision(reply("1 7 250000 0 1700000000000001"), 10, 2).unwrap();
         assert!(d.allowed);
-        assert_eq!((d.remaining, d.reset_after.as_micros(), d.retry_after.as_micros()), (7, 250_000, 0));
-        assert_eq!(d.charge, Some(RateCharge { at_us: 1_700_000_000_000_001, cost: 2 }));
+        assert_eq!(
+            (d.remaining, d.reset_after.as_micros(), d.retry_after.as_micros()),
+            (7, 250_000, 0)
+        );
+        assert_eq!(
+            d.charge,
+            Some(RateCharge {
+                at_us: 1_700_000_000_000_001,
+                cost: 2
+            })
+        );
         let d = decision(reply("0 0 100 -5 1"), 10, 1).unwrap();
         assert!(!d.allowed && d.charge.is_none() && d.retry_after.is_zero());
-        for bad in [reply("1 2 3 4"), reply("1 2 3 4 5 6"), reply("1 2 x 4 5"), reply(""), Value::Int(1)] {
+        for bad in [
+            reply("1 2 3 4"),
+            reply("1 2 3 4 5 6"),
+            reply("1 2 x 4 5"),
+            reply(""),
+            Value::Int(1),
+        ] {
             let err = decision(bad.clone(), 10, 1).unwrap_err();
             assert!(
                 matches!(&err, StoreError::Protocol(m) if m.contains("5 whole numbers")),
