@@ -39,16 +39,15 @@ fn exact_is_the_default_and_lease_takes_a_batch_maximum() {
         )),
         LimitMode::Lease { max_batch: 7 }
     );
+    // Every algorithm leases, sliding_window included (it used to be refused).
+    assert_eq!(
+        limit(&with("rate: 5/s\nalgorithm: sliding_window\nmode: lease")),
+        LimitMode::Lease { max_batch: 100 }
+    );
 }
 
 #[test]
 fn lease_settings_that_cannot_work_are_refused_where_written() {
-    refused(
-        &with("rate: 5/s\nalgorithm: sliding_window\nmode: lease"),
-        9,
-        "routes[0].rate_limits[0].mode",
-        "sliding_window limits cannot lease",
-    );
     refused(
         &with("rate: 5/s\nmode: lease\nlease:\n  max_batch: 0"),
         10,

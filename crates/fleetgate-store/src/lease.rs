@@ -13,7 +13,8 @@
 //!
 //! Zero overshoot holds by construction in the store's reservation (see
 //! [`algo::gcra::reserve`](crate::algo::gcra::reserve),
-//! [`algo::fixed_window::reserve`](crate::algo::fixed_window::reserve) and docs/store.md,
+//! [`algo::fixed_window::reserve`](crate::algo::fixed_window::reserve),
+//! [`algo::sliding_window::reserve`](crate::algo::sliding_window::reserve) and docs/store.md,
 //! "Lease mode"): this engine only has to spend units before its lease ends, which it checks on
 //! its own clock, counting the lease from before the reservation was sent and shortening it by
 //! 100 ppm against clock-rate drift.
@@ -39,6 +40,8 @@ const SHARDS: usize = 64;
 const ATTEMPTS: usize = 3;
 /// Longest gcra lease when the settings name none.
 pub const DEFAULT_GCRA_LEASE: Duration = Duration::from_secs(1);
+/// Longest sliding_window lease when the settings name none.
+pub const DEFAULT_SLIDING_LEASE: Duration = Duration::from_secs(1);
 /// Clock-rate drift allowed for between an instance and the store: leases end this much sooner
 /// locally (100 ppm: quartz clocks drift by tens of ppm; NTP keeps them far closer).
 const DRIFT_PER_MILLION: u64 = 100;
@@ -48,10 +51,11 @@ const DRIFT_PER_MILLION: u64 = 100;
 pub struct LeaseSettings {
     /// Most units one reservation asks for (at least 1).
     pub max_batch: u64,
-    /// Longest lease (at least 1 ms). `None`: gcra 1 s, fixed_window the rest of the window.
-    /// Each limit caps it further: gcra at a quarter of the burst's capacity (a lease of `L`
-    /// holds `L / interval` units of refill while the bucket is nearly full), fixed_window at
-    /// the window's end. A fixed_window lease shorter than the window lets one instance leave
+    /// Longest lease (at least 1 ms). `None`: gcra and sliding_window 1 s, fixed_window the
+    /// rest of the window. Each limit caps it further: gcra at a quarter of the burst's
+    /// capacity (a lease of `L` holds `L / interval` units of refill while the bucket is nearly
+    /// full), sliding_window at a quarter of the window (a reserved unit counts until the
+    /// lease's end plus the window), fixed_window at the window's end. A fixed_window lease shorter than the window lets one instance leave
     /// unspent units in a window more than once, loosening the under-admission bound.
     pub max_lease: Option<Duration>,
     /// Instances expected in the fleet (at least 1; [`LeasedLimit::set_instances`] updates it):
@@ -82,8 +86,6 @@ pub enum LeaseError {
     ZeroInstances,
     #[error("lease max_lease {0:?} is below 1ms; accepted: a duration of at least 1ms, e.g. 500ms or 1s")]
     LeaseTooShort(Duration),
-    #[error("{0} limits cannot lease units; lease mode supports gcra and fixed_window (use mode: exact)")]
-    CannotLease(Algorithm),
 }
 
 /// Counters of one leased limit (all keys), for metrics and tests.
@@ -339,7 +341,7 @@ impl LeasedLimit {
         if let Some(d) = settings.max_lease.filter(|d| *d < Duration::from_millis(1)) {
             return Err(LeaseError::LeaseTooShort(d));
         }
-        let lease = effective_lease(&limit, settings.max_lease)?;
+        let lease = effective_lease(&limit, settings.max_lease);
         Ok(LeasedLimit {
             inner: Arc::new(Inner {
                 limit,
@@ -423,6 +425,26 @@ impl LeasedLimit {
         if let Some(d) = self.spend_fast(key, cost) {
             return Ok(d);
         }
+        self.decide_slow(store, key, cost).await
+    }
+
+    /// The hot path of [`decide`](Self::decide) alone, synchronously: spends `cost` leased
+    /// units of `key` if they are there and no refill is due, else `None` (then call
+    /// `decide`, which does everything else). Lets a caller skip building (and boxing) the
+    /// decision's future for the requests that need no store call.
+    pub fn decide_local(&self, key: &StoreKey, cost: u64) -> Option<RateDecision> {
+        let inner = &self.inner;
+        if cost == 0 || cost > inner.max_batch || inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.spend_fast(key, cost)
+    }
+
+    /// Everything [`decide`](Self::decide) does past the hot path.
+    async fn decide_slow<S>(&self, store: &S, key: &StoreKey, cost: u64) -> StoreResult<RateDecision>
+    where
+        S: StoreDriver + Clone,
+    {
         let slot = self.slot(key);
         let mut refilled = false;
         for _ in 0..ATTEMPTS {
@@ -686,13 +708,15 @@ impl LeasedLimit {
 }
 
 /// The lease a limit's reservations ask for.
-fn effective_lease(limit: &RateLimit, max_lease: Option<Duration>) -> Result<Duration, LeaseError> {
+fn effective_lease(limit: &RateLimit, max_lease: Option<Duration>) -> Duration {
     let (cap_us, default) = match limit.algorithm() {
         Algorithm::Gcra => ((limit.interval_us() * limit.capacity() / 4).max(1), DEFAULT_GCRA_LEASE),
         Algorithm::FixedWindow => (limit.period_us(), limit.rate().period),
-        other => return Err(LeaseError::CannotLease(other)),
+        // A reserved unit counts until the lease's end plus the window: up to a lease longer
+        // than an exact charge. A quarter of the window bounds that.
+        Algorithm::SlidingWindow => ((limit.period_us() / 4).max(1), DEFAULT_SLIDING_LEASE),
     };
-    Ok(max_lease.unwrap_or(default).min(Duration::from_micros(cap_us)))
+    max_lease.unwrap_or(default).min(Duration::from_micros(cap_us))
 }
 
 impl std::fmt::Debug for LeasedLimit {

@@ -143,7 +143,7 @@ pub trait StoreDriver: Send + Sync + 'static {
     /// charged so that, wherever in the lease they are spent, the fleet never admits more than
     /// the limit (docs/store.md, "Lease mode"): gcra charges them as taken now and refilling
     /// only from the lease's end; fixed_window takes them from the current window and ends the
-    /// lease with it. sliding_window cannot lease ([`StoreError::Config`]).
+    /// lease with it; sliding_window logs them at the lease's end (at most one window away).
     ///
     /// The default refuses: a driver must implement it to support lease mode.
     fn reserve(
@@ -161,8 +161,10 @@ pub trait StoreDriver: Send + Sync + 'static {
     /// Gives back `unused` units of a reservation (its [`receipt`](Reservation::receipt)), when
     /// an instance stops. Returns whether the state changed. Never more generous than if the
     /// reservation had been of `granted - unused` units: fixed_window gives back to the window
-    /// it was taken from (nothing once it has passed); gcra only while nothing else was charged
-    /// to the key since (otherwise the units expire with the lease). At most once per receipt.
+    /// it was taken from (nothing once it has passed); sliding_window to the log entry it was
+    /// logged in (nothing once it has left the window); gcra only while nothing else was
+    /// charged to the key since (otherwise the units expire with the lease). At most once per
+    /// receipt.
     fn give_back(
         &self,
         key: &StoreKey,
@@ -251,6 +253,6 @@ pub trait StoreDriver: Send + Sync + 'static {
 /// The error of a reservation that the algorithm (or driver) cannot make.
 pub(crate) fn cannot_lease(algorithm: crate::rate::Algorithm) -> StoreError {
     StoreError::Config(format!(
-        "{algorithm} limits cannot lease units (lease mode supports gcra and fixed_window); use mode: exact"
+        "{algorithm} limits cannot lease units with this store (lease mode supports gcra, fixed_window and sliding_window); use mode: exact"
     ))
 }

@@ -1,6 +1,7 @@
 //! Differential test for lease mode: the reserve and give-back scripts against the pure
 //! functions they mirror (`algo::gcra::{reserve, give_back}`,
-//! `algo::fixed_window::{reserve, give_back}`), with exact charges interleaved.
+//! `algo::fixed_window::{reserve, give_back}`, `algo::sliding_window::{reserve, give_back}`),
+//! with exact charges interleaved.
 //!
 //! As in `tests/differential.rs`: the scripts get the test-only clock argument (`now` in µs,
 //! replacing `TIME`), each step runs in one MULTI/EXEC with a read of the state and PERSIST
@@ -8,7 +9,7 @@
 //! every output must be equal: the reservation (granted, lease end, remaining, reset, time, the
 //! receipt's mark), the give-back's answer, and the stored state.
 
-use fleetgate_store::algo::{fixed_window, gcra};
+use fleetgate_store::algo::{fixed_window, gcra, sliding_window};
 use fleetgate_store::{Algorithm, LeaseReceipt, RateLimit};
 use fleetgate_testkit::RedisServer;
 use proptest::prelude::*;
@@ -17,11 +18,12 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use redis::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const SCRIPTS: [(&str, &str); 4] = [
+const SCRIPTS: [(&str, &str); 5] = [
     (
         "reserve",
         concat!(
             include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/sliding_log.lua"),
             include_str!("../src/redis/scripts/reserve.lua")
         ),
     ),
@@ -29,6 +31,7 @@ const SCRIPTS: [(&str, &str); 4] = [
         "give_back",
         concat!(
             include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/sliding_log.lua"),
             include_str!("../src/redis/scripts/give_back.lua")
         ),
     ),
@@ -44,6 +47,14 @@ const SCRIPTS: [(&str, &str); 4] = [
         concat!(
             include_str!("../src/redis/scripts/now.lua"),
             include_str!("../src/redis/scripts/fixed_window.lua")
+        ),
+    ),
+    (
+        "sliding_window",
+        concat!(
+            include_str!("../src/redis/scripts/now.lua"),
+            include_str!("../src/redis/scripts/sliding_log.lua"),
+            include_str!("../src/redis/scripts/sliding_window.lua")
         ),
     ),
 ];
@@ -95,6 +106,7 @@ fn limit(algorithm: Algorithm) -> impl Strategy<Value = RateLimit> {
 enum Model {
     Gcra(Option<u64>),
     Fixed(Option<fixed_window::WindowCount>),
+    Sliding(sliding_window::SlidingLog),
 }
 
 fn int(v: &Value) -> i64 {
@@ -132,13 +144,20 @@ fn run_case(
 ) -> Result<(), TestCaseError> {
     let algorithm = limit.algorithm();
     let key = format!("leasediff:{algorithm}:{{{}}}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let total_key = format!("{key}:n");
+    let keys: Vec<&str> = match algorithm {
+        Algorithm::SlidingWindow => vec![&key, &total_key],
+        _ => vec![&key],
+    };
     let (name, param) = match algorithm {
         Algorithm::Gcra => ("gcra", limit.interval_us()),
-        _ => ("fixed_window", limit.period_us()),
+        Algorithm::FixedWindow => ("fixed_window", limit.period_us()),
+        Algorithm::SlidingWindow => ("sliding_window", limit.period_us()),
     };
     let mut model = match algorithm {
         Algorithm::Gcra => Model::Gcra(None),
-        _ => Model::Fixed(None),
+        Algorithm::FixedWindow => Model::Fixed(None),
+        Algorithm::SlidingWindow => Model::Sliding(Default::default()),
     };
     let mut receipts: Vec<LeaseReceipt> = Vec::new();
     let mut now = start;
@@ -165,6 +184,7 @@ fn run_case(
                         }
                         r
                     }
+                    Model::Sliding(log) => sliding_window::reserve(log, now, &limit, *want, *lease).0,
                 };
                 if r.granted > 0 {
                     seen.granted += 1;
@@ -181,8 +201,8 @@ fn run_case(
                 ];
                 pipe.cmd("EVALSHA")
                     .arg(&shas[0])
-                    .arg(1)
-                    .arg(&key)
+                    .arg(keys.len())
+                    .arg(&keys)
                     .arg(name)
                     .arg(param)
                     .arg(limit.capacity())
@@ -211,6 +231,7 @@ fn run_case(
                         }
                         None => false,
                     },
+                    Model::Sliding(log) => sliding_window::give_back(log, &receipt, *unused),
                 };
                 if changed {
                     seen.given_back += 1;
@@ -220,8 +241,8 @@ fn run_case(
                 expected = vec![changed as i64];
                 pipe.cmd("EVALSHA")
                     .arg(&shas[1])
-                    .arg(1)
-                    .arg(&key)
+                    .arg(keys.len())
+                    .arg(&keys)
                     .arg(name)
                     .arg(param)
                     .arg(*unused)
@@ -263,21 +284,42 @@ fn run_case(
                             .arg(now);
                         d
                     }
+                    Model::Sliding(log) => {
+                        let (d, _) = sliding_window::decide(log, now, &limit, *cost);
+                        pipe.cmd("EVALSHA")
+                            .arg(&shas[4])
+                            .arg(2)
+                            .arg(&keys)
+                            .arg(limit.period_us())
+                            .arg(limit.capacity())
+                            .arg(*cost)
+                            .arg(now);
+                        d
+                    }
                 };
                 expected = vec![d.allowed as i64, d.remaining as i64];
             }
         }
         match algorithm {
             Algorithm::Gcra => pipe.cmd("GET").arg(&key),
-            _ => pipe.cmd("HMGET").arg(&key).arg("w").arg("n"),
+            Algorithm::FixedWindow => pipe.cmd("HMGET").arg(&key).arg("w").arg("n"),
+            Algorithm::SlidingWindow => pipe.cmd("LRANGE").arg(&key).arg(0).arg(-1).cmd("GET").arg(&total_key),
         };
-        pipe.cmd("PERSIST").arg(&key).ignore();
+        for k in &keys {
+            pipe.cmd("PERSIST").arg(*k).ignore();
+        }
         let replies: Vec<Value> = pipe
             .query(conn)
             .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
         let what = format!("step {step} ({op:?}, now {now}, limit {limit:?})");
         let reply: Vec<i64> = match &replies[0] {
             Value::Array(items) => items.iter().map(int).collect(),
+            // The rate scripts answer "allowed remaining reset_us retry_us now_us".
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .unwrap()
+                .split(' ')
+                .map(|n| n.parse().unwrap())
+                .collect(),
             v => vec![int(v)],
         };
         prop_assert_eq!(&reply[..expected.len()], &expected[..], "{}", what);
@@ -300,6 +342,13 @@ fn run_case(
                     None => vec![None, None],
                 };
                 prop_assert_eq!(got, want, "{}: window", what);
+            }
+            (Model::Sliding(log), Value::Array(entries)) => {
+                let got: Vec<String> = entries.iter().map(|e| text(e).unwrap()).collect();
+                let want: Vec<String> = log.entries.iter().map(|(t, c)| format!("{t}:{c}")).collect();
+                prop_assert_eq!(got, want, "{}: log", what);
+                let want_total = (!log.entries.is_empty()).then(|| log.total.to_string());
+                prop_assert_eq!(text(&replies[2]), want_total, "{}: total", what);
             }
             (_, other) => return Err(TestCaseError::fail(format!("{what}: unexpected reply {other:?}"))),
         }
@@ -354,4 +403,9 @@ fn gcra_lease_scripts_match_the_pure_functions() {
 #[test]
 fn fixed_window_lease_scripts_match_the_pure_functions() {
     differential(Algorithm::FixedWindow);
+}
+
+#[test]
+fn sliding_window_lease_scripts_match_the_pure_functions() {
+    differential(Algorithm::SlidingWindow);
 }

@@ -5,13 +5,15 @@
 //!
 //! * Zero overshoot: gcra, replaying the fleet's admissions in order through the pure gcra
 //!   admits every one (so no interval `[t0, t1]` holds more than `burst + (t1 - t0)/interval`);
-//!   fixed_window, no aligned window holds more than N.
+//!   fixed_window, no aligned window holds more than N; sliding_window, no window of length T
+//!   holds more than N.
 //! * Under-admission is bounded: when the fleet refuses a request of `cost` units in a window,
 //!   the window's admissions are more than `N - cost - incarnations × max_batch`, where
 //!   `incarnations` counts the instances (restarts included) alive during the window. For gcra
 //!   the same holds over a run shorter than one lease and one emission interval (no lease
 //!   expires and nothing refills: the burst is the budget), less the unit the first lease holds
-//!   back while the bucket is full.
+//!   back while the bucket is full; for sliding_window over a run shorter than one lease and
+//!   one window (nothing leaves the log).
 //!
 //! A smaller run drives instances against a real redis-server (its clock, real time).
 
@@ -153,6 +155,34 @@ fn fixed_limit() -> impl Strategy<Value = RateLimit> {
     })
 }
 
+fn sliding_limit() -> impl Strategy<Value = RateLimit> {
+    (1u64..100, 1u64..3_000).prop_filter_map("valid", |(n, ms)| {
+        RateLimit::parse(Algorithm::SlidingWindow, &format!("{n}/{ms}ms"), None).ok()
+    })
+}
+
+/// No half-open window of the limit's length holds more than N admitted units.
+fn assert_sliding_conforms(limit: &RateLimit, run: &Run) -> Result<(), TestCaseError> {
+    let window = limit.period_us();
+    let (mut j, mut in_window) = (0, 0);
+    for i in 0..run.admitted.len() {
+        let from = run.admitted[i].0;
+        while j < run.admitted.len() && run.admitted[j].0 < from + window {
+            in_window += run.admitted[j].1;
+            j += 1;
+        }
+        prop_assert!(
+            in_window <= limit.capacity(),
+            "{} admitted in the window from +{} us of {:?}",
+            in_window,
+            from - run.start,
+            limit
+        );
+        in_window -= run.admitted[i].1;
+    }
+    Ok(())
+}
+
 /// The fleet's admissions, replayed through the pure gcra, are all admitted.
 fn assert_gcra_conforms(limit: &RateLimit, run: &Run) -> Result<(), TestCaseError> {
     let mut tat = None;
@@ -234,6 +264,44 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// sliding_window: never more than N in any window of length T, whatever the arrivals,
+    /// crashes and restarts (reservations are logged at their lease's end).
+    #[test]
+    fn sliding_window_fleet_never_overshoots(
+        limit in sliding_limit(), k in 1usize..7, hint in 1usize..7, max_batch in 1u64..40, events in events(50_000),
+    ) {
+        let run = simulate(limit, k, hint, max_batch, &events);
+        assert_sliding_conforms(&limit, &run)?;
+    }
+
+    /// sliding_window over a run shorter than one lease and one window: no entry leaves the
+    /// log and no lease expires, so the log holds every unit admitted or still held; a refusal
+    /// comes only once all but the incarnations' batches are spent.
+    #[test]
+    fn sliding_window_fleet_under_admission_is_bounded(
+        n in 1u64..300, k in 1usize..7, hint in 1usize..7, max_batch in 1u64..40, events in events(2_000),
+    ) {
+        let limit = RateLimit::parse(Algorithm::SlidingWindow, &format!("{n}/1h"), None).unwrap();
+        let run = simulate(limit, k, hint, max_batch, &events);
+        assert_sliding_conforms(&limit, &run)?;
+        prop_assume!(run.end - run.start < 1_000_000);
+        let admitted: u64 = run.admitted.iter().map(|a| a.1).sum();
+        prop_assert!(admitted <= limit.capacity());
+        if let Some(&(t, cost)) = run.refused.first() {
+            let before: u64 = run.admitted.iter().filter(|a| a.0 <= t).map(|a| a.1).sum();
+            let slack = cost + run.incarnations(run.start, t + 1) * max_batch;
+            prop_assert!(
+                before + slack > limit.capacity(),
+                "refused {} units with {} of {} admitted and {} incarnations of batch {}",
+                cost, before, limit.capacity(), run.incarnations(run.start, t + 1), max_batch
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_lease_settings_are_typed_errors() {
     let gcra = RateLimit::gcra("10/1s").unwrap();
@@ -255,10 +323,10 @@ fn bad_lease_settings_are_typed_errors() {
         LeasedLimit::new(gcra, short),
         Err(LeaseError::LeaseTooShort(_))
     ));
+    // Every algorithm leases; sliding_window's lease is capped at a quarter of the window.
     let sliding = RateLimit::parse(Algorithm::SlidingWindow, "10/1s", None).unwrap();
-    let err = LeasedLimit::new(sliding, LeaseSettings::default()).unwrap_err();
-    assert_eq!(err, LeaseError::CannotLease(Algorithm::SlidingWindow));
-    assert!(err.to_string().contains("mode: exact"), "{err}");
+    let l = LeasedLimit::new(sliding, LeaseSettings::default()).unwrap();
+    assert_eq!(l.lease(), Duration::from_millis(250));
     assert!(LeaseError::ZeroBatch.to_string().contains(">= 1"));
 }
 

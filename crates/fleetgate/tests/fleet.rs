@@ -142,11 +142,12 @@ fn lease_mode_never_admits_more_than_the_limit_across_three_instances() {
     let routes = [
         lease_route("gcra", "gcra", "60/1h", 10),
         lease_route("fixed", "fixed_window", "60/1d", 10),
+        lease_route("sliding", "sliding_window", "60/1h", 10),
     ]
     .concat();
     let cfg = fleet_config(&redis, &routes);
     let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
-    for name in ["gcra", "fixed"] {
+    for name in ["gcra", "fixed", "sliding"] {
         let statuses = drive(&[&a, &b, &c], &format!("/{name}"), 180, 12);
         let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
         println!(
@@ -161,4 +162,5 @@ fn lease_mode_never_admits_more_than_the_limit_across_three_instances() {
     // The reservations were made in Redis: every instance's decisions are on one budget.
     let reserved = redis.command(&["KEYS", "fleet:rate:route/*"]);
     assert!(reserved.contains("route/gcra/all/gcra"), "{reserved}");
+    assert!(reserved.contains("route/sliding/all/sliding"), "{reserved}");
 }

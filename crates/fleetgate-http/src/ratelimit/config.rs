@@ -114,8 +114,8 @@ fn count_statuses(written: Option<Vec<i64>>) -> Result<Vec<u16>, String> {
         .collect()
 }
 
-/// `mode` and `lease` into a [`LimitMode`], for a limit on `algorithm`.
-fn mode(mode: Option<&str>, lease: Option<WrittenLease>, algorithm: Algorithm) -> Result<LimitMode, String> {
+/// `mode` and `lease` into a [`LimitMode`] (every algorithm leases).
+fn mode(mode: Option<&str>, lease: Option<WrittenLease>) -> Result<LimitMode, String> {
     let accepted =
         "exact (one store call per request) or lease (batches reserved from the fleet budget, spent locally)";
     match mode.map(str::trim) {
@@ -129,12 +129,6 @@ fn mode(mode: Option<&str>, lease: Option<WrittenLease>, algorithm: Algorithm) -
             Ok(LimitMode::Exact)
         }
         Some("lease") => {
-            if algorithm == Algorithm::SlidingWindow {
-                return Err(key::marked(
-                    ".mode",
-                    "sliding_window limits cannot lease (a reservation cannot be placed in a window that slides); accepted: mode: exact, or algorithm gcra or fixed_window with mode: lease",
-                ));
-            }
             let max_batch = lease.and_then(|l| l.max_batch).unwrap_or(DEFAULT_MAX_BATCH as i64);
             let max_batch = u64::try_from(max_batch).ok().filter(|b| *b >= 1).ok_or_else(|| {
                 key::marked(
@@ -208,7 +202,7 @@ impl TryFrom<Written> for RateLimitConfig {
                 }
                 statuses
             },
-            mode: mode(w.mode.as_deref(), w.lease, algorithm)?,
+            mode: mode(w.mode.as_deref(), w.lease)?,
         })
     }
 }

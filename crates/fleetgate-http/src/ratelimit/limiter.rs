@@ -136,9 +136,13 @@ impl RateLimiter {
                 None => ctx.store.rate(&key, &self.limit, self.cost).await,
                 Some(lease) => {
                     lease.set_instances(ctx.instances());
-                    // Boxed: the lease future is large, and inline it would make every exact
-                    // decision move it too.
-                    Box::pin(lease.decide(&ctx.store, &key, self.cost)).await
+                    // Most requests spend leased units: no store call, no future to build.
+                    match lease.decide_local(&key, self.cost) {
+                        Some(d) => Ok(d),
+                        // Boxed: the lease future is large, and inline it would make every
+                        // exact decision move it too.
+                        None => Box::pin(lease.decide(&ctx.store, &key, self.cost)).await,
+                    }
                 }
             }
         };

@@ -1,41 +1,73 @@
 //! Exact sliding window (sliding log): every admitted request is logged with its time and cost
 //! until it leaves the window, so no window of length T ever holds more than N units. State grows
 //! with N (one entry per admission instant), the price of exactness.
+//!
+//! Lease mode ([`reserve`]): a reservation is logged with its lease's *end* as its time, so it
+//! counts in every window that meets its lease and units spent late cannot escape the window.
+//! Entries are kept ordered by time, so a reservation's entry (in the future) and later exact
+//! charges (at their own time) interleave.
 
 use super::{charged, decision};
-use crate::rate::{RateCharge, RateDecision, RateLimit};
+use crate::rate::{LeaseReceipt, RateCharge, RateDecision, RateLimit, Reservation};
 use std::collections::VecDeque;
+use std::time::Duration;
 
-/// The log of admissions still inside the window, oldest first, and their total cost.
+/// The log of admissions still inside the window, ordered by time (at most one entry per
+/// instant), and their total cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlidingLog {
     pub entries: VecDeque<(u64, u64)>,
     pub total: u64,
 }
 
+impl SlidingLog {
+    /// Drops the entries that have left the window at `now` (time + window <= now).
+    fn evict(&mut self, now: u64, window: u64) {
+        while let Some(&(t, c)) = self.entries.front() {
+            if t + window > now {
+                break;
+            }
+            self.entries.pop_front();
+            self.total -= c;
+        }
+    }
+
+    /// Logs `cost` units at `at`, in time order (merged into an entry of the same instant).
+    /// Searched from the newest: an exact charge usually goes last, and only lease entries
+    /// (at most one per reservation still in the window) can be newer.
+    fn log(&mut self, at: u64, cost: u64) {
+        let i = self.entries.iter().rposition(|&(t, _)| t <= at);
+        match i {
+            Some(i) if self.entries[i].0 == at => self.entries[i].1 += cost,
+            Some(i) => self.entries.insert(i + 1, (at, cost)),
+            None => self.entries.push_front((at, cost)),
+        }
+        self.total += cost;
+    }
+
+    /// Time (µs after `now`) until the newest entry leaves the window: the log's lifetime.
+    fn reset(&self, now: u64, window: u64) -> u64 {
+        self.entries
+            .back()
+            .map_or(0, |&(t, _)| (t + window).saturating_sub(now))
+    }
+}
+
 /// One sliding-window step, updating `log` in place. Returns the decision and the time (µs) after
 /// which the log is empty and may be dropped (0: empty now).
+///
+/// An admitted charge is logged at `now` in time order (a lease's entry may be newer); the
+/// decision's [`charge`](RateDecision::charge) names that entry. A clock that steps back logs
+/// at its own time too and drops nothing it would not have dropped then: never more generous.
 pub fn decide(log: &mut SlidingLog, now: u64, limit: &RateLimit, cost: u64) -> (RateDecision, u64) {
     let window = limit.period_us();
     let cap = limit.capacity();
-    // Keep the log ordered even if the clock steps back.
-    let now = log.entries.back().map_or(now, |&(t, _)| now.max(t));
-    while let Some(&(t, c)) = log.entries.front() {
-        if t + window > now {
-            break;
-        }
-        log.entries.pop_front();
-        log.total -= c;
-    }
+    log.evict(now, window);
     let allowed = cost <= cap && log.total + cost <= cap;
     let mut retry = 0;
     if allowed {
         if cost > 0 {
-            match log.entries.back_mut() {
-                Some((t, c)) if *t == now => *c += cost,
-                _ => log.entries.push_back((now, cost)),
-            }
-            log.total += cost;
+            log.log(now, cost);
         }
     } else if cost > cap {
         retry = window;
@@ -50,14 +82,64 @@ pub fn decide(log: &mut SlidingLog, now: u64, limit: &RateLimit, cost: u64) -> (
             }
         }
     }
-    let reset = log.entries.back().map_or(0, |&(t, _)| t + window - now);
+    let reset = log.reset(now, window);
     // The total exceeds the capacity when a larger limit left it (a changed config).
     let d = decision(allowed, cap, cap.saturating_sub(log.total), reset, retry);
     if allowed {
-        // The entry's time (the clock clamped to the log's newest entry) identifies the charge.
+        // The entry's time identifies the charge.
         return (charged(d, now, cost), reset);
     }
     (d, reset)
+}
+
+/// Reserves up to `want` units for a lease of `lease_us` (at most one window), updating `log`
+/// in place: the units are logged at the lease's end `until = now + lease`. Returns the
+/// reservation and the log's lifetime (µs; 0: empty now).
+///
+/// Never overshoots: take any window `[a, a + T)` and the last decision (at store time `d`,
+/// `d < a + T`) among the exact charges made in it and the reservations with a unit spent in
+/// it. Every earlier one is still in the log at `d`: an exact charge at `e >= a` leaves at
+/// `e + T >= a + T > d`, and a reservation with a unit spent at `s` in `[now_k, until_k]`,
+/// `s >= a`, is logged at `until_k >= s >= a` and leaves at `until_k + T > d`. The last one was
+/// admitted against a total that held all of them, so the units spent in the window are at
+/// most N. (A reservation counts from when it is taken until its lease ends plus the window.)
+///
+/// The price: a unit spent at `s` counts until `until + T`, up to a lease longer than an exact
+/// charge would.
+pub fn reserve(log: &mut SlidingLog, now: u64, limit: &RateLimit, want: u64, lease_us: u64) -> (Reservation, u64) {
+    let window = limit.period_us();
+    let cap = limit.capacity();
+    log.evict(now, window);
+    let until = now + lease_us.min(window);
+    let granted = want.min(cap.saturating_sub(log.total));
+    if granted > 0 {
+        log.log(until, granted);
+    }
+    let reset = log.reset(now, window);
+    let reservation = Reservation {
+        granted,
+        lease_until_us: until,
+        at_us: now,
+        remaining: cap.saturating_sub(log.total),
+        limit: cap,
+        reset_after: Duration::from_micros(reset),
+        receipt: (granted > 0).then_some(LeaseReceipt { granted, mark: until }),
+    };
+    (reservation, reset)
+}
+
+/// Gives back `unused` units of a reservation from the entry it was logged in (at the lease's
+/// end, `receipt.mark`). Returns whether anything changed. Exact: the log becomes what a
+/// reservation of `granted - unused` units would have left (nothing once the entry is gone).
+/// At most once per receipt.
+pub fn give_back(log: &mut SlidingLog, receipt: &LeaseReceipt, unused: u64) -> bool {
+    refund(
+        log,
+        &RateCharge {
+            at_us: receipt.mark,
+            cost: unused.min(receipt.granted),
+        },
+    )
 }
 
 /// Gives back `charge` (made by [`decide`] on this log) from the entry it was logged in, updating
@@ -175,6 +257,62 @@ mod tests {
                     log.entries.iter().filter(|e| e.0 + window > now).copied().collect();
                 prop_assert_eq!(live, expected);
                 prop_assert_eq!(log.total, log.entries.iter().map(|e| e.1).sum::<u64>());
+            }
+        }
+    }
+
+    proptest! {
+        /// Reservations and exact charges interleaved, each reservation's units spent at any
+        /// instants of its lease (some never, given back at the lease's end): no window of
+        /// length T holds more than N units spent.
+        #[test]
+        fn reserved_units_spent_anywhere_in_their_lease_never_overshoot(
+            count in 1u64..40, period_ms in 1u64..3_000,
+            ops in proptest::collection::vec(
+                (0u64..200_000, 0u64..12, 0u64..4_000_000, any::<bool>(), proptest::collection::vec(any::<prop::sample::Index>(), 12), 0u64..4),
+                1..150),
+        ) {
+            let limit = RateLimit::parse(Algorithm::SlidingWindow, &format!("{count}/{period_ms}ms"), None).unwrap();
+            let window = limit.period_us();
+            let mut now = 1_700_000_000_000_000u64;
+            let mut log = SlidingLog::default();
+            let mut spends: Vec<(u64, u64)> = Vec::new();
+            for (gap, want, lease, exact, picks, unused) in ops {
+                now += gap;
+                if exact {
+                    let (d, _) = decide(&mut log, now, &limit, want % 4);
+                    if d.allowed && want % 4 > 0 { spends.push((now, want % 4)); }
+                    continue;
+                }
+                let (r, _) = reserve(&mut log, now, &limit, want, lease);
+                prop_assert!(r.granted <= want);
+                prop_assert!(r.lease_until_us >= now && r.lease_until_us - now <= window);
+                prop_assert_eq!(log.total, log.entries.iter().map(|e| e.1).sum::<u64>());
+                prop_assert!(log.entries.iter().zip(log.entries.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+                let span = r.lease_until_us - now;
+                let keep = r.granted.saturating_sub(unused);
+                for pick in picks.iter().take(keep as usize) {
+                    spends.push((now + pick.index(span as usize + 1) as u64, 1));
+                }
+                if let Some(receipt) = r.receipt {
+                    // Given back at the lease's end: the spent units stay counted.
+                    let before = log.total;
+                    let changed = give_back(&mut log, &receipt, r.granted - keep);
+                    prop_assert_eq!(changed, r.granted > keep);
+                    prop_assert_eq!(before - log.total, r.granted - keep);
+                }
+            }
+            spends.sort();
+            let mut j = 0;
+            let mut in_window = 0;
+            for i in 0..spends.len() {
+                // Spends in [spends[i].0, spends[i].0 + window).
+                while j < spends.len() && spends[j].0 < spends[i].0 + window {
+                    in_window += spends[j].1;
+                    j += 1;
+                }
+                prop_assert!(in_window <= count, "{} units spent in the window from {}", in_window, spends[i].0);
+                in_window -= spends[i].1;
             }
         }
     }

@@ -262,7 +262,29 @@ impl MemoryStore {
                 }
                 Ok(r)
             }
-            Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+            Algorithm::SlidingWindow => {
+                let mut log = match shard.live(digest, now) {
+                    Some(Entry {
+                        value: Value::Log(l), ..
+                    }) => std::mem::take(&mut **l),
+                    Some(_) => return Err(wrong_type()),
+                    None => Default::default(),
+                };
+                let (r, ttl) = sliding_window::reserve(&mut log, now, limit, want, lease_us);
+                if ttl == 0 {
+                    shard.remove(digest);
+                } else {
+                    shard.insert(
+                        digest,
+                        Entry {
+                            expires_at: now + ttl,
+                            value: Value::Log(Box::new(log)),
+                        },
+                        now,
+                    );
+                }
+                Ok(r)
+            }
         }
     }
 
@@ -304,7 +326,19 @@ impl MemoryStore {
                 Some(_) => Err(wrong_type()),
                 None => Ok(false),
             },
-            Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+            Algorithm::SlidingWindow => {
+                let (changed, empty) = match shard.live(digest, now) {
+                    Some(Entry {
+                        value: Value::Log(log), ..
+                    }) => (sliding_window::give_back(log, receipt, unused), log.entries.is_empty()),
+                    Some(_) => return Err(wrong_type()),
+                    None => return Ok(false),
+                };
+                if empty {
+                    shard.remove(digest);
+                }
+                Ok(changed)
+            }
         }
     }
 

@@ -53,10 +53,16 @@ pub(super) struct Pool {
 }
 
 impl Pool {
+    /// No response timeout of redis-rs's own: every call on these connections is bounded by
+    /// the driver (`tokio::time::timeout` around it: the store timeout, the connect timeout for
+    /// the warm-up, a step bound for flushes), which always fired first (redis-rs's was 4x the
+    /// store timeout) and which drops the call, and its timer, with it. A response timeout
+    /// never made redis-rs reconnect either (a timed-out call is "retry immediately", not a
+    /// dropped connection), so one timer per call does what two did.
     pub fn new(client: &redis::Client, options: &RedisOptions) -> redis::RedisResult<Pool> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.timeout.max(std::time::Duration::from_millis(1)) * 4))
+            .set_response_timeout(None)
             .set_min_delay(options.reconnect_min)
             .set_max_delay(options.reconnect_max)
             .set_number_of_retries(1);

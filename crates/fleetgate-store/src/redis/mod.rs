@@ -409,7 +409,10 @@ impl RedisStore {
             .arg(keys)
             .arg(args);
         self.bounded(|mut conn| async move {
-            if matches!(conn, Conn::Single(_)) && inner.scripts_stale.swap(false, Ordering::Relaxed) {
+            // A plain load first: the read-modify-write only when a reload is due.
+            let stale =
+                || inner.scripts_stale.load(Ordering::Relaxed) && inner.scripts_stale.swap(false, Ordering::Relaxed);
+            if matches!(conn, Conn::Single(_)) && stale() {
                 if let Err(e) = inner.scripts.load_pipeline().exec_async(&mut conn).await {
                     inner.scripts_stale.store(true, Ordering::Relaxed);
                     return Err(e);
@@ -567,21 +570,42 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-fn ints(v: Value, n: usize) -> StoreResult<Vec<i64>> {
-    let out: Vec<i64> = redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))?;
-    if out.len() < n {
+/// The first `N` integers of a script's array reply, read in place: the scripts answer with
+/// arrays of integers, so the common case allocates nothing (other shapes go through
+/// `FromRedisValue`, which says precisely what did not fit).
+fn ints<const N: usize>(v: Value) -> StoreResult<[i64; N]> {
+    let protocol = |e: redis::ParsingError| StoreError::Protocol(e.to_string());
+    let items = match v {
+        Value::Array(items) => items,
+        other => {
+            let all: Vec<i64> = redis::from_redis_value(other).map_err(protocol)?;
+            return Err(StoreError::Protocol(format!(
+                "expected {N} integers, got {}",
+                all.len()
+            )));
+        }
+    };
+    if items.len() < N {
         return Err(StoreError::Protocol(format!(
-            "expected {n} integers, got {}",
-            out.len()
+            "expected {N} integers, got {}",
+            items.len()
         )));
+    }
+    let mut out = [0i64; N];
+    for (o, item) in out.iter_mut().zip(items) {
+        *o = match item {
+            Value::Int(n) => n,
+            other => redis::from_redis_value(other).map_err(protocol)?,
+        };
     }
     Ok(out)
 }
 
-/// A rate script's reply `{allowed, remaining, reset_us, retry_us, now_us}` as a decision (with
-/// its refund receipt when it charged something).
+/// A rate script's reply, the bulk string `"allowed remaining reset_us retry_us now_us"`
+/// (`rate_reply` in now.lua), as a decision (with its refund receipt when it charged
+/// something). Parsed in place: no array of values to build.
 fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
-    let r = ints(v, 5)?;
+    let r = rate_reply(&v)?;
     let us = |x: i64| Duration::from_micros(x.max(0) as u64);
     let allowed = r[0] == 1;
     Ok(RateDecision {
@@ -597,18 +621,39 @@ fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
     })
 }
 
-/// The reserve and give-back scripts' algorithm name and parameter, or why it cannot lease.
-fn lease_params(limit: &RateLimit) -> StoreResult<(&'static str, u64)> {
+/// The five whole numbers of a rate script's reply.
+fn rate_reply(v: &Value) -> StoreResult<[i64; 5]> {
+    let bad = || StoreError::Protocol(format!("expected a rate reply of 5 whole numbers, got {v:?}"));
+    let Value::BulkString(bytes) = v else {
+        return Err(bad());
+    };
+    let mut out = [0i64; 5];
+    let mut fields = bytes.split(|b| *b == b' ');
+    for o in out.iter_mut() {
+        let field = fields.next().ok_or_else(bad)?;
+        *o = std::str::from_utf8(field)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?;
+    }
+    if fields.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// The reserve and give-back scripts' algorithm name and parameter.
+fn lease_params(limit: &RateLimit) -> (&'static str, u64) {
     match limit.algorithm() {
-        Algorithm::Gcra => Ok(("gcra", limit.interval_us())),
-        Algorithm::FixedWindow => Ok(("fixed_window", limit.period_us())),
-        Algorithm::SlidingWindow => Err(crate::seam::cannot_lease(Algorithm::SlidingWindow)),
+        Algorithm::Gcra => ("gcra", limit.interval_us()),
+        Algorithm::FixedWindow => ("fixed_window", limit.period_us()),
+        Algorithm::SlidingWindow => ("sliding_window", limit.period_us()),
     }
 }
 
 /// The reserve script's reply `{granted, lease_until_us, remaining, reset_us, now_us, mark}`.
 fn reservation(v: Value, limit: u64) -> StoreResult<Reservation> {
-    let r = ints(v, 6)?;
+    let r = ints::<6>(v)?;
     let n = |x: i64| x.max(0) as u64;
     let granted = n(r[0]);
     Ok(Reservation {
@@ -702,7 +747,7 @@ impl StoreDriver for RedisStore {
     }
 
     async fn reserve(&self, key: &StoreKey, limit: &RateLimit, want: u64, lease: Duration) -> StoreResult<Reservation> {
-        let (algorithm, param) = lease_params(limit)?;
+        let (algorithm, param) = lease_params(limit);
         let lease_us = lease.as_micros().min(u128::from(crate::rate::MAX_CAPACITY_US)) as u64;
         let args = [
             ScriptArg::Bytes(algorithm.as_bytes()),
@@ -711,7 +756,15 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(want),
             ScriptArg::Int(lease_us),
         ];
-        let reply = self.eval(&self.inner.scripts.reserve, &[key.as_str()], &args).await?;
+        let total;
+        let keys: &[&str] = match limit.algorithm() {
+            Algorithm::SlidingWindow => {
+                total = format!("{key}:n");
+                &[key.as_str(), &total]
+            }
+            _ => &[key.as_str()],
+        };
+        let reply = self.eval(&self.inner.scripts.reserve, keys, &args).await?;
         reservation(reply, limit.capacity())
     }
 
@@ -722,7 +775,7 @@ impl StoreDriver for RedisStore {
         receipt: &LeaseReceipt,
         unused: u64,
     ) -> StoreResult<bool> {
-        let (algorithm, param) = lease_params(limit)?;
+        let (algorithm, param) = lease_params(limit);
         let args = [
             ScriptArg::Bytes(algorithm.as_bytes()),
             ScriptArg::Int(param),
@@ -730,7 +783,15 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(receipt.granted),
             ScriptArg::Int(receipt.mark),
         ];
-        let v = self.eval(&self.inner.scripts.give_back, &[key.as_str()], &args).await?;
+        let total;
+        let keys: &[&str] = match limit.algorithm() {
+            Algorithm::SlidingWindow => {
+                total = format!("{key}:n");
+                &[key.as_str(), &total]
+            }
+            _ => &[key.as_str()],
+        };
+        let v = self.eval(&self.inner.scripts.give_back, keys, &args).await?;
         Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
     }
 
@@ -746,10 +807,9 @@ impl StoreDriver for RedisStore {
             ScriptArg::Int(max),
             ScriptArg::Int(lease.as_micros() as u64),
         ];
-        let r = ints(
+        let r = ints::<2>(
             self.eval(&self.inner.scripts.acquire_permit, &[key.as_str()], &args)
                 .await?,
-            2,
         )?;
         Ok(PermitDecision {
             granted: r[0] == 1,
@@ -806,10 +866,9 @@ impl StoreDriver for RedisStore {
     async fn lock(&self, key: &StoreKey, owner: &str, ttl: Duration) -> StoreResult<Option<LockGrant>> {
         let fence = format!("{key}:fence");
         let args = [ScriptArg::Bytes(owner.as_bytes()), ScriptArg::Int(ms(ttl))];
-        let r = ints(
+        let r = ints::<2>(
             self.eval(&self.inner.scripts.lock, &[key.as_str(), &fence], &args)
                 .await?,
-            2,
         )?;
         Ok((r[0] == 1).then_some(LockGrant {
             fence: r[1].max(0) as u64,
@@ -917,5 +976,43 @@ async fn run_prober(inner: std::sync::Weak<Inner>) {
 impl Inner {
     fn member_answered(&self) -> u64 {
         self.member.answered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_replies_parse_in_place_and_bad_ones_are_protocol_errors() {
+        let reply = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let d = decision(reply("1 7 250000 0 1700000000000001"), 10, 2).unwrap();
+        assert!(d.allowed);
+        assert_eq!(
+            (d.remaining, d.reset_after.as_micros(), d.retry_after.as_micros()),
+            (7, 250_000, 0)
+        );
+        assert_eq!(
+            d.charge,
+            Some(RateCharge {
+                at_us: 1_700_000_000_000_001,
+                cost: 2
+            })
+        );
+        let d = decision(reply("0 0 100 -5 1"), 10, 1).unwrap();
+        assert!(!d.allowed && d.charge.is_none() && d.retry_after.is_zero());
+        for bad in [
+            reply("1 2 3 4"),
+            reply("1 2 3 4 5 6"),
+            reply("1 2 x 4 5"),
+            reply(""),
+            Value::Int(1),
+        ] {
+            let err = decision(bad.clone(), 10, 1).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Protocol(m) if m.contains("5 whole numbers")),
+                "{bad:?}: {err:?}"
+            );
+        }
     }
 }

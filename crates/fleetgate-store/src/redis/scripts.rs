@@ -43,6 +43,7 @@ impl Scripts {
             )),
             sliding_window: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_log.lua"),
                 include_str!("scripts/sliding_window.lua")
             )),
             fixed_window: LuaScript::new(concat!(
@@ -51,14 +52,17 @@ impl Scripts {
             )),
             refund: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_log.lua"),
                 include_str!("scripts/refund.lua")
             )),
             reserve: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_log.lua"),
                 include_str!("scripts/reserve.lua")
             )),
             give_back: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_log.lua"),
                 include_str!("scripts/give_back.lua")
             )),
             acquire_permit: LuaScript::new(include_str!("scripts/acquire_permit.lua")),

@@ -1,6 +1,7 @@
 -- GCRA: mirrors decide in src/algo/gcra.rs. KEYS[1]: the TAT in microseconds of server time.
--- ARGV: interval_us, burst, cost, period_us[, now_us]. Returns {allowed, remaining, reset_us,
--- retry_us, now_us}; now_us is the decision's time (an admitted charge's refund receipt).
+-- ARGV: interval_us, burst, cost, period_us[, now_us]. Returns "allowed remaining reset_us
+-- retry_us now_us" (rate_reply in now.lua); now_us is the decision's time (an admitted
+-- charge's refund receipt).
 -- now_us is for tests only (tests/differential.rs): the driver never sends it, so the server's
 -- TIME decides.
 local now = decision_now(ARGV[5])
@@ -18,14 +19,14 @@ if raw then
 end
 local horizon = now + interval * burst
 if cost > burst then
-  return {0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, tonumber(ARGV[4]), now}
+  return rate_reply(0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, tonumber(ARGV[4]), now)
 end
 local new_tat = tat + cost * interval
 if new_tat <= horizon then
   if cost > 0 then
     redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
   end
-  return {1, math.floor((horizon - new_tat) / interval), new_tat - now, 0, now}
+  return rate_reply(1, math.floor((horizon - new_tat) / interval), new_tat - now, 0, now)
 end
 -- The TAT can lie beyond the horizon (server clock stepped back, or a larger limit's state).
-return {0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, new_tat - horizon, now}
+return rate_reply(0, math.max(0, math.floor((horizon - tat) / interval)), tat - now, new_tat - horizon, now)

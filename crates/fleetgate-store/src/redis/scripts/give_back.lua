@@ -1,7 +1,9 @@
--- Lease mode: gives back unused units of a reservation; mirrors give_back in src/algo/gcra.rs
--- and src/algo/fixed_window.rs (never more generous than a reservation of the units spent).
--- KEYS[1]: the limit's state. ARGV: algorithm (gcra | fixed_window), interval_us (gcra) or
--- period_us, unused, granted, mark[, now_us]. Returns 1 if the state changed, else 0.
+-- Lease mode: gives back unused units of a reservation; mirrors give_back in src/algo/gcra.rs,
+-- src/algo/fixed_window.rs and src/algo/sliding_window.rs (never more generous than a
+-- reservation of the units spent).
+-- KEYS[1]: the limit's state; KEYS[2]: sliding_window only, the log's total. ARGV: algorithm
+-- (gcra | fixed_window | sliding_window), interval_us (gcra) or period_us, unused, granted,
+-- mark[, now_us]. Returns 1 if the state changed, else 0.
 -- now_us is for tests only (tests/lease_differential.rs): the driver never sends it.
 local now = decision_now(ARGV[6])
 local algorithm = ARGV[1]
@@ -36,5 +38,8 @@ elseif algorithm == 'fixed_window' then
   -- HSET keeps the key's TTL (the window's end).
   redis.call('HSET', KEYS[1], 'n', string.format('%.0f', count - give))
   return 1
+elseif algorithm == 'sliding_window' then
+  -- From the entry the reservation was logged in (at its lease's end).
+  return sw_take(KEYS[1], KEYS[2], mark, math.min(unused, granted))
 end
 return redis.error_reply('fleetgate: ' .. tostring(algorithm) .. ' limits cannot lease units')

@@ -39,46 +39,7 @@ elseif algorithm == 'fixed_window' then
   redis.call('HSET', KEYS[1], 'n', string.format('%.0f', count - give))
   return 1
 elseif algorithm == 'sliding_window' then
-  -- Entries are ordered by time, one per instant; search from the newest, 32 at a time.
-  local len = redis.call('LLEN', KEYS[1])
-  local stop = -1
-  while stop >= -len do
-    local first = math.max(stop - 31, -len)
-    local chunk = redis.call('LRANGE', KEYS[1], first, stop)
-    for j = #chunk, 1, -1 do
-      local e = chunk[j]
-      local s = string.find(e, ':', 1, true)
-      local et = s and tonumber(string.sub(e, 1, s - 1))
-      local ec = s and tonumber(string.sub(e, s + 1))
-      if not et or not ec then
-        return redis.error_reply('WRONGTYPE fleetgate: sliding window log holds a malformed entry')
-      end
-      if et < at then return 0 end
-      if et == at then
-        local give = math.min(cost, ec)
-        if give <= 0 then return 0 end
-        if ec > give then
-          redis.call('LSET', KEYS[1], first + j - 1, string.format('%.0f:%.0f', et, ec - give))
-        else
-          -- The entry's text is unique (one entry per instant).
-          redis.call('LREM', KEYS[1], -1, e)
-        end
-        local total = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-        total = math.max(0, total - give)
-        -- The total lives as long as the log (an emptied log is gone, and so is its total).
-        local ttl = redis.call('PTTL', KEYS[1])
-        if ttl == -2 then
-          redis.call('DEL', KEYS[2])
-        elseif ttl > 0 then
-          redis.call('SET', KEYS[2], string.format('%.0f', total), 'PX', ttl)
-        else
-          redis.call('SET', KEYS[2], string.format('%.0f', total), 'KEEPTTL')
-        end
-        return 1
-      end
-    end
-    stop = first - 1
-  end
-  return 0
+  -- The entry logged at the charge's time (sw_take in sliding_log.lua).
+  return sw_take(KEYS[1], KEYS[2], at, cost)
 end
 return redis.error_reply('fleetgate: refund of unknown algorithm ' .. tostring(algorithm))
