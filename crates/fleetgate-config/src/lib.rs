@@ -51,12 +51,15 @@ mod error;
 mod fields;
 mod locate;
 mod model;
+mod rewrite;
 mod route;
+mod route_match;
 mod snippet;
 mod store;
 mod store_url;
 mod tls;
 mod upstream;
+mod upstream_policy;
 mod validate;
 
 pub use error::{ConfigError, ErrorKind};

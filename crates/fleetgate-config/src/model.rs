@@ -3,10 +3,12 @@
 //! docs/configuration.md for the format.
 
 use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
-pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
+pub use crate::rewrite::Rewrite;
+pub use crate::route::{HeaderCondition, RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
+pub use crate::upstream_policy::{AffinityConfig, Balance, RetryConfig};
 pub use crate::upstream::{HealthCheckConfig, PassiveConfig, Target, UpstreamConfig};
 pub use fleetgate_http::ratelimit::LimitMode;
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
 //! | [`concurrency`] | requests in flight, with leased permits |
+//! | [`headers`] | request and response header rules (set, add, remove) |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -21,6 +22,7 @@ pub mod context;
 pub mod error;
 pub mod failure;
 pub mod fleet;
+pub mod headers;
 pub mod identity;
 pub mod key;
 pub mod layer;
@@ -37,6 +39,7 @@ pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{Completion, Principal, RequestCtx};
 pub use error::StageError;
 pub use failure::FailurePolicy;
+pub use headers::{HeaderRules, RequestHeaders, ResponseHeaders};
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};
 pub use limit_key::LimitScope;
