@@ -56,7 +56,18 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
                 u.passive.failures,
                 u.passive.eject,
             )
-            .with_io_bounds(u.body_idle_timeout, u.write_timeout),
+            .with_io_bounds(u.body_idle_timeout, u.write_timeout)
+            .with_policies(
+                u.balance == fleetgate_config::Balance::LeastRequest,
+                match &u.affinity {
+                    Some(a) => {
+                        let authorities: Vec<String> = u.targets.iter().map(|t| t.authority.clone()).collect();
+                        Some(crate::affinity::Affinity::new(a, name, &authorities).map_err(|e| BuildError(format!("upstream {name}: {e}")))?)
+                    }
+                    None => None,
+                },
+                u.retries.as_ref().map(|r| crate::retry::RetryPolicy::new(r, name)),
+            ),
         ));
     }
     let mut routes = Vec::new();

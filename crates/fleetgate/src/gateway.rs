@@ -92,7 +92,7 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.host());
         let path = parts.uri.path();
-        self.routes.iter().find(|r| r.matches(&parts.method, host, path))
+        self.routes.iter().find(|r| r.matches(parts, host, path))
     }
 
     /// Handles one request end to end. Never fails: every problem becomes a response.
@@ -155,6 +155,7 @@ impl Gateway {
                             ip,
                             checked.chunked,
                             &mut tunnel,
+                            &mut cx.guards,
                         )
                         .await;
                     if access.is_some() {
@@ -198,6 +199,7 @@ impl Gateway {
         ip: std::net::IpAddr,
         chunked: bool,
         tunnel: &mut Option<Tunnel>,
+        guards: &mut Vec<fleetgate_http::context::Guard>,
     ) -> (Response<GatewayBody>, Option<usize>) {
         // hyper has checked it: one value, digits only.
         let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| {
@@ -220,7 +222,6 @@ impl Gateway {
                 );
             }
         }
-        let t = upstream.pick();
         let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let path = route.upstream_path(pq);
         // Origin-form (path and query only): the connection already names the target.
@@ -257,6 +258,17 @@ impl Gateway {
                 .headers
                 .get(header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let choice = crate::target_choice::choose(worker, idx, upstream, &parts, upgrade.is_none() && !grpc, guards).await;
+        let (t, set_cookie) = match choice {
+            Ok(c) => (c.target, c.set_cookie),
+            Err(unreachable) => {
+                let msg = format!("upstream {} is unreachable", upstream.name);
+                return (
+                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    Some(unreachable.target),
+                );
+            }
+        };
         strip_hop_by_hop(&mut parts.headers);
         let client_upgrade = match &upgrade {
             Some(protocol) => {
@@ -441,6 +453,9 @@ impl Gateway {
                 strip_hop_by_hop(&mut parts.headers);
                 if let Some(protocol) = switched {
                     crate::tunnel::restore_headers(&mut parts.headers, protocol);
+                }
+                if let Some(cookie) = set_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 (Response::from_parts(parts, body), target_url)
             }

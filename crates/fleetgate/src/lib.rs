@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod affinity;
+pub mod balance;
 pub mod body;
 pub mod build;
 pub mod forward_headers;
@@ -13,9 +15,11 @@ pub mod idle;
 pub mod path_normalize;
 pub mod pipeline;
 pub mod request_head;
+pub mod retry;
 pub mod route;
 pub mod run;
 pub mod server;
+pub mod target_choice;
 pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;

@@ -8,14 +8,16 @@
 
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
-use fleetgate_http::{Concurrency, RateLimits};
+use fleetgate_http::{Concurrency, RateLimits, RequestHeaders, ResponseHeaders};
 use fleetgate_store::Keyspace;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
 /// the route), then rate limits (most specific first), then concurrency.
 pub type RoutePipeline = fleetgate_http::stages![
-    RateLimits,  // the route's own limits, then the global ones
-    Concurrency, // permits held until the response is over
+    ResponseHeaders, // `response_headers`: first in, so last out (sees every header added)
+    RateLimits,      // the route's own limits, then the global ones
+    Concurrency,     // permits held until the response is over
+    RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
 
 /// Compiles `route`'s configuration into its pipeline.
@@ -23,8 +25,10 @@ pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Re
     let r = route.name.as_str();
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
     Ok(fleetgate_http::pipeline![
+        ResponseHeaders::for_route(&route.response_headers),
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
+        RequestHeaders::for_route(&route.request_headers),
     ])
 }
 
@@ -33,7 +37,7 @@ pub fn assemble(config: &Config, keyspace: &Keyspace, route: &RouteConfig) -> Re
 pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
     let mut given = 0;
     for route in routes {
-        if let Some(limits) = &route.pipeline.0 {
+        if let Some(limits) = &route.pipeline.1 .0 {
             for limiter in limits.limiters() {
                 given += limiter.give_back(store).await;
             }
