@@ -1824,6 +1824,9 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("validate.rs"),
         include_str!("../../fleetgate-http/src/ratelimit/config.rs"),
         include_str!("../../fleetgate-http/src/concurrency/config.rs"),
+        include_str!("upstream_policy.rs"),
+        include_str!("rewrite.rs"),
+        include_str!("../../fleetgate-http/src/headers.rs"),
     ];
     let mut fields = Vec::new();
     for source in sources {
@@ -1925,6 +1928,7 @@ mod model_units {
             path_prefix: None,
             host: Some("api.example.com".into()),
             methods: vec!["GET".into(), "POST".into()],
+            ..RouteMatch::default()
         };
         assert!(m.matches("GET", Some("API.example.com:8080"), "/"));
         assert!(m.matches("POST", Some("api.example.com"), "/"));
