@@ -45,7 +45,10 @@ struct Written {
 const ACCEPTED: &str = "{ prefix: /new } or { regex: \"^/old/(.*)$\", replace: \"/new/$1\" }";
 
 fn check_path<E: serde::de::Error>(field: &str, p: &str, what: &str) -> Result<(), E> {
-    if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+    if !p.starts_with('/')
+        || p.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
         return Err(refuse_at(
             field,
             format!("{p:?} is not {what}; accepted: a path starting with / without spaces, '?' or '#', e.g. /v2"),
@@ -103,7 +106,10 @@ fn check_replacement<E: serde::de::Error>(regex: &regex::Regex, replace: &str) -
         }
         let name = if bytes.get(i) == Some(&b'{') {
             let Some(end) = replace[i..].find('}') else {
-                return Err(refuse_at(".replace", format!("{replace:?} has an unclosed ${{; accepted: $1, ${{1}}, $name, ${{name}}, or $$ for a $")));
+                return Err(refuse_at(
+                    ".replace",
+                    format!("{replace:?} has an unclosed ${{; accepted: $1, ${{1}}, $name, ${{name}}, or $$ for a $"),
+                ));
             };
             let n = &replace[i + 1..i + end];
             i += end + 1;
@@ -197,6 +203,10 @@ mod tests {
         assert_eq!(r.apply(None, "/other"), "/other", "no match: unchanged");
         let named = regex("^/u/(?P<id>[0-9]+)$", "/users/${id}/profile");
         assert_eq!(named.apply(None, "/u/42"), "/users/42/profile");
-        assert_eq!(regex("^/x/(.*)$", "$1").apply(None, "/x/y"), "/y", "always starts with /");
+        assert_eq!(
+            regex("^/x/(.*)$", "$1").apply(None, "/x/y"),
+            "/y",
+            "always starts with /"
+        );
     }
 }

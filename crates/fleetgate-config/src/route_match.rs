@@ -67,17 +67,28 @@ pub(crate) fn headers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(http::Head
             .then(|| http::HeaderName::from_bytes(lower.as_bytes()).ok())
             .flatten()
             .ok_or_else(|| {
-                refuse_at::<D::Error>(&field, format!("{name:?} is not a header name; accepted: letters, digits and !#$%&'*+-.^_`|~, e.g. x-tenant"))
+                refuse_at::<D::Error>(
+                    &field,
+                    format!(
+                        "{name:?} is not a header name; accepted: letters, digits and !#$%&'*+-.^_`|~, e.g. x-tenant"
+                    ),
+                )
             })?;
         if out.iter().any(|(h, _)| *h == header) {
-            return Err(refuse_at(&field, format!("{lower} is given twice (header names are case-insensitive); accepted: each header once")));
+            return Err(refuse_at(
+                &field,
+                format!("{lower} is given twice (header names are case-insensitive); accepted: each header once"),
+            ));
         }
         let cond = match w {
             Written::Flag(true) => HeaderCondition::Present,
             Written::Flag(false) => HeaderCondition::Absent,
             Written::Text(v) if value_ok(&v) => HeaderCondition::Equals(v),
             Written::Text(_) => {
-                return Err(refuse_at(&field, format!("the value holds control or non-ASCII characters; accepted: {VALUE_ACCEPTED}")))
+                return Err(refuse_at(
+                    &field,
+                    format!("the value holds control or non-ASCII characters; accepted: {VALUE_ACCEPTED}"),
+                ))
             }
         };
         out.push((header, cond));
@@ -92,7 +103,10 @@ pub(crate) fn query<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Stri
     for (name, w) in map {
         let field = format!(".{name}");
         if name.is_empty() || !value_ok(&name) {
-            return Err(refuse_at(&field, format!("{name:?} is not a query parameter name; accepted: a non-empty name of {VALUE_ACCEPTED}")));
+            return Err(refuse_at(
+                &field,
+                format!("{name:?} is not a query parameter name; accepted: a non-empty name of {VALUE_ACCEPTED}"),
+            ));
         }
         match w {
             Written::Text(v) if value_ok(&v) => out.push((name, v)),
@@ -150,6 +164,9 @@ mod tests {
         assert!(!headers_hold(&eq("ACME"), &h), "values are case-sensitive");
         assert!(headers_hold(&[(name.clone(), HeaderCondition::Present)], &h));
         assert!(!headers_hold(&[(name.clone(), HeaderCondition::Absent)], &h));
-        assert!(headers_hold(&[(name, HeaderCondition::Absent)], &http::HeaderMap::new()));
+        assert!(headers_hold(
+            &[(name, HeaderCondition::Absent)],
+            &http::HeaderMap::new()
+        ));
     }
 }

@@ -84,5 +84,9 @@ fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         .strip_suffix('%')
         .and_then(|n| n.trim().parse::<u32>().ok())
         .filter(|n| *n <= 100)
-        .ok_or_else(|| refuse(format!("{text:?} is not a percentage; accepted: a whole number from 0 to 100 and %, e.g. 20%")))
+        .ok_or_else(|| {
+            refuse(format!(
+                "{text:?} is not a percentage; accepted: a whole number from 0 to 100 and %, e.g. 20%"
+            ))
+        })
 }

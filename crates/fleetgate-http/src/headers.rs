@@ -131,7 +131,12 @@ fn name<E: serde::de::Error>(field: &str, list: &str, text: &str, request: bool)
         };
         return Err(refuse_at(field, format!("{why}; accepted: request_headers.set.host")));
     }
-    HeaderName::from_bytes(lower.as_bytes()).map_err(|_| refuse_at(field, format!("{text:?} is not a header name; accepted: {NAME_ACCEPTED}")))
+    HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+        refuse_at(
+            field,
+            format!("{text:?} is not a header name; accepted: {NAME_ACCEPTED}"),
+        )
+    })
 }
 
 fn value<E: serde::de::Error>(field: &str, text: &str) -> Result<HeaderValue, E> {
@@ -141,7 +146,12 @@ fn value<E: serde::de::Error>(field: &str, text: &str) -> Result<HeaderValue, E>
             "the header value holds control or non-ASCII characters; accepted: printable ASCII, spaces and tabs",
         ));
     }
-    HeaderValue::from_str(text).map_err(|_| refuse_at(field, "the header value is not accepted; accepted: printable ASCII, spaces and tabs"))
+    HeaderValue::from_str(text).map_err(|_| {
+        refuse_at(
+            field,
+            "the header value is not accepted; accepted: printable ASCII, spaces and tabs",
+        )
+    })
 }
 
 fn check<'de, D: Deserializer<'de>>(d: D, request: bool) -> Result<HeaderRules, D::Error> {

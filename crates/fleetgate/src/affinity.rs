@@ -30,7 +30,8 @@ impl Affinity {
             if config.secure {
                 cookie.push_str("; Secure");
             }
-            let value = HeaderValue::from_str(&cookie).map_err(|_| format!("affinity cookie {:?} is not a header value", config.cookie))?;
+            let value = HeaderValue::from_str(&cookie)
+                .map_err(|_| format!("affinity cookie {:?} is not a header value", config.cookie))?;
             ids.push((id, value));
         }
         Ok(Affinity {
@@ -91,7 +92,10 @@ mod tests {
         let a = affinity();
         let set = a.set_cookie(1);
         let text = set.to_str().unwrap();
-        assert!(text.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure"), "{text}");
+        assert!(
+            text.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure"),
+            "{text}"
+        );
         let pair = text.split(';').next().unwrap();
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_str(&format!("other=1; {pair}")).unwrap());

@@ -62,7 +62,10 @@ pub fn build_gateway(config: &Config, instance_id: &str, store_url_redacted: Str
                 match &u.affinity {
                     Some(a) => {
                         let authorities: Vec<String> = u.targets.iter().map(|t| t.authority.clone()).collect();
-                        Some(crate::affinity::Affinity::new(a, name, &authorities).map_err(|e| BuildError(format!("upstream {name}: {e}")))?)
+                        Some(
+                            crate::affinity::Affinity::new(a, name, &authorities)
+                                .map_err(|e| BuildError(format!("upstream {name}: {e}")))?,
+                        )
                     }
                     None => None,
                 },

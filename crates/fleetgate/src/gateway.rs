@@ -258,7 +258,8 @@ impl Gateway {
                 .headers
                 .get(header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        let choice = crate::target_choice::choose(worker, idx, upstream, &parts, upgrade.is_none() && !grpc, guards).await;
+        let choice =
+            crate::target_choice::choose(worker, idx, upstream, &parts, upgrade.is_none() && !grpc, guards).await;
         let (t, set_cookie) = match choice {
             Ok(c) => (c.target, c.set_cookie),
             Err(unreachable) => {

@@ -95,10 +95,7 @@ impl RetryPolicy {
         let now = self.now();
         let mut w = self.window.lock();
         w.advance(now);
-        let (requests, retries) = w
-            .buckets
-            .iter()
-            .fold((0, 0), |(a, b), (r, t)| (a + r, b + t));
+        let (requests, retries) = w.buckets.iter().fold((0, 0), |(a, b), (r, t)| (a + r, b + t));
         // retries + 1 <= percent% of requests + min_per_second * window, in hundredths.
         let allowed = (retries + 1) * 100 <= self.percent * requests + self.min_per_second * WINDOW_SECS as u64 * 100;
         if allowed {

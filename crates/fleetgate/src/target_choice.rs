@@ -38,7 +38,11 @@ pub async fn choose(
         Some(t) if upstream.is_healthy(t) => t,
         _ => upstream.balance(),
     };
-    if let Some(retry) = upstream.retry.as_ref().filter(|_| plain_http1 && retryable(&parts.method)) {
+    if let Some(retry) = upstream
+        .retry
+        .as_ref()
+        .filter(|_| plain_http1 && retryable(&parts.method))
+    {
         retry.request();
         let mut tried: u64 = 0;
         let mut attempt = 1;

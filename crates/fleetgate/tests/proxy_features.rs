@@ -46,7 +46,11 @@ fn header_rules_edit_what_the_upstream_and_the_client_see() {
         "{BASE}upstreams:\n  b:\n    targets: [{}]\nroutes:\n  - name: fixed\n    match: {{ path_prefix: /fixed }}\n    respond: {{ status: 200, body: ok, headers: {{ x-internal: secret, x-kept: kept }} }}\n    response_headers: {{ remove: [x-internal], add: {{ x-kept: also }} }}\n  - name: web\n    upstream: b\n    rate_limits:\n      - {{ name: all, key: global, rate: 1000/1m }}\n    request_headers:\n      set: {{ x-gateway: fleetgate, host: internal.example }}\n      add: {{ x-added: gw }}\n      remove: [x-debug]\n    response_headers:\n      set: {{ x-frame-options: DENY }}\n      add: {{ x-extra: \"1\" }}\n      remove: [ratelimit-policy]\n",
         up.url()
     ));
-    let r = get(&gw, "/page", "X-Gateway: client\r\nX-Added: client\r\nX-Debug: 1\r\nX-Other: o\r\n");
+    let r = get(
+        &gw,
+        "/page",
+        "X-Gateway: client\r\nX-Added: client\r\nX-Debug: 1\r\nX-Other: o\r\n",
+    );
     assert_eq!(r.status, 200, "{r:?}");
     let seen = &up.wait_for(1)[0];
     assert_eq!(seen.all("x-gateway"), ["fleetgate"], "set replaces the client's value");
@@ -98,7 +102,11 @@ fn routes_match_on_header_values_presence_and_query() {
     let body = |path: &str, extra: &str| get(&gw, path, extra).body;
     assert_eq!(body("/web/x", "X-Tenant: acme\r\n"), "acme");
     assert_eq!(body("/web/x", "x-tenant: other\r\n"), "rest", "an exact value");
-    assert_eq!(body("/web/x", "X-Tenant: ACME\r\n"), "rest", "values are case-sensitive");
+    assert_eq!(
+        body("/web/x", "X-Tenant: ACME\r\n"),
+        "rest",
+        "values are case-sensitive"
+    );
     assert_eq!(body("/web/x?a=1&channel=beta", ""), "beta");
     assert_eq!(body("/web/x?channel=b%65ta", ""), "beta", "compared decoded");
     assert_eq!(body("/web/x?channel=stable", ""), "rest");
@@ -113,7 +121,10 @@ fn routes_match_on_header_values_presence_and_query() {
 
 /// The target named by a body `upstream:NAME`.
 fn target_of(r: &Reply) -> String {
-    r.body.strip_prefix("upstream:").unwrap_or_else(|| panic!("{r:?}")).to_string()
+    r.body
+        .strip_prefix("upstream:")
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .to_string()
 }
 
 /// `name=value` of a Set-Cookie header for `cookie`.
@@ -144,7 +155,10 @@ fn an_affinity_cookie_from_one_instance_is_honoured_by_the_others() {
         for _ in 0..6 {
             let r = get(gw, "/", &cookie);
             assert_eq!(target_of(&r), pinned, "every instance sends the cookie's target");
-            assert!(cookie_pair(&r, "fg_target").is_none(), "no new cookie while it holds: {r:?}");
+            assert!(
+                cookie_pair(&r, "fg_target").is_none(),
+                "no new cookie while it holds: {r:?}"
+            );
         }
     }
     // Without the cookie, round robin spreads requests over the targets.
@@ -156,7 +170,10 @@ fn an_affinity_cookie_from_one_instance_is_honoured_by_the_others() {
     // The pinned target goes down: the cookie's requests are balanced elsewhere and re-pinned.
     let idx = ["a", "b", "c"].iter().position(|n| *n == pinned).unwrap();
     targets[idx].set_healthy(false);
-    let gauge = format!("fleetgate_upstream_target_healthy{{upstream=\"b\",target=\"127.0.0.1:{}\"}} 0", targets[idx].port);
+    let gauge = format!(
+        "fleetgate_upstream_target_healthy{{upstream=\"b\",target=\"127.0.0.1:{}\"}} 0",
+        targets[idx].port
+    );
     for gw in &gws {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !metrics(gw).contains(&gauge) {
@@ -202,7 +219,10 @@ fn idempotent_requests_are_retried_on_another_target_when_connecting_fails() {
     let statuses: Vec<u16> = (0..10).map(|_| send(&gw, "POST", "/", "", "x").status).collect();
     assert_eq!(count(&statuses, 502), 5, "{statuses:?}");
     assert_eq!(count(&statuses, 200), 5, "{statuses:?}");
-    let after = metric_sum(&metrics(&gw), "fleetgate_upstream_retries_total{upstream=\"b\",outcome=\"ok\"}");
+    let after = metric_sum(
+        &metrics(&gw),
+        "fleetgate_upstream_retries_total{upstream=\"b\",outcome=\"ok\"}",
+    );
     assert_eq!(after, ok, "no POST was retried");
 }
 
@@ -217,7 +237,12 @@ fn retries_stop_when_the_budget_is_spent() {
     ));
     let statuses: Vec<u16> = (0..40).map(|_| get(&gw, "/", "").status).collect();
     let m = metrics(&gw);
-    let metric = |outcome: &str| metric_sum(&m, &format!("fleetgate_upstream_retries_total{{upstream=\"b\",outcome=\"{outcome}\"}}"));
+    let metric = |outcome: &str| {
+        metric_sum(
+            &m,
+            &format!("fleetgate_upstream_retries_total{{upstream=\"b\",outcome=\"{outcome}\"}}"),
+        )
+    };
     assert_eq!(metric("ok"), 10.0, "{m}");
     assert_eq!(metric("budget_exhausted"), 10.0, "{m}");
     assert_eq!(count(&statuses, 502), 10, "{statuses:?}");
@@ -274,5 +299,8 @@ fn least_request_sends_fewer_requests_to_a_slow_target_than_round_robin() {
     let rr = spread_over_slow_and_fast("round_robin", 20);
     let lr = spread_over_slow_and_fast("least_request", 20);
     assert_eq!(rr, 10, "round robin alternates");
-    assert!(lr <= 3, "least request avoids the target with requests in flight: {lr} of 20 (round robin: {rr})");
+    assert!(
+        lr <= 3,
+        "least request avoids the target with requests in flight: {lr} of 20 (round robin: {rr})"
+    );
 }
