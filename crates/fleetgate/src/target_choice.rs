@@ -3,7 +3,7 @@
 //! upstream with `retries`, another target while connecting fails and the budget allows.
 
 use crate::gateway::Worker;
-use crate::retry::retryable;
+use crate::retry::{retryable, RetryPolicy};
 use crate::upstream::Upstream;
 use crate::upstream_pool::UpstreamError;
 use fleetgate_http::context::Guard;
@@ -43,39 +43,8 @@ pub async fn choose(
         .as_ref()
         .filter(|_| plain_http1 && retryable(&parts.method))
     {
-        retry.request();
-        let mut tried: u64 = 0;
-        let mut attempt = 1;
-        loop {
-            tried |= 1 << (target % 64);
-            let connected = match worker.pools[idx][target].warm().await {
-                Ok(()) => true,
-                Err(UpstreamError::Connect(e)) => {
-                    tracing::debug!(upstream = %upstream.name, target = %upstream.targets[target].url(), error = %e, "connect failed");
-                    upstream.report_connect_failure(target);
-                    false
-                }
-                // Anything else is the exchange's business: send it and let it fail there.
-                Err(_) => true,
-            };
-            if attempt > 1 {
-                retry.outcome(connected);
-            }
-            if connected {
-                break;
-            }
-            let next = (0..upstream.targets.len())
-                .map(|i| (target + 1 + i) % upstream.targets.len())
-                .find(|&i| tried & (1 << (i % 64)) == 0 && upstream.is_healthy(i));
-            let Some(next) = next.filter(|_| attempt < retry.attempts) else {
-                return Err(Unreachable { target });
-            };
-            if !retry.try_retry() {
-                return Err(Unreachable { target });
-            }
-            attempt += 1;
-            target = next;
-        }
+        // Boxed: only upstreams with retries carry the connect future's state.
+        target = Box::pin(connect_with_retries(worker, idx, upstream, retry, target)).await?;
     }
     if let Some(lr) = &upstream.least_request {
         guards.push(Box::new(lr.start(target)));
@@ -85,4 +54,50 @@ pub async fn choose(
         _ => None,
     };
     Ok(Choice { target, set_cookie })
+}
+
+/// Connects to `target` (or takes an idle connection to it); while that fails, moves to
+/// another available target not yet tried, within `attempts` and the retry budget. The target
+/// that connected.
+async fn connect_with_retries(
+    worker: &Worker,
+    idx: usize,
+    upstream: &Upstream,
+    retry: &RetryPolicy,
+    mut target: usize,
+) -> Result<usize, Unreachable> {
+    retry.request();
+    let n = upstream.targets.len();
+    let mut tried = vec![false; n];
+    let mut attempt = 1;
+    loop {
+        tried[target] = true;
+        let connected = match worker.pools[idx][target].warm().await {
+            Ok(()) => true,
+            Err(UpstreamError::Connect(e)) => {
+                tracing::debug!(upstream = %upstream.name, target = %upstream.targets[target].url(), error = %e, "connect failed");
+                upstream.report_connect_failure(target);
+                false
+            }
+            // Anything else is the exchange's business: send the request and let it fail there.
+            Err(_) => true,
+        };
+        if attempt > 1 {
+            retry.outcome(connected);
+        }
+        if connected {
+            return Ok(target);
+        }
+        let next = (1..n)
+            .map(|i| (target + i) % n)
+            .find(|&i| !tried[i] && upstream.is_healthy(i));
+        let Some(next) = next.filter(|_| attempt < retry.attempts) else {
+            return Err(Unreachable { target });
+        };
+        if !retry.try_retry() {
+            return Err(Unreachable { target });
+        }
+        attempt += 1;
+        target = next;
+    }
 }
