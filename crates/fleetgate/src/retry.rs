@@ -1,7 +1,7 @@
 //! Retries (`upstreams.NAME.retries`): an idempotent request whose target refused the
 //! connection (or could not be reached in `connect_timeout_ms`) goes to another target, up to
 //! `attempts` targets in all, while the upstream's retry budget allows: retries in the last
-//! 10 s may be at most `budget` of the requests in that time plus `min_per_second` for each
+//! 10 s (on this instance) may be at most `budget` of the retryable requests in that time plus `min_per_second` for each
 //! second of it (as Linkerd's and Finagle's budgets). So a failing upstream does not get its
 //! load multiplied by retries. Only connection failures are retried: the request was never
 //! sent, so even a request with a body is safe to send elsewhere (its body was not read).
@@ -82,7 +82,7 @@ impl RetryPolicy {
         self.origin.elapsed().as_secs()
     }
 
-    /// Counts a request to the upstream (the budget's base).
+    /// Counts a retryable request to the upstream (the budget's base).
     pub fn request(&self) {
         let now = self.now();
         let mut w = self.window.lock();
