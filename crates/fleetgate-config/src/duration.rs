@@ -63,3 +63,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let ms = n.checked_mul(unit_ms).ok_or_else(too_long)?;
     Ok(Duration::from_millis(ms))
 }
+
+/// An optional duration field (`None` when left out or written null).
+pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(Option::<Dur>::deserialize(d)?.map(|d| d.0))
+}

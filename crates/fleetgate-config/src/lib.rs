@@ -52,7 +52,9 @@ mod fields;
 mod listener_tls;
 mod locate;
 mod model;
+mod rewrite;
 mod route;
+mod route_match;
 mod snippet;
 mod store;
 mod store_url;
@@ -60,6 +62,7 @@ mod telemetry;
 mod tls;
 mod upstream;
 mod upstream_tls;
+mod upstream_policy;
 mod validate;
 
 pub use error::{ConfigError, ErrorKind};

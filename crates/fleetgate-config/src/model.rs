@@ -4,7 +4,8 @@
 
 use crate::fields::{flag, int, listen, millis, ms, nullable, proxies, refuse};
 pub use crate::listener_tls::{CertificatePair, TlsListenerConfig};
-pub use crate::route::{RouteConfig, RouteMatch, RouteTarget};
+pub use crate::rewrite::Rewrite;
+pub use crate::route::{HeaderCondition, RouteConfig, RouteMatch, RouteTarget};
 use crate::store::ConcernOverrides;
 pub use crate::store::{ConcernStores, Secret, StoreConfig};
 pub use crate::store_url::{redact_url, StoreKind, StoreUrl, UrlSource};
@@ -12,6 +13,7 @@ pub use crate::telemetry::{OtlpConfig, OtlpEndpoint, TelemetryConfig};
 pub use crate::upstream::{
     HealthCheckConfig, PassiveConfig, Target, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
 };
+pub use crate::upstream_policy::{AffinityConfig, Balance, RetryConfig};
 pub use fleetgate_http::ratelimit::LimitMode;
 pub use fleetgate_http::{ConcurrencyLimitConfig, FailurePolicy, KeyPart, MissingKey, RateLimitConfig};
 use ipnet::IpNet;

@@ -3,6 +3,7 @@
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
 use fleetgate_http::{ConcurrencyLimitConfig, PaymentConfig, RateLimitConfig};
+use fleetgate_http::HeaderRules;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -40,6 +41,16 @@ pub struct RouteConfig {
     /// default `false`). Only allowed with a `path_prefix`.
     #[serde(default, deserialize_with = "flag::<_, false>")]
     pub strip_prefix: bool,
+    /// How the path is rewritten before proxying (`rewrite`): a new prefix for
+    /// `match.path_prefix`, or a regex and its replacement. Not with `strip_prefix`.
+    #[serde(default)]
+    pub rewrite: Option<crate::rewrite::Rewrite>,
+    /// Header rules for the request sent upstream (`request_headers`).
+    #[serde(default, deserialize_with = "fleetgate_http::headers::request_rules")]
+    pub request_headers: HeaderRules,
+    /// Header rules for the response sent to the client (`response_headers`).
+    #[serde(default, deserialize_with = "fleetgate_http::headers::response_rules")]
+    pub response_headers: HeaderRules,
     // The concerns' sections.
     /// The route's rate limits, checked in order after the global ones (`rate_limits`).
     #[serde(default, deserialize_with = "nullable")]
@@ -141,7 +152,11 @@ impl RouteConfig {
     /// or with `match.path_prefix` removed when `strip_prefix` is set. The result always starts
     /// with `/` (`/api` stripped from `/api` gives `/`, from `/api/x?q=1` gives `/x?q=1`, from
     /// `/api?q=1` gives `/?q=1`).
+    /// With `rewrite`, the rewritten path (see [`crate::rewrite::Rewrite::apply`]).
     pub fn upstream_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        if let Some(rewrite) = &self.rewrite {
+            return rewrite.apply(self.matcher.path_prefix.as_deref(), path);
+        }
         let Some(prefix) = self.matcher.path_prefix.as_deref().filter(|_| self.strip_prefix) else {
             return Cow::Borrowed(path);
         };
@@ -169,7 +184,17 @@ pub struct RouteMatch {
     /// Accepted methods, uppercase; empty: any method.
     #[serde(deserialize_with = "methods")]
     pub methods: Vec<String>,
+    /// Header conditions (`headers`): name → exact value (any of the header's values equal to
+    /// it), `true` (present) or `false` (absent). Names compared case-insensitively.
+    #[serde(deserialize_with = "crate::route_match::headers")]
+    pub headers: Vec<(http::HeaderName, HeaderCondition)>,
+    /// Query conditions (`query`): name → exact value, compared after percent-decoding
+    /// (`+` is a space); any parameter of that name with that value matches.
+    #[serde(deserialize_with = "crate::route_match::query")]
+    pub query: Vec<(String, String)>,
 }
+
+pub use crate::route_match::HeaderCondition;
 
 fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let Some(p) = Option::<String>::deserialize(d)? else {
@@ -238,6 +263,20 @@ impl RouteMatch {
         };
         let path_ok = self.path_prefix.as_deref().is_none_or(|p| path_has_prefix(path, p));
         method_ok && host_ok && path_ok
+    }
+
+    /// Whether a request matches, its headers and query (`None`: no `?`) included.
+    pub fn matches_request(
+        &self,
+        method: &str,
+        host: Option<&str>,
+        path: &str,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> bool {
+        self.matches(method, host, path)
+            && (self.headers.is_empty() || crate::route_match::headers_hold(&self.headers, headers))
+            && (self.query.is_empty() || crate::route_match::query_holds(&self.query, query))
     }
 }
 

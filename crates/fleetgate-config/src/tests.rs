@@ -1831,6 +1831,9 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/ratelimit/config.rs"),
         include_str!("../../fleetgate-http/src/concurrency/config.rs"),
         include_str!("../../fleetgate-http/src/payment/config.rs"),
+        include_str!("upstream_policy.rs"),
+        include_str!("rewrite.rs"),
+        include_str!("../../fleetgate-http/src/headers.rs"),
     ];
     let mut fields = Vec::new();
     for source in sources {
@@ -1993,6 +1996,7 @@ mod model_units {
             path_prefix: None,
             host: Some("api.example.com".into()),
             methods: vec!["GET".into(), "POST".into()],
+            ..RouteMatch::default()
         };
         assert!(m.matches("GET", Some("API.example.com:8080"), "/"));
         assert!(m.matches("POST", Some("api.example.com"), "/"));
@@ -2420,6 +2424,8 @@ fn the_tls_listener_section() {
         &["also the address of `listen`"],
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- live events, admin token, count_statuses ----
 
 #[test]

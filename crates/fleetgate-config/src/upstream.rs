@@ -59,6 +59,15 @@ pub struct UpstreamConfig {
     /// The HTTP version spoken to the targets (`protocol`, default `auto`).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// How a target is chosen (`balance`: `round_robin` or `least_request`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub balance: crate::upstream_policy::Balance,
+    /// Cookie affinity to the target that answered first (`affinity`).
+    #[serde(default)]
+    pub affinity: Option<crate::upstream_policy::AffinityConfig>,
+    /// Retries of idempotent requests on connect failures (`retries`).
+    #[serde(default)]
+    pub retries: Option<crate::upstream_policy::RetryConfig>,
 }
 
 /// One upstream target, `http://HOST:PORT` or `https://HOST:PORT`.

@@ -124,6 +124,21 @@ pub(crate) fn validate(mut config: Config, redis_url: Option<&str>, loc: &Locato
                 "strip_prefix: true needs match.path_prefix; accepted: false, or add a path_prefix",
             ));
         }
+        match &r.rewrite {
+            Some(_) if r.strip_prefix => {
+                return Err(invalid(
+                    format!("{path}.rewrite"),
+                    format!("rewrite and strip_prefix: true cannot be combined{}; accepted: one of them (rewrite: {{ prefix: / }} strips the prefix too)", loc.line_of(&format!("{path}.strip_prefix"), "")),
+                ))
+            }
+            Some(Rewrite::Prefix(_)) if r.matcher.path_prefix.is_none() => {
+                return Err(invalid(
+                    format!("{path}.rewrite.prefix"),
+                    "rewrite.prefix replaces match.path_prefix, and this route has none; accepted: add a match.path_prefix, or use rewrite: { regex: ..., replace: ... }",
+                ))
+            }
+            _ => {}
+        }
         unique(
             loc,
             &format!("{path}.rate_limits"),

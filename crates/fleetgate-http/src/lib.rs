@@ -10,6 +10,7 @@
 //! | [`concurrency`] | requests in flight, with leased permits |
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
+//! | [`headers`] | request and response header rules (set, add, remove) |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod fleet;
+pub mod headers;
 pub mod identity;
 pub mod key;
 pub mod layer;
@@ -42,6 +44,7 @@ pub use context::{Completion, Principal, RequestCtx};
 pub use error::StageError;
 pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;
+pub use headers::{HeaderRules, RequestHeaders, ResponseHeaders};
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};
 pub use limit_key::LimitScope;

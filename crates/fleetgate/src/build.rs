@@ -99,7 +99,21 @@ pub fn build_gateway_sharing(
                 u.passive.eject,
             )
             .with_io_bounds(u.body_idle_timeout, u.write_timeout)
-            .with_links(links),
+            .with_links(links)
+            .with_policies(
+                u.balance == fleetgate_config::Balance::LeastRequest,
+                match &u.affinity {
+                    Some(a) => {
+                        let authorities: Vec<String> = u.targets.iter().map(|t| t.authority.clone()).collect();
+                        Some(
+                            crate::affinity::Affinity::new(a, name, &authorities)
+                                .map_err(|e| BuildError(format!("upstream {name}: {e}")))?,
+                        )
+                    }
+                    None => None,
+                },
+                u.retries.as_ref().map(|r| crate::retry::RetryPolicy::new(r, name)),
+            ),
         ));
     }
     // Live events: one sink for every route; the publisher takes the receiver at start.

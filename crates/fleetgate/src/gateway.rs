@@ -102,7 +102,7 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.host());
         let path = parts.uri.path();
-        self.routes.iter().find(|r| r.matches(&parts.method, host, path))
+        self.routes.iter().find(|r| r.matches(parts, host, path))
     }
 
     /// Handles one request end to end. Never fails: every problem becomes a response, and
@@ -229,6 +229,7 @@ impl Gateway {
                             &mut tunnel,
                             (request_id, trace.as_ref()),
                             access.is_some().then_some(&mut upstream_time),
+                            &mut cx.guards,
                         )
                         .await;
                     if completes {
@@ -313,6 +314,7 @@ impl Gateway {
         tunnel: &mut Option<Tunnel>,
         (request_id, trace): (&HeaderValue, Option<&TraceContext>),
         upstream_time: Option<&mut Option<Duration>>,
+        guards: &mut Vec<fleetgate_http::context::Guard>,
     ) -> (Response<GatewayBody>, Option<usize>) {
         let content_length = content_length(&parts.headers);
         if let Some((len, zero_padded)) = content_length {
@@ -331,7 +333,6 @@ impl Gateway {
                 );
             }
         }
-        let t = upstream.pick();
         let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let path = route.upstream_path(pq);
         // Origin-form (path and query only): the connection already names the target.
@@ -363,6 +364,18 @@ impl Gateway {
             _ => None,
         };
         let grpc = parts.version == http::Version::HTTP_2 && is_grpc(&parts.headers);
+        let choice =
+            crate::target_choice::choose(worker, idx, upstream, &parts, upgrade.is_none() && !grpc, guards).await;
+        let (t, set_cookie) = match choice {
+            Ok(c) => (c.target, c.set_cookie),
+            Err(unreachable) => {
+                let msg = format!("upstream {} is unreachable", upstream.name);
+                return (
+                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    Some(unreachable.target),
+                );
+            }
+        };
         let pool = &worker.pools[idx][t];
         // HTTP/2 to the target: for gRPC always; otherwise as the upstream's `protocol` (and,
         // under `auto`, an https target's ALPN) says. Upgrades stay HTTP/1.1.
@@ -573,6 +586,9 @@ impl Gateway {
                 strip_hop_by_hop(&mut parts.headers);
                 if let Some(protocol) = switched {
                     crate::tunnel::restore_headers(&mut parts.headers, protocol);
+                }
+                if let Some(cookie) = set_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 (Response::from_parts(parts, body), target_url)
             }

@@ -8,7 +8,9 @@
 
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
-use fleetgate_http::{Concurrency, EventSink, EventStage, FacilitatorClient, Payment, RateLimits};
+use fleetgate_http::{
+    Concurrency, EventSink, EventStage, FacilitatorClient, Payment, RateLimits, RequestHeaders, ResponseHeaders,
+};
 use fleetgate_store::Keyspace;
 use std::sync::Arc;
 
@@ -16,10 +18,13 @@ use std::sync::Arc;
 /// the route), then events (its complete phase runs last), rate limits (most specific first),
 /// then concurrency, then the payment gate.
 pub type RoutePipeline = fleetgate_http::stages![
-    EventStage,  // one live event per completed request (`events.enabled`)
-    RateLimits,  // the route's own limits, then the global ones
-    Concurrency, // permits held until the response is over
-    Payment,     // x402: 402, or a payment verified and settled once for the fleet
+    EventStage,      // one live event per completed request (`events.enabled`); first, so
+                     // the gateway finds it at `.0`
+    ResponseHeaders, // `response_headers`: early in, so late out (sees every header added)
+    RateLimits,      // the route's own limits, then the global ones
+    Concurrency,     // permits held until the response is over
+    Payment,         // x402: 402, or a payment verified and settled once for the fleet
+    RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
 
 /// Compiles `route`'s configuration into its pipeline.
@@ -34,9 +39,11 @@ pub fn assemble(
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
     Ok(fleetgate_http::pipeline![
         events.map(|sink| EventStage::for_route(sink, r)),
+        ResponseHeaders::for_route(&route.response_headers),
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
+        RequestHeaders::for_route(&route.request_headers),
     ])
 }
 
@@ -45,7 +52,7 @@ pub fn assemble(
 pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
     let mut given = 0;
     for route in routes {
-        if let Some(limits) = &route.pipeline.1 .0 {
+        if let Some(limits) = &route.pipeline.1 .1 .0 {
             for limiter in limits.limiters() {
                 given += limiter.give_back(store).await;
             }

@@ -1,11 +1,12 @@
-//! Routes: matched in order on path prefix (at segment boundaries), host and method; the first
+//! Routes: matched in order on path prefix (at segment boundaries), host, method, headers and
+//! query; the first
 //! match wins. Matching itself lives with the configuration (`fleetgate_config::RouteMatch`).
 
 use crate::pipeline::RoutePipeline;
 use crate::telemetry::RouteMetrics;
 use bytes::Bytes;
 use fleetgate_config::RouteConfig;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use std::borrow::Cow;
 
 pub enum Action {
@@ -30,8 +31,12 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
-        self.config.matcher.matches(method.as_str(), host, path)
+    /// Whether the request (its `host` and normalised `path` already found) matches.
+    pub fn matches(&self, parts: &http::request::Parts, host: Option<&str>, path: &str) -> bool {
+        let query = parts.uri.query();
+        self.config
+            .matcher
+            .matches_request(parts.method.as_str(), host, path, &parts.headers, query)
     }
 
     /// The path (and query) to send upstream.

@@ -54,6 +54,12 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     eject_after: u32,
     eject_for: Duration,
+    /// `balance: least_request`: requests in flight per target; `None`: round robin.
+    pub least_request: Option<crate::balance::LeastRequest>,
+    /// Cookie affinity (`affinity`).
+    pub affinity: Option<crate::affinity::Affinity>,
+    /// Retries on connect failures (`retries`).
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl Upstream {
@@ -97,6 +103,30 @@ impl Upstream {
             health_check,
             eject_after: eject_after.max(1),
             eject_for,
+            least_request: None,
+            affinity: None,
+            retry: None,
+        }
+    }
+
+    /// Sets how targets are chosen and retried.
+    pub fn with_policies(
+        mut self,
+        least_request: bool,
+        affinity: Option<crate::affinity::Affinity>,
+        retry: Option<crate::retry::RetryPolicy>,
+    ) -> Self {
+        self.least_request = least_request.then(|| crate::balance::LeastRequest::new(self.targets.len()));
+        self.affinity = affinity;
+        self.retry = retry;
+        self
+    }
+
+    /// A target by the upstream's balancing (round robin or least request).
+    pub fn balance(&self) -> usize {
+        match &self.least_request {
+            Some(lr) => lr.choose(self),
+            None => self.pick(),
         }
     }
 

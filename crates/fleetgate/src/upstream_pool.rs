@@ -421,6 +421,18 @@ impl TargetPool {
         })
     }
 
+    /// Makes sure a connection to the target is at hand (an idle one, or a new one put in the
+    /// pool), so that a connection failure is known before a request is given away: retries
+    /// ([`crate::retry`]) send it elsewhere then.
+    pub async fn warm(&self) -> Result<(), UpstreamError> {
+        let conn = match self.checkout() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        self.checkin(conn);
+        Ok(())
+    }
+
     /// Sends `req`; the response body returns the connection to the pool when read to the end
     /// (and the request body went whole).
     pub async fn send(
