@@ -61,8 +61,8 @@ mod store_url;
 mod telemetry;
 mod tls;
 mod upstream;
-mod upstream_tls;
 mod upstream_policy;
+mod upstream_tls;
 mod validate;
 
 pub use error::{ConfigError, ErrorKind};

@@ -2,8 +2,8 @@
 
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
-use fleetgate_http::{ConcurrencyLimitConfig, PaymentConfig, RateLimitConfig};
 use fleetgate_http::HeaderRules;
+use fleetgate_http::{ConcurrencyLimitConfig, PaymentConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;

@@ -154,7 +154,13 @@ pub fn build_gateway_sharing(
             name: r.name.clone(),
             config: r.clone(),
             action,
-            pipeline: Arc::new(crate::pipeline::assemble(config, keyspace, r, &facilitator, events.as_ref())?),
+            pipeline: Arc::new(crate::pipeline::assemble(
+                config,
+                keyspace,
+                r,
+                &facilitator,
+                events.as_ref(),
+            )?),
             metrics: RouteMetrics::new(&r.name),
         });
     }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 /// the route), then events (its complete phase runs last), rate limits (most specific first),
 /// then concurrency, then the payment gate.
 pub type RoutePipeline = fleetgate_http::stages![
-    EventStage,      // one live event per completed request (`events.enabled`); first, so
-                     // the gateway finds it at `.0`
+    EventStage, // one live event per completed request (`events.enabled`); first, so
+    // the gateway finds it at `.0`
     ResponseHeaders, // `response_headers`: early in, so late out (sees every header added)
     RateLimits,      // the route's own limits, then the global ones
     Concurrency,     // permits held until the response is over
