@@ -394,3 +394,56 @@ fn the_admin_token_guards_every_path_but_health() {
     assert!(!text.contains(token), "the token is never logged");
     let _ = std::fs::remove_file(&log);
 }
+
+/// A SIGHUP reload keeps live events flowing: the reloaded routes send into the publisher the
+/// instance started with (a reload builds a whole new gateway, whose routes must not get a
+/// channel nobody reads).
+#[test]
+fn events_keep_flowing_after_a_configuration_reload() {
+    let redis = RedisServer::start();
+    let cfg = config(&redis.url(), "");
+    let gw = Gateway::start(&cfg);
+    let sub = Subscriber::open(gw.admin_addr(), "", &[("Last-Event-ID", "0-0")]);
+    send(&gw, "/api/before", 3);
+    let before = sub.wait_events(3);
+    assert_eq!(before.len(), 3);
+    // The same file with one more route, only in the new configuration.
+    let reloaded = cfg.replace(
+        "routes:\n",
+        "routes:\n  - name: added\n    match: { path_prefix: /added }\n    respond: { status: 200, body: new }\n",
+    );
+    let text = reloaded
+        .replace("{PORT}", &gw.port.to_string())
+        .replace("{ADMIN}", &gw.admin_port.to_string());
+    std::fs::write(&gw.config_path, text).unwrap();
+    let pid = gw.child.as_ref().expect("running").id();
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The precondition, not the symptom under test: the reload has been applied.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let applied = |m: &str| metric_sum(m, "fleetgate_config_reloads_total{outcome=\"applied\"}");
+    loop {
+        let m = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
+        if applied(&m) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload was not applied: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..3 {
+        let r = gw.get("/added/x", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "new"), "the new route answers");
+    }
+    let all = sub.wait_events(6);
+    assert_eq!(all.len(), 6, "3 events before the reload and 3 after: {all:?}");
+    let routes: Vec<String> = all
+        .iter()
+        .map(|m| m.json()["route"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(routes, ["api", "api", "api", "added", "added", "added"]);
+    sub.close();
+}
