@@ -19,8 +19,27 @@ struct Tls {
 /// then each file named is checked.
 pub(crate) fn tls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsFiles>, D::Error> {
     let t: Tls = nullable(d)?;
+    let (ca_file, cert_file, key_file) = checked_files(t.ca_file, t.cert_file, t.key_file)?;
+    Ok(Some(TlsFiles {
+        ca_file,
+        cert_file,
+        key_file,
+    }))
+}
+
+/// The CA file, client certificate and key of a `tls` section, checked.
+pub(crate) type CheckedFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+
+/// A CA file and an optional client certificate with its key, as written in a `tls` section
+/// (`store.tls`, `upstreams.*.tls`): the certificate comes with its key, and each file named
+/// is checked ([`pem_file`]); errors are located at the field.
+pub(crate) fn checked_files<E: serde::de::Error>(
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+) -> Result<CheckedFiles, E> {
     let pair = "accepted: both cert_file and key_file (a client certificate and its private key), or neither";
-    match (&t.cert_file, &t.key_file) {
+    match (&cert_file, &key_file) {
         (Some(_), None) => {
             return Err(refuse_at(
                 ".cert_file",
@@ -39,11 +58,11 @@ pub(crate) fn tls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TlsFiles>, D
         name.map(|n| pem_file(&n, certificate).map_err(|why| refuse_at(field, why)))
             .transpose()
     };
-    Ok(Some(TlsFiles {
-        ca_file: check(".ca_file", t.ca_file, true)?,
-        cert_file: check(".cert_file", t.cert_file, true)?,
-        key_file: check(".key_file", t.key_file, false)?,
-    }))
+    Ok((
+        check(".ca_file", ca_file, true)?,
+        check(".cert_file", cert_file, true)?,
+        check(".key_file", key_file, false)?,
+    ))
 }
 
 /// Largest TLS file read, in bytes (a CA bundle is a few hundred KiB).

@@ -3,7 +3,7 @@
 //! HTTP version it uses.
 
 use crate::fields::{flag, refuse, refuse_at};
-use crate::tls::pem_file;
+use crate::tls::checked_files;
 use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 
@@ -45,34 +45,15 @@ impl<'de> Deserialize<'de> for UpstreamTlsConfig {
         let Some(w) = Option::<Written>::deserialize(d)? else {
             return Ok(UpstreamTlsConfig::default());
         };
-        let pair = "accepted: both cert_file and key_file (a client certificate and its private key), or neither";
-        match (&w.cert_file, &w.key_file) {
-            (Some(_), None) => {
-                return Err(refuse_at(
-                    ".cert_file",
-                    format!("cert_file is set without key_file; {pair}"),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(refuse_at(
-                    ".key_file",
-                    format!("key_file is set without cert_file; {pair}"),
-                ))
-            }
-            _ => {}
-        }
-        let check = |field: &str, name: Option<String>, certificate: bool| {
-            name.map(|n| pem_file(&n, certificate).map_err(|why| refuse_at(field, why)))
-                .transpose()
-        };
+        let (ca_file, cert_file, key_file) = checked_files(w.ca_file, w.cert_file, w.key_file)?;
         let server_name = match w.server_name {
             None => None,
             Some(n) => Some(server_name(&n).map_err(|why| refuse_at(".server_name", why))?),
         };
         Ok(UpstreamTlsConfig {
-            ca_file: check(".ca_file", w.ca_file, true)?,
-            cert_file: check(".cert_file", w.cert_file, true)?,
-            key_file: check(".key_file", w.key_file, false)?,
+            ca_file,
+            cert_file,
+            key_file,
             server_name,
             insecure_skip_verify: w.insecure_skip_verify,
         })
