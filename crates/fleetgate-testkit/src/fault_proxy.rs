@@ -12,6 +12,8 @@ struct Faults {
     latency_ms: AtomicU64,
     refuse: AtomicBool,
     stopped: AtomicBool,
+    /// Chunks read and not yet written on (sleeping out their latency).
+    delaying: AtomicU64,
     open: Mutex<Vec<TcpStream>>,
 }
 
@@ -69,6 +71,20 @@ impl FaultProxy {
             .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Waits (at most `bound`) until no chunk is still sleeping out a latency set earlier, so
+    /// that after `set_latency(Duration::ZERO)` every byte sent during the slow period has been
+    /// delivered and nothing sent later waits behind it. Returns whether that happened.
+    pub fn wait_drained(&self, bound: Duration) -> bool {
+        let deadline = std::time::Instant::now() + bound;
+        while std::time::Instant::now() < deadline {
+            if self.faults.delaying.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     /// Closes every open connection (both sides see a reset or EOF).
     pub fn cut(&self) {
         for s in self.faults.open.lock().unwrap().drain(..) {
@@ -98,11 +114,14 @@ fn pump(mut from: TcpStream, mut to: TcpStream, faults: Arc<Faults>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            faults.delaying.fetch_add(1, Ordering::SeqCst);
             let latency = faults.latency_ms.load(Ordering::SeqCst);
             if latency > 0 {
                 std::thread::sleep(Duration::from_millis(latency));
             }
-            if to.write_all(&buf[..n]).is_err() {
+            let written = to.write_all(&buf[..n]);
+            faults.delaying.fetch_sub(1, Ordering::SeqCst);
+            if written.is_err() {
                 break;
             }
         }

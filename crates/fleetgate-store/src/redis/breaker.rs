@@ -12,6 +12,10 @@
 //!   when every live member has answered since it opened. So once it closes, the next request on
 //!   every worker goes to a connection that has just been proven, instead of finding a dead one
 //!   and falling back again.
+//! * Late failures: a call admitted before the breaker last opened may time out after it has
+//!   closed again. Its failure describes the outage a probe has since proven over, so it does not
+//!   count: every call carries the closed period it was admitted in ([`Admission::Call`]), and
+//!   only failures of calls admitted in the current one count towards opening.
 
 use crate::error::StoreError;
 use parking_lot::Mutex;
@@ -73,6 +77,8 @@ pub struct HealthGroup {
     failures: AtomicU32,
     /// Bumped every time the breaker opens.
     generation: AtomicU64,
+    /// Bumped every time the breaker closes: the closed period calls are admitted in.
+    period: AtomicU64,
     backoff_ms: AtomicU64,
     members: Mutex<Vec<Weak<Member>>>,
     probes: watch::Sender<ProbeState>,
@@ -93,8 +99,8 @@ impl std::fmt::Debug for HealthGroup {
 /// What the breaker says about one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Closed: call normally.
-    Call,
+    /// Closed: call normally, and report the outcome with this closed period.
+    Call(u64),
     /// Open: fail fast.
     Reject,
 }
@@ -106,6 +112,7 @@ impl HealthGroup {
             state: AtomicU8::new(CLOSED),
             failures: AtomicU32::new(0),
             generation: AtomicU64::new(0),
+            period: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(settings.min_backoff.as_millis() as u64),
             members: Mutex::new(Vec::new()),
             probes: watch::channel(ProbeState::default()).0,
@@ -126,11 +133,18 @@ impl HealthGroup {
     }
 
     pub fn admit(&self) -> Admission {
+        let period = self.period.load(Ordering::Acquire);
         if self.state.load(Ordering::Acquire) == CLOSED {
-            Admission::Call
+            Admission::Call(period)
         } else {
             Admission::Reject
         }
+    }
+
+    /// The current closed period (to pass to [`HealthGroup::trip`] or
+    /// [`HealthGroup::on_failure`] for work not admitted through [`HealthGroup::admit`]).
+    pub(super) fn period(&self) -> u64 {
+        self.period.load(Ordering::Acquire)
     }
 
     /// Whether calls currently fail fast.
@@ -145,16 +159,24 @@ impl HealthGroup {
         }
     }
 
-    /// A call failed to reach the store.
-    pub(super) fn on_failure(&self) {
+    /// A call admitted in closed period `period` failed to reach the store. A call admitted
+    /// before the breaker last closed does not count (see the module doc).
+    pub(super) fn on_failure(&self, period: u64) {
+        if self.period.load(Ordering::Acquire) != period {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= self.settings.threshold {
             self.open("store failing; breaker opened, calls fail fast until every connection answers a probe");
         }
     }
 
-    /// A health check failed: open at once (it is the authoritative look at the store).
-    pub(super) fn trip(&self) {
+    /// A health check begun in closed period `period` failed: open at once (it is the
+    /// authoritative look at the store), unless the breaker has closed again since it began.
+    pub(super) fn trip(&self, period: u64) {
+        if self.period.load(Ordering::Acquire) != period {
+            return;
+        }
         self.open("store health check failed; breaker opened");
     }
 
@@ -225,6 +247,7 @@ impl HealthGroup {
             .is_ok()
         {
             self.failures.store(0, Ordering::Relaxed);
+            self.period.fetch_add(1, Ordering::AcqRel);
             tracing::info!(
                 generation,
                 after_first_answer_us = first.elapsed().as_micros() as u64,
@@ -267,12 +290,12 @@ mod tests {
     fn opens_after_threshold_and_closes_only_when_every_member_answered() {
         let g = group(2);
         let (a, b) = (g.join(), g.join());
-        assert_eq!(g.admit(), Admission::Call);
-        g.on_failure();
+        assert_eq!(g.admit(), Admission::Call(0));
+        g.on_failure(g.period());
         g.on_success();
-        g.on_failure();
-        assert_eq!(g.admit(), Admission::Call, "failures must be consecutive");
-        g.on_failure();
+        g.on_failure(g.period());
+        assert_eq!(g.admit(), Admission::Call(0), "failures must be consecutive");
+        g.on_failure(g.period());
         assert_eq!(g.admit(), Admission::Reject);
         let generation = g.watch().borrow().generation;
         assert_eq!(generation, 1);
@@ -290,7 +313,7 @@ mod tests {
         let g = group(1);
         let a = g.join();
         let b = g.join();
-        g.on_failure();
+        g.on_failure(g.period());
         drop(b);
         g.probe_answered(&a, 1);
         assert!(!g.is_open());
@@ -300,9 +323,9 @@ mod tests {
     fn an_answer_from_an_older_generation_does_not_close_a_newer_opening() {
         let g = group(1);
         let a = g.join();
-        g.on_failure();
+        g.on_failure(g.period());
         g.probe_answered(&a, 1);
-        g.trip();
+        g.trip(g.period());
         assert!(g.is_open());
         g.probe_answered(&a, 1);
         assert!(g.is_open());
@@ -314,11 +337,36 @@ mod tests {
     fn backoff_doubles_to_its_cap_and_resets_on_opening() {
         let g = group(1);
         let _a = g.join();
-        g.on_failure();
+        g.on_failure(g.period());
         assert_eq!(g.backoff(), Duration::from_millis(30));
         g.probe_failed();
         g.probe_failed();
         g.probe_failed();
         assert_eq!(g.backoff(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_call_admitted_before_the_last_close_does_not_reopen_it() {
+        let g = group(1);
+        let a = g.join();
+        let Admission::Call(before) = g.admit() else {
+            panic!("closed breaker must admit")
+        };
+        g.on_failure(g.period());
+        assert!(g.is_open());
+        g.probe_answered(&a, 1);
+        assert!(!g.is_open());
+        // A call admitted before the opening times out only now: it describes the old outage.
+        g.on_failure(before);
+        g.trip(before);
+        assert!(
+            !g.is_open(),
+            "a late failure from before the close must not reopen the breaker"
+        );
+        let Admission::Call(now) = g.admit() else {
+            panic!("closed breaker must admit")
+        };
+        g.on_failure(now);
+        assert!(g.is_open(), "a failure of a call admitted after the close counts");
     }
 }

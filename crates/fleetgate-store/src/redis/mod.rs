@@ -303,9 +303,9 @@ impl RedisStore {
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let breaker = &self.inner.health;
-        if breaker.admit() == Admission::Reject {
+        let Admission::Call(period) = breaker.admit() else {
             return Err(HealthGroup::rejection());
-        }
+        };
         let backend = &self.inner.backend;
         let attempt = async {
             let conn = match backend.conn() {
@@ -323,7 +323,7 @@ impl RedisStore {
         match &result {
             Err(err) if err.is_connectivity() => {
                 self.inner.scripts_stale.store(true, Ordering::Relaxed);
-                breaker.on_failure();
+                breaker.on_failure(period);
                 self.follow_primary();
             }
             Err(StoreError::Server(text)) if text.contains("READONLY") => {
@@ -915,10 +915,11 @@ impl StoreDriver for RedisStore {
     async fn health(&self) -> StoreHealth {
         let group = &self.inner.health;
         if !group.is_open() {
+            let period = group.period();
             return match self.ping_twice().await {
                 Ok(()) => StoreHealth::Ok,
                 Err(_) => {
-                    group.trip();
+                    group.trip(period);
                     StoreHealth::Down
                 }
             };

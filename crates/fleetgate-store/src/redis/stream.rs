@@ -211,9 +211,9 @@ impl RedisStore {
         block: Duration,
     ) -> StoreResult<Vec<StreamEntry>> {
         let health = &self.inner.health;
-        if health.admit() == super::Admission::Reject {
+        let super::Admission::Call(period) = health.admit() else {
             return Err(super::HealthGroup::rejection());
-        }
+        };
         let options = &self.inner.options;
         let idle = self.inner.readers.lock().pop();
         let mut conn = match idle {
@@ -232,11 +232,11 @@ impl RedisStore {
                 match tokio::time::timeout(options.connect_timeout, connect).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
-                        health.on_failure();
+                        health.on_failure(period);
                         return Err(map_error(&e));
                     }
                     Err(_) => {
-                        health.on_failure();
+                        health.on_failure(period);
                         return Err(StoreError::Timeout(options.connect_timeout));
                     }
                 }
@@ -265,12 +265,12 @@ impl RedisStore {
                 tracing::debug!(error = %describe(&e), "stream read failed");
                 let err = map_error(&e);
                 if err.is_connectivity() {
-                    health.on_failure();
+                    health.on_failure(period);
                 }
                 Err(err)
             }
             Err(_) => {
-                health.on_failure();
+                health.on_failure(period);
                 Err(StoreError::Timeout(bound))
             }
         }
