@@ -167,15 +167,19 @@ const NGINX: usize = 1;
 const REDIS: usize = 2;
 /// fleetgate on the Redis store with the limit in `mode: lease`.
 const LEASE: usize = 3;
+/// fleetgate on the Redis store with live events on and one SSE subscriber reading them
+/// (`gateway_redis_events`, against [`REDIS`], whose events are off).
+const EVENTS: usize = 4;
 /// Present when `FLEETGATE_BENCH_BASELINE` names an earlier fleetgate binary: it runs the
 /// in-process-store setup beside the binary under test, so a change's cost is a ratio from one
 /// run (`gateway_memory_limit_vs_baseline`).
-const BASELINE: usize = 4;
-const SIDES: [&str; 5] = [
+const BASELINE: usize = 5;
+const SIDES: [&str; 6] = [
     "fleetgate (memory store)",
     "nginx",
     "fleetgate (redis store)",
     "fleetgate (redis store, lease mode)",
+    "fleetgate (redis store, events on, one subscriber)",
     "fleetgate baseline (memory store)",
 ];
 
@@ -230,6 +234,23 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         workers: cpus.workers,
     };
     let fg_lease = Fleetgate::start(fleetgate_bin, &scratch, &lease_setup, upstream.port, cpus.proxy);
+    let events_setup = FleetgateSetup {
+        name: "fleetgate-redis-events",
+        store_url: redis.url(),
+        store_extra: "key_prefix: bench-events",
+        limit_extra: "",
+        limit: None,
+        workers: cpus.workers,
+    };
+    let fg_events = Fleetgate::start_with(
+        fleetgate_bin,
+        &scratch,
+        &events_setup,
+        upstream.port,
+        cpus.proxy,
+        procs::EVENTS_ON,
+    );
+    let subscriber = fg_events.subscribe_events();
     let baseline_bin = std::env::var_os("FLEETGATE_BENCH_BASELINE").filter(|v| !v.is_empty());
     let baseline_setup = FleetgateSetup {
         name: "fleetgate-baseline",
@@ -244,7 +265,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         );
         Fleetgate::start(bin, &scratch, &baseline_setup, upstream.port, cpus.proxy)
     });
-    let mut ports = vec![fg_memory.port, peer.port, fg_redis.port, fg_lease.port];
+    let mut ports = vec![fg_memory.port, peer.port, fg_redis.port, fg_lease.port, fg_events.port];
     ports.extend(fg_baseline.as_ref().map(|b| b.port));
     let sides = ports.len();
     eprintln!(
@@ -267,6 +288,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         peer.pids(),
         vec![fg_redis.pid()],
         vec![fg_lease.pid()],
+        vec![fg_events.pid()],
     ];
     proxy_pids.extend(fg_baseline.as_ref().map(|b| vec![b.pid()]));
     let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
@@ -283,8 +305,10 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             } + match side {
                 MEMORY => allowed(&fg_memory) as u64,
                 REDIS => evalsha_calls(&redis),
+                EVENTS => subscriber.received(),
                 _ => 0,
             };
+            let events_dropped_before = fg_events.metric_sum("fleetgate_events_dropped_total", "");
             let errors_before = fg_redis.metric_sum("fleetgate_store_errors_total", "");
             let fallback_before = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback");
             let cpu0 = procs::cpu_seconds(&proxy_pids[side]);
@@ -324,6 +348,22 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
                         calls >= w.requests,
                         "redis-server ran {calls} EVALSHA for {} requests",
                         w.requests
+                    );
+                }
+                EVENTS => {
+                    // Every request of the round reaches the subscriber (the stream is this
+                    // instance's alone: its own key prefix); give the publisher a moment.
+                    let dropped = fg_events.metric_sum("fleetgate_events_dropped_total", "") - events_dropped_before;
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while subscriber.received() - before < w.requests && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let received = subscriber.received() - before;
+                    assert!(
+                        dropped == 0.0 && received >= w.requests,
+                        "fleetgate (events): the subscriber received {received} events for {} requests ({dropped} dropped); log:\n{}",
+                        w.requests,
+                        fg_events.log()
                     );
                 }
                 _ => {}
@@ -386,6 +426,13 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         "fleetgate on the in-process store (gateway_memory_limit), same run",
         medians[MEMORY],
     );
+    report::ratio(
+        "gateway_redis_events",
+        medians[EVENTS],
+        "req/s",
+        "fleetgate on the Redis store with events off (gateway_redis_limit), same run",
+        medians[REDIS],
+    );
     if let (Some(bin), Some(&base)) = (&baseline_bin, medians.get(BASELINE)) {
         eprintln!(
             "gateway: baseline {}: median {base:.0} req/s, CPU per request {:.1} µs",
@@ -401,6 +448,8 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         );
     }
     drop(fg_baseline);
+    drop(subscriber);
+    drop(fg_events);
     drop(fg_lease);
     drop(fg_redis);
     drop(redis);

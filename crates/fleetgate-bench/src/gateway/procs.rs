@@ -374,6 +374,12 @@ impl Drop for Nginx {
     }
 }
 
+/// Live events off: every setup measures its limit alone unless it turns events on
+/// (`Fleetgate::start_with` with [`EVENTS_ON`]).
+pub const EVENTS_OFF: &str = "events: { enabled: false }\n";
+/// Live events on (the gateway's default), for the `gateway_redis_events` side.
+pub const EVENTS_ON: &str = "events: { enabled: true }\n";
+
 /// The bench's limit: decided on every request, never reached.
 pub const NEVER_REACHED: &str = "name: never, key: ip, rate: 100000000/100s";
 
@@ -407,11 +413,11 @@ impl Fleetgate {
         upstream_port: u16,
         cpus: Option<&str>,
     ) -> Fleetgate {
-        Fleetgate::start_with(binary, scratch, setup, upstream_port, cpus, "")
+        Fleetgate::start_with(binary, scratch, setup, upstream_port, cpus, EVENTS_OFF)
     }
 
-    /// [`start`](Self::start) with `sections` (top-level YAML, e.g. a `tls:` section) added to
-    /// the configuration.
+    /// [`start`](Self::start) with `sections` (top-level YAML, e.g. a `tls:` section, and
+    /// [`EVENTS_OFF`] or [`EVENTS_ON`]) added to the configuration.
     pub fn start_with(
         binary: &Path,
         scratch: &Scratch,
@@ -500,6 +506,12 @@ routes:
             .sum()
     }
 
+    /// Subscribes to `GET /events` on the admin listener and reads it until dropped, counting
+    /// the events received (one `data:` line each).
+    pub fn subscribe_events(&self) -> EventSubscriber {
+        EventSubscriber::start(self.admin_port)
+    }
+
     /// The process's log so far (errors only, at `log.level: error`).
     pub fn log(&self) -> String {
         read_or_empty(&self.log)
@@ -509,5 +521,50 @@ routes:
 impl Drop for Fleetgate {
     fn drop(&mut self) {
         stop(&mut self.child);
+    }
+}
+
+/// One SSE client of `GET /events`: a thread reading the stream and counting its events.
+pub struct EventSubscriber {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stream: std::net::TcpStream,
+}
+
+impl EventSubscriber {
+    fn start(admin_port: u16) -> EventSubscriber {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(loopback(admin_port)).expect("connect to the admin listener");
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+            .expect("send GET /events");
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (count, mut reader) = (received.clone(), stream.try_clone().expect("clone the SSE stream"));
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            // `data:` at the start of a line; a line may straddle two reads, so keep the tail.
+            let mut carry: Vec<u8> = Vec::new();
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                carry.extend_from_slice(&buf[..n]);
+                let seen = carry.windows(6).filter(|w| w == b"\ndata:").count() as u64;
+                count.fetch_add(seen, std::sync::atomic::Ordering::Relaxed);
+                let keep = carry.len().min(5);
+                carry.drain(..carry.len() - keep);
+            }
+        });
+        EventSubscriber { received, stream }
+    }
+
+    /// Events received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for EventSubscriber {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }

@@ -4,7 +4,7 @@
 //! P-256, made here with rcgen); rotated rounds, medians. Every fleetgate round is checked: the
 //! limit decided at least as many requests as h2load counted.
 
-use super::procs::{Fleetgate, FleetgateSetup, Nginx, Scratch};
+use super::procs::{Fleetgate, FleetgateSetup, Nginx, Scratch, EVENTS_OFF};
 use super::{h2load, median, Cpus, ROUND, ROUNDS, WARM};
 use crate::report;
 use fleetgate_testkit::free_port;
@@ -32,7 +32,7 @@ pub(super) fn tls_rounds(fleetgate_bin: &Path, scratch: &Scratch, cpus: &Cpus, u
     );
     let fg_tls_port = free_port();
     let sections = format!(
-        "tls:\n  listen: 127.0.0.1:{fg_tls_port}\n  certificates:\n    - {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+        "{EVENTS_OFF}tls:\n  listen: 127.0.0.1:{fg_tls_port}\n  certificates:\n    - {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
         cert_file.display(),
         key_file.display()
     );
