@@ -1,5 +1,5 @@
 //! Builds the identifier a limit counts by, from the parts its `key` names (ip, header:NAME,
-//! cookie:NAME, route, global). Header and cookie values are taken as raw bytes, UTF-8 or not:
+//! cookie:NAME, route, global, payer, json:FIELD, form:FIELD). Header and cookie values are taken as raw bytes, UTF-8 or not:
 //! the store hashes whatever arrives into a bounded key.
 
 use crate::KeyPart;
@@ -77,6 +77,18 @@ pub fn identify(key: &[KeyPart], req: &Parts, client_ip: IpAddr, route: &str) ->
                         }
                         None => return Identity::Missing("payer (a payment header or payment session)".into()),
                     },
+                }
+            }
+            KeyPart::Body(field) => {
+                let body = req.extensions.get::<crate::body_fields::BufferedBody>();
+                match field.value(body) {
+                    Some(value) => {
+                        out.extend_from_slice(b"b=");
+                        out.extend_from_slice(field.name.as_bytes());
+                        out.push(b'=');
+                        out.extend_from_slice(&value);
+                    }
+                    None => return Identity::Missing(format!("body field {part}")),
                 }
             }
         }

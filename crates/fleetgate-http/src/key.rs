@@ -8,6 +8,7 @@
 //! configuration crate uses the relative path to name and locate the field; the format of the
 //! file stays its business.
 
+use crate::body_fields::{BodyField, BodyFormat};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -76,16 +77,27 @@ pub enum KeyPart {
     /// The payer (`payer`): of the request's payment session cookie, else the payer its x402
     /// payment header declares (rate limits run before the payment gate verifies it).
     Payer,
+    /// A field of the request body (`json:FIELD`, `form:FIELD`), read up to the limit's
+    /// `body_limit` (see [`crate::body_fields`]).
+    Body(crate::body_fields::BodyField),
 }
 
 impl KeyPart {
     /// The accepted forms, for error messages.
     pub const ACCEPTED: &'static str =
-        "ip, header:NAME, cookie:NAME, route, global, payer, or a list of these (e.g. [ip, header:x-api-key])";
+        "ip, header:NAME, cookie:NAME, route, global, payer, json:FIELD, form:FIELD, or a list of these (e.g. [ip, header:x-api-key])";
 
-    /// Whether a request can lack this part (headers and cookies can be absent).
+    /// Whether a request can lack this part (headers, cookies and body fields can be absent).
     pub fn can_be_missing(&self) -> bool {
-        matches!(self, KeyPart::Header(_) | KeyPart::Cookie(_) | KeyPart::Payer)
+        matches!(
+            self,
+            KeyPart::Header(_) | KeyPart::Cookie(_) | KeyPart::Payer | KeyPart::Body(_)
+        )
+    }
+
+    /// Whether this part is read from the request body (the gateway then reads the body first).
+    pub fn reads_body(&self) -> bool {
+        matches!(self, KeyPart::Body(_))
     }
 
     /// Reads one form as the file writes it (surrounding spaces allowed).
@@ -100,6 +112,8 @@ impl KeyPart {
             },
             Some(("header", n)) if is_token(n) => KeyPart::Header(n.to_ascii_lowercase()),
             Some(("cookie", n)) if is_token(n) => KeyPart::Cookie(n.to_string()),
+            Some(("json", n)) => KeyPart::Body(BodyField::parse(BodyFormat::Json, n)?),
+            Some(("form", n)) => KeyPart::Body(BodyField::parse(BodyFormat::Form, n)?),
             Some(_) => return None,
         })
     }
@@ -121,6 +135,10 @@ impl fmt::Display for KeyPart {
             KeyPart::Route => f.write_str("route"),
             KeyPart::Global => f.write_str("global"),
             KeyPart::Payer => f.write_str("payer"),
+            KeyPart::Body(field) => match field.format {
+                BodyFormat::Json => write!(f, "json:{}", field.name),
+                BodyFormat::Form => write!(f, "form:{}", field.name),
+            },
         }
     }
 }
@@ -146,7 +164,7 @@ pub(crate) fn key<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyPart>, D::Er
     impl<'de> Visitor<'de> for V {
         type Value = Vec<KeyPart>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a key form (ip, header:NAME, cookie:NAME, route, global, payer) or a list of them")
+            f.write_str("a key form (ip, header:NAME, cookie:NAME, route, global, payer, json:FIELD, form:FIELD) or a list of them")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(vec![part(v, "", &[])?])

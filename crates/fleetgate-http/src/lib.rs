@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod body_fields;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;

@@ -162,6 +162,7 @@ pub fn build_gateway_sharing(
                 events.as_ref(),
             )?),
             metrics: RouteMetrics::new(&r.name),
+            read_body_ahead: crate::route::read_body_ahead(config, r),
         });
     }
     // Certificates are read and checked here, so that `fleetgate check` refuses what start would.

@@ -196,6 +196,20 @@ impl Gateway {
             cx.started = Some(started);
             (parts.method.clone(), parts.uri.path().to_string())
         });
+        // Key forms that read the body (`json:`, `form:`) find its first bytes in the
+        // request's extensions; the proxy sends them on, then the rest.
+        let body = match route.read_body_ahead {
+            Some(cap) if !body.is_end_stream() => {
+                match crate::client_body::read_prefix(body, cap, self.body_idle_timeout).await {
+                    Ok((buffered, body)) => {
+                        parts.extensions.insert(buffered);
+                        body
+                    }
+                    Err(e) => return read_ahead_refusal(e),
+                }
+            }
+            _ => crate::client_body::ClientBody::streaming(body),
+        };
         let mut answered_by_stage = false;
         let mut upstream_target = None;
         let mut tunnel = None;
@@ -307,7 +321,7 @@ impl Gateway {
         idx: usize,
         upstream: &Upstream,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: crate::client_body::ClientBody,
         peer: SocketAddr,
         ip: std::net::IpAddr,
         chunked: bool,
@@ -594,6 +608,31 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The answer to a request whose body could not be read ahead for the pipeline.
+fn read_ahead_refusal(e: crate::client_body::ReadAheadError) -> Response<GatewayBody> {
+    use crate::client_body::ReadAheadError;
+    let mut resp = match e {
+        ReadAheadError::Idle(bound) => {
+            let msg = format!("no request body bytes arrived for {} ms", bound.as_millis());
+            json_error(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", &msg, &[])
+        }
+        ReadAheadError::Client(e) => {
+            tracing::debug!(error = %e, "request body from the client failed");
+            crate::telemetry::request_refused("bad_request_body");
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body could not be read (malformed chunked encoding, or the body ended early)",
+                &[],
+            )
+        }
+    };
+    // The rest of the body is not going to be read.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The request's `Content-Length` (hyper has checked it: one value, digits only), and whether

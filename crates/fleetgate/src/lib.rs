@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod balance;
 pub mod body;
 pub mod build;
+pub mod client_body;
 pub mod correlation;
 pub mod dashboard;
 pub mod facilitator;

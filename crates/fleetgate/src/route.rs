@@ -28,6 +28,25 @@ pub struct Route {
     /// with the response bodies whose complete phase runs when they end.
     pub pipeline: std::sync::Arc<RoutePipeline>,
     pub metrics: RouteMetrics,
+    /// How many request-body bytes to read before the pipeline runs (the largest `body_limit`
+    /// of a limit whose key reads the body: `json:` or `form:`); `None`: the body streams.
+    pub read_body_ahead: Option<usize>,
+}
+
+/// [`Route::read_body_ahead`] for `route`: its own limits and the global ones.
+pub fn read_body_ahead(config: &fleetgate_config::Config, route: &RouteConfig) -> Option<usize> {
+    let rate = route
+        .rate_limits
+        .iter()
+        .chain(&config.global_rate_limits)
+        .filter(|l| l.key.iter().any(fleetgate_http::KeyPart::reads_body))
+        .map(|l| l.body_limit);
+    let concurrency = route
+        .concurrency_limits
+        .iter()
+        .filter(|l| l.key.iter().any(fleetgate_http::KeyPart::reads_body))
+        .map(|_| fleetgate_http::body_fields::DEFAULT_BODY_LIMIT);
+    rate.chain(concurrency).max()
 }
 
 impl Route {

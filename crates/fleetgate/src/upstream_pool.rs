@@ -535,14 +535,14 @@ pin_project_lite::pin_project! {
     /// and telling its connection when it has gone whole.
     pub struct OutboundBody {
         #[pin]
-        inner: Incoming,
+        inner: crate::client_body::ClientBody,
         // `None` once sent whole (or when there was nothing to send).
         shared: Option<Arc<ConnShared>>,
     }
 }
 
 impl OutboundBody {
-    pub fn new(inner: Incoming) -> Self {
+    pub fn new(inner: crate::client_body::ClientBody) -> Self {
         OutboundBody { inner, shared: None }
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 /// One rate limit, global or on a route.
 ///
 /// Deserializes from `{ name, key, rate, burst, algorithm, cost, on_store_error,
-/// on_missing_key, ipv6_prefix }` (unknown fields refused; errors follow
+/// on_missing_key, ipv6_prefix, mode, lease, count_statuses, body_limit }` (unknown fields refused; errors follow
 /// [`crate::key::FIELD_MARK`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Written")]
@@ -37,6 +37,9 @@ pub struct RateLimitConfig {
     /// the upstream (refused with 429 once the budget is spent); a request is charged then,
     /// and given back in the response phase when its status is not one of these.
     pub count_statuses: Vec<u16>,
+    /// `body_limit`: most request-body bytes a `json:` or `form:` key part reads (default
+    /// 16 KiB, at most 1 MiB). A longer body gives no value: the missing-key rule applies.
+    pub body_limit: usize,
 }
 
 /// How a limit decides.
@@ -89,6 +92,28 @@ struct Written {
     lease: Option<WrittenLease>,
     #[serde(default)]
     count_statuses: Option<Vec<i64>>,
+    #[serde(default)]
+    body_limit: Option<i64>,
+}
+
+/// `body_limit` as written: bytes, only beside a key that reads the body.
+fn body_limit(written: Option<i64>, key: &[KeyPart]) -> Result<usize, String> {
+    use crate::body_fields::{DEFAULT_BODY_LIMIT, MAX_BODY_LIMIT};
+    let Some(n) = written else {
+        return Ok(DEFAULT_BODY_LIMIT);
+    };
+    if !key.iter().any(KeyPart::reads_body) {
+        return Err(key::marked(
+            ".body_limit",
+            "body_limit is only read beside a key that reads the body; accepted: a json:FIELD or form:FIELD key part with it, or no body_limit",
+        ));
+    }
+    usize::try_from(n).ok().filter(|n| (1..=MAX_BODY_LIMIT).contains(n)).ok_or_else(|| {
+        key::marked(
+            ".body_limit",
+            format!("{n} is out of range; accepted: a whole number of bytes from 1 to {MAX_BODY_LIMIT} (default {DEFAULT_BODY_LIMIT})"),
+        )
+    })
 }
 
 /// `count_statuses` as written: a non-empty list of statuses from 100 to 599.
@@ -184,7 +209,9 @@ impl TryFrom<Written> for RateLimitConfig {
                 ),
             )
         })?;
+        let body_limit = body_limit(w.body_limit, &w.key)?;
         Ok(RateLimitConfig {
+            body_limit,
             name: w.name,
             key: w.key,
             limit,

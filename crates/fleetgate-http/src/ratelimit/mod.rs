@@ -33,6 +33,7 @@ impl RateLimitConfig {
             ipv6_prefix: 64,
             mode: LimitMode::Exact,
             count_statuses: Vec::new(),
+            body_limit: crate::body_fields::DEFAULT_BODY_LIMIT,
         }
     }
 }

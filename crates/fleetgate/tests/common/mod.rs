@@ -359,6 +359,22 @@ async fn answer(
             let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
             return Response::new(full(format!("received {body}")));
         }
+        "/login" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            if text.contains("\"pass\":\"right\"") || text.split('&').any(|p| p == "pass=right") {
+                return Response::new(full("welcome"));
+            }
+            return Response::builder()
+                .status(401)
+                .body(full(format!("denied: {text}")))
+                .unwrap();
+        }
         "/echo" => {
             let body = req
                 .into_body()
