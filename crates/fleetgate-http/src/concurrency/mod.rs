@@ -6,6 +6,7 @@ mod limiter;
 
 pub use config::ConcurrencyLimitConfig;
 pub use limiter::{ConcurrencyLimiter, PermitGuard};
+pub(crate) use limiter::{release_in_background, Holder as PermitHolder};
 
 use crate::context::RequestCtx;
 use crate::error::StageError;
