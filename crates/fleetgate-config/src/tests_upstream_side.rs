@@ -47,34 +47,92 @@ fn throttle_and_breaker_values() {
     .unwrap();
     let u = &c.upstreams["m"];
     let t = u.throttle.as_ref().unwrap();
-    assert_eq!((t.burst, t.concurrency, t.max_wait), (4, Some(2), Duration::from_millis(500)));
+    assert_eq!(
+        (t.burst, t.concurrency, t.max_wait),
+        (4, Some(2), Duration::from_millis(500))
+    );
     assert_eq!(t.on_store_error, FailurePolicy::Closed);
     let b = u.breaker.as_ref().unwrap();
     assert_eq!(b.max_cooldown, Duration::from_secs(600));
     assert_eq!(
         b.key,
-        vec![BreakerKeyPart::Header("x-account".into()), BreakerKeyPart::Header("x-model".into())]
+        vec![
+            BreakerKeyPart::Header("x-account".into()),
+            BreakerKeyPart::Header("x-model".into())
+        ]
     );
 }
 
 #[test]
 fn bad_throttles_are_refused_with_the_field() {
-    refused("    throttle: { rate: 0/s }\n", "upstreams.m.throttle.rate", "a rate of 0 would never let a call go");
-    refused("    throttle: { burst: 2 }\n", "upstreams.m.throttle.rate", "missing required field");
-    refused("    throttle: { rate: 5/s, burst: 0 }\n", "upstreams.m.throttle.burst", "from 1 to 100000");
-    refused("    throttle: { rate: 5/s, concurrency: 0 }\n", "upstreams.m.throttle.concurrency", "from 1");
-    refused("    throttle: { rate: 5/s, max_wait: 2h }\n", "upstreams.m.throttle.max_wait", "longer than 1h");
-    refused("    throttle: { rate: 5/s, max_wait: 10 }\n", "upstreams.m.throttle.max_wait", "duration");
-    refused("    throttle: { rate: 5/s, wait: 1s }\n", "upstreams.m.throttle.wait", "unknown field");
-    refused("    throttle: { rate: 5/s, on_store_error: maybe }\n", "upstreams.m.throttle.on_store_error", "open, closed, local");
+    refused(
+        "    throttle: { rate: 0/s }\n",
+        "upstreams.m.throttle.rate",
+        "a rate of 0 would never let a call go",
+    );
+    refused(
+        "    throttle: { burst: 2 }\n",
+        "upstreams.m.throttle.rate",
+        "missing required field",
+    );
+    refused(
+        "    throttle: { rate: 5/s, burst: 0 }\n",
+        "upstreams.m.throttle.burst",
+        "from 1 to 100000",
+    );
+    refused(
+        "    throttle: { rate: 5/s, concurrency: 0 }\n",
+        "upstreams.m.throttle.concurrency",
+        "from 1",
+    );
+    refused(
+        "    throttle: { rate: 5/s, max_wait: 2h }\n",
+        "upstreams.m.throttle.max_wait",
+        "longer than 1h",
+    );
+    refused(
+        "    throttle: { rate: 5/s, max_wait: 10 }\n",
+        "upstreams.m.throttle.max_wait",
+        "duration",
+    );
+    refused(
+        "    throttle: { rate: 5/s, wait: 1s }\n",
+        "upstreams.m.throttle.wait",
+        "unknown field",
+    );
+    refused(
+        "    throttle: { rate: 5/s, on_store_error: maybe }\n",
+        "upstreams.m.throttle.on_store_error",
+        "open, closed, local",
+    );
 }
 
 #[test]
 fn bad_breakers_are_refused_with_the_field() {
-    refused("    breaker: { failures: 0 }\n", "upstreams.m.breaker.failures", "from 1 to 1000");
-    refused("    breaker: { cooldown: soon }\n", "upstreams.m.breaker.cooldown", "not a duration");
-    refused("    breaker: { key: [target, ip] }\n", "upstreams.m.breaker.key[1]", "unknown breaker key part");
-    refused("    breaker: { key: [target, target] }\n", "upstreams.m.breaker.key[1]", "listed twice");
+    refused(
+        "    breaker: { failures: 0 }\n",
+        "upstreams.m.breaker.failures",
+        "from 1 to 1000",
+    );
+    refused(
+        "    breaker: { cooldown: soon }\n",
+        "upstreams.m.breaker.cooldown",
+        "not a duration",
+    );
+    refused(
+        "    breaker: { key: [target, ip] }\n",
+        "upstreams.m.breaker.key[1]",
+        "unknown breaker key part",
+    );
+    refused(
+        "    breaker: { key: [target, target] }\n",
+        "upstreams.m.breaker.key[1]",
+        "listed twice",
+    );
     refused("    breaker: { key: [] }\n", "upstreams.m.breaker.key", "no part");
-    refused("    breaker: { trip: 3 }\n", "upstreams.m.breaker.trip", "unknown field");
+    refused(
+        "    breaker: { trip: 3 }\n",
+        "upstreams.m.breaker.trip",
+        "unknown field",
+    );
 }

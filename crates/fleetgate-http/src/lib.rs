@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod breaker;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;
@@ -40,8 +41,8 @@ pub mod refusal;
 pub mod stage;
 pub mod store_ctx;
 pub mod throttle;
-pub mod breaker;
 
+pub use breaker::{BreakerConfig, Breakers};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{Completion, Principal, RequestCtx};
@@ -58,4 +59,3 @@ pub use refusal::Refusal;
 pub use stage::{Flow, Stage, Then};
 pub use store_ctx::{Decided, StageStore, StoreCtx};
 pub use throttle::{Throttle, ThrottleConfig, ThrottleLayer};
-pub use breaker::{BreakerConfig, Breakers};

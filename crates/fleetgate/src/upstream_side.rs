@@ -29,9 +29,11 @@ pub struct UpstreamSide {
 impl UpstreamSide {
     pub fn build(keyspace: &Keyspace, name: &str, u: &fleetgate_config::UpstreamConfig) -> Result<Self, BuildError> {
         let throttle = match &u.throttle {
-            Some(t) => Some(Arc::new(
-                Throttle::new(keyspace, name, t).map_err(|e| BuildError::new(format!("upstreams.{name}.throttle: {e}")))?,
-            )),
+            Some(t) => {
+                Some(Arc::new(Throttle::new(keyspace, name, t).map_err(|e| {
+                    BuildError::new(format!("upstreams.{name}.throttle: {e}"))
+                })?))
+            }
             None => None,
         };
         // A probe's claim outlives the probe itself (bounded by the request timeout).

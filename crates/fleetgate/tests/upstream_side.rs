@@ -67,7 +67,11 @@ fn three_instances_keep_one_pace_and_every_caller_gets_through() {
     let cfg = config(&redis.url(), &upstream, side);
     let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
     let statuses = concurrent(&[a.addr(), b.addr(), c.addr()], 60);
-    assert_eq!(count(&statuses, 200), 60, "every caller waits for its slot: {statuses:?}");
+    assert_eq!(
+        count(&statuses, 200),
+        60,
+        "every caller waits for its slot: {statuses:?}"
+    );
     assert_eq!(upstream.count(), 60);
     // gcra at 5/s with burst 1: within any 1 s, at most 5 spaced calls plus the burst's 1.
     // Three instances pacing alone would send 15 a second.
@@ -121,7 +125,11 @@ fn a_breaker_tripped_through_one_instance_holds_on_the_others() {
         let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=3).contains(&retry), "the upstream's Retry-After 3 holds: {retry}");
     }
-    assert_eq!(upstream.count(), 4, "B and C called the upstream while its breaker was open");
+    assert_eq!(
+        upstream.count(),
+        4,
+        "B and C called the upstream while its breaker was open"
+    );
     let listed = http_get(b.admin_addr(), "/breakers", &[]).unwrap().json();
     let open = listed["open"].as_array().unwrap();
     assert_eq!(open.len(), 1, "{listed}");
@@ -170,7 +178,11 @@ fn with_redis_down_each_instance_paces_and_breaks_for_itself_then_recovers() {
     assert_eq!(a.get("/m", &[]).status, 503, "A's breaker is open");
     assert_eq!(upstream.count(), before);
     upstream.answer(200, None);
-    assert_eq!(b.get("/m", &[]).status, 200, "B's breaker is its own while the store is down");
+    assert_eq!(
+        b.get("/m", &[]).status,
+        200,
+        "B's breaker is its own while the store is down"
+    );
     assert_eq!(upstream.count(), before + 1);
     // Redis back (empty): the throttle decides in the store again, no restart.
     redis.restart();

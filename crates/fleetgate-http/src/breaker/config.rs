@@ -106,10 +106,12 @@ fn default_key() -> Vec<BreakerKeyPart> {
 
 fn failures<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = Option::<i64>::deserialize(d)?.unwrap_or(5);
-    u32::try_from(n)
-        .ok()
-        .filter(|n| (1..=1000).contains(n))
-        .ok_or_else(|| error_at("", format!("{n} is out of range; accepted: a whole number from 1 to 1000 (default 5)")))
+    u32::try_from(n).ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+        error_at(
+            "",
+            format!("{n} is out of range; accepted: a whole number from 1 to 1000 (default 5)"),
+        )
+    })
 }
 
 fn cooldown<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -130,11 +132,17 @@ fn key<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BreakerKeyPart>, D::Error>
         let p = BreakerKeyPart::parse(text).ok_or_else(|| {
             error_at(
                 at,
-                format!("unknown breaker key part {text:?}; accepted: {}", BreakerKeyPart::ACCEPTED),
+                format!(
+                    "unknown breaker key part {text:?}; accepted: {}",
+                    BreakerKeyPart::ACCEPTED
+                ),
             )
         })?;
         if seen.contains(&p) {
-            return Err(error_at(at, format!("key part {text:?} is listed twice; accepted: each part once")));
+            return Err(error_at(
+                at,
+                format!("key part {text:?} is listed twice; accepted: each part once"),
+            ));
         }
         Ok(p)
     }

@@ -82,7 +82,9 @@ pub enum Admission {
 pub enum Outcome {
     Success,
     /// A failure; `retry_after` is the upstream's Retry-After, already capped.
-    Failure { retry_after: Option<Duration> },
+    Failure {
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Outcome {
@@ -98,9 +100,7 @@ impl Outcome {
                 }
                 _ => {}
             }
-            Outcome::Failure {
-                retry_after: ra.wait(),
-            }
+            Outcome::Failure { retry_after: ra.wait() }
         } else {
             Outcome::Success
         }
@@ -238,9 +238,14 @@ impl Breakers {
         self.missing
             .lock()
             .entry(text.clone())
-            .or_insert_with(|| counter!(BREAKER_MISSING_KEY, "upstream" => self.upstream.clone(), "part" => text.clone()))
+            .or_insert_with(
+                || counter!(BREAKER_MISSING_KEY, "upstream" => self.upstream.clone(), "part" => text.clone()),
+            )
             .increment(1);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         let last = self.last_missing_log_ms.load(Ordering::Relaxed);
         if now >= last + 1000
             && self
@@ -328,7 +333,9 @@ impl Breakers {
                     probe || e.failures >= self.failures
                 };
                 if trips {
-                    let cooldown = retry_after.map_or(self.cooldown, |r| r.max(self.cooldown)).min(self.max_cooldown);
+                    let cooldown = retry_after
+                        .map_or(self.cooldown, |r| r.max(self.cooldown))
+                        .min(self.max_cooldown);
                     self.trip(ctx, id, cooldown, probe).await;
                 }
             }
@@ -475,7 +482,8 @@ impl Breakers {
         match notice.open_ms {
             Some(ms) => {
                 e.failures = 0;
-                e.open_until = Some(Instant::now() + Duration::from_millis(ms.min(self.max_cooldown.as_millis() as u64)));
+                e.open_until =
+                    Some(Instant::now() + Duration::from_millis(ms.min(self.max_cooldown.as_millis() as u64)));
             }
             None => {
                 e.failures = 0;
@@ -530,7 +538,11 @@ impl Breakers {
             .states
             .lock()
             .values()
-            .filter_map(|e| e.open_until.filter(|u| *u > now).map(|u| (e.label.to_string(), u - now)))
+            .filter_map(|e| {
+                e.open_until
+                    .filter(|u| *u > now)
+                    .map(|u| (e.label.to_string(), u - now))
+            })
             .collect();
         out.sort();
         out
@@ -538,7 +550,10 @@ impl Breakers {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h [u8]> {
@@ -593,7 +608,15 @@ mod tests {
         let b = breakers(1, vec![BreakerKeyPart::Target]);
         let ctx = StoreCtx::new(MemoryStore::new(), "i1");
         let id = b.identify(&http::HeaderMap::new(), "http://a");
-        b.record(&ctx, &id, false, Outcome::Failure { retry_after: Some(Duration::from_secs(120)) }).await;
+        b.record(
+            &ctx,
+            &id,
+            false,
+            Outcome::Failure {
+                retry_after: Some(Duration::from_secs(120)),
+            },
+        )
+        .await;
         let Admission::Open { retry_after } = b.admit(&ctx, &id).await else {
             panic!("open")
         };

@@ -70,12 +70,21 @@ mod tests {
     #[test]
     fn seconds_dates_negative_and_enormous() {
         assert_eq!(read("3"), RetryAfter::Wait(Duration::from_secs(3)));
-        assert_eq!(read("Wed, 21 Oct 2015 07:28:10 GMT"), RetryAfter::Wait(Duration::from_secs(10)));
+        assert_eq!(
+            read("Wed, 21 Oct 2015 07:28:10 GMT"),
+            RetryAfter::Wait(Duration::from_secs(10))
+        );
         assert_eq!(read("Wed, 21 Oct 2015 07:27:00 GMT"), RetryAfter::None, "a past date");
         assert_eq!(read("-5"), RetryAfter::Unreadable);
         assert_eq!(read("soon"), RetryAfter::Unreadable);
-        assert_eq!(read("99999999999999999999999"), RetryAfter::Capped(Duration::from_secs(3600)));
+        assert_eq!(
+            read("99999999999999999999999"),
+            RetryAfter::Capped(Duration::from_secs(3600))
+        );
         assert_eq!(read("86400"), RetryAfter::Capped(Duration::from_secs(3600)));
-        assert_eq!(parse(&HeaderMap::new(), Duration::from_secs(1), SystemTime::now()), RetryAfter::None);
+        assert_eq!(
+            parse(&HeaderMap::new(), Duration::from_secs(1), SystemTime::now()),
+            RetryAfter::None
+        );
     }
 }

@@ -5,8 +5,8 @@ mod config;
 mod limiter;
 
 pub use config::ConcurrencyLimitConfig;
-pub use limiter::{ConcurrencyLimiter, PermitGuard};
 pub(crate) use limiter::{release_in_background, Holder as PermitHolder};
+pub use limiter::{ConcurrencyLimiter, PermitGuard};
 
 use crate::context::RequestCtx;
 use crate::error::StageError;

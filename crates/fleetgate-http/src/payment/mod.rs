@@ -31,9 +31,9 @@ mod facilitator;
 mod session;
 pub mod wire;
 
-pub use config::{Offer, PaymentConfig, SettleMode};
 /// Durations as the file writes them (`500ms`, `30s`), shared with the other concerns' configs.
 pub(crate) use config::parse_duration;
+pub use config::{Offer, PaymentConfig, SettleMode};
 pub use facilitator::{BoxFuture, Facilitator, FacilitatorClient, FacilitatorError, MAX_ANSWER_BYTES};
 
 use crate::context::{Principal, RequestCtx};

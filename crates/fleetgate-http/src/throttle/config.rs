@@ -71,12 +71,17 @@ fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
 
 fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = Option::<i64>::deserialize(d)?.unwrap_or(1);
-    u64::try_from(n).ok().filter(|n| (1..=100_000).contains(n)).ok_or_else(|| {
-        error_at(
-            "",
-            format!("{n} is out of range; accepted: a whole number from 1 to 100000 (default 1: calls evenly spaced)"),
-        )
-    })
+    u64::try_from(n)
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            error_at(
+                "",
+                format!(
+                    "{n} is out of range; accepted: a whole number from 1 to 100000 (default 1: calls evenly spaced)"
+                ),
+            )
+        })
 }
 
 fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -90,7 +95,9 @@ fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
         .ok_or_else(|| {
             error_at(
                 "",
-                format!("{n} is out of range; accepted: a whole number from 1 to 1000000, or no concurrency (no bound)"),
+                format!(
+                    "{n} is out of range; accepted: a whole number from 1 to 1000000, or no concurrency (no bound)"
+                ),
             )
         })
 }

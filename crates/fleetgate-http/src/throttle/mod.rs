@@ -170,7 +170,10 @@ impl std::fmt::Display for ThrottleRefusal {
                 max_wait.as_millis()
             ),
             ThrottleRefusal::StoreDown { upstream } => {
-                write!(f, "upstream {upstream}: the store is unavailable and the throttle's policy is closed")
+                write!(
+                    f,
+                    "upstream {upstream}: the store is unavailable and the throttle's policy is closed"
+                )
             }
         }
     }
@@ -367,7 +370,9 @@ impl Throttle {
                     Op::Permit,
                     async {
                         Ok((
-                            ctx.store.acquire_permit(&self.permit_key, &id, max, PERMIT_LEASE).await?,
+                            ctx.store
+                                .acquire_permit(&self.permit_key, &id, max, PERMIT_LEASE)
+                                .await?,
                             max,
                         ))
                     },
@@ -442,7 +447,11 @@ mod tests {
         let store = MemoryStore::with_clock(std::sync::Arc::new(clock));
         let mut waits = Vec::new();
         loop {
-            let d = store.rate(&t.slot_key, &t.pace.limit, 1).now_or_never().unwrap().unwrap();
+            let d = store
+                .rate(&t.slot_key, &t.pace.limit, 1)
+                .now_or_never()
+                .unwrap()
+                .unwrap();
             if !d.allowed {
                 assert!(d.retry_after > Duration::ZERO, "a refused place says when one opens");
                 break;
@@ -471,7 +480,11 @@ mod tests {
     fn the_local_pace_is_the_instance_share() {
         let t = throttle("6/s", 3, Duration::from_secs(2));
         let p = t.local_pace(3).unwrap();
-        assert_eq!(p.limit.interval_us(), 500_000, "6/s over 3 instances: one call per 500 ms");
+        assert_eq!(
+            p.limit.interval_us(),
+            500_000,
+            "6/s over 3 instances: one call per 500 ms"
+        );
         assert_eq!(p.at_once_us, 500_000, "burst 3 over 3 instances: 1");
     }
 

@@ -38,7 +38,10 @@ impl CountingUpstream {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (arr, ans) = (arrivals.clone(), answer.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let serve = async {
@@ -56,7 +59,9 @@ impl CountingUpstream {
                                     if let Some(r) = &a.retry_after {
                                         b = b.header("retry-after", r.as_str());
                                     }
-                                    Ok::<_, std::convert::Infallible>(b.body(Full::new(Bytes::from("counted"))).unwrap())
+                                    Ok::<_, std::convert::Infallible>(
+                                        b.body(Full::new(Bytes::from("counted"))).unwrap(),
+                                    )
                                 }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
