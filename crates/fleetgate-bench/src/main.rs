@@ -12,6 +12,8 @@
 //! * `gateway FLEETGATE_BINARY`: the gateway benchmarks (fleetgate vs nginx as rate-limiting
 //!   reverse proxies, latency added at a fixed rate, latency while the Redis store is stalled);
 //!   see [`gateway`].
+//! * `upstream FLEETGATE_BINARY`: the outbound throttle on Redis (`throttle_overhead`,
+//!   `throttle_accuracy`); see `gateway::upstream`.
 //! * `gateway-tls FLEETGATE_BINARY`: only `gateway_tls_memory_limit` (HTTPS through
 //!   fleetgate's TLS listener vs nginx terminating TLS).
 //! * `load HOST:PORT RATE SECONDS`: the gateway bench's open-loop generator on its own (64
@@ -36,7 +38,7 @@ mod store_memory;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | gateway-tls FLEETGATE_BINARY | load HOST:PORT RATE SECONDS | bare-proxy LISTEN UPSTREAM [WORKERS]";
+    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | gateway-tls FLEETGATE_BINARY | upstream FLEETGATE_BINARY | load HOST:PORT RATE SECONDS | bare-proxy LISTEN UPSTREAM [WORKERS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +46,13 @@ fn main() -> ExitCode {
         Some("store") => run_store(),
         Some("gateway") => match args.get(1) {
             Some(binary) => gateway::run(std::path::Path::new(binary)),
+            None => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("upstream") => match args.get(1) {
+            Some(binary) => gateway::run_upstream(std::path::Path::new(binary)),
             None => {
                 eprintln!("{USAGE}");
                 ExitCode::from(2)

@@ -161,3 +161,5 @@ pub fn parse_with_env(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_upstream_side;

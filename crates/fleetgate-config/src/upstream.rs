@@ -68,6 +68,12 @@ pub struct UpstreamConfig {
     /// Retries of idempotent requests on connect failures (`retries`).
     #[serde(default)]
     pub retries: Option<crate::upstream_policy::RetryConfig>,
+    /// A fleet-wide pace for calls to this upstream (`throttle`): callers wait, not 429.
+    #[serde(default)]
+    pub throttle: Option<fleetgate_http::ThrottleConfig>,
+    /// Fleet-wide circuit breakers, per target or per key (`breaker`).
+    #[serde(default)]
+    pub breaker: Option<fleetgate_http::BreakerConfig>,
 }
 
 /// One upstream target, `http://HOST:PORT` or `https://HOST:PORT`.

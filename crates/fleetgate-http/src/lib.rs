@@ -10,6 +10,8 @@
 //! | [`concurrency`] | requests in flight, with leased permits |
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
+//! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
+//! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
 //! | [`headers`] | request and response header rules (set, add, remove) |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
@@ -19,6 +21,7 @@
 
 pub mod body;
 pub mod body_fields;
+pub mod breaker;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;
@@ -38,7 +41,9 @@ pub mod ratelimit;
 pub mod refusal;
 pub mod stage;
 pub mod store_ctx;
+pub mod throttle;
 
+pub use breaker::{BreakerConfig, Breakers};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{Completion, Principal, RequestCtx};
@@ -54,3 +59,4 @@ pub use ratelimit::{RateLimitConfig, RateLimiter, RateLimits};
 pub use refusal::Refusal;
 pub use stage::{Flow, Stage, Then};
 pub use store_ctx::{Decided, StageStore, StoreCtx};
+pub use throttle::{Throttle, ThrottleConfig, ThrottleLayer};

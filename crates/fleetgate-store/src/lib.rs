@@ -9,6 +9,7 @@
 //! * [`MemoryStore`]: the in-process driver (default). [`RedisStore`]: the shared driver.
 //! * [`Store`]: either driver behind one type, built from a URL.
 //! * [`Keyspace`]: safe, namespaced, hashed keys.
+//! * [`lock::LeaseLock`]: lease locks with fencing tokens, one holder across a fleet.
 //! * [`StreamId`], [`StreamFrom`], [`StreamRead`]: bounded streams with ids (live events).
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ mod clock;
 mod error;
 mod keyspace;
 pub mod lease;
+pub mod lock;
 pub mod memory;
 mod rate;
 pub mod redis;

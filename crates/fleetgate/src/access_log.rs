@@ -47,6 +47,8 @@ pub struct Record {
     /// The response's `RateLimit` header: each limit passed and its units remaining.
     pub ratelimit: Option<String>,
     pub trace_id: Option<String>,
+    /// How long the upstream's throttle held the request before it went (`throttle`).
+    pub throttle_wait: Option<Duration>,
 }
 
 impl Record {
@@ -69,6 +71,7 @@ impl Record {
             refused_by: None,
             ratelimit: None,
             trace_id: None,
+            throttle_wait: None,
         })
     }
 
@@ -125,6 +128,7 @@ impl Record {
             "limit_error": self.refused_by.as_ref().map(|(_, e)| e),
             "ratelimit": self.ratelimit,
             "trace_id": self.trace_id,
+            "throttle_wait_ms": self.throttle_wait.map(ms),
         })
     }
 }

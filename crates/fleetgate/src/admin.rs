@@ -42,6 +42,7 @@ pub fn router_with(live: Arc<LiveGateway>, store: Store, extras: AdminExtras) ->
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/breakers", get(breakers))
         .route("/dashboard", get(crate::dashboard::page))
         .route("/dashboard/state", get(crate::dashboard::state))
         .route("/dashboard/login", axum::routing::post(crate::dashboard::login))
@@ -91,6 +92,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         };
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": why })))
     }
+}
+
+async fn breakers(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(crate::upstream_side::open_breakers(&s.live.current()))
 }
 
 async fn metrics() -> impl IntoResponse {

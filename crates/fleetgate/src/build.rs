@@ -113,7 +113,8 @@ pub fn build_gateway_sharing(
                     None => None,
                 },
                 u.retries.as_ref().map(|r| crate::retry::RetryPolicy::new(r, name)),
-            ),
+            )
+            .with_side(crate::upstream_side::UpstreamSide::build(keyspace, name, u)?),
         ));
     }
     // Live events: one sink for every route; the publisher takes the receiver at start.

@@ -129,6 +129,10 @@ impl Gateway {
                 .extensions()
                 .get::<fleetgate_http::refusal::RefusedBy>()
                 .map(|r| (r.limit.clone(), r.error));
+            record.throttle_wait = resp
+                .extensions()
+                .get::<crate::upstream_side::ThrottleWaited>()
+                .map(|w| w.0);
             record.ratelimit = resp
                 .headers()
                 .get(&fleetgate_http::rate_headers::RATELIMIT)
@@ -390,6 +394,12 @@ impl Gateway {
                 );
             }
         };
+        // The upstream side: the breaker (which target, if any), then the throttle (when).
+        let side = crate::upstream_side::before_call(worker, upstream, &parts.headers, t, set_cookie, guards).await;
+        let (t, set_cookie, breaker, throttle_wait) = match side {
+            Ok(go) => (go.target, go.set_cookie, go.breaker, go.throttle_wait),
+            Err(answer) => return (answer, Some(t)),
+        };
         let pool = &worker.pools[idx][t];
         // HTTP/2 to the target: for gRPC always; otherwise as the upstream's `protocol` (and,
         // under `auto`, an https target's ALPN) says. Upgrades stay HTTP/1.1.
@@ -515,6 +525,10 @@ impl Gateway {
         if upgrade.is_some() && !matches!(result, Ok(Ok(_))) {
             crate::telemetry::upgrade("failed");
         }
+        if let Some((id, probe)) = &breaker {
+            let outcome = crate::upstream_side::outcome(&result, upstream, client_body_failed);
+            crate::upstream_side::after_call(worker, upstream, id, *probe, outcome).await;
+        }
         let target_url = Some(t);
         match result {
             Err(_) => {
@@ -603,6 +617,9 @@ impl Gateway {
                 }
                 if let Some(cookie) = set_cookie {
                     parts.headers.append(header::SET_COOKIE, cookie);
+                }
+                if let Some(waited) = throttle_wait {
+                    parts.extensions.insert(crate::upstream_side::ThrottleWaited(waited));
                 }
                 (Response::from_parts(parts, body), target_url)
             }

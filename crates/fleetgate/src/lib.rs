@@ -34,3 +34,4 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod upstream_pool;
+pub mod upstream_side;

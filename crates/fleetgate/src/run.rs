@@ -209,6 +209,7 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
             }
         });
         let mut health_checks = spawn_health_checks(&gateway);
+        health_checks.extend(crate::upstream_side::spawn_listeners(&gateway, &admin_store));
         if let (Some(tls), Some(listener)) = (&gateway.tls, &config.tls) {
             tokio::spawn(crate::tls::reload::watch(
                 listener.certificates.clone(),
@@ -256,6 +257,7 @@ pub fn run_with_reload(config: Config, config_file: Option<std::path::PathBuf>) 
                     h.abort();
                 }
                 health_checks = spawn_health_checks(&live.current());
+                health_checks.extend(crate::upstream_side::spawn_listeners(&live.current(), &admin_store));
             }
         }
         let gateway = live.current();

@@ -60,6 +60,8 @@ pub struct Upstream {
     pub affinity: Option<crate::affinity::Affinity>,
     /// Retries on connect failures (`retries`).
     pub retry: Option<crate::retry::RetryPolicy>,
+    /// The upstream side's fleet-wide concerns: throttle and breakers.
+    pub side: crate::upstream_side::UpstreamSide,
 }
 
 impl Upstream {
@@ -106,7 +108,14 @@ impl Upstream {
             least_request: None,
             affinity: None,
             retry: None,
+            side: Default::default(),
         }
+    }
+
+    /// Sets the throttle and breakers (`throttle`, `breaker`).
+    pub fn with_side(mut self, side: crate::upstream_side::UpstreamSide) -> Self {
+        self.side = side;
+        self
     }
 
     /// Sets how targets are chosen and retried.

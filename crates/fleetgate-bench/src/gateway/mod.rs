@@ -49,7 +49,10 @@ mod h2load;
 mod openloop;
 mod procs;
 mod tls;
+mod upstream;
 mod wrk;
+
+pub use upstream::run as run_upstream;
 
 use crate::redis_bench::pin;
 use crate::report;

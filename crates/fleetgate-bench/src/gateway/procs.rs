@@ -454,15 +454,37 @@ routes:
             url = setup.store_url,
             limit = setup.limit.unwrap_or(NEVER_REACHED),
         );
-        let path = scratch.dir.join(format!("{}.yaml", setup.name));
-        std::fs::write(&path, &config).expect("write the fleetgate config");
-        let log = scratch.dir.join(format!("{}.log", setup.name));
+        Fleetgate::start_config(binary, scratch, setup.name, &config, setup.workers, cpus)
+    }
+
+    /// A fleetgate process on `config` (the whole file) named `name`; waits until it is ready
+    /// and `GET /` answers `200 ok`.
+    pub fn start_config(
+        binary: &Path,
+        scratch: &Scratch,
+        name: &str,
+        config: &str,
+        workers: usize,
+        cpus: Option<&str>,
+    ) -> Fleetgate {
+        let admin_port = config
+            .split("admin: { listen: 127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u16>().ok())
+            .expect("the config names its admin port as `admin: { listen: 127.0.0.1:PORT }`");
+        let port = config
+            .strip_prefix("listen: 127.0.0.1:")
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u16>().ok())
+            .expect("the config starts with `listen: 127.0.0.1:PORT`");
+        let path = scratch.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).expect("write the fleetgate config");
+        let log = scratch.dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("create the fleetgate log");
         let err = out.try_clone().expect("clone the log handle");
         let child = command(binary, cpus)
             .arg("--config")
             .arg(&path)
-            .env("FLEETGATE_WORKERS", setup.workers.to_string())
+            .env("FLEETGATE_WORKERS", workers.to_string())
             .env_remove("REDIS_URL")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -477,13 +499,13 @@ routes:
             log,
         };
         let log = fg.log.clone();
-        wait_for(&mut fg.child, admin_port, "/readyz", 200, setup.name, || {
+        wait_for(&mut fg.child, admin_port, "/readyz", 200, name, || {
             format!("{config}\nlog:\n{}", read_or_empty(&log))
         });
         // One request through the whole path: route, limit, proxy.
         match http_get(port, "/") {
             Some((200, body)) if body == "ok" => {}
-            other => panic!("{}: GET / answered {other:?}, expected 200 ok", setup.name),
+            other => panic!("{name}: GET / answered {other:?}, expected 200 ok"),
         }
         fg
     }

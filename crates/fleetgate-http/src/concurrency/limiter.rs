@@ -25,7 +25,7 @@ pub struct ConcurrencyLimiter {
 
 /// Where a permit is held: the shared store, or the in-process fallback.
 #[derive(Clone)]
-enum Holder<D> {
+pub(crate) enum Holder<D> {
     Shared(D),
     Local(MemoryStore),
 }
@@ -47,7 +47,7 @@ impl<D: StageStore> Holder<D> {
 
 /// Gives back a permit that a timed-out call may have taken: at once, or, if the store is
 /// unusable now, once it is usable again (within the lease, after which it expires anyway).
-fn release_in_background<D: StageStore>(store: D, key: StoreKey, permit: String, lease: Duration) {
+pub(crate) fn release_in_background<D: StageStore>(store: D, key: StoreKey, permit: String, lease: Duration) {
     if store.in_process() {
         return;
     }
@@ -84,7 +84,14 @@ pub struct PermitGuard<D: StageStore> {
 }
 
 impl<D: StageStore> PermitGuard<D> {
-    fn new(holder: Holder<D>, key: StoreKey, id: String, max: u64, lease: Duration, renewals: RenewalMetrics) -> Self {
+    pub(crate) fn new(
+        holder: Holder<D>,
+        key: StoreKey,
+        id: String,
+        max: u64,
+        lease: Duration,
+        renewals: RenewalMetrics,
+    ) -> Self {
         let (h, k, i) = (holder.clone(), key.clone(), id.clone());
         let every = (lease / 2).max(Duration::from_millis(10));
         let renewal = tokio::spawn(async move {

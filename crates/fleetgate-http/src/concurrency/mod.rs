@@ -5,6 +5,7 @@ mod config;
 mod limiter;
 
 pub use config::ConcurrencyLimitConfig;
+pub(crate) use limiter::{release_in_background, Holder as PermitHolder};
 pub use limiter::{ConcurrencyLimiter, PermitGuard};
 
 use crate::context::RequestCtx;

@@ -31,6 +31,8 @@ mod facilitator;
 mod session;
 pub mod wire;
 
+/// Durations as the file writes them (`500ms`, `30s`), shared with the other concerns' configs.
+pub(crate) use config::parse_duration;
 pub use config::{Offer, PaymentConfig, SettleMode};
 pub use facilitator::{BoxFuture, Facilitator, FacilitatorClient, FacilitatorError, MAX_ANSWER_BYTES};
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod counting_upstream;
 pub mod raw_upstream;
 
 pub use fleetgate_testkit::free_port;
@@ -175,8 +176,13 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> std:
 }
 
 pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
+    raw_request_within(addr, bytes, Duration::from_secs(10))
+}
+
+/// [`raw_request`] waiting up to `read_timeout` for the answer (requests a throttle holds).
+pub fn raw_request_within(addr: SocketAddr, bytes: &[u8], read_timeout: Duration) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(read_timeout))?;
     s.write_all(bytes)?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
