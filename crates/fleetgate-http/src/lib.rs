@@ -11,6 +11,7 @@
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
 //! | [`headers`] | request and response header rules (set, add, remove) |
+//! | [`upstream_login`] | log in to an upstream once for the fleet, share the credential, re-login once on a refusal |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -37,6 +38,7 @@ pub mod ratelimit;
 pub mod refusal;
 pub mod stage;
 pub mod store_ctx;
+pub mod upstream_login;
 
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
