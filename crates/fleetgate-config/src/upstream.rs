@@ -68,6 +68,9 @@ pub struct UpstreamConfig {
     /// Retries of idempotent requests on connect failures (`retries`).
     #[serde(default)]
     pub retries: Option<crate::upstream_policy::RetryConfig>,
+    /// One login for the fleet, its credential injected into every request (`login`).
+    #[serde(default)]
+    pub login: Option<fleetgate_http::upstream_login::LoginConfig>,
 }
 
 /// One upstream target, `http://HOST:PORT` or `https://HOST:PORT`.

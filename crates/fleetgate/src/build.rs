@@ -113,6 +113,11 @@ pub fn build_gateway_sharing(
                     None => None,
                 },
                 u.retries.as_ref().map(|r| crate::retry::RetryPolicy::new(r, name)),
+            )
+            .with_login(
+                u.login
+                    .as_ref()
+                    .map(|l| fleetgate_http::upstream_login::UpstreamLogin::new(keyspace, name, l.clone())),
             ),
         ));
     }

@@ -60,6 +60,8 @@ pub struct Upstream {
     pub affinity: Option<crate::affinity::Affinity>,
     /// Retries on connect failures (`retries`).
     pub retry: Option<crate::retry::RetryPolicy>,
+    /// One login for the fleet (`login`).
+    pub login: Option<Arc<fleetgate_http::upstream_login::UpstreamLogin>>,
 }
 
 impl Upstream {
@@ -106,7 +108,14 @@ impl Upstream {
             least_request: None,
             affinity: None,
             retry: None,
+            login: None,
         }
+    }
+
+    /// Sets the upstream's login (`login`).
+    pub fn with_login(mut self, login: Option<fleetgate_http::upstream_login::UpstreamLogin>) -> Self {
+        self.login = login.map(Arc::new);
+        self
     }
 
     /// Sets how targets are chosen and retried.

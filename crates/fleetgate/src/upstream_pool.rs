@@ -535,15 +535,19 @@ pin_project_lite::pin_project! {
     /// and telling its connection when it has gone whole.
     pub struct OutboundBody {
         #[pin]
-        inner: Incoming,
+        inner: crate::client_body::ClientBody,
         // `None` once sent whole (or when there was nothing to send).
         shared: Option<Arc<ConnShared>>,
     }
 }
 
 impl OutboundBody {
-    pub fn new(inner: Incoming) -> Self {
-        OutboundBody { inner, shared: None }
+    /// The client's body as it arrives, or one kept in memory (`Bytes`).
+    pub fn new(inner: impl Into<crate::client_body::ClientBody>) -> Self {
+        OutboundBody {
+            inner: inner.into(),
+            shared: None,
+        }
     }
 
     /// Rides on the connection of `shared` from now on.

@@ -54,7 +54,7 @@ pub fn credential(capture: &Capture, answer: &Response<Bytes>) -> Result<String,
             match at {
                 serde_json::Value::String(s) => Some(s.clone()),
                 serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
+                _ => return Err(LoginFailure::Unusable(capture_name(capture))),
             }
         }
     };

@@ -2,7 +2,7 @@
 //! for two instances; the login endpoint is a counting stand-in.
 
 use super::*;
-use fleetgate_store::MemoryStore;
+use fleetgate_store::{MemoryStore, StoreDriver};
 use std::sync::atomic::AtomicUsize;
 
 struct CountingEndpoint {
