@@ -467,11 +467,12 @@ impl Gateway {
             parts.version = http::Version::HTTP_11;
         }
         // Upstream login: the credential onto the request, and what a retry after a refresh needs.
-        let (body, login_retry) = match upstream.login.as_deref().filter(|_| client_upgrade.is_none()) {
+        // An upgrade gets the credential but is not sent again.
+        let (body, login_retry) = match upstream.login.as_deref() {
             Some(login) => {
                 let read_bound = self.body_idle_timeout;
                 match crate::upstream_login::prepare(login, worker, idx, upstream, &mut parts, body, read_bound).await {
-                    Ok(prepared) => prepared,
+                    Ok((body, retry)) => (body, retry.filter(|_| client_upgrade.is_none())),
                     Err(answer) => return (answer, None),
                 }
             }

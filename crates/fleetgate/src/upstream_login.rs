@@ -34,7 +34,7 @@ pub struct PoolLoginClient<'a> {
 async fn read_answer<B>(resp: Response<B>) -> Result<Response<Bytes>, String>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<crate::body::BoxError>,
 {
     let (head, body) = resp.into_parts();
     match Limited::new(body, MAX_LOGIN_ANSWER_BYTES).collect().await {
