@@ -213,7 +213,7 @@ fn thirty_first_requests_over_three_instances_make_one_login_and_one_relogin() {
     let metrics = http_get(fleet[0].admin_addr(), "/metrics", &[]).unwrap().body;
     let all: f64 = fleet
         .iter()
-        .map(|g| metric_sum(&http_get(g.admin_addr(), "/metrics", &[]).unwrap().body, "fleetgate_upstream_logins_total{outcome=\"ok\",upstream=\"app\"}"))
+        .map(|g| metric_sum(&http_get(g.admin_addr(), "/metrics", &[]).unwrap().body, "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok\"}"))
         .sum();
     assert_eq!(all, 2.0, "the fleet counts its two logins:\n{metrics}");
 }
@@ -242,8 +242,8 @@ fn a_post_body_is_sent_again_after_a_refresh_up_to_the_limit() {
     let r = post(gw.addr(), "/orders", "a body longer than sixteen bytes");
     assert_eq!(r.status, 200, "{}", r.body);
     let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{outcome=\"retried\""), 1.0, "{metrics}");
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{outcome=\"not_kept\""), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"retried\"}"), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"not_kept\"}"), 1.0, "{metrics}");
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn with_redis_down_each_instance_logs_in_for_itself_and_recovers() {
     println!("upstream login, Redis down: {} logins for 2 instances (expected 2)", backend.logins());
     assert_eq!(backend.logins(), 2, "each instance logged in once, for itself");
     let metrics = http_get(a.admin_addr(), "/metrics", &[]).unwrap().body;
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_logins_total{outcome=\"ok_local\""), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok_local\"}"), 1.0, "{metrics}");
 
     // Redis is back: the instances share one login again, without a restart.
     redis.restart();
@@ -319,10 +319,10 @@ fn a_bad_login_endpoint_gets_a_502_with_a_clear_body_and_is_not_retried_in_a_loo
         }
         assert_eq!(backend.bad_logins(path), 1, "{name}: one login try, then backoff");
         let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
-        let needle = format!("fleetgate_upstream_logins_total{{outcome=\"{outcome}\",upstream=\"{name}\"}}");
+        let needle = format!("fleetgate_upstream_logins_total{{upstream=\"{name}\",outcome=\"{outcome}\"}}");
         assert_eq!(metric_sum(&metrics, &needle), 1.0, "{needle} in:\n{metrics}");
         assert_eq!(
-            metric_sum(&metrics, &format!("fleetgate_upstream_logins_total{{outcome=\"backoff\",upstream=\"{name}\"}}")),
+            metric_sum(&metrics, &format!("fleetgate_upstream_logins_total{{upstream=\"{name}\",outcome=\"backoff\"}}")),
             3.0
         );
     }

@@ -622,6 +622,7 @@ impl UpstreamLogin {
     /// The store failed (`local`): this instance's own credential, reused while it is good
     /// unless the upstream refused it, else a login for this instance alone.
     async fn login_locally(&self, client: &dyn LoginClient, reuse: bool) -> Result<Credential, LoginError> {
+        self.policy.metrics.fallback_local.increment(1);
         let now = Instant::now();
         if reuse {
             let mut state = self.state.lock();
