@@ -2524,25 +2524,25 @@ fn upstream_login_reads_every_field_and_substitutes_the_body() {
 fn upstream_login_errors_name_the_field() {
     refused(
         &with_login("      path: login\n      capture: { cookie: sid }\n"),
-        4,
+        5,
         "upstreams.backend.login.path",
         &["starting with /"],
     );
     refused(
         &with_login("      path: /login\n      capture: { json: token }\n"),
-        4,
+        5,
         "upstreams.backend.login.inject",
         &["needs `inject`"],
     );
     refused(
         &with_login("      path: /login\n      capture: { cookie: sid }\n      encryption_key: short\n"),
-        4,
+        7,
         "upstreams.backend.login.encryption_key",
         &["64 hex digits"],
     );
     refused(
         &with_login("      path: /login\n      capture: { cookie: sid }\n      refresh_on: [200]\n"),
-        4,
+        7,
         "upstreams.backend.login.refresh_on[0]",
         &["400 to 599"],
     );
@@ -2554,8 +2554,8 @@ fn upstream_login_errors_name_the_field() {
     );
     refused(
         &with_login("      path: /login\n      capture: { cookie: sid }\n      refresh: [401]\n"),
-        4,
-        "upstreams.backend.login",
-        &["refresh"],
+        7,
+        "upstreams.backend.login.refresh",
+        &["did you mean `refresh_on`"],
     );
 }
