@@ -2501,7 +2501,11 @@ fn upstream_login_reads_every_field_and_substitutes_the_body() {
         "      method: post\n      path: /login?v=2\n      headers: { content-type: application/json }\n      body: '{\"user\":\"${UP_USER}\",\"pass\":\"${UP_PASS}\"}'\n      capture: { json: data.token }\n      inject: { header: authorization, format: \"Bearer {}\" }\n      refresh_on: [401, 419]\n      timeout: 3s\n      ttl: 30m\n      retry_body_limit: 1024\n      encryption_key: ${FLEETGATE_LOGIN_KEY}\n      backoff: 1s\n      max_backoff: 1m\n      on_store_error: closed\n",
     );
     let key = "00".repeat(32);
-    let c = with_env(&text, &[("UP_USER", "ann"), ("UP_PASS", "s3cret"), ("FLEETGATE_LOGIN_KEY", &key)]).unwrap();
+    let c = with_env(
+        &text,
+        &[("UP_USER", "ann"), ("UP_PASS", "s3cret"), ("FLEETGATE_LOGIN_KEY", &key)],
+    )
+    .unwrap();
     let login = c.upstreams["backend"].login.as_ref().unwrap();
     assert_eq!(login.method, http::Method::POST);
     assert_eq!(login.path, "/login?v=2");
@@ -2515,7 +2519,10 @@ fn upstream_login_reads_every_field_and_substitutes_the_body() {
     assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the login body");
     let plain = p(&with_login("      path: /login\n      capture: { cookie: sid }\n")).unwrap();
     let login = plain.upstreams["backend"].login.as_ref().unwrap();
-    assert_eq!(login.inject, fleetgate_http::upstream_login::Inject::Cookie("sid".into()));
+    assert_eq!(
+        login.inject,
+        fleetgate_http::upstream_login::Inject::Cookie("sid".into())
+    );
     assert_eq!(login.retry_body_limit, 65536);
     assert_eq!(login.on_store_error, fleetgate_http::FailurePolicy::Local);
 }

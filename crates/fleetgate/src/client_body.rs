@@ -35,7 +35,9 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ClientBodyProj::Streamed { body } => body.poll_frame(cx),
-            ClientBodyProj::Kept { body } => body.poll_frame(cx).map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            ClientBodyProj::Kept { body } => body
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         }
     }
 

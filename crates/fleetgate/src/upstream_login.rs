@@ -39,7 +39,9 @@ where
     let (head, body) = resp.into_parts();
     match Limited::new(body, MAX_LOGIN_ANSWER_BYTES).collect().await {
         Ok(collected) => Ok(Response::from_parts(head, collected.to_bytes())),
-        Err(e) => Err(format!("reading the answer failed (more than {MAX_LOGIN_ANSWER_BYTES} bytes, or broken off): {e}")),
+        Err(e) => Err(format!(
+            "reading the answer failed (more than {MAX_LOGIN_ANSWER_BYTES} bytes, or broken off): {e}"
+        )),
     }
 }
 
@@ -55,7 +57,12 @@ impl LoginClient for PoolLoginClient<'_> {
             };
             let (mut parts, body) = req.into_parts();
             if h2 {
-                let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_string();
+                let pq = parts
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .unwrap_or("/")
+                    .to_string();
                 parts.uri = Uri::builder()
                     .scheme(target.scheme.clone())
                     .authority(target.authority.clone())
@@ -132,13 +139,15 @@ pub async fn prepare(
                 "the request body could not be read (it ended early or was longer than announced)",
                 &[],
             );
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Err(resp);
         }
         Err(_) => {
             let msg = format!("the request body did not arrive within {} ms", read_bound.as_millis());
             let mut resp = json_error(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", &msg, &[]);
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Err(resp);
         }
     };
@@ -149,13 +158,7 @@ pub async fn prepare(
         headers: parts.headers.clone(),
         body: bytes.clone(),
     };
-    Ok((
-        OutboundBody::new(bytes),
-        Some(LoginRetry {
-            cred,
-            kept: Some(kept),
-        }),
-    ))
+    Ok((OutboundBody::new(bytes), Some(LoginRetry { cred, kept: Some(kept) })))
 }
 
 /// After the send: on a `refresh_on` status, one refresh for the fleet, then the kept request
@@ -182,7 +185,8 @@ where
         pools: &worker.pools[idx],
     };
     let counter = |outcome: &'static str| {
-        metrics::counter!(UPSTREAM_LOGIN_RETRIES, "upstream" => upstream.name.clone(), "outcome" => outcome).increment(1)
+        metrics::counter!(UPSTREAM_LOGIN_RETRIES, "upstream" => upstream.name.clone(), "outcome" => outcome)
+            .increment(1)
     };
     let Some(kept) = retry.kept else {
         counter("not_kept");

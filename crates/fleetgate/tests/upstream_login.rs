@@ -57,8 +57,18 @@ impl Backend {
             .and_then(|c| c.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let text = |status: u16, body: String| Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = |status: u16, body: String| {
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        };
         match path.as_str() {
             "/login" => {
                 if body.as_ref() != br#"{"user":"ann","pass":"pw"}"# {
@@ -128,7 +138,9 @@ fn serve(backend: Arc<Backend>) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let backend = backend.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -151,7 +163,11 @@ fn config(store: &str, backend: SocketAddr, login_extra: &str) -> String {
     )
 }
 
-const ENV: &[(&str, &str)] = &[("UP_USER", "ann"), ("UP_PASS", "pw"), ("FLEETGATE_LOGIN_KEY", LOGIN_KEY)];
+const ENV: &[(&str, &str)] = &[
+    ("UP_USER", "ann"),
+    ("UP_PASS", "pw"),
+    ("FLEETGATE_LOGIN_KEY", LOGIN_KEY),
+];
 
 fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
     let req = format!(
@@ -174,12 +190,18 @@ fn thirty_first_requests_over_three_instances_make_one_login_and_one_relogin() {
     let log_paths: Vec<_> = (0..3)
         .map(|i| dir.join(format!("fleetgate-login-{}-{i}.log", std::process::id())))
         .collect();
-    let fleet: Vec<Gateway> = log_paths.iter().map(|l| Gateway::spawn_with(&cfg, ENV, Some(l))).collect();
+    let fleet: Vec<Gateway> = log_paths
+        .iter()
+        .map(|l| Gateway::spawn_with(&cfg, ENV, Some(l)))
+        .collect();
     let refs: Vec<&Gateway> = fleet.iter().collect();
 
     let statuses = drive(&refs, "/orders", 30, 30);
     assert_eq!(count(&statuses, 200), 30, "{statuses:?}");
-    println!("upstream login: 30 first requests over 3 instances made {} login(s), expected 1", backend.logins());
+    println!(
+        "upstream login: 30 first requests over 3 instances made {} login(s), expected 1",
+        backend.logins()
+    );
     assert_eq!(backend.logins(), 1, "one login for the fleet");
     assert_eq!(backend.refused(), 0, "no request went out without the credential");
 
@@ -195,7 +217,10 @@ fn thirty_first_requests_over_three_instances_make_one_login_and_one_relogin() {
     );
     assert_eq!(count(&statuses, 200), 30, "no client sees the 401: {statuses:?}");
     assert_eq!(backend.logins(), 2, "exactly one re-login for the fleet");
-    assert!(backend.refused() >= 1, "the stale credential was refused, then replaced");
+    assert!(
+        backend.refused() >= 1,
+        "the stale credential was refused, then replaced"
+    );
 
     // The store holds the credential sealed, and no log shows it.
     let keys = redis.command(&["KEYS", "login:auth:*"]);
@@ -205,7 +230,10 @@ fn thirty_first_requests_over_three_instances_make_one_login_and_one_relogin() {
         .unwrap_or_else(|| panic!("no credential key in {keys:?}"))
         .to_string();
     let stored = redis.command(&["GET", &key]);
-    assert!(!stored.is_empty() && !stored.contains("SECRET"), "sealed in the store: {stored:?}");
+    assert!(
+        !stored.is_empty() && !stored.contains("SECRET"),
+        "sealed in the store: {stored:?}"
+    );
     for l in &log_paths {
         let text = logs(l);
         assert!(!text.contains("SECRET"), "the credential is never logged:\n{text}");
@@ -213,7 +241,12 @@ fn thirty_first_requests_over_three_instances_make_one_login_and_one_relogin() {
     let metrics = http_get(fleet[0].admin_addr(), "/metrics", &[]).unwrap().body;
     let all: f64 = fleet
         .iter()
-        .map(|g| metric_sum(&http_get(g.admin_addr(), "/metrics", &[]).unwrap().body, "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok\"}"))
+        .map(|g| {
+            metric_sum(
+                &http_get(g.admin_addr(), "/metrics", &[]).unwrap().body,
+                "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok\"}",
+            )
+        })
         .sum();
     assert_eq!(all, 2.0, "the fleet counts its two logins:\n{metrics}");
 }
@@ -229,7 +262,10 @@ fn a_post_body_is_sent_again_after_a_refresh_up_to_the_limit() {
     backend.invalidate();
     let r = post(gw.addr(), "/orders", "hello");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body, "ok /orders hello", "the body went again with the new credential");
+    assert_eq!(
+        r.body, "ok /orders hello",
+        "the body went again with the new credential"
+    );
     assert_eq!(backend.logins(), 2);
     assert_eq!(backend.refused(), 1, "refused once with the old credential");
 
@@ -242,8 +278,22 @@ fn a_post_body_is_sent_again_after_a_refresh_up_to_the_limit() {
     let r = post(gw.addr(), "/orders", "a body longer than sixteen bytes");
     assert_eq!(r.status, 200, "{}", r.body);
     let metrics = http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body;
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"retried\"}"), 1.0, "{metrics}");
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"not_kept\"}"), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"retried\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "fleetgate_upstream_login_retries_total{upstream=\"app\",outcome=\"not_kept\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -261,10 +311,20 @@ fn with_redis_down_each_instance_logs_in_for_itself_and_recovers() {
             assert_eq!(r.status, 200, "served with a login of the instance's own: {}", r.body);
         }
     }
-    println!("upstream login, Redis down: {} logins for 2 instances (expected 2)", backend.logins());
+    println!(
+        "upstream login, Redis down: {} logins for 2 instances (expected 2)",
+        backend.logins()
+    );
     assert_eq!(backend.logins(), 2, "each instance logged in once, for itself");
     let metrics = http_get(a.admin_addr(), "/metrics", &[]).unwrap().body;
-    assert_eq!(metric_sum(&metrics, "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok_local\"}"), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "fleetgate_upstream_logins_total{upstream=\"app\",outcome=\"ok_local\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
 
     // Redis is back: the instances share one login again, without a restart.
     redis.restart();
@@ -273,7 +333,10 @@ fn with_redis_down_each_instance_logs_in_for_itself_and_recovers() {
     backend.invalidate();
     let statuses = drive(&[&a, &b], "/orders", 20, 10);
     assert_eq!(count(&statuses, 200), 20, "{statuses:?}");
-    println!("upstream login, Redis back: {} more login(s) (expected 1)", backend.logins() - 2);
+    println!(
+        "upstream login, Redis back: {} more login(s) (expected 1)",
+        backend.logins() - 2
+    );
     assert_eq!(backend.logins(), 3, "one login for the fleet once the store is back");
 }
 
@@ -300,7 +363,12 @@ fn a_bad_login_endpoint_gets_a_502_with_a_clear_body_and_is_not_retried_in_a_loo
     let gw = Gateway::spawn_with(&cfg, &[], Some(&log));
     let cases = [
         ("html", "/login-html", "answered HTML", "html"),
-        ("redirect", "/login-redirect", "redirected (302) to \\\"/sso/start\\\"", "redirect"),
+        (
+            "redirect",
+            "/login-redirect",
+            "redirected (302) to \\\"/sso/start\\\"",
+            "redirect",
+        ),
         ("slow", "/login-slow", "did not answer within 300 ms", "timeout"),
         ("empty", "/login-empty", "has no JSON field token", "missing_field"),
     ];
@@ -322,14 +390,18 @@ fn a_bad_login_endpoint_gets_a_502_with_a_clear_body_and_is_not_retried_in_a_loo
         let needle = format!("fleetgate_upstream_logins_total{{upstream=\"{name}\",outcome=\"{outcome}\"}}");
         assert_eq!(metric_sum(&metrics, &needle), 1.0, "{needle} in:\n{metrics}");
         assert_eq!(
-            metric_sum(&metrics, &format!("fleetgate_upstream_logins_total{{upstream=\"{name}\",outcome=\"backoff\"}}")),
+            metric_sum(
+                &metrics,
+                &format!("fleetgate_upstream_logins_total{{upstream=\"{name}\",outcome=\"backoff\"}}")
+            ),
             3.0
         );
     }
     let text = logs(&log);
     for (name, ..) in cases {
         assert!(
-            text.lines().any(|l| l.contains("upstream login failed") && l.contains(name)),
+            text.lines()
+                .any(|l| l.contains("upstream login failed") && l.contains(name)),
             "a log line for {name}:\n{text}"
         );
     }

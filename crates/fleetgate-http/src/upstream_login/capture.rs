@@ -37,13 +37,16 @@ pub fn credential(capture: &Capture, answer: &Response<Bytes>) -> Result<String,
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(|c| set_cookie_value(c, name)),
-        Capture::Header(name) => answer.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
+        Capture::Header(name) => answer
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         Capture::Json(path) => {
             if html {
                 return Err(LoginFailure::Html);
             }
-            let value: serde_json::Value =
-                serde_json::from_slice(answer.body()).map_err(|_| LoginFailure::NotJson)?;
+            let value: serde_json::Value = serde_json::from_slice(answer.body()).map_err(|_| LoginFailure::NotJson)?;
             let mut at = &value;
             for part in path {
                 at = match at.get(part) {
@@ -136,11 +139,22 @@ mod tests {
 
     #[test]
     fn a_cookie_a_header_or_a_json_field_is_captured() {
-        let a = answer(200, &[("set-cookie", "other=1; Path=/"), ("set-cookie", "sid=abc; HttpOnly")], "");
+        let a = answer(
+            200,
+            &[("set-cookie", "other=1; Path=/"), ("set-cookie", "sid=abc; HttpOnly")],
+            "",
+        );
         assert_eq!(credential(&Capture::Cookie("sid".into()), &a).unwrap(), "abc");
         let h = answer(200, &[("x-token", "t1")], "");
-        assert_eq!(credential(&Capture::Header("x-token".parse().unwrap()), &h).unwrap(), "t1");
-        let j = answer(200, &[("content-type", "application/json")], r#"{"data":{"token":"jwt"}}"#);
+        assert_eq!(
+            credential(&Capture::Header("x-token".parse().unwrap()), &h).unwrap(),
+            "t1"
+        );
+        let j = answer(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"data":{"token":"jwt"}}"#,
+        );
         assert_eq!(
             credential(&Capture::Json(vec!["data".into(), "token".into()]), &j).unwrap(),
             "jwt"
@@ -150,9 +164,16 @@ mod tests {
     #[test]
     fn bad_answers_are_named() {
         let json = Capture::Json(vec!["token".into()]);
-        let html = answer(200, &[("content-type", "text/html; charset=utf-8")], "<html>log in</html>");
+        let html = answer(
+            200,
+            &[("content-type", "text/html; charset=utf-8")],
+            "<html>log in</html>",
+        );
         assert_eq!(credential(&json, &html), Err(LoginFailure::Html));
-        assert_eq!(credential(&Capture::Cookie("sid".into()), &html), Err(LoginFailure::Html));
+        assert_eq!(
+            credential(&Capture::Cookie("sid".into()), &html),
+            Err(LoginFailure::Html)
+        );
         let moved = answer(302, &[("location", "/sso")], "");
         assert_eq!(
             credential(&json, &moved),

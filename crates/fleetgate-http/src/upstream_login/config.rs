@@ -255,7 +255,10 @@ fn inject(w: Option<WrittenInject>, capture: &Capture) -> Result<Inject, String>
                 format,
             })
         }
-        (Some(_), None, Some(_)) => Err(marked(".inject.format", "format applies to a header only; a cookie's value is the credential as it is")),
+        (Some(_), None, Some(_)) => Err(marked(
+            ".inject.format",
+            "format applies to a header only; a cookie's value is the credential as it is",
+        )),
         _ => Err(marked(".inject", INJECT_ACCEPTED)),
     }
 }
@@ -265,14 +268,23 @@ impl TryFrom<Written> for LoginConfig {
     fn try_from(w: Written) -> Result<Self, String> {
         let method = match w.method {
             None => Method::POST,
-            Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-                .map_err(|_| marked(".method", format!("{m:?} is not an HTTP method; accepted: e.g. POST, GET, PUT")))?,
+            Some(m) => Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                marked(
+                    ".method",
+                    format!("{m:?} is not an HTTP method; accepted: e.g. POST, GET, PUT"),
+                )
+            })?,
         };
         let path = w.path;
-        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) || path.parse::<http::uri::PathAndQuery>().is_err() {
+        if !path.starts_with('/')
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            || path.parse::<http::uri::PathAndQuery>().is_err()
+        {
             return Err(marked(
                 ".path",
-                format!("{path:?} is not a path; accepted: a path (and query) starting with / without spaces, e.g. /login"),
+                format!(
+                    "{path:?} is not a path; accepted: a path (and query) starting with / without spaces, e.g. /login"
+                ),
             ));
         }
         let mut headers = Vec::new();
@@ -290,14 +302,23 @@ impl TryFrom<Written> for LoginConfig {
             None => vec![401],
             Some(list) => {
                 if list.is_empty() {
-                    return Err(marked(".refresh_on", "the list is empty; accepted: statuses from 400 to 599, e.g. [401] (the default)"));
+                    return Err(marked(
+                        ".refresh_on",
+                        "the list is empty; accepted: statuses from 400 to 599, e.g. [401] (the default)",
+                    ));
                 }
                 list.iter()
                     .enumerate()
                     .map(|(i, s)| {
-                        u16::try_from(*s).ok().filter(|s| (400..=599).contains(s)).ok_or_else(|| {
-                            marked(&format!(".refresh_on[{i}]"), format!("{s} is not accepted; accepted: a status from 400 to 599, e.g. 401"))
-                        })
+                        u16::try_from(*s)
+                            .ok()
+                            .filter(|s| (400..=599).contains(s))
+                            .ok_or_else(|| {
+                                marked(
+                                    &format!(".refresh_on[{i}]"),
+                                    format!("{s} is not accepted; accepted: a status from 400 to 599, e.g. 401"),
+                                )
+                            })
                     })
                     .collect::<Result<Vec<u16>, String>>()?
             }
@@ -354,7 +375,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     parse_duration(&text).map(Some).map_err(|why| {
         error_at(
             "",
-            format!("{why}; accepted: a whole number and a unit (ms, s, m, h or d) from 1ms to 7d, e.g. 500ms, 30s, 10m"),
+            format!(
+                "{why}; accepted: a whole number and a unit (ms, s, m, h or d) from 1ms to 7d, e.g. 500ms, 30s, 10m"
+            ),
         )
     })
 }

@@ -165,12 +165,19 @@ where
                 login.inject(cred, req.headers_mut());
                 req
             };
-            let resp = inner.clone().oneshot(again(&cred)).await.map_err(LoginLayerError::Inner)?;
+            let resp = inner
+                .clone()
+                .oneshot(again(&cred))
+                .await
+                .map_err(LoginLayerError::Inner)?;
             if !login.config().refreshes_on(resp.status().as_u16()) {
                 return Ok(resp);
             }
             drop(resp);
-            let fresh = login.refresh(&ctx, &client, &cred).await.map_err(LoginLayerError::Login)?;
+            let fresh = login
+                .refresh(&ctx, &client, &cred)
+                .await
+                .map_err(LoginLayerError::Login)?;
             inner.oneshot(again(&fresh)).await.map_err(LoginLayerError::Inner)
         })
     }

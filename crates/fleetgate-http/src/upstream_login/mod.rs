@@ -142,8 +142,10 @@ impl LoginError {
             LoginError::StoreDown => json_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &message, &[]),
             LoginError::BackingOff { retry_after, .. } => {
                 let mut resp = json_error(StatusCode::BAD_GATEWAY, "upstream_login_failed", &message, &[]);
-                resp.headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
                 resp
             }
             _ => json_error(StatusCode::BAD_GATEWAY, "upstream_login_failed", &message, &[]),
@@ -277,8 +279,13 @@ impl UpstreamLogin {
         let scoped = keyspace.scoped(Concern::UpstreamAuth, upstream);
         UpstreamLogin {
             record_key: scoped.key(b"credential"),
-            lock_key: keyspace.scoped(Concern::Lock, &format!("login/{upstream}")).key(upstream.as_bytes()),
-            channel: keyspace.channel(&format!("login.{}", fleetgate_store::identifier_hash(upstream.as_bytes()))),
+            lock_key: keyspace
+                .scoped(Concern::Lock, &format!("login/{upstream}"))
+                .key(upstream.as_bytes()),
+            channel: keyspace.channel(&format!(
+                "login.{}",
+                fleetgate_store::identifier_hash(upstream.as_bytes())
+            )),
             sealer: Sealer::new(config.encryption_key.as_ref(), upstream),
             policy: ConcernPolicy {
                 name: format!("{upstream}/login"),
@@ -432,9 +439,7 @@ impl UpstreamLogin {
                     }
                 }
             }
-            Record::Failed {
-                backoff_ms, reason, ..
-            } => {
+            Record::Failed { backoff_ms, reason, .. } => {
                 let wait = Duration::from_millis(backoff_ms).min(FAILURE_CACHE);
                 self.state.lock().backoff_until = Some((Instant::now() + wait, reason.clone()));
                 Found::Failed(LoginError::BackingOff {
@@ -593,7 +598,11 @@ impl UpstreamLogin {
                 } else {
                     tracing::info!(upstream = %self.upstream, generation, "upstream login succeeded; the fleet shares the credential");
                 }
-                let generation = if local { self.next_local_generation() } else { generation };
+                let generation = if local {
+                    self.next_local_generation()
+                } else {
+                    generation
+                };
                 Ok(self.hold(
                     Credential {
                         value: value.into(),

@@ -34,7 +34,12 @@ impl SealKey {
             base64::engine::general_purpose::STANDARD
                 .decode(t)
                 .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
-                .map_err(|_| format!("the key ({} characters) is neither 64 hex digits nor base64; {ACCEPTED}", t.len()))?
+                .map_err(|_| {
+                    format!(
+                        "the key ({} characters) is neither 64 hex digits nor base64; {ACCEPTED}",
+                        t.len()
+                    )
+                })?
         };
         let key: [u8; 32] = bytes
             .try_into()
@@ -113,7 +118,9 @@ impl Sealer {
                     msg: ciphertext,
                     aad: &self.context,
                 };
-                cipher.decrypt(XNonce::from_slice(nonce), payload).map_err(|_| Unsealable)
+                cipher
+                    .decrypt(XNonce::from_slice(nonce), payload)
+                    .map_err(|_| Unsealable)
             }
             _ => Err(Unsealable),
         }
@@ -133,7 +140,10 @@ mod tests {
         let key = SealKey::parse(&"ab".repeat(32)).unwrap();
         let sealer = Sealer::new(Some(&key), "billing");
         let sealed = sealer.seal(b"sid=secret");
-        assert!(!sealed.windows(6).any(|w| w == b"secret"), "the secret is not in the sealed bytes");
+        assert!(
+            !sealed.windows(6).any(|w| w == b"secret"),
+            "the secret is not in the sealed bytes"
+        );
         assert_eq!(sealer.open(&sealed).unwrap(), b"sid=secret");
         assert_ne!(sealer.seal(b"sid=secret"), sealed, "a fresh nonce each time");
         let other_key = Sealer::new(Some(&SealKey::from_bytes([7; 32])), "billing");
@@ -151,7 +161,11 @@ mod tests {
         let plain = Sealer::new(None, "u");
         assert_eq!(plain.open(&plain.seal(b"tok")).unwrap(), b"tok");
         let keyed = Sealer::new(Some(&SealKey::from_bytes([1; 32])), "u");
-        assert_eq!(keyed.open(&plain.seal(b"tok")), Err(Unsealable), "a plain value is not trusted once a key is set");
+        assert_eq!(
+            keyed.open(&plain.seal(b"tok")),
+            Err(Unsealable),
+            "a plain value is not trusted once a key is set"
+        );
     }
 
     #[test]

@@ -5,9 +5,12 @@ use super::*;
 use fleetgate_store::{MemoryStore, StoreDriver};
 use std::sync::atomic::AtomicUsize;
 
+/// Status, headers (none: `Set-Cookie: sid=sN`) and body of the login's answer.
+type Answer = (u16, Vec<(&'static str, String)>, &'static str);
+
 struct CountingEndpoint {
     logins: AtomicUsize,
-    answer: Mutex<(u16, Vec<(&'static str, String)>, &'static str)>,
+    answer: Mutex<Answer>,
 }
 
 impl CountingEndpoint {
@@ -89,9 +92,15 @@ async fn thirty_refusals_of_one_credential_make_one_relogin() {
     assert_eq!(b.credential(&cb, &*endpoint).await.unwrap(), first);
     let mut tasks = Vec::new();
     for i in 0..30 {
-        let (login, ctx) = if i % 2 == 0 { (a.clone(), ca.clone()) } else { (b.clone(), cb.clone()) };
+        let (login, ctx) = if i % 2 == 0 {
+            (a.clone(), ca.clone())
+        } else {
+            (b.clone(), cb.clone())
+        };
         let (endpoint, stale) = (endpoint.clone(), first.clone());
-        tasks.push(tokio::spawn(async move { login.refresh(&ctx, &*endpoint, &stale).await }));
+        tasks.push(tokio::spawn(
+            async move { login.refresh(&ctx, &*endpoint, &stale).await },
+        ));
     }
     for t in tasks {
         let cred = t.await.unwrap().unwrap();
@@ -117,8 +126,14 @@ async fn a_failed_login_is_not_tried_again_until_the_backoff_ends() {
         let again = a.credential(&ca, &*endpoint).await.unwrap_err();
         assert!(matches!(again, LoginError::BackingOff { .. }), "{again:?}");
         let other = b.credential(&cb, &*endpoint).await.unwrap_err();
-        assert!(matches!(other, LoginError::BackingOff { .. }), "the other instance reads the fleet's failure: {other:?}");
-        assert!(other.answer("billing").headers().contains_key(http::header::RETRY_AFTER));
+        assert!(
+            matches!(other, LoginError::BackingOff { .. }),
+            "the other instance reads the fleet's failure: {other:?}"
+        );
+        assert!(other
+            .answer("billing")
+            .headers()
+            .contains_key(http::header::RETRY_AFTER));
     }
     assert_eq!(endpoint.logins(), 1);
 }
@@ -131,7 +146,10 @@ async fn the_stored_credential_is_sealed() {
     let ctx = StoreCtx::new(store.clone(), "a");
     assert_eq!(a.credential(&ctx, &*endpoint).await.unwrap().expose(), "s1");
     let stored = store.get(&a.record_key).await.unwrap().unwrap();
-    assert!(!stored.windows(2).any(|w| w == b"s1"), "the credential is not readable in the store");
+    assert!(
+        !stored.windows(2).any(|w| w == b"s1"),
+        "the credential is not readable in the store"
+    );
     // An instance with another key cannot read it, and logs in again rather than using junk.
     let b = login(Some(SealKey::from_bytes([4; 32])));
     let cb = StoreCtx::new(store.clone(), "b");
@@ -146,16 +164,79 @@ fn a_json_capture_needs_an_inject_and_open_is_refused() {
     };
     let e = parse(r#"{"path":"/login","capture":{"json":"token"}}"#).unwrap_err();
     assert!(e.contains(".inject"), "{e}");
-    let ok = parse(r#"{"path":"/login","capture":{"json":"data.token"},"inject":{"header":"authorization","format":"Bearer {}"}}"#).unwrap();
+    let ok = parse(
+        r#"{"path":"/login","capture":{"json":"data.token"},"inject":{"header":"authorization","format":"Bearer {}"}}"#,
+    )
+    .unwrap();
     assert_eq!(ok.capture, Capture::Json(vec!["data".into(), "token".into()]));
     let e = parse(r#"{"path":"/login","capture":{"cookie":"sid"},"on_store_error":"open"}"#).unwrap_err();
     assert!(e.contains("open is not accepted"), "{e}");
     let e = parse(r#"{"path":"/login","capture":{"cookie":"sid","header":"x"}}"#).unwrap_err();
     assert!(e.contains("exactly one of"), "{e}");
-    let e = parse(r#"{"path":"/login","capture":{"cookie":"sid"},"inject":{"header":"x","format":"none"}}"#).unwrap_err();
+    let e =
+        parse(r#"{"path":"/login","capture":{"cookie":"sid"},"inject":{"header":"x","format":"none"}}"#).unwrap_err();
     assert!(e.contains("exactly once"), "{e}");
     let e = parse(r#"{"path":"/login","capture":{"cookie":"sid"},"retry_body_limit":-1}"#).unwrap_err();
     assert!(e.contains("out of range"), "{e}");
     let secret = parse(r#"{"path":"/login","body":"pw=hunter2","capture":{"cookie":"sid"}}"#).unwrap();
     assert!(!format!("{secret:?}").contains("hunter2"));
+}
+
+/// The tower layer around an outbound client: the inner service is the upstream (its `/login`
+/// issues sessions, other paths want one), the request is sent again after one refresh.
+#[tokio::test]
+async fn the_layer_injects_the_credential_and_sends_again_after_a_refresh() {
+    use tower::ServiceExt;
+    let sessions = Arc::new(Mutex::new(Vec::<String>::new()));
+    let logins = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let (sessions, logins) = (sessions.clone(), logins.clone());
+        tower::service_fn(move |req: Request<Bytes>| {
+            let (sessions, logins) = (sessions.clone(), logins.clone());
+            async move {
+                if req.uri().path() == "/login" {
+                    let n = logins.fetch_add(1, Ordering::SeqCst) + 1;
+                    sessions.lock().push(format!("s{n}"));
+                    let resp = Response::builder()
+                        .header("set-cookie", format!("sid=s{n}"))
+                        .body(http_body_util::Full::new(Bytes::new()))
+                        .unwrap();
+                    return Ok::<_, std::convert::Infallible>(resp);
+                }
+                let cookie = req.headers().get("cookie").and_then(|c| c.to_str().ok()).unwrap_or("");
+                let ok = sessions.lock().iter().any(|s| cookie == format!("sid={s}"));
+                let status = if ok { 200 } else { 401 };
+                let body = http_body_util::Full::new(req.into_body());
+                Ok(Response::builder().status(status).body(body).unwrap())
+            }
+        })
+    };
+    let config = LoginConfig::new(
+        http::Method::POST,
+        "/login",
+        Capture::Cookie("sid".into()),
+        Inject::Cookie("sid".into()),
+    );
+    let login = UpstreamLogin::new(&Keyspace::new("t").unwrap(), "api", config);
+    let service = tower::Layer::layer(
+        &layer::LoginLayer::new(login, StoreCtx::new(MemoryStore::new(), "a")),
+        upstream,
+    );
+    let call = |body: &'static str| {
+        let req = Request::post("/orders")
+            .body(Bytes::from_static(body.as_bytes()))
+            .unwrap();
+        service.clone().oneshot(req)
+    };
+    assert_eq!(call("one").await.unwrap().status(), 200);
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    sessions.lock().clear();
+    let resp = call("two").await.unwrap();
+    assert_eq!(resp.status(), 200, "sent again with the new credential");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.as_ref(), b"two", "with its body");
+    assert_eq!(logins.load(Ordering::SeqCst), 2, "one re-login");
 }
