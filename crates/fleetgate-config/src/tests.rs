@@ -1831,6 +1831,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/ratelimit/config.rs"),
         include_str!("../../fleetgate-http/src/concurrency/config.rs"),
         include_str!("../../fleetgate-http/src/payment/config.rs"),
+        include_str!("../../fleetgate-http/src/upstream_login/config.rs"),
         include_str!("upstream_policy.rs"),
         include_str!("rewrite.rs"),
         include_str!("../../fleetgate-http/src/headers.rs"),
@@ -2488,4 +2489,80 @@ fn count_statuses_reads_a_list_of_statuses_and_refuses_what_cannot_work() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("mode: exact with count_statuses"), "{err}");
+}
+
+fn with_login(lines: &str) -> String {
+    format!("upstreams:\n  backend:\n    targets: [http://127.0.0.1:3000]\n    login:\n{lines}routes:\n  - name: api\n    upstream: backend\n")
+}
+
+#[test]
+fn upstream_login_reads_every_field_and_substitutes_the_body() {
+    let text = with_login(
+        "      method: post\n      path: /login?v=2\n      headers: { content-type: application/json }\n      body: '{\"user\":\"${UP_USER}\",\"pass\":\"${UP_PASS}\"}'\n      capture: { json: data.token }\n      inject: { header: authorization, format: \"Bearer {}\" }\n      refresh_on: [401, 419]\n      timeout: 3s\n      ttl: 30m\n      retry_body_limit: 1024\n      encryption_key: ${FLEETGATE_LOGIN_KEY}\n      backoff: 1s\n      max_backoff: 1m\n      on_store_error: closed\n",
+    );
+    let key = "00".repeat(32);
+    let c = with_env(
+        &text,
+        &[("UP_USER", "ann"), ("UP_PASS", "s3cret"), ("FLEETGATE_LOGIN_KEY", &key)],
+    )
+    .unwrap();
+    let login = c.upstreams["backend"].login.as_ref().unwrap();
+    assert_eq!(login.method, http::Method::POST);
+    assert_eq!(login.path, "/login?v=2");
+    assert_eq!(login.body, "{\"user\":\"ann\",\"pass\":\"s3cret\"}");
+    assert_eq!(login.refresh_on, vec![401, 419]);
+    assert_eq!(login.timeout, Duration::from_secs(3));
+    assert_eq!(login.ttl, Duration::from_secs(1800));
+    assert_eq!(login.retry_body_limit, 1024);
+    assert!(login.encryption_key.is_some());
+    assert_eq!(login.on_store_error, fleetgate_http::FailurePolicy::Closed);
+    assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the login body");
+    let plain = p(&with_login("      path: /login\n      capture: { cookie: sid }\n")).unwrap();
+    let login = plain.upstreams["backend"].login.as_ref().unwrap();
+    assert_eq!(
+        login.inject,
+        fleetgate_http::upstream_login::Inject::Cookie("sid".into())
+    );
+    assert_eq!(login.retry_body_limit, 65536);
+    assert_eq!(login.on_store_error, fleetgate_http::FailurePolicy::Local);
+}
+
+#[test]
+fn upstream_login_errors_name_the_field() {
+    refused(
+        &with_login("      path: login\n      capture: { cookie: sid }\n"),
+        5,
+        "upstreams.backend.login.path",
+        &["starting with /"],
+    );
+    refused(
+        &with_login("      path: /login\n      capture: { json: token }\n"),
+        5,
+        "upstreams.backend.login.inject",
+        &["needs `inject`"],
+    );
+    refused(
+        &with_login("      path: /login\n      capture: { cookie: sid }\n      encryption_key: short\n"),
+        7,
+        "upstreams.backend.login.encryption_key",
+        &["64 hex digits"],
+    );
+    refused(
+        &with_login("      path: /login\n      capture: { cookie: sid }\n      refresh_on: [200]\n"),
+        7,
+        "upstreams.backend.login.refresh_on[0]",
+        &["400 to 599"],
+    );
+    refused(
+        &with_login("      path: /login\n      capture: { cookie: sid }\n      timeout: 5\n"),
+        7,
+        "upstreams.backend.login.timeout",
+        &["not a duration"],
+    );
+    refused(
+        &with_login("      path: /login\n      capture: { cookie: sid }\n      refresh: [401]\n"),
+        7,
+        "upstreams.backend.login.refresh",
+        &["did you mean `refresh_on`"],
+    );
 }

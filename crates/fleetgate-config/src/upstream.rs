@@ -74,6 +74,9 @@ pub struct UpstreamConfig {
     /// Fleet-wide circuit breakers, per target or per key (`breaker`).
     #[serde(default)]
     pub breaker: Option<fleetgate_http::BreakerConfig>,
+    /// One login for the fleet, its credential injected into every request (`login`).
+    #[serde(default)]
+    pub login: Option<fleetgate_http::upstream_login::LoginConfig>,
 }
 
 /// One upstream target, `http://HOST:PORT` or `https://HOST:PORT`.

@@ -13,6 +13,7 @@
 //! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
 //! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
 //! | [`headers`] | request and response header rules (set, add, remove) |
+//! | [`upstream_login`] | log in to an upstream once for the fleet, share the credential, re-login once on a refusal |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
 //! concern's failure policy ([`FailurePolicy`]: open, closed, or local with this instance's
@@ -42,6 +43,7 @@ pub mod refusal;
 pub mod stage;
 pub mod store_ctx;
 pub mod throttle;
+pub mod upstream_login;
 
 pub use breaker::{BreakerConfig, Breakers};
 pub use client_ip::TrustedProxies;

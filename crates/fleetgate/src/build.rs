@@ -114,7 +114,12 @@ pub fn build_gateway_sharing(
                 },
                 u.retries.as_ref().map(|r| crate::retry::RetryPolicy::new(r, name)),
             )
-            .with_side(crate::upstream_side::UpstreamSide::build(keyspace, name, u)?),
+            .with_side(crate::upstream_side::UpstreamSide::build(keyspace, name, u)?)
+            .with_login(
+                u.login
+                    .as_ref()
+                    .map(|l| fleetgate_http::upstream_login::UpstreamLogin::new(keyspace, name, l.clone())),
+            ),
         ));
     }
     // Live events: one sink for every route; the publisher takes the receiver at start.

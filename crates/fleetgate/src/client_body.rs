@@ -1,6 +1,7 @@
 //! The client's request body as the proxy sends it on: as it arrives, or with its first bytes
 //! already read (by [`read_prefix`], for stages that look at the body: `json:` and `form:`
-//! key forms) and the rest, if any, still streaming. Trailers read early are sent on too.
+//! key forms) and the rest, if any, still streaming; or kept whole in memory, so that it can be
+//! sent again (an upstream login's retry after a refresh). Trailers read early are sent on too.
 
 use bytes::Bytes;
 use fleetgate_http::body_fields::BufferedBody;
@@ -27,6 +28,23 @@ impl ClientBody {
             read_ahead: None,
             trailers: None,
             rest: Some(body),
+        }
+    }
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(body: Incoming) -> Self {
+        ClientBody::streaming(body)
+    }
+}
+
+/// A body kept in memory (sent again on an upstream login's retry after a refresh).
+impl From<Bytes> for ClientBody {
+    fn from(bytes: Bytes) -> Self {
+        ClientBody {
+            read_ahead: (!bytes.is_empty()).then_some(bytes),
+            trailers: None,
+            rest: None,
         }
     }
 }

@@ -490,7 +490,18 @@ impl Gateway {
             parts.uri = uri;
             parts.version = http::Version::HTTP_11;
         }
-        let body = OutboundBody::new(body);
+        // Upstream login: the credential onto the request, and what a retry after a refresh needs.
+        // An upgrade gets the credential but is not sent again.
+        let (body, login_retry) = match upstream.login.as_deref() {
+            Some(login) => {
+                let read_bound = self.body_idle_timeout;
+                match crate::upstream_login::prepare(login, worker, idx, upstream, &mut parts, body, read_bound).await {
+                    Ok((body, retry)) => (body, retry.filter(|_| client_upgrade.is_none())),
+                    Err(answer) => return (answer, None),
+                }
+            }
+            None => (OutboundBody::new(body), None),
+        };
         let req = Request::from_parts(parts, body);
         let timeout = upstream.request_timeout.min(self.request_timeout);
         let sent_at = upstream_time.is_some().then(Instant::now);
@@ -518,6 +529,20 @@ impl Gateway {
             .await
         } else {
             tokio::time::timeout(timeout, async { Ok(pool.send(req).await?.map(BodyExt::boxed_unsync)) }).await
+        };
+        let result = match (login_retry, upstream.login.as_deref()) {
+            (Some(retry), Some(login)) => {
+                let send_again = |req: Request<OutboundBody>| {
+                    tokio::time::timeout(timeout, async move {
+                        Ok(match h2 {
+                            true => Box::pin(pool.send_h2(req)).await?.map(BodyExt::boxed_unsync),
+                            false => pool.send(req).await?.map(BodyExt::boxed_unsync),
+                        })
+                    })
+                };
+                crate::upstream_login::after(login, retry, worker, idx, upstream, result, send_again).await
+            }
+            _ => result,
         };
         if let (Some(out), Some(at)) = (upstream_time, sent_at) {
             *out = Some(at.elapsed());

@@ -33,5 +33,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod upstream_login;
 pub mod upstream_pool;
 pub mod upstream_side;

@@ -62,6 +62,8 @@ pub struct Upstream {
     pub retry: Option<crate::retry::RetryPolicy>,
     /// The upstream side's fleet-wide concerns: throttle and breakers.
     pub side: crate::upstream_side::UpstreamSide,
+    /// One login for the fleet (`login`).
+    pub login: Option<Arc<fleetgate_http::upstream_login::UpstreamLogin>>,
 }
 
 impl Upstream {
@@ -109,12 +111,19 @@ impl Upstream {
             affinity: None,
             retry: None,
             side: Default::default(),
+            login: None,
         }
     }
 
     /// Sets the throttle and breakers (`throttle`, `breaker`).
     pub fn with_side(mut self, side: crate::upstream_side::UpstreamSide) -> Self {
         self.side = side;
+        self
+    }
+
+    /// Sets the upstream's login (`login`).
+    pub fn with_login(mut self, login: Option<fleetgate_http::upstream_login::UpstreamLogin>) -> Self {
+        self.login = login.map(Arc::new);
         self
     }
 

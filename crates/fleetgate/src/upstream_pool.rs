@@ -542,8 +542,12 @@ pin_project_lite::pin_project! {
 }
 
 impl OutboundBody {
-    pub fn new(inner: crate::client_body::ClientBody) -> Self {
-        OutboundBody { inner, shared: None }
+    /// The client's body as it arrives, or one kept in memory (`Bytes`).
+    pub fn new(inner: impl Into<crate::client_body::ClientBody>) -> Self {
+        OutboundBody {
+            inner: inner.into(),
+            shared: None,
+        }
     }
 
     /// Rides on the connection of `shared` from now on.
