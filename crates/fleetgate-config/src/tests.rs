@@ -1832,6 +1832,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/concurrency/config.rs"),
         include_str!("../../fleetgate-http/src/payment/config.rs"),
         include_str!("../../fleetgate-http/src/upstream_login/config.rs"),
+        include_str!("../../fleetgate-http/src/forward_auth/config.rs"),
         include_str!("upstream_policy.rs"),
         include_str!("rewrite.rs"),
         include_str!("../../fleetgate-http/src/headers.rs"),
@@ -2565,4 +2566,38 @@ fn upstream_login_errors_name_the_field() {
         "upstreams.backend.login.refresh",
         &["did you mean `refresh_on`"],
     );
+}
+
+#[test]
+fn forward_auth_is_read_and_its_errors_name_the_field() {
+    let base = "upstreams:\n  b:\n    targets: [http://x]\nroutes:\n  - name: app\n    upstream: b\n    forward_auth:\n      url: http://127.0.0.1:4100/check\n";
+    let c = p(&format!(
+        "{base}      upstream_headers: [X-User-Id]\n      cache_ttl: 5m\n      session: {{ cookie: sid, logout_path: /logout }}\n"
+    ))
+    .unwrap();
+    let fa = c.routes[0].forward_auth.as_ref().expect("read");
+    assert_eq!(fa.upstream_headers, ["x-user-id"]);
+    assert_eq!(fa.cache_ttl, Duration::from_secs(300));
+    assert_eq!(fa.session.as_ref().map(|s| s.cookie.as_str()), Some("sid"));
+    for (extra, field, why) in [
+        (
+            "      deny_ttl: 10m\n",
+            "routes[0].forward_auth.deny_ttl",
+            "longer than cache_ttl",
+        ),
+        (
+            "      upstream_headers: [x-a, host]\n",
+            "routes[0].forward_auth.upstream_headers[1]",
+            "framing",
+        ),
+        (
+            "      session: { ttl: 1y }\n",
+            "routes[0].forward_auth.session.ttl",
+            "not a duration",
+        ),
+        ("      sesion: {}\n", "routes[0].forward_auth", "unknown field"),
+    ] {
+        let e = p(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(why), "{extra}: {e}");
+    }
 }

@@ -21,6 +21,11 @@ pub enum Principal {
     Authenticated(String),
 }
 
+/// Marks a request that arrived over TLS (a request extension the gateway sets), so that
+/// cookies are `Secure` and `X-Forwarded-Proto` says `https`.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedOverTls;
+
 /// Something held until the response is over: dropped when its body has ended or the client
 /// has gone (a concurrency permit gives its slot back when dropped).
 pub type Guard = Box<dyn Send + 'static>;
@@ -50,6 +55,8 @@ pub struct RequestCtx<'r, D = Store> {
     /// Charges of `count_statuses` limits (by the limit's place in its stage), settled in the
     /// response phase once the status is known.
     pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
+    /// A gateway session opened on the way in: its `Set-Cookie`, added on the way out.
+    pub session_cookie: Option<http::HeaderValue>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -65,6 +72,7 @@ impl<'r, D> RequestCtx<'r, D> {
             payment: None,
             answer_instead: None,
             status_charges: Vec::new(),
+            session_cookie: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
 //! | [`concurrency`] | requests in flight, with leased permits |
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
+//! | [`session`] | gateway sessions: a cookie any instance honours, identity kept in the store, sliding TTL |
+//! | [`forward_auth`] | forward auth: an auth service asked once per credential for the fleet (cached verdicts, single flight) |
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
 //! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
 //! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
@@ -30,6 +32,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod fleet;
+pub mod forward_auth;
 pub mod headers;
 pub mod identity;
 pub mod key;
@@ -40,6 +43,7 @@ pub mod payment;
 pub mod rate_headers;
 pub mod ratelimit;
 pub mod refusal;
+pub mod session;
 pub mod stage;
 pub mod store_ctx;
 pub mod throttle;
@@ -48,10 +52,11 @@ pub mod upstream_login;
 pub use breaker::{BreakerConfig, Breakers};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
-pub use context::{Completion, Principal, RequestCtx};
+pub use context::{ArrivedOverTls, Completion, Principal, RequestCtx};
 pub use error::StageError;
 pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;
+pub use forward_auth::{AuthClient, ForwardAuth, ForwardAuthConfig};
 pub use headers::{HeaderRules, RequestHeaders, ResponseHeaders};
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};
@@ -59,6 +64,7 @@ pub use limit_key::LimitScope;
 pub use payment::{FacilitatorClient, Payment, PaymentConfig};
 pub use ratelimit::{RateLimitConfig, RateLimiter, RateLimits};
 pub use refusal::Refusal;
+pub use session::Session;
 pub use stage::{Flow, Stage, Then};
 pub use store_ctx::{Decided, StageStore, StoreCtx};
 pub use throttle::{Throttle, ThrottleConfig, ThrottleLayer};

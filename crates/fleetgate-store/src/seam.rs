@@ -10,7 +10,7 @@
 //! | rate limits in lease mode ([`lease`](crate::lease)) | [`reserve`](StoreDriver::reserve), [`give_back`](StoreDriver::give_back) |
 //! | concurrency limits                       | [`acquire_permit`](StoreDriver::acquire_permit), [`release_permit`](StoreDriver::release_permit) |
 //! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
-//! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
+//! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`get_extend`](StoreDriver::get_extend), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
 //! | locks (single flight across instances)   | [`lock`](StoreDriver::lock), [`unlock`](StoreDriver::unlock) |
 //! | live events (fleet-wide, each seen once)  | [`stream_append`](StoreDriver::stream_append), [`stream_read`](StoreDriver::stream_read) |
 //! | breaker trips                            | [`publish`](StoreDriver::publish), [`subscribe`](StoreDriver::subscribe) |
@@ -200,6 +200,10 @@ pub trait StoreDriver: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
 
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send;
+
+    /// Reads a value and, if it exists, makes it live `ttl` from now, in one atomic step (a
+    /// sliding expiry: gateway sessions). A value deleted meanwhile is never brought back.
+    fn get_extend(&self, key: &StoreKey, ttl: Duration) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send;
 
     /// Sets a small value with a TTL (every key expires).
     fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> impl Future<Output = StoreResult<()>> + Send;

@@ -113,6 +113,9 @@ impl StoreDriver for Store {
     async fn get(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
         dispatch!(self, d => d.get(key))
     }
+    async fn get_extend(&self, key: &StoreKey, ttl: Duration) -> StoreResult<Option<Bytes>> {
+        dispatch!(self, d => d.get_extend(key, ttl))
+    }
     async fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<()> {
         dispatch!(self, d => d.set(key, value, ttl))
     }

@@ -513,6 +513,28 @@ async fn values_expire<F: Fleet>(f: &F) {
     assert!(!s.delete(&k).await.unwrap());
 }
 
+/// `get_extend` slides a value's expiry (gateway sessions), and never revives a deleted one.
+async fn get_extend_slides_the_expiry<F: Fleet>(f: &F) {
+    let s = f.handle();
+    let k = key("slide");
+    s.set(&k, Bytes::from_static(b"who"), Duration::from_millis(1000))
+        .await
+        .unwrap();
+    f.advance(Duration::from_millis(700)).await;
+    let got = s.get_extend(&k, Duration::from_millis(1000)).await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"who"[..]));
+    // Past the first expiry, inside the extended one.
+    f.advance(Duration::from_millis(700)).await;
+    assert_eq!(
+        s.get(&k).await.unwrap().as_deref(),
+        Some(&b"who"[..]),
+        "the expiry slid"
+    );
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(s.get_extend(&k, Duration::from_secs(5)).await.unwrap(), None);
+    assert!(!f.holds(&k), "a deleted value is not brought back");
+}
+
 /// Claim-once is won by exactly one of many concurrent claimants; the others see its value.
 async fn claim_once_has_one_winner<F: Fleet>(f: &F) {
     let k = key("claim");
@@ -804,6 +826,7 @@ conformance!(
     fixed_window_per_aligned_window,
     concurrent_hammer_admits_exactly_the_limit,
     values_expire,
+    get_extend_slides_the_expiry,
     claim_once_has_one_winner,
     permits_are_bounded_and_leased,
     locks_fence,

@@ -133,6 +133,7 @@ pub fn build_gateway_sharing(
     };
     let mut routes = Vec::new();
     let facilitator = crate::facilitator::HyperFacilitatorClient::shared();
+    let auth = crate::auth_client::HyperAuthClient::shared();
     for r in &config.routes {
         let action = match &r.target {
             RouteTarget::Upstream(name) => Action::Proxy(
@@ -165,6 +166,7 @@ pub fn build_gateway_sharing(
                 keyspace,
                 r,
                 &facilitator,
+                &auth,
                 events.as_ref(),
             )?),
             metrics: RouteMetrics::new(&r.name),

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod admin_events;
 pub mod affinity;
+pub mod auth_client;
 pub mod balance;
 pub mod body;
 pub mod build;

@@ -9,18 +9,21 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{
-    Concurrency, EventSink, EventStage, FacilitatorClient, Payment, RateLimits, RequestHeaders, ResponseHeaders,
+    AuthClient, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
+    RequestHeaders, ResponseHeaders, Session,
 };
 use fleetgate_store::Keyspace;
 use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
-/// the route), then events (its complete phase runs last), rate limits (most specific first),
-/// then concurrency, then the payment gate.
+/// the route), then events (its complete phase runs last), the gateway session and forward
+/// auth, rate limits (most specific first), then concurrency, then the payment gate.
 pub type RoutePipeline = fleetgate_http::stages![
     EventStage, // one live event per completed request (`events.enabled`); first, so
     // the gateway finds it at `.0`
     ResponseHeaders, // `response_headers`: early in, so late out (sees every header added)
+    Session,         // `forward_auth.session`: a gateway session skips the auth call
+    ForwardAuth,     // `forward_auth`: before the limits, so `key: header:x-user-id` is verified
     RateLimits,      // the route's own limits, then the global ones
     Concurrency,     // permits held until the response is over
     Payment,         // x402: 402, or a payment verified and settled once for the fleet
@@ -33,13 +36,18 @@ pub fn assemble(
     keyspace: &Keyspace,
     route: &RouteConfig,
     facilitator: &Arc<dyn FacilitatorClient>,
+    auth: &Arc<dyn AuthClient>,
     events: Option<&EventSink>,
 ) -> Result<RoutePipeline, BuildError> {
     let r = route.name.as_str();
     let fail = |e: fleetgate_http::StageError| BuildError::new(format!("route {r}: {e}"));
+    let (session, forward_auth) =
+        fleetgate_http::forward_auth::for_route(keyspace, r, route.forward_auth.as_ref(), auth);
     Ok(fleetgate_http::pipeline![
         events.map(|sink| EventStage::for_route(sink, r)),
         ResponseHeaders::for_route(&route.response_headers),
+        session,
+        forward_auth,
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
@@ -52,7 +60,7 @@ pub fn assemble(
 pub async fn give_back_leases(routes: &[crate::route::Route], store: &fleetgate_store::Store) -> u64 {
     let mut given = 0;
     for route in routes {
-        if let Some(limits) = &route.pipeline.1 .1 .0 {
+        if let Some(limits) = &route.pipeline.1 .1 .1 .1 .0 {
             for limiter in limits.limiters() {
                 given += limiter.give_back(store).await;
             }

@@ -585,3 +585,30 @@ fn upstream_tls_files_are_checked_by_check() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("unknown protocol"), "{err}");
 }
+
+#[test]
+fn gateway_session_cookies_are_secure_over_https_only() {
+    let pki = Pki::new("session");
+    let (cert, key) = pki.leaf("site", &["site.test"]);
+    // The upstream stand-in answers 200 on any path: as the auth service it allows everything.
+    let up = Upstream::start("u");
+    let tls_port = free_port();
+    let gw = Gateway::start(&format!(
+        "{BASE}{}upstreams:\n  u:\n    targets: [{}]\nroutes:\n  - name: r\n    upstream: u\n    forward_auth:\n      url: {}/check\n      session: {{ cookie: fg_session }}\n",
+        tls_section(tls_port, &[(&cert, &key)], ""),
+        up.url(),
+        up.url()
+    ));
+    let (code, tail, out) = curl_https(&pki.ca_file(), "site.test", tls_port, "/", &["--http1.1", "-D", "-"]);
+    assert_eq!((code, tail.as_str()), (0, "1.1 200"), "{out}");
+    let set_cookie = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: fg_session="))
+        .unwrap_or_else(|| panic!("a session cookie: {out}"));
+    assert!(set_cookie.trim_end().ends_with("; Secure"), "{set_cookie}");
+    let plain = gw.get("/", &[]);
+    let set_cookie = plain
+        .header("set-cookie")
+        .expect("a session cookie over plain HTTP too");
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+}

@@ -219,7 +219,7 @@ fn settle<'de, D: Deserializer<'de>>(d: D) -> Result<SettleMode, D::Error> {
 }
 
 /// A duration like `500ms`, `30s`, `10m` (1 ms to 7 days; null: the default).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };

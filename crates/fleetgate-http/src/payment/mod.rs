@@ -26,9 +26,9 @@
 //! marker and cache (the facilitator still verifies and settles); `local` keeps markers,
 //! verdicts and sessions in this instance's memory.
 
-mod config;
+pub(crate) mod config;
 mod facilitator;
-mod session;
+pub(crate) mod session;
 pub mod wire;
 
 /// Durations as the file writes them (`500ms`, `30s`), shared with the other concerns' configs.

@@ -440,6 +440,22 @@ impl MemoryStore {
         }
     }
 
+    fn get_extend_now(&self, key: &StoreKey, ttl: Duration) -> StoreResult<Option<Bytes>> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Bytes(b),
+                expires_at,
+            }) => {
+                *expires_at = now + ttl_us(ttl);
+                Ok(Some(Bytes::copy_from_slice(b)))
+            }
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+            None => Ok(None),
+        }
+    }
+
     fn set_now(&self, key: &StoreKey, value: Bytes, ttl: Duration) {
         let now = self.inner.clock.now_us();
         let entry = Entry {
@@ -595,6 +611,9 @@ impl StoreDriver for MemoryStore {
     }
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
         ready(self.get_now(key))
+    }
+    fn get_extend(&self, key: &StoreKey, ttl: Duration) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
+        ready(self.get_extend_now(key, ttl))
     }
     fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> impl Future<Output = StoreResult<()>> + Send {
         self.set_now(key, value, ttl);

@@ -846,6 +846,18 @@ impl StoreDriver for RedisStore {
         }
     }
 
+    /// GETEX (Redis 6.2 and later; Valkey and Dragonfly have it too): one command.
+    async fn get_extend(&self, key: &StoreKey, ttl: Duration) -> StoreResult<Option<Bytes>> {
+        match self
+            .query(redis::cmd("GETEX").arg(key.as_str()).arg("PX").arg(ms(ttl)))
+            .await?
+        {
+            Value::Nil => Ok(None),
+            Value::BulkString(b) => Ok(Some(Bytes::from(b))),
+            _ => Err(StoreError::Protocol("GETEX reply is not a string".into())),
+        }
+    }
+
     async fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<()> {
         self.query(
             redis::cmd("SET")

@@ -18,6 +18,5 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Marks a request that arrived on the TLS listener (a request extension), so that
-/// `X-Forwarded-Proto` says `https`.
-#[derive(Debug, Clone, Copy)]
-pub struct ArrivedOverTls;
+/// `X-Forwarded-Proto` says `https` and gateway session cookies are `Secure`.
+pub use fleetgate_http::ArrivedOverTls;
