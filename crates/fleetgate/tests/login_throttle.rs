@@ -88,9 +88,9 @@ fn failed_logins_counted_by_a_body_field_add_up_across_the_fleet() {
     }
     // form:user, two failures allowed; a body over body_limit (64 bytes) is not read, so it
     // counts in the shared anonymous bucket instead of carol's.
-    for i in 0..2 {
+    for (i, gw) in gws.iter().enumerate().take(2) {
         let r = post(
-            &gws[i],
+            gw,
             "/form",
             "application/x-www-form-urlencoded",
             "user=carol&pass=no",
