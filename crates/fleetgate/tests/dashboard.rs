@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::counting_upstream::CountingUpstream;
 use common::*;
 use fleetgate_testkit::RedisServer;
 use std::io::{BufRead, BufReader, Write};
@@ -39,10 +40,15 @@ fn the_dashboard_of_b_counts_what_a_and_c_served() {
         "playwright-core is missing: cd crates/fleetgate/tests/browser && npm install (.ci/run does it)"
     );
     let redis = RedisServer::start();
+    // An upstream that answers 429 with a long Retry-After: one call through A opens its
+    // breaker for the fleet, and B's page lists it.
+    let flaky = CountingUpstream::start();
+    flaky.answer(429, Some("120"));
     let token = "dashboard-test-token";
     let cfg = format!(
-        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\n  token: ${{ADMIN_TOKEN}}\nlog:\n  level: warn\n  access_log: false\nstore:\n  url: {}\n  key_prefix: dash\n  timeout_ms: 500\nroutes:\n  - name: api\n    match: {{ path_prefix: /api }}\n    respond: {{ status: 200, body: ok }}\n  - name: login\n    match: {{ path_prefix: /login }}\n    respond: {{ status: 200, body: welcome }}\n    rate_limits:\n      - name: tries\n        key: global\n        rate: 3/1h\n",
-        redis.url()
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\n  token: ${{ADMIN_TOKEN}}\nlog:\n  level: warn\n  access_log: false\nstore:\n  url: {}\n  key_prefix: dash\n  timeout_ms: 500\nroutes:\n  - name: api\n    match: {{ path_prefix: /api }}\n    respond: {{ status: 200, body: ok }}\n  - name: login\n    match: {{ path_prefix: /login }}\n    respond: {{ status: 200, body: welcome }}\n    rate_limits:\n      - name: tries\n        key: global\n        rate: 3/1h\n  - name: flaky\n    match: {{ path_prefix: /flaky }}\n    upstream: flaky\nupstreams:\n  flaky:\n    targets: [{}]\n    breaker: {{ failures: 1, cooldown: 60s }}\n",
+        redis.url(),
+        flaky.url()
     );
     let env = [("ADMIN_TOKEN", token)];
     let (a, b, c) = (
@@ -72,11 +78,17 @@ fn the_dashboard_of_b_counts_what_a_and_c_served() {
     let logins = drive(&[&a], "/login", 5, 1);
     assert_eq!(count(&statuses_a, 200) + count(&statuses_c, 200), 50);
     assert_eq!((count(&logins, 200), count(&logins, 429)), (3, 2));
-    let total = 55;
+    let tripped = drive(&[&a], "/flaky", 1, 1);
+    assert_eq!(
+        tripped,
+        [429],
+        "the upstream's 429 passes through and opens the breaker"
+    );
+    let total = 56;
     writeln!(
         node.stdin.as_mut().unwrap(),
         "{}",
-        serde_json::json!({ "total": total })
+        serde_json::json!({ "total": total, "breakers": 1 })
     )
     .unwrap();
     let result = out
@@ -95,12 +107,19 @@ fn the_dashboard_of_b_counts_what_a_and_c_served() {
     };
     assert_eq!(got["total"], total, "every request of the fleet, once");
     assert_eq!(got["refused"], 2, "limit refusals");
-    assert_eq!(got["instances"][id(&a)]["count"], 35);
+    assert_eq!(got["instances"][id(&a)]["count"], 36);
     assert_eq!(got["instances"][id(&a)]["refused"], 2);
     assert_eq!(got["instances"][id(&c)]["count"], 20);
     assert!(got["instances"].get(id(&b)).is_none(), "B served nothing");
     assert_eq!(got["routes"]["api"]["count"], 50);
     assert_eq!(got["routes"]["login"]["count"], 5);
+    assert_eq!(got["routes"]["flaky"]["count"], 1);
+    assert_eq!(
+        got["breakers"],
+        serde_json::json!(["flaky"]),
+        "the breaker tripped through A is open on B's page"
+    );
+    assert_eq!(flaky.count(), 1, "the upstream was called once");
     assert_eq!(got["instance"], id(&b), "the page is B's");
     assert_eq!(got["store"], "ok");
     assert_eq!(got["live"], 3);

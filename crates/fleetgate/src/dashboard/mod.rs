@@ -2,7 +2,8 @@
 //! nothing fetched from elsewhere. It follows `/events` (EventSource) and polls
 //! `/dashboard/state` (store health, live instances) every two seconds:
 //! the live request feed, requests per second per instance and per route (a chart drawn on a
-//! canvas by the page's own script), limit refusals, store health and live instances.
+//! canvas by the page's own script), limit refusals, open breakers (as this instance knows
+//! them: the fleet's, through the store and its notices), store health and live instances.
 
 use crate::admin::AdminState;
 use axum::extract::State;
@@ -37,7 +38,8 @@ pub async fn login() -> Redirect {
     Redirect::to("/dashboard")
 }
 
-/// What the page polls: this instance, the store's health, the fleet's size and the routes.
+/// What the page polls: this instance, the store's health, the fleet's size, the routes and
+/// the open breakers (upstream, breaker, remaining cooldown), as `GET /breakers` lists them.
 pub(crate) async fn state(State(s): State<AdminState>) -> impl IntoResponse {
     let store = s.store.health().await;
     let gateway = s.live.current();
@@ -47,5 +49,6 @@ pub(crate) async fn state(State(s): State<AdminState>) -> impl IntoResponse {
         "store": store.as_str(),
         "live_instances": gateway.live_instances.load(Ordering::Relaxed),
         "routes": routes,
+        "breakers": crate::upstream_side::open_breakers(&gateway)["open"],
     }))
 }

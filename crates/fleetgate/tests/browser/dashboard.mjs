@@ -26,6 +26,10 @@ try {
   await page.waitForFunction(
     (n) => Number(document.getElementById("total").textContent) >= n, want.total, { timeout: 20000 },
   ).catch(() => {});
+  // The page polls the open breakers every 2 s.
+  await page.waitForFunction(
+    (n) => document.querySelectorAll("#breakers tbody tr").length >= n, want.breakers || 0, { timeout: 10000 },
+  ).catch(() => {});
   // Let anything extra arrive (there should be nothing), and a render pass run.
   await page.waitForTimeout(1500);
   const got = await page.evaluate(() => {
@@ -39,6 +43,7 @@ try {
       live: Number(document.getElementById("live").textContent),
       instances: table("instances", "instance"),
       routes: table("routes", "route"),
+      breakers: [...document.querySelectorAll("#breakers tbody tr")].map((tr) => tr.dataset.upstream),
       feed_rows: document.querySelectorAll("#feed tbody tr").length,
       notice: document.getElementById("notices").textContent,
       cookie_visible_to_script: document.cookie.includes("fleetgate_admin"),
