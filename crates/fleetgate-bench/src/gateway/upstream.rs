@@ -11,7 +11,7 @@
 //!   in this process) counts the calls it receives over 10 s after a 1 s warm-up. The figure is
 //!   that observed rate over the declared one. Target: between 0.95 and 1.0.
 
-use super::procs::{http_get, Fleetgate, FleetgateSetup, Nginx, Scratch};
+use super::procs::{http_get, Fleetgate, FleetgateSetup, Nginx, Scratch, EVENTS_OFF};
 use super::{cpus, median, start_redis, wrk, ROUND, ROUNDS, WARM};
 use crate::report;
 use fleetgate_testkit::free_port;
@@ -98,7 +98,7 @@ fn throttled_config(redis_url: &str, upstream_port: u16, throttle: &str) -> Stri
 admin: {{ listen: 127.0.0.1:{admin} }}
 log: {{ level: error, access_log: false }}
 store: {{ url: \"{redis_url}\" }}
-upstreams:
+{EVENTS_OFF}upstreams:
   up:
     targets: [\"http://127.0.0.1:{upstream_port}\"]
     throttle: {{ {throttle} }}
