@@ -25,8 +25,14 @@ fn encode(events: &[Event]) -> Vec<Bytes> {
         .collect()
 }
 
+/// How long the publisher lets a small batch gather before writing it: at a high rate, one
+/// store write a millisecond instead of one every few events (fewer round trips and wakeups
+/// for the store and the gateway); at a low rate, an event reaches subscribers about this much
+/// later.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Publishes every event `rx` receives until every sender is gone: a batch is what is waiting
-/// (up to `settings.batch`), written in one call. A batch the store refuses goes to `local`
+/// (up to `settings.batch`), after a [`LINGER`] when that was less, written in one call. A batch the store refuses goes to `local`
 /// marked `"local": true`, and the next batch tries the store again.
 pub async fn run_publisher<D: StoreDriver>(
     store: D,
@@ -40,8 +46,18 @@ pub async fn run_publisher<D: StoreDriver>(
     let mut down = false;
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, settings.batch.max(1)).await == 0 {
+        let max = settings.batch.max(1);
+        if rx.recv_many(&mut batch, max).await == 0 {
             return;
+        }
+        if batch.len() < max {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
         }
         let payloads = encode(&batch);
         match store.stream_append(&settings.key, &payloads, settings.max_len).await {
