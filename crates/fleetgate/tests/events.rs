@@ -447,3 +447,51 @@ fn events_keep_flowing_after_a_configuration_reload() {
     assert_eq!(routes, ["api", "api", "api", "added", "added", "added"]);
     sub.close();
 }
+
+/// A subscriber that opens `/events` and never reads: its queue is bounded, so once the
+/// kernel's and the server's buffers are full the gateway drops it and counts it, while a
+/// subscriber that reads gets every event and requests keep being served.
+#[test]
+fn a_subscriber_that_never_reads_is_dropped_and_counted() {
+    use socket2::{Domain, Socket, Type};
+    let gw = Gateway::start(&config("memory://", "events:\n  stream_max_len: 20000\n"));
+    let reader = Subscriber::open(gw.admin_addr(), "", &[]);
+    // A receive buffer of a few KiB, set before connecting, so the window stays small.
+    let stalled = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    stalled.set_recv_buffer_size(4096).unwrap();
+    stalled.connect(&gw.admin_addr().into()).unwrap();
+    let mut stalled: TcpStream = stalled.into();
+    stalled
+        .write_all(b"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let dropped = || {
+        metric_sum(
+            &http_get(gw.admin_addr(), "/metrics", &[]).unwrap().body,
+            "fleetgate_events_subscribers_dropped_total",
+        )
+    };
+    assert_eq!(dropped(), 0.0);
+    // Long paths make big events: the kernel's send buffer on loopback grows to a few MiB,
+    // and hyper buffers some 400 KiB, before the subscriber's queue of 1024 fills.
+    let n = 4000;
+    let path = format!("/api/{}", "x".repeat(2000));
+    let statuses = drive(&[&gw], &path, n, 4);
+    assert_eq!(
+        count(&statuses, 200),
+        n,
+        "requests are served while a subscriber stalls"
+    );
+    assert_eq!(
+        reader.wait_events(n).len(),
+        n,
+        "the subscriber that reads misses nothing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dropped() < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(dropped(), 1.0, "the stalled subscriber is dropped and counted, once");
+    assert_eq!(reader.events().len(), n, "and the reader was not the one dropped");
+    assert_eq!(gw.get("/api/after", &[]).status, 200);
+    drop(stalled);
+}
