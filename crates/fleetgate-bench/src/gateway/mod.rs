@@ -45,6 +45,7 @@
 //!   generator) on CPU 0. Per-core cost of the proxy, provided CPU 0 keeps up (the log prints
 //!   the direct upstream rate from CPU 0 for comparison).
 
+mod cache;
 mod h2load;
 mod openloop;
 mod procs;
@@ -52,6 +53,7 @@ mod tls;
 mod upstream;
 mod wrk;
 
+pub use cache::run as run_cache;
 pub use upstream::run as run_upstream;
 
 use crate::redis_bench::pin;
@@ -102,7 +104,7 @@ enum Placement {
     Split,
 }
 
-struct Cpus {
+pub(crate) struct Cpus {
     placement: Placement,
     /// Affinity of the proxy under test (fleetgate or nginx).
     proxy: Option<&'static str>,

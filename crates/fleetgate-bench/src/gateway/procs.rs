@@ -130,7 +130,7 @@ fn signal(pid: u32, name: &str) {
 }
 
 /// SIGTERM, wait up to [`STOP_BOUND`], then SIGKILL.
-fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
@@ -147,7 +147,7 @@ fn stop(child: &mut Child) {
 }
 
 /// A command, run under `taskset -c CPUS` when `cpus` is given (taskset execs it: same pid).
-fn command(program: &Path, cpus: Option<&str>) -> Command {
+pub fn command(program: &Path, cpus: Option<&str>) -> Command {
     match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -160,7 +160,7 @@ fn command(program: &Path, cpus: Option<&str>) -> Command {
 
 /// Waits until `GET path` on `port` answers `want`; panics with `context()` after the bound or
 /// if the child exits.
-fn wait_for(child: &mut Child, port: u16, path: &str, want: u16, what: &str, context: impl Fn() -> String) {
+pub fn wait_for(child: &mut Child, port: u16, path: &str, want: u16, what: &str, context: impl Fn() -> String) {
     let deadline = Instant::now() + START_BOUND;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -179,7 +179,7 @@ fn wait_for(child: &mut Child, port: u16, path: &str, want: u16, what: &str, con
     }
 }
 
-fn read_or_empty(path: &Path) -> String {
+pub fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
@@ -237,6 +237,31 @@ http {{
             common = http_common(&prefix)
         );
         Nginx::start(&prefix, &conf, port, "nginx upstream", cpus)
+    }
+
+    /// The object of `scripts/bench cache`: `200 ok` with `Cache-Control: public,
+    /// max-age=3600` on every path but `/nginx_status` (its `stub_status`, to count what the
+    /// caches in front forwarded).
+    pub fn cacheable_upstream(scratch: &Scratch, port: u16, cpus: Option<&str>) -> Nginx {
+        let prefix = scratch.dir.join("nginx-cacheable");
+        let conf = format!(
+            "{main}
+http {{
+    {common}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /nginx_status {{ stub_status; }}
+        location / {{
+            add_header Cache-Control \"public, max-age=3600\" always;
+            return 200 \"ok\";
+        }}
+    }}
+}}
+",
+            main = main_common(&prefix, 1),
+            common = http_common(&prefix)
+        );
+        Nginx::start(&prefix, &conf, port, "nginx cacheable upstream", cpus)
     }
 
     /// The peer: a reverse proxy to `upstream_port` with limit_req on (a limit never reached)
