@@ -231,7 +231,10 @@ fn redis_answering_errors_follows_the_policy() {
 /// One health truth per instance, across a fleet: once each instance's `/healthz` says the
 /// store is `ok` again, every worker of every instance decides on the store at once. A
 /// `closed` limit answers 200 to every request, and a new key of a `sliding_window` 100/1h
-/// admits exactly 100 across the three instances (no local decisions leaking in).
+/// admits exactly 100 across the three instances (no local decisions leaking in). The store
+/// timeout is 250 ms, not 50: the outage is a killed process (refused connections, seen at
+/// once), and a loaded CI machine can take longer than 50 ms to answer one call, which under
+/// `closed` is a 503 that says nothing about recovery (seen once: 58 of 60).
 #[test]
 fn recovery_is_exact_across_three_instances_as_soon_as_healthz_says_ok() {
     let mut redis = RedisServer::start();
@@ -239,7 +242,7 @@ fn recovery_is_exact_across_three_instances_as_soon_as_healthz_says_ok() {
         format!("  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    respond: {{ status: 200, body: ok }}\n    rate_limits:\n      - name: all\n        key: global\n        rate: {rate}\n        algorithm: {algorithm}\n        on_store_error: {policy}\n")
     };
     let cfg = format!(
-        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: error\n  access_log: false\nstore:\n  url: {}\n  key_prefix: recovery\n  timeout_ms: 50\nroutes:\n{}{}",
+        "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nlog:\n  level: error\n  access_log: false\nstore:\n  url: {}\n  key_prefix: recovery\n  timeout_ms: 250\nroutes:\n{}{}",
         redis.url(),
         route("closed", "100000/1h", "closed", "gcra"),
         route("sliding", "100/1h", "local", "sliding_window"),
