@@ -270,6 +270,10 @@ impl Gateway {
             // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
             resp = answer.map(full);
         }
+        if let Some(fill) = cx.cache_fill.take() {
+            // The cache stores this body as it streams to the client.
+            resp = resp.map(|b| fill.tee(b).boxed_unsync());
+        }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());
         if let Some(span) = span {

@@ -89,12 +89,7 @@ fn failed_logins_counted_by_a_body_field_add_up_across_the_fleet() {
     // form:user, two failures allowed; a body over body_limit (64 bytes) is not read, so it
     // counts in the shared anonymous bucket instead of carol's.
     for (i, gw) in gws.iter().enumerate().take(2) {
-        let r = post(
-            gw,
-            "/form",
-            "application/x-www-form-urlencoded",
-            "user=carol&pass=no",
-        );
+        let r = post(gw, "/form", "application/x-www-form-urlencoded", "user=carol&pass=no");
         assert_eq!(r.status, 401, "form failure {i}: {r:?}");
     }
     let r = post(
