@@ -393,7 +393,7 @@ impl Gateway {
             Err(unreachable) => {
                 let msg = format!("upstream {} is unreachable", upstream.name);
                 return (
-                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[])),
                     Some(unreachable.target),
                 );
             }
@@ -568,7 +568,7 @@ impl Gateway {
                     timeout.as_millis()
                 );
                 (
-                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[])),
                     target_url,
                 )
             }
@@ -588,7 +588,7 @@ impl Gateway {
                     bound.as_millis()
                 );
                 (
-                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[])),
                     target_url,
                 )
             }
@@ -629,7 +629,7 @@ impl Gateway {
                 tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");
                 let msg = format!("upstream {} is unreachable", upstream.name);
                 (
-                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[])),
                     target_url,
                 )
             }
@@ -654,6 +654,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A response the gateway makes because the upstream gave none: marked so that the cache may
+/// serve a stale entry instead (RFC 9111 section 4.2.4).
+fn upstream_failure(mut resp: Response<GatewayBody>) -> Response<GatewayBody> {
+    resp.extensions_mut().insert(fleetgate_http::cache::UpstreamFailed);
+    resp
 }
 
 /// The answer to a request whose body could not be read ahead for the pipeline.

@@ -86,12 +86,14 @@ impl TryFrom<Written> for CacheConfig {
         let heuristic = match w.heuristic {
             None => None,
             Some(f) if (0.0..=1.0).contains(&f) => Some(f as f32),
-            Some(f) => return Err(marked(
-                ".heuristic",
-                format!(
+            Some(f) => {
+                return Err(marked(
+                    ".heuristic",
+                    format!(
                     "{f} is out of range; accepted: a fraction from 0 to 1 of the time since Last-Modified, e.g. 0.1"
                 ),
-            )),
+                ))
+            }
         };
         let on_store_error = match w.on_store_error {
             None => FailurePolicy::Open,

@@ -37,7 +37,33 @@ pub struct Entry {
     /// When it stops being fresh (Unix milliseconds), as computed when it was stored: how
     /// stale it is decides the RFC 5861 windows.
     pub fresh_until_ms: u64,
+    /// What the policy does not give back of the stored head.
+    pub meta: Meta,
     pub body: Bytes,
+}
+
+/// The stored response's `Date` (served unchanged: the crate would replace it) and its
+/// validators (to select the entry a 304 without validators refreshes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub date: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// The status served, when the policy was given another (one the crate understands).
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+impl Meta {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let text = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Meta {
+            date: text(http::header::DATE),
+            etag: text(http::header::ETAG),
+            last_modified: text(http::header::LAST_MODIFIED),
+            status: None,
+        }
+    }
 }
 
 /// The `Vary` of a resource's stored variants.
@@ -59,13 +85,17 @@ impl Record {
         match tag {
             ENTRY => {
                 let fresh_until_ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-                let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-                let policy_json = rest.get(12..12 + len)?;
+                let meta_len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+                let meta = serde_json::from_slice(rest.get(12..12 + meta_len)?).ok()?;
+                let at = 12 + meta_len;
+                let len = u32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize;
+                let policy_json = rest.get(at + 4..at + 4 + len)?;
                 let policy = serde_json::from_slice(policy_json).ok()?;
-                let body = bytes.slice(2 + 12 + len..);
+                let body = bytes.slice(2 + at + 4 + len..);
                 Some(Record::Entry(Entry {
                     policy,
                     fresh_until_ms,
+                    meta,
                     body,
                 }))
             }
@@ -76,12 +106,15 @@ impl Record {
 }
 
 impl Entry {
-    pub fn encode(policy: &CachePolicy, fresh_until_ms: u64, body: &Bytes) -> Option<Bytes> {
+    pub fn encode(policy: &CachePolicy, fresh_until_ms: u64, meta: &Meta, body: &Bytes) -> Option<Bytes> {
         let json = serde_json::to_vec(policy).ok()?;
-        let mut out = BytesMut::with_capacity(14 + json.len() + body.len());
+        let meta = serde_json::to_vec(meta).ok()?;
+        let mut out = BytesMut::with_capacity(18 + meta.len() + json.len() + body.len());
         out.put_u8(ENTRY);
         out.put_u8(VERSION);
         out.put_u64(fresh_until_ms);
+        out.put_u32(u32::try_from(meta.len()).ok()?);
+        out.put_slice(&meta);
         out.put_u32(u32::try_from(json.len()).ok()?);
         out.put_slice(&json);
         out.put_slice(body);
@@ -176,9 +209,13 @@ mod tests {
     #[test]
     fn entries_round_trip_and_broken_ones_do_not_decode() {
         let body = Bytes::from_static(b"hello");
-        let bytes = Entry::encode(&policy(), 42, &body).unwrap();
+        let meta = Meta {
+            date: Some("d".into()),
+            ..Meta::default()
+        };
+        let bytes = Entry::encode(&policy(), 42, &meta, &body).unwrap();
         match Record::decode(&bytes) {
-            Some(Record::Entry(e)) => assert_eq!((e.body, e.fresh_until_ms), (body, 42)),
+            Some(Record::Entry(e)) => assert_eq!((e.body, e.fresh_until_ms, e.meta), (body, 42, meta)),
             _ => panic!("entry did not decode"),
         }
         for cut in [0, 1, 2, 5, 20] {

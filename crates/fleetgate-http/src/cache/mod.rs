@@ -29,6 +29,7 @@ pub mod directives;
 pub mod entry;
 pub mod policy;
 pub mod status;
+pub mod targeted;
 pub mod tee;
 
 pub use config::CacheConfig;
@@ -42,7 +43,7 @@ use crate::stage::{Flow, Stage};
 use crate::store_ctx::{ConcernPolicy, Decided, Op, StageStore, StoreCtx};
 use bytes::Bytes;
 use directives::Directives;
-use entry::{Entry, Record, Variants};
+use entry::{Entry, Meta, Record, Variants};
 use fleetgate_store::{ClaimOutcome, Concern, Keyspace, ScopedKeys, StoreKey};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -50,6 +51,11 @@ use http::{Method, Response, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use status::Forward;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Marks a response the gateway made because the upstream could not be reached or did not
+/// answer (a response extension): a stale entry may then be served (RFC 9111 section 4.2.4).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamFailed;
 
 /// The metric name of the cache's store calls under its failure policy.
 pub const CACHE_STORE_DECISIONS: &str = "fleetgate_cache_store_decisions_total";
@@ -172,21 +178,35 @@ impl Cache {
     /// gave (Age updated), as 304 when the client's conditions hold.
     fn answer(
         parts: http::response::Parts,
-        body: &Bytes,
+        entry: (&Bytes, &Meta),
         conditions: &HeaderMap,
         is_head: bool,
         cache_status: HeaderValue,
     ) -> Response<Bytes> {
+        let (body, meta) = entry;
         let mut parts = parts;
+        policy::restore_origin_fields(&mut parts.headers);
         parts.headers.insert(&CACHE_STATUS, cache_status);
-        if parts.status == StatusCode::OK && conditional::not_modified(conditions, &parts.headers) {
+        // The origin's Date, as stored (RFC 9110 section 6.6.1): Age says how old it is.
+        if let Some(date) = meta.date.as_deref().and_then(|d| HeaderValue::from_str(d).ok()) {
+            parts.headers.insert(header::DATE, date);
+        }
+        if parts.status == StatusCode::OK
+            && meta.status.is_none()
+            && conditional::not_modified(conditions, &parts.headers)
+        {
             parts.status = StatusCode::NOT_MODIFIED;
             parts.headers.remove(header::CONTENT_LENGTH);
             return Response::from_parts(parts, Bytes::new());
         }
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if !matches!(parts.status.as_u16(), 204 | 304 | 100..=199) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        if let Some(status) = meta.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+            parts.status = status;
+        }
         let body = if is_head { Bytes::new() } else { body.clone() };
         Response::from_parts(parts, body)
     }
@@ -204,8 +224,9 @@ impl Cache {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-stale"));
         match entry.policy.before_request(&probe, now) {
             BeforeRequest::Fresh(parts) => {
+                // s-maxage implies proxy-revalidate for a shared cache (RFC 9111 5.2.2.10).
                 let cc = Directives::of(&parts.headers);
-                (!cc.has("no-cache") && !cc.has("must-revalidate")).then_some(parts)
+                (!cc.has("no-cache") && !cc.has("must-revalidate") && !cc.has("s-maxage")).then_some(parts)
             }
             BeforeRequest::Stale { .. } => None,
         }
@@ -292,7 +313,13 @@ impl Cache {
                 self.metrics.hit.increment(1);
                 let ttl = entry.policy.time_to_live(now).as_secs() as i64;
                 let status = status::hit(ttl, None);
-                Flow::Answer(Self::answer(parts, &entry.body, &exchange.conditions, is_head, status))
+                Flow::Answer(Self::answer(
+                    parts,
+                    (&entry.body, &entry.meta),
+                    &exchange.conditions,
+                    is_head,
+                    status,
+                ))
             }
             BeforeRequest::Stale { request, matches } => {
                 if !matches {
@@ -322,7 +349,7 @@ impl Cache {
                             let status = status::hit(-(stale_for.as_secs() as i64), Some("stale-while-revalidate"));
                             return Flow::Answer(Self::answer(
                                 head,
-                                &entry.body,
+                                (&entry.body, &entry.meta),
                                 &exchange.conditions,
                                 is_head,
                                 status,
@@ -362,7 +389,10 @@ impl Cache {
             return not_stored("head");
         }
         let now = SystemTime::now();
-        let head = policy::response_head(resp.status(), resp.headers());
+        let Some((policy_status, stored_status)) = policy::status_for_policy(resp.status(), resp.headers()) else {
+            return not_stored("status");
+        };
+        let head = policy::response_head(policy_status, resp.headers());
         let mut deciding = exchange.head.clone();
         if exchange.authorized {
             deciding
@@ -409,8 +439,10 @@ impl Cache {
             vary,
             ttl,
         };
+        let mut meta = Meta::of(&head.headers);
+        meta.status = stored_status;
         cx.cache_fill = Some(Fill::new(cap as usize, move |body| {
-            tokio::spawn(write.run(stored, fresh_until, body));
+            tokio::spawn(write.run(stored, fresh_until, meta, body));
         }));
         status::forwarded(forward, fwd_status, true, None)
     }
@@ -421,9 +453,26 @@ impl Cache {
         cx: &mut RequestCtx<'_, D>,
         exchange: Exchange,
         entry: Entry,
-        head: http::response::Parts,
+        mut head: http::response::Parts,
     ) -> Option<Response<Bytes>> {
         let now = SystemTime::now();
+        // A 304 without validators refreshes the one stored response (RFC 9111 section
+        // 4.3.4); the crate would select none when the stored one has validators.
+        if !policy::has_validator(&head.headers) {
+            for (name, v) in [
+                (header::ETAG, &entry.meta.etag),
+                (header::LAST_MODIFIED, &entry.meta.last_modified),
+            ] {
+                if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                    head.headers.insert(name, v);
+                }
+            }
+        }
+        let date_304 = head
+            .headers
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let request = &exchange.head;
         let (policy, parts) =
             match entry
@@ -453,9 +502,18 @@ impl Cache {
             ttl,
         };
         let status = status::forwarded(Forward::Stale, Some(304), true, None);
-        let answer = Self::answer(parts, &entry.body, &exchange.conditions, exchange.is_head, status);
+        let mut meta = Meta::of(&parts.headers);
+        meta.date = date_304.or(entry.meta.date);
+        meta.status = entry.meta.status;
+        let answer = Self::answer(
+            parts,
+            (&entry.body, &meta),
+            &exchange.conditions,
+            exchange.is_head,
+            status,
+        );
         write
-            .run(policy, now_ms(now) + fresh.as_millis() as u64, entry.body)
+            .run(policy, now_ms(now) + fresh.as_millis() as u64, meta, entry.body)
             .await;
         Some(answer)
     }
@@ -539,8 +597,8 @@ struct Write<D> {
 }
 
 impl<D: StageStore> Write<D> {
-    async fn run(self, policy: CachePolicy, fresh_until_ms: u64, body: Bytes) {
-        let Some(value) = Entry::encode(&policy, fresh_until_ms, &body) else {
+    async fn run(self, policy: CachePolicy, fresh_until_ms: u64, meta: Meta, body: Bytes) {
+        let Some(value) = Entry::encode(&policy, fresh_until_ms, &meta, &body) else {
             return;
         };
         let key = if self.vary.is_empty() {
@@ -641,13 +699,21 @@ impl<D: StageStore> Stage<D> for Cache {
                     let window = head
                         .as_ref()
                         .and_then(|h| Directives::of(&h.headers).seconds("stale-if-error"));
+                    // Disconnected from the origin (RFC 9111 section 4.2.4): stale is allowed
+                    // unless the entry forbids it.
+                    let disconnected = resp.extensions().get::<UpstreamFailed>().is_some();
+                    let detail = if disconnected {
+                        "origin-unreachable"
+                    } else {
+                        "stale-if-error"
+                    };
                     match head {
-                        Some(head) if window.is_some_and(|w| stale_for <= w) => {
+                        Some(head) if disconnected || window.is_some_and(|w| stale_for <= w) => {
                             self.metrics.stale.increment(1);
-                            let value = status::forwarded(Forward::Stale, Some(code), false, Some("stale-if-error"));
+                            let value = status::forwarded(Forward::Stale, Some(code), false, Some(detail));
                             cx.answer_instead = Some(Self::answer(
                                 head,
-                                &entry.body,
+                                (&entry.body, &entry.meta),
                                 &exchange.conditions,
                                 exchange.is_head,
                                 value,

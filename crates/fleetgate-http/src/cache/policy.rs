@@ -73,12 +73,105 @@ pub fn response_head(status: http::StatusCode, headers: &HeaderMap) -> http::res
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     for (name, v) in headers {
-        if name != header::SET_COOKIE {
+        if name != header::SET_COOKIE && name != ORIGIN_CACHE_CONTROL && name != ORIGIN_EXPIRES {
             parts.headers.append(name.clone(), v.clone());
         }
     }
+    if let Some(targeted) = super::targeted::as_cache_control(&parts.headers) {
+        // CDN-Cache-Control decides; the origin's fields are kept aside for the client.
+        for (from, to) in [
+            (header::CACHE_CONTROL, &ORIGIN_CACHE_CONTROL),
+            (header::EXPIRES, &ORIGIN_EXPIRES),
+        ] {
+            let values: Vec<HeaderValue> = parts.headers.get_all(&from).iter().cloned().collect();
+            parts.headers.remove(&from);
+            for v in values {
+                parts.headers.append(to, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&targeted) {
+            if !targeted.is_empty() {
+                parts.headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
+    }
     normalise_cache_control(&mut parts.headers);
+    normalise_dates(&mut parts.headers);
     parts
+}
+
+/// Where a stored head keeps the origin's `Cache-Control` and `Expires` while a
+/// `CDN-Cache-Control` decides (never sent to a client).
+static ORIGIN_CACHE_CONTROL: HeaderName = HeaderName::from_static("x-fleetgate-origin-cache-control");
+static ORIGIN_EXPIRES: HeaderName = HeaderName::from_static("x-fleetgate-origin-expires");
+
+/// A stored head as the client gets it: the origin's `Cache-Control` and `Expires` back in
+/// place of what `CDN-Cache-Control` made of them.
+pub fn restore_origin_fields(headers: &mut HeaderMap) {
+    if !headers.contains_key(&ORIGIN_CACHE_CONTROL) && !headers.contains_key(&ORIGIN_EXPIRES) {
+        if super::targeted::as_cache_control(headers).is_some() {
+            headers.remove(header::CACHE_CONTROL);
+            headers.remove(header::EXPIRES);
+        }
+        return;
+    }
+    for (to, from) in [
+        (header::CACHE_CONTROL, &ORIGIN_CACHE_CONTROL),
+        (header::EXPIRES, &ORIGIN_EXPIRES),
+    ] {
+        headers.remove(&to);
+        let values: Vec<HeaderValue> = headers.get_all(from).iter().cloned().collect();
+        headers.remove(from);
+        for v in values {
+            headers.append(to.clone(), v);
+        }
+    }
+}
+
+/// `Expires`, `Date` and `Last-Modified` as IMF-fixdate, which is what the crate parses (it
+/// took RFC 2822 leniently and missed the obsolete HTTP formats): an invalid `Expires` is
+/// `0` (already expired, RFC 9111 section 5.3), an invalid `Date` or `Last-Modified` is
+/// dropped.
+fn normalise_dates(headers: &mut HeaderMap) {
+    for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
+        let mut values = headers.get_all(&name).iter();
+        let Some(first) = values.next() else { continue };
+        let several = values.next().is_some();
+        let parsed = first
+            .to_str()
+            .ok()
+            .filter(|_| !several)
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        match parsed {
+            Some(t) => {
+                if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
+                    headers.insert(&name, v);
+                }
+            }
+            None if name == header::EXPIRES => {
+                headers.insert(&name, HeaderValue::from_static("0"));
+            }
+            None => {
+                headers.remove(&name);
+            }
+        }
+    }
+    // Age: the first element of the first line, if it is a non-negative integer; anything
+    // else is ignored (the cache-tests suite follows what deployed caches do).
+    let first = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| v.parse::<u64>().unwrap_or(crate::cache::directives::MAX_DELTA));
+    headers.remove(header::AGE);
+    if let Some(age) = first {
+        headers.insert(
+            header::AGE,
+            HeaderValue::from(age.min(crate::cache::directives::MAX_DELTA)),
+        );
+    }
 }
 
 fn normalise_cache_control(headers: &mut HeaderMap) {
@@ -121,6 +214,29 @@ pub fn response_time(headers: &HeaderMap, now: SystemTime) -> SystemTime {
 /// The policy for a response to `req`.
 pub fn policy(req: &Parts, resp: &http::response::Parts, now: SystemTime, opts: CacheOptions) -> CachePolicy {
     CachePolicy::new_options(req, resp, response_time(&resp.headers, now), opts)
+}
+
+/// Statuses `http-cache-semantics` understands (it stores no other, after RFC 7234).
+const CRATE_UNDERSTOOD: &[u16] = &[200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501];
+
+/// The status to give the crate for a response with `status`, and the status to serve if it
+/// differs; `None` when the response must not be stored. RFC 9111 section 3 lets a cache
+/// store any final status except 206 and 304 (which it does not handle here) with explicit
+/// freshness, unless `must-understand` names a status it does not understand; the crate
+/// stores only RFC 7234's understood ones. Others are presented as 302 (understood, not
+/// cacheable by default: only explicit freshness stores them).
+pub fn status_for_policy(status: http::StatusCode, headers: &HeaderMap) -> Option<(http::StatusCode, Option<u16>)> {
+    let code = status.as_u16();
+    if code < 200 || code == 206 || code == 304 {
+        return None;
+    }
+    if CRATE_UNDERSTOOD.contains(&code) {
+        return Some((status, None));
+    }
+    if Directives::of(headers).has("must-understand") {
+        return None;
+    }
+    Some((http::StatusCode::FOUND, Some(code)))
 }
 
 /// Whether the response carries a validator (`ETag` or `Last-Modified`).
@@ -192,5 +308,35 @@ mod tests {
         assert_eq!(p.time_to_live(now), Duration::ZERO);
         let p = policy(&request_head(&req(), false, false), &r, now, options(Some(0.1)));
         assert!(p.time_to_live(now) > Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod bad_input {
+    use super::*;
+
+    fn stale_with(name: &'static str, value: &'static str) -> bool {
+        let now = SystemTime::now();
+        let mut h = HeaderMap::new();
+        h.insert("date", HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap());
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        if name != "cache-control" && name != "expires" {
+            h.insert("cache-control", HeaderValue::from_static("max-age=3600"));
+        }
+        let r = response_head(http::StatusCode::OK, &h);
+        let req = http::Request::get("/x").body(()).unwrap().into_parts().0;
+        policy(&req, &r, now, options(None)).is_stale(now)
+    }
+
+    #[test]
+    fn malformed_age_and_expires_are_stale() {
+        assert!(stale_with("age", "7200, 0"));
+        assert!(!stale_with("age", "old"), "an unreadable Age is ignored");
+        assert!(!stale_with("age", "0, 7200"));
+        assert!(!stale_with("age", "-7200"));
+        assert!(!stale_with("age", "10"));
+        assert!(stale_with("expires", "Thu, 18  Aug  2050 02:01:18 GMT"));
+        assert!(!stale_with("expires", "Thu, 18 Aug 2050 02:01:18 GMT"));
+        assert!(stale_with("cache-control", "max-age=abc"));
     }
 }

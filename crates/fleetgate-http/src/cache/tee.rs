@@ -26,8 +26,16 @@ impl Fill {
         }
     }
 
-    /// `body`, teed.
-    pub fn tee<B>(self, body: B) -> Tee<B> {
+    /// `body`, teed. A body that has already ended (a 204, an empty body) is handed on at
+    /// once: it will never be polled.
+    pub fn tee<B: Body>(self, body: B) -> Tee<B> {
+        if body.is_end_stream() {
+            (self.finished)(Bytes::new());
+            return Tee {
+                inner: body,
+                copy: None,
+            };
+        }
         Tee {
             inner: body,
             copy: Some((BytesMut::new(), self)),
