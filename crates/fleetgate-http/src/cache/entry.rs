@@ -27,7 +27,7 @@ pub const MAX_VARY: usize = 16;
 
 /// One stored record.
 pub enum Record {
-    Entry(Entry),
+    Entry(Box<Entry>),
     Variants(Variants),
 }
 
@@ -92,12 +92,12 @@ impl Record {
                 let policy_json = rest.get(at + 4..at + 4 + len)?;
                 let policy = serde_json::from_slice(policy_json).ok()?;
                 let body = bytes.slice(2 + at + 4 + len..);
-                Some(Record::Entry(Entry {
+                Some(Record::Entry(Box::new(Entry {
                     policy,
                     fresh_until_ms,
                     meta,
                     body,
-                }))
+                })))
             }
             VARIANTS => serde_json::from_slice(rest).ok().map(Record::Variants),
             _ => None,

@@ -367,7 +367,7 @@ impl Cache {
                         req.headers.append(name.clone(), v.clone());
                     }
                 }
-                exchange.step = Step::Revalidate(Box::new(entry));
+                exchange.step = Step::Revalidate(entry);
                 cx.cache = Some(Box::new(exchange));
                 Flow::Continue
             }
