@@ -52,7 +52,8 @@ pub fn assemble(
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
-        Cache::for_route(keyspace, r, route.cache.as_ref()),
+        Cache::for_route(keyspace, r, route.cache.as_ref())
+            .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::new(config.listen))),
         RequestHeaders::for_route(&route.request_headers),
     ])
 }

@@ -28,11 +28,13 @@ pub mod config;
 pub mod directives;
 pub mod entry;
 pub mod policy;
+pub mod refresh;
 pub mod status;
 pub mod targeted;
 pub mod tee;
 
 pub use config::CacheConfig;
+pub use refresh::Refresh;
 pub use status::{CacheMetrics, CACHE_STATUS};
 pub use tee::{Fill, Tee};
 
@@ -70,6 +72,19 @@ pub struct Cache {
     policy: ConcernPolicy,
     metrics: CacheMetrics,
     options: CacheOptions,
+    /// Sends the background revalidations of `stale-while-revalidate`; without it, the one
+    /// request that claims the revalidation waits for it.
+    refresh: Option<std::sync::Arc<dyn Refresh>>,
+}
+
+/// Who revalidates a stale entry within `stale-while-revalidate`.
+enum Claim {
+    /// This request (it won the fleet's claim).
+    Won,
+    /// Another request of the fleet, already.
+    Held,
+    /// Unknown (the store failed): revalidate.
+    Failed,
 }
 
 /// What the way out needs of what the way in found.
@@ -118,7 +133,15 @@ impl Cache {
             metrics: CacheMetrics::new(route),
             options: policy::options(config.heuristic),
             config: config.clone(),
+            refresh: None,
         }
+    }
+
+    /// The same cache, revalidating `stale-while-revalidate` entries in the background
+    /// through `refresh`.
+    pub fn with_refresh(mut self, refresh: std::sync::Arc<dyn Refresh>) -> Self {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// Route `route`'s cache, if it has one.
@@ -237,17 +260,18 @@ impl Cache {
         Duration::from_millis(now_ms(now).saturating_sub(entry.fresh_until_ms))
     }
 
-    /// Whether another request of the fleet already revalidates `primary` (a claim held).
-    async fn revalidation_claimed<D: StageStore>(&self, store: &StoreCtx<D>, primary: &str) -> bool {
+    /// Claims the revalidation of `primary` for the fleet.
+    async fn claim_revalidation<D: StageStore>(&self, store: &StoreCtx<D>, primary: &str) -> Claim {
         let key = self.keys.key(format!("{primary}\nrevalidating").as_bytes());
         let call = store.store.claim(&key, Bytes::from_static(b"1"), REVALIDATION_CLAIM);
-        matches!(
-            store.decide(&self.policy, Op::Marker, call, |_| {}, |_, _| None).await,
-            Decided::Store(ClaimOutcome::Held(_))
-        )
+        match store.decide(&self.policy, Op::Marker, call, |_| {}, |_, _| None).await {
+            Decided::Store(ClaimOutcome::Won) => Claim::Won,
+            Decided::Store(ClaimOutcome::Held(_)) => Claim::Held,
+            _ => Claim::Failed,
+        }
     }
 
-    async fn lookup<D: StageStore>(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
+    async fn lookup<D: StageStore>(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts, forced: bool) -> Flow {
         let is_head = req.method == Method::HEAD;
         let req_cc = Directives::of(&req.headers);
         let only_if_cached = req_cc.has("only-if-cached");
@@ -307,6 +331,24 @@ impl Cache {
             cx.cache = Some(Box::new(exchange));
             return Flow::Continue;
         };
+        if forced {
+            // The gateway's own background revalidation: conditional on the stored validators.
+            for (name, v) in [
+                (header::IF_NONE_MATCH, &entry.meta.etag),
+                (header::IF_MODIFIED_SINCE, &entry.meta.last_modified),
+            ] {
+                req.headers.remove(&name);
+                if let Some(v) = v.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                    req.headers.insert(name, v);
+                }
+            }
+            if entry.meta.etag.is_some() {
+                req.headers.remove(header::IF_MODIFIED_SINCE);
+            }
+            exchange.step = Step::Revalidate(entry);
+            cx.cache = Some(Box::new(exchange));
+            return Flow::Continue;
+        }
         let asked = policy::request_head(req, true, false);
         match entry.policy.before_request(&asked, now) {
             BeforeRequest::Fresh(parts) => {
@@ -342,9 +384,21 @@ impl Cache {
                 if !client_forced && !only_if_cached {
                     if let Some(head) = Self::stale_head(&entry, &exchange.head, now) {
                         let swr = Directives::of(&head.headers).seconds("stale-while-revalidate");
-                        if swr.is_some_and(|w| stale_for <= w)
-                            && self.revalidation_claimed(cx.store, &exchange.primary.0).await
-                        {
+                        let serve_stale = match swr.is_some_and(|w| stale_for <= w) {
+                            false => false,
+                            true => match (
+                                self.claim_revalidation(cx.store, &exchange.primary.0).await,
+                                &self.refresh,
+                            ) {
+                                (Claim::Held, _) => true,
+                                (Claim::Won, Some(refresh)) => {
+                                    refresh.refresh(refresh::request_for(req));
+                                    true
+                                }
+                                (Claim::Won, None) | (Claim::Failed, _) => false,
+                            },
+                        };
+                        if serve_stale {
                             self.metrics.stale.increment(1);
                             let status = status::hit(-(stale_for.as_secs() as i64), Some("stale-while-revalidate"));
                             return Flow::Answer(Self::answer(
@@ -649,13 +703,14 @@ fn random_u64() -> u64 {
 
 impl<D: StageStore> Stage<D> for Cache {
     async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
+        let forced = refresh::take_marker(req);
         if req.method == Method::GET || req.method == Method::HEAD {
             if req.headers.contains_key(header::RANGE) {
                 self.metrics.bypass.increment(1);
                 cx.cache = Some(Box::new(self.bypass(req, Forward::Bypass, "range")));
                 return Flow::Continue;
             }
-            return self.lookup(cx, req).await;
+            return self.lookup(cx, req, forced && req.method == Method::GET).await;
         }
         self.metrics.bypass.increment(1);
         let mut exchange = self.bypass(req, Forward::Method, "method");
