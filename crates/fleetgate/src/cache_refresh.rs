@@ -23,7 +23,8 @@ pub struct LoopbackRefresh {
 }
 
 impl LoopbackRefresh {
-    pub fn new(listen: SocketAddr) -> Arc<dyn Refresh> {
+    /// The refresher of a gateway whose plain listener is `listen`.
+    pub fn shared(listen: SocketAddr) -> Arc<dyn Refresh> {
         let mut addr = listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {

@@ -53,7 +53,7 @@ pub fn assemble(
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
         Cache::for_route(keyspace, r, route.cache.as_ref())
-            .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::new(config.listen))),
+            .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::shared(config.listen))),
         RequestHeaders::for_route(&route.request_headers),
     ])
 }

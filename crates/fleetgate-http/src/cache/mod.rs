@@ -28,6 +28,7 @@ pub mod config;
 pub mod directives;
 pub mod entry;
 pub mod policy;
+pub mod range;
 pub mod refresh;
 pub mod status;
 pub mod targeted;
@@ -271,7 +272,13 @@ impl Cache {
         }
     }
 
-    async fn lookup<D: StageStore>(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts, forced: bool) -> Flow {
+    async fn lookup<D: StageStore>(
+        &self,
+        cx: &mut RequestCtx<'_, D>,
+        req: &mut Parts,
+        forced: bool,
+        range: Option<range::ByteRange>,
+    ) -> Flow {
         let is_head = req.method == Method::HEAD;
         let req_cc = Directives::of(&req.headers);
         let only_if_cached = req_cc.has("only-if-cached");
@@ -351,6 +358,36 @@ impl Cache {
         }
         let asked = policy::request_head(req, true, false);
         match entry.policy.before_request(&asked, now) {
+            BeforeRequest::Fresh(parts) if range.is_some() => {
+                let whole = entry.body.len() as u64;
+                let served = range.and_then(|r| r.resolve(whole));
+                match served {
+                    Some((first, last)) if parts.status == StatusCode::OK && entry.meta.status.is_none() => {
+                        self.metrics.hit.increment(1);
+                        let ttl = entry.policy.time_to_live(now).as_secs() as i64;
+                        let mut answer = Self::answer(
+                            parts,
+                            (&entry.body, &entry.meta),
+                            &HeaderMap::new(),
+                            is_head,
+                            status::hit(ttl, Some("range")),
+                        );
+                        *answer.status_mut() = StatusCode::PARTIAL_CONTENT;
+                        let body = entry.body.slice(first as usize..=last as usize);
+                        let h = answer.headers_mut();
+                        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{whole}")) {
+                            h.insert(header::CONTENT_RANGE, v);
+                        }
+                        if !is_head {
+                            *answer.body_mut() = body;
+                        }
+                        Flow::Answer(answer)
+                    }
+                    _ => self.range_bypass(cx, exchange),
+                }
+            }
+            _ if range.is_some() => self.range_bypass(cx, exchange),
             BeforeRequest::Fresh(parts) => {
                 self.metrics.hit.increment(1);
                 let ttl = entry.policy.time_to_live(now).as_secs() as i64;
@@ -705,12 +742,15 @@ impl<D: StageStore> Stage<D> for Cache {
     async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
         let forced = refresh::take_marker(req);
         if req.method == Method::GET || req.method == Method::HEAD {
-            if req.headers.contains_key(header::RANGE) {
+            let range = range::requested(&req.headers);
+            if req.headers.contains_key(header::RANGE) && range.is_none() {
                 self.metrics.bypass.increment(1);
                 cx.cache = Some(Box::new(self.bypass(req, Forward::Bypass, "range")));
                 return Flow::Continue;
             }
-            return self.lookup(cx, req, forced && req.method == Method::GET).await;
+            return self
+                .lookup(cx, req, forced && req.method == Method::GET && range.is_none(), range)
+                .await;
         }
         self.metrics.bypass.increment(1);
         let mut exchange = self.bypass(req, Forward::Method, "method");
@@ -787,6 +827,14 @@ impl<D: StageStore> Stage<D> for Cache {
 }
 
 impl Cache {
+    /// A range request the stored entry cannot answer: passed through, nothing stored.
+    fn range_bypass<D>(&self, cx: &mut RequestCtx<'_, D>, mut exchange: Exchange) -> Flow {
+        self.metrics.bypass.increment(1);
+        exchange.step = Step::Bypass(Forward::Bypass, "range");
+        cx.cache = Some(Box::new(exchange));
+        Flow::Continue
+    }
+
     fn bypass(&self, req: &Parts, fwd: Forward, detail: &'static str) -> Exchange {
         let id = Self::primary_id(req);
         let key = self.keys.key(id.as_bytes());
