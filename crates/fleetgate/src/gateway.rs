@@ -138,6 +138,11 @@ impl Gateway {
                 .get(&fleetgate_http::rate_headers::RATELIMIT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            record.cache = resp
+                .headers()
+                .get(&fleetgate_http::cache::CACHE_STATUS)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             return resp.map(|b| Logged::new(b, record).boxed_unsync());
         }
