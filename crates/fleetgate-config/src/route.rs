@@ -64,6 +64,14 @@ pub struct RouteConfig {
     /// The route's forward auth and gateway sessions (`forward_auth`); `None`: none.
     #[serde(default, deserialize_with = "nullable")]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// The route's shared HTTP cache (`cache`); `None`: not cached.
+    #[serde(default, deserialize_with = "cache_section")]
+    pub cache: Option<fleetgate_http::CacheConfig>,
+}
+
+/// `cache:` written with nothing (or `{}`) turns the cache on with its defaults.
+fn cache_section<'de, D: Deserializer<'de>>(d: D) -> Result<Option<fleetgate_http::CacheConfig>, D::Error> {
+    fleetgate_http::CacheConfig::deserialize(d).map(Some)
 }
 
 /// The target before validation has resolved it (never seen outside the crate).

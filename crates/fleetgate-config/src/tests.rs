@@ -1833,6 +1833,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/payment/config.rs"),
         include_str!("../../fleetgate-http/src/upstream_login/config.rs"),
         include_str!("../../fleetgate-http/src/forward_auth/config.rs"),
+        include_str!("../../fleetgate-http/src/cache/config.rs"),
         include_str!("upstream_policy.rs"),
         include_str!("rewrite.rs"),
         include_str!("../../fleetgate-http/src/headers.rs"),
@@ -2600,4 +2601,49 @@ fn forward_auth_is_read_and_its_errors_name_the_field() {
         let e = p(&format!("{base}{extra}")).unwrap_err().to_string();
         assert!(e.contains(field) && e.contains(why), "{extra}: {e}");
     }
+}
+
+#[test]
+fn cache_is_read_and_its_errors_name_the_field() {
+    let c = p(&format!("{BASE}    cache:\n")).unwrap();
+    assert_eq!(
+        c.routes[0].cache,
+        Some(fleetgate_http::CacheConfig::default()),
+        "`cache:` alone turns it on"
+    );
+    assert_eq!(p(BASE).unwrap().routes[0].cache, None, "no `cache`: not cached");
+    let c = p(&format!(
+        "{BASE}    cache:\n      max_entry_bytes: 2048\n      heuristic: 0.1\n      keep_stale: 1m\n      max_ttl: 1h\n      on_store_error: closed\n"
+    ))
+    .unwrap();
+    let cache = c.routes[0].cache.as_ref().expect("read");
+    assert_eq!(cache.max_entry_bytes, 2048);
+    assert_eq!(cache.heuristic, Some(0.1));
+    assert_eq!(cache.keep_stale, Duration::from_secs(60));
+    assert_eq!(cache.max_ttl, Duration::from_secs(3600));
+    assert_eq!(cache.on_store_error, fleetgate_http::FailurePolicy::Closed);
+    refused(
+        &format!("{BASE}    cache:\n      max_entry_bytes: 0\n"),
+        8,
+        "routes[0].cache.max_entry_bytes",
+        &["out of range", "1048576"],
+    );
+    refused(
+        &format!("{BASE}    cache:\n      on_store_error: local\n"),
+        8,
+        "routes[0].cache.on_store_error",
+        &["open", "closed"],
+    );
+    refused(
+        &format!("{BASE}    cache:\n      heuristic: 2\n"),
+        8,
+        "routes[0].cache.heuristic",
+        &["fraction"],
+    );
+    refused(
+        &format!("{BASE}    cache:\n      ttl: 1m\n"),
+        8,
+        "routes[0].cache.ttl",
+        &["unknown field", "max_entry_bytes"],
+    );
 }

@@ -57,6 +57,11 @@ pub struct RequestCtx<'r, D = Store> {
     pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
     /// A gateway session opened on the way in: its `Set-Cookie`, added on the way out.
     pub session_cookie: Option<http::HeaderValue>,
+    /// What the cache's way out needs of what its way in found.
+    pub cache: Option<Box<crate::cache::Exchange>>,
+    /// Set by the cache's way out: the response body is teed into the store as it streams
+    /// (the server wraps the body with it).
+    pub cache_fill: Option<crate::cache::Fill>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -73,6 +78,8 @@ impl<'r, D> RequestCtx<'r, D> {
             answer_instead: None,
             status_charges: Vec::new(),
             session_cookie: None,
+            cache: None,
+            cache_fill: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
 //! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
 //! | [`headers`] | request and response header rules (set, add, remove) |
+//! | [`cache`] | the shared HTTP cache (RFC 9111): stored in the store, served by every instance |
 //! | [`upstream_login`] | log in to an upstream once for the fleet, share the credential, re-login once on a refusal |
 //!
 //! Every store call of every concern goes through [`StoreCtx::decide`], which applies the
@@ -25,6 +26,7 @@
 pub mod body;
 pub mod body_fields;
 pub mod breaker;
+pub mod cache;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;
@@ -50,6 +52,7 @@ pub mod throttle;
 pub mod upstream_login;
 
 pub use breaker::{BreakerConfig, Breakers};
+pub use cache::{Cache, CacheConfig};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{ArrivedOverTls, Completion, Principal, RequestCtx};

@@ -138,6 +138,11 @@ impl Gateway {
                 .get(&fleetgate_http::rate_headers::RATELIMIT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            record.cache = resp
+                .headers()
+                .get(&fleetgate_http::cache::CACHE_STATUS)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             return resp.map(|b| Logged::new(b, record).boxed_unsync());
         }
@@ -270,6 +275,10 @@ impl Gateway {
             // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
             resp = answer.map(full);
         }
+        if let Some(fill) = cx.cache_fill.take() {
+            // The cache stores this body as it streams to the client.
+            resp = resp.map(|b| fill.tee(b).boxed_unsync());
+        }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());
         if let Some(span) = span {
@@ -389,7 +398,7 @@ impl Gateway {
             Err(unreachable) => {
                 let msg = format!("upstream {} is unreachable", upstream.name);
                 return (
-                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[])),
                     Some(unreachable.target),
                 );
             }
@@ -564,7 +573,7 @@ impl Gateway {
                     timeout.as_millis()
                 );
                 (
-                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg, &[])),
                     target_url,
                 )
             }
@@ -584,7 +593,7 @@ impl Gateway {
                     bound.as_millis()
                 );
                 (
-                    json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::GATEWAY_TIMEOUT, "upstream_stalled", &msg, &[])),
                     target_url,
                 )
             }
@@ -625,7 +634,7 @@ impl Gateway {
                 tracing::debug!(upstream = %upstream.name, error = %e, "upstream request failed");
                 let msg = format!("upstream {} is unreachable", upstream.name);
                 (
-                    json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[]),
+                    upstream_failure(json_error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &msg, &[])),
                     target_url,
                 )
             }
@@ -650,6 +659,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A response the gateway makes because the upstream gave none: marked so that the cache may
+/// serve a stale entry instead (RFC 9111 section 4.2.4).
+fn upstream_failure(mut resp: Response<GatewayBody>) -> Response<GatewayBody> {
+    resp.extensions_mut().insert(fleetgate_http::cache::UpstreamFailed);
+    resp
 }
 
 /// The answer to a request whose body could not be read ahead for the pipeline.

@@ -13,6 +13,7 @@ pub mod auth_client;
 pub mod balance;
 pub mod body;
 pub mod build;
+pub mod cache_refresh;
 pub mod client_body;
 pub mod correlation;
 pub mod dashboard;

@@ -9,7 +9,7 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{
-    AuthClient, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
+    AuthClient, Cache, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
     RequestHeaders, ResponseHeaders, Session,
 };
 use fleetgate_store::Keyspace;
@@ -27,6 +27,7 @@ pub type RoutePipeline = fleetgate_http::stages![
     RateLimits,      // the route's own limits, then the global ones
     Concurrency,     // permits held until the response is over
     Payment,         // x402: 402, or a payment verified and settled once for the fleet
+    Cache,           // `cache`: the shared HTTP cache; answers hits, stores what may be stored
     RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
 
@@ -51,6 +52,8 @@ pub fn assemble(
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
+        Cache::for_route(keyspace, r, route.cache.as_ref())
+            .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::shared(config.listen))),
         RequestHeaders::for_route(&route.request_headers),
     ])
 }
