@@ -11,8 +11,10 @@
 //!
 //! Rounds are interleaved (wrk -t2 -c64, 5 s each, medians). Before the rounds each side must
 //! answer a second request from its cache (fleetgate's `Cache-Status` says `hit`, Varnish's
-//! `Age` is present), and after them the upstream must have seen at most a handful of requests
-//! (stub_status): a side that forwards its hits would not be measuring a cache.
+//! `Age` is present), and after them the upstream must have seen at most 1 in 1000 of the
+//! requests (stub_status; a store call past its timeout passes through under `open`): a side
+//! that forwards its hits would not be measuring a cache. The cache outcomes of each fleetgate
+//! side are printed.
 
 use super::procs::{command, loopback, read_or_empty, stop, wait_for, Fleetgate, Nginx, Scratch, EVENTS_OFF};
 use super::{cpus, median, start_redis, wrk, ROUND, ROUNDS, WARM};
@@ -24,9 +26,10 @@ use std::path::Path;
 use std::process::{Child, ExitCode, Stdio};
 use std::time::Duration;
 
-/// Upstream requests allowed during the whole run (each side stores the object once; a few
-/// more for the warm-up's checks).
-const UPSTREAM_BUDGET: u64 = 20;
+/// Upstream requests allowed during the rounds, per million requests served: a store call
+/// that takes longer than the store's timeout (a loaded machine) passes through under
+/// `on_store_error: open`, as it should; a side that did not cache would forward them all.
+const FORWARDED_PER_MILLION: f64 = 1000.0;
 
 pub fn run(fleetgate_bin: &Path) -> ExitCode {
     let cpus = cpus();
@@ -79,6 +82,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
         eprintln!("cache: warm-up {name}: {:.0} req/s", w.rps);
     }
     let mut rps: [Vec<f64>; 3] = Default::default();
+    let mut served = 0;
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
@@ -86,14 +90,25 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             let w = wrk::run(port, ROUND, cpus.load);
             eprintln!("cache: round {}: {name}: {:.0} req/s", round + 1, w.rps);
             rps[side].push(w.rps);
+            served += w.requests;
         }
     }
     let forwarded = upstream_requests(upstream.port) - before;
+    for (name, fg) in [("memory", &fg_memory), ("redis", &fg_redis)] {
+        let outcome = |o: &str| fg.metric_sum("fleetgate_cache_total", &format!("outcome=\"{o}\""));
+        eprintln!(
+            "cache: fleetgate {name}: {} hits, {} misses, {} bypassed, {} store errors",
+            outcome("hit"),
+            outcome("miss"),
+            outcome("bypass"),
+            outcome("store_error")
+        );
+    }
+    eprintln!("cache: the upstream saw {forwarded} of {served} requests during the rounds");
     assert!(
-        forwarded <= UPSTREAM_BUDGET,
-        "the upstream saw {forwarded} requests during the rounds: a side is not serving from its cache"
+        forwarded as f64 <= served as f64 * FORWARDED_PER_MILLION / 1e6,
+        "the upstream saw {forwarded} of {served} requests during the rounds: a side is not serving from its cache"
     );
-    eprintln!("cache: the upstream saw {forwarded} requests during the rounds");
     let [v, m, r] = rps.each_mut().map(|s| median(s));
     let peer = format!(
         "{} serving the same object from its cache (malloc storage), same run",
