@@ -203,9 +203,10 @@ impl Varnish {
             .ok()
             .and_then(|o| {
                 let text = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
-                text.lines()
-                    .next()
-                    .map(|l| l.split(" revision").next().unwrap_or(l).trim().to_string())
+                // "varnishd (varnish-7.1.1 revision 7cee...)"
+                let line = text.lines().next()?;
+                let inner = line.split_once('(').map_or(line, |(_, rest)| rest);
+                Some(inner.split(" revision").next().unwrap_or(inner).trim().to_string())
             })
             .unwrap_or_else(|| panic!("varnishd not found; install it with: apt-get install -y varnish"));
         let child = command(Path::new("varnishd"), cpus)
