@@ -654,3 +654,65 @@ fn closed_answers_503_while_the_store_is_down() {
     fleet.redis.kill();
     assert_eq!(fleet.get(1, "/c", &[]).status, 503);
 }
+
+#[test]
+fn bad_heads_from_the_upstream_never_break_the_cache() {
+    let fleet = Fleet::start("{}");
+    let many: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
+    let huge_cc = format!(
+        "max-age=60, {}\"unclosed, {}",
+        "junk=1, ".repeat(2000),
+        "x".repeat(5000)
+    );
+    let cases = [
+        (
+            "/vary-many",
+            script(&[("cache-control", "max-age=60"), ("vary", &many.join(", "))], "v"),
+        ),
+        (
+            "/vary-star",
+            script(&[("cache-control", "max-age=60"), ("vary", "accept, *")], "v"),
+        ),
+        ("/cc-huge", script(&[("cache-control", &huge_cc)], "c")),
+        (
+            "/cc-garbage",
+            script(&[("cache-control", "max-age=abc, =, ,,, \"\"")], "g"),
+        ),
+        (
+            "/expires-twice",
+            Script {
+                headers: vec![
+                    ("expires", "Thu, 01 Jan 2099 00:00:00 GMT".into()),
+                    ("expires", "Thu, 01 Jan 1970 00:00:00 GMT".into()),
+                ],
+                ..script(&[], "e")
+            },
+        ),
+        (
+            "/age-garbage",
+            script(&[("cache-control", "max-age=60"), ("age", "-1, x")], "a"),
+        ),
+    ];
+    for (path, s) in cases {
+        let body = s.body.clone();
+        fleet.origin.set(path, s);
+        for gw in 0..3 {
+            let r = fleet.get(gw, path, &[]);
+            assert_eq!((r.status, r.body.as_str()), (200, body.as_str()), "{path} via {gw}");
+        }
+    }
+    // Never stored: Vary with too many names or `*`, conflicting Expires, max-age unreadable.
+    for path in ["/vary-many", "/vary-star", "/cc-garbage", "/expires-twice"] {
+        assert_eq!(fleet.origin.count(path), 3, "{path} is not served from the cache");
+    }
+    // Readable parts of a malformed head still count: these are cached.
+    assert_eq!(until_hit(&fleet, 0, "/cc-huge", &[]).body, "c");
+    assert_eq!(until_hit(&fleet, 1, "/age-garbage", &[]).body, "a");
+    for gw in &fleet.gateways {
+        assert_eq!(
+            http_get(gw.admin_addr(), "/healthz", &[]).unwrap().status,
+            200,
+            "no instance died"
+        );
+    }
+}
