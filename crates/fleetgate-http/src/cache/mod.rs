@@ -360,7 +360,7 @@ impl Cache {
             primary: (primary_id, primary_key),
             variants: None,
             authorized: req.headers.contains_key(header::AUTHORIZATION),
-            request_headers: req.headers.clone(),
+            request_headers: HeaderMap::new(),
             filling: None,
         };
         let (mut entry, mut forward) = match self.find(cx.store, &mut exchange, &req.headers).await {
@@ -369,6 +369,7 @@ impl Cache {
             Found::Unavailable => {
                 self.metrics.bypass.increment(1);
                 exchange.step = Step::Bypass(Forward::Miss, "store-unavailable");
+                exchange.request_headers = req.headers.clone();
                 cx.cache = Some(Box::new(exchange));
                 return Flow::Continue;
             }
@@ -403,6 +404,7 @@ impl Cache {
             }
             self.metrics.miss.increment(1);
             exchange.step = Step::Fetch(forward);
+            exchange.request_headers = req.headers.clone();
             cx.cache = Some(Box::new(exchange));
             return Flow::Continue;
         };
@@ -421,6 +423,7 @@ impl Cache {
                 req.headers.remove(header::IF_MODIFIED_SINCE);
             }
             exchange.step = Step::Revalidate(entry);
+            exchange.request_headers = req.headers.clone();
             cx.cache = Some(Box::new(exchange));
             return Flow::Continue;
         }
@@ -475,6 +478,7 @@ impl Cache {
                     }
                     self.metrics.miss.increment(1);
                     exchange.step = Step::Fetch(Forward::Miss);
+                    exchange.request_headers = req.headers.clone();
                     cx.cache = Some(Box::new(exchange));
                     return Flow::Continue;
                 }
@@ -527,6 +531,7 @@ impl Cache {
                     }
                 }
                 exchange.step = Step::Revalidate(entry);
+                exchange.request_headers = req.headers.clone();
                 cx.cache = Some(Box::new(exchange));
                 Flow::Continue
             }
