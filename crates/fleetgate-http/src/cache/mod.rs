@@ -374,7 +374,8 @@ impl Cache {
                 return Flow::Continue;
             }
         };
-        if entry.is_none() && !only_if_cached && !forced && self.config.coalesce {
+        // A HEAD or a range request never stores: it neither fills for others nor waits.
+        if entry.is_none() && !only_if_cached && !forced && !is_head && range.is_none() && self.config.coalesce {
             // Request coalescing: one request of the fleet fetches a missing entry; the others
             // wait for it (bounded), then are served from the store.
             let lock = self.keys.key(format!("{}\nfilling", exchange.primary.0).as_bytes());
