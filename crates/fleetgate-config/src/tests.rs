@@ -2622,6 +2622,16 @@ fn cache_is_read_and_its_errors_name_the_field() {
     assert_eq!(cache.keep_stale, Duration::from_secs(60));
     assert_eq!(cache.max_ttl, Duration::from_secs(3600));
     assert_eq!(cache.on_store_error, fleetgate_http::FailurePolicy::Closed);
+    assert!(cache.coalesce, "coalescing is on by default");
+    let c = p(&format!("{BASE}    cache: {{ coalesce: false, coalesce_wait: 2s }}\n")).unwrap();
+    let cache = c.routes[0].cache.as_ref().expect("read");
+    assert_eq!((cache.coalesce, cache.coalesce_wait), (false, Duration::from_secs(2)));
+    refused(
+        &format!("{BASE}    cache:\n      coalesce_wait: 2m\n"),
+        8,
+        "routes[0].cache.coalesce_wait",
+        &["60s"],
+    );
     refused(
         &format!("{BASE}    cache:\n      max_entry_bytes: 0\n"),
         8,

@@ -27,6 +27,8 @@ struct Script {
     body: String,
     /// Sends half the body, then breaks the connection.
     die_mid_body: bool,
+    /// Waits this long before answering (so that concurrent requests overlap).
+    delay_ms: u64,
 }
 
 fn script(headers: &[(&'static str, &str)], body: &str) -> Script {
@@ -35,6 +37,7 @@ fn script(headers: &[(&'static str, &str)], body: &str) -> Script {
         headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
         body: body.to_string(),
         die_mid_body: false,
+        delay_ms: 0,
     }
 }
 
@@ -90,7 +93,7 @@ impl Origin {
                         tokio::spawn(async move {
                             let svc = service_fn(move |req: Request<Incoming>| {
                                 let s = s.clone();
-                                async move { Ok::<_, std::convert::Infallible>(answer(req, &s)) }
+                                async move { Ok::<_, std::convert::Infallible>(answer(req, &s).await) }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
@@ -128,7 +131,7 @@ impl Origin {
     }
 }
 
-fn answer(req: Request<Incoming>, state: &parking_lot::Mutex<OriginState>) -> Response<OriginBody> {
+async fn answer(req: Request<Incoming>, state: &parking_lot::Mutex<OriginState>) -> Response<OriginBody> {
     let call = Call {
         method: req.method().to_string(),
         path: req.uri().to_string(),
@@ -138,14 +141,18 @@ fn answer(req: Request<Incoming>, state: &parking_lot::Mutex<OriginState>) -> Re
             .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect(),
     };
-    let mut st = state.lock();
-    st.calls.push(call.clone());
-    let script = st.scripts.get(&call.path).cloned().unwrap_or_else(|| Script {
-        status: 200,
-        body: "unscripted".into(),
-        ..Script::default()
-    });
-    drop(st);
+    let script = {
+        let mut st = state.lock();
+        st.calls.push(call.clone());
+        st.scripts.get(&call.path).cloned().unwrap_or_else(|| Script {
+            status: 200,
+            body: "unscripted".into(),
+            ..Script::default()
+        })
+    };
+    if script.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
+    }
     let mut b = Response::builder();
     for (k, v) in &script.headers {
         b = b.header(*k, v.as_str());
@@ -653,4 +660,113 @@ fn closed_answers_503_while_the_store_is_down() {
     assert_eq!(fleet.get(0, "/c", &[]).status, 200);
     fleet.redis.kill();
     assert_eq!(fleet.get(1, "/c", &[]).status, 503);
+}
+
+#[test]
+fn bad_heads_from_the_upstream_never_break_the_cache() {
+    let fleet = Fleet::start("{}");
+    let many: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
+    let huge_cc = format!(
+        "max-age=60, {}\"unclosed, {}",
+        "junk=1, ".repeat(2000),
+        "x".repeat(5000)
+    );
+    let cases = [
+        (
+            "/vary-many",
+            script(&[("cache-control", "max-age=60"), ("vary", &many.join(", "))], "v"),
+        ),
+        (
+            "/vary-star",
+            script(&[("cache-control", "max-age=60"), ("vary", "accept, *")], "v"),
+        ),
+        ("/cc-huge", script(&[("cache-control", &huge_cc)], "c")),
+        (
+            "/cc-garbage",
+            script(&[("cache-control", "max-age=abc, =, ,,, \"\"")], "g"),
+        ),
+        (
+            "/expires-twice",
+            Script {
+                headers: vec![
+                    ("expires", "Thu, 01 Jan 2099 00:00:00 GMT".into()),
+                    ("expires", "Thu, 01 Jan 1970 00:00:00 GMT".into()),
+                ],
+                ..script(&[], "e")
+            },
+        ),
+        (
+            "/age-garbage",
+            script(&[("cache-control", "max-age=60"), ("age", "-1, x")], "a"),
+        ),
+    ];
+    for (path, s) in cases {
+        let body = s.body.clone();
+        fleet.origin.set(path, s);
+        for gw in 0..3 {
+            let r = fleet.get(gw, path, &[]);
+            assert_eq!((r.status, r.body.as_str()), (200, body.as_str()), "{path} via {gw}");
+        }
+    }
+    // Never stored: Vary with too many names or `*`, conflicting Expires, max-age unreadable.
+    for path in ["/vary-many", "/vary-star", "/cc-garbage", "/expires-twice"] {
+        assert_eq!(fleet.origin.count(path), 3, "{path} is not served from the cache");
+    }
+    // Readable parts of a malformed head still count: these are cached.
+    assert_eq!(until_hit(&fleet, 0, "/cc-huge", &[]).body, "c");
+    assert_eq!(until_hit(&fleet, 1, "/age-garbage", &[]).body, "a");
+    for gw in &fleet.gateways {
+        assert_eq!(
+            http_get(gw.admin_addr(), "/healthz", &[]).unwrap().status,
+            200,
+            "no instance died"
+        );
+    }
+}
+
+#[test]
+fn thirty_concurrent_identical_gets_over_three_instances_reach_the_upstream_once() {
+    let fleet = Fleet::start("{}");
+    fleet.origin.set(
+        "/popular",
+        Script {
+            delay_ms: 300,
+            ..script(&[("cache-control", "max-age=60")], "the one answer")
+        },
+    );
+    let fleet = Arc::new(fleet);
+    let threads: Vec<_> = (0..30)
+        .map(|i| {
+            let fleet = fleet.clone();
+            std::thread::spawn(move || fleet.get(i % 3, "/popular", &[]))
+        })
+        .collect();
+    let replies: Vec<Reply> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for r in &replies {
+        assert_eq!((r.status, r.body.as_str()), (200, "the one answer"));
+    }
+    assert_eq!(fleet.origin.count("/popular"), 1, "one upstream call for 30 clients");
+    let hits = replies
+        .iter()
+        .filter(|r| r.header("cache-status").is_some_and(|s| s.contains("; hit")))
+        .count();
+    assert_eq!(hits, 29, "the others were served the stored entry");
+    // Nothing storable: the waiting requests are let go at once (not after coalesce_wait).
+    fleet.origin.set(
+        "/unstorable",
+        Script {
+            delay_ms: 300,
+            ..script(&[("cache-control", "no-store")], "fresh each time")
+        },
+    );
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let fleet = fleet.clone();
+            std::thread::spawn(move || fleet.get(i % 3, "/unstorable", &[]))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    assert_eq!(fleet.origin.count("/unstorable"), 6);
 }

@@ -11,7 +11,8 @@ pub const MAX_ENTRY_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The shared cache of one route.
 ///
-/// Deserializes from `{ max_entry_bytes, heuristic, keep_stale, max_ttl, on_store_error }`
+/// Deserializes from `{ max_entry_bytes, heuristic, keep_stale, max_ttl, coalesce,
+/// coalesce_wait, on_store_error }`
 /// (unknown fields refused; errors follow [`crate::key::FIELD_MARK`]). `cache: {}` (or
 /// `cache:` with nothing) takes every default.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +29,12 @@ pub struct CacheConfig {
     pub keep_stale: Duration,
     /// Longest an entry lives in the store, whatever its freshness (`max_ttl`, default 7d).
     pub max_ttl: Duration,
+    /// Whether identical misses share one upstream call across the fleet (`coalesce`,
+    /// default `true`): the first fetches, the others wait for its entry.
+    pub coalesce: bool,
+    /// Longest a request waits for another's fill before going upstream itself
+    /// (`coalesce_wait`, default 5s, at most 60s).
+    pub coalesce_wait: Duration,
     /// What to do when the store fails (`on_store_error`, default `open`: pass through
     /// uncached; `closed`: 503).
     pub on_store_error: FailurePolicy,
@@ -43,6 +50,8 @@ impl Default for CacheConfig {
             heuristic: None,
             keep_stale: Duration::from_secs(600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
+            coalesce: true,
+            coalesce_wait: Duration::from_secs(5),
             on_store_error: FailurePolicy::Open,
         }
     }
@@ -59,6 +68,10 @@ struct Written {
     keep_stale: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     max_ttl: Option<Duration>,
+    #[serde(default)]
+    coalesce: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    coalesce_wait: Option<Duration>,
     #[serde(default)]
     on_store_error: Option<FailurePolicy>,
 }
@@ -106,11 +119,20 @@ impl TryFrom<Written> for CacheConfig {
             Some(p) => p,
         };
         let max_ttl = w.max_ttl.unwrap_or(defaults.max_ttl);
+        let coalesce_wait = w.coalesce_wait.unwrap_or(defaults.coalesce_wait);
+        if coalesce_wait > Duration::from_secs(60) {
+            return Err(marked(
+                ".coalesce_wait",
+                "longer than 60s; accepted: a duration from 1ms to 60s (default 5s): past it, a waiting request goes upstream itself",
+            ));
+        }
         Ok(CacheConfig {
             max_entry_bytes,
             heuristic,
             keep_stale: w.keep_stale.unwrap_or(defaults.keep_stale),
             max_ttl,
+            coalesce: w.coalesce.unwrap_or(true),
+            coalesce_wait,
             on_store_error,
         })
     }

@@ -266,3 +266,31 @@ mod tests {
         assert_ne!(v.key(&keys, "p", &HeaderMap::new()), with(""));
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the store holds (truncated, corrupted, another program's value), reading it
+        /// never panics; it is an entry only if it decodes whole.
+        #[test]
+        fn decoding_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Record::decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn decoding_a_corrupted_entry(cut in 0usize..200, flip in 0usize..200) {
+            let req = http::Request::get("http://h/p").body(()).unwrap();
+            let res = http::Response::builder().header("cache-control", "max-age=60").body(()).unwrap();
+            let policy = CachePolicy::new(&req, &res);
+            let mut bytes = Entry::encode(&policy, 1, &Meta::default(), &Bytes::from_static(b"body")).unwrap().to_vec();
+            if flip < bytes.len() {
+                bytes[flip] ^= 0xff;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let _ = Record::decode(&Bytes::from(bytes));
+        }
+    }
+}

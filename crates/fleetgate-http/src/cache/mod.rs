@@ -4,7 +4,8 @@
 //! The steps, Varnish-style:
 //! 1. **hash**: GET and HEAD are looked up by route, host, path and query (a HEAD is served
 //!    from a stored GET); other methods are not cached, and an unsafe one invalidates (step 5).
-//!    A `Range` request passes through untouched.
+//!    One byte range is served from a fresh whole entry ([`range`]); other `Range` requests
+//!    pass through untouched.
 //! 2. **lookup**: one store read of the primary key ([`entry`]); a resource stored with `Vary`
 //!    takes a second read of its variant's key.
 //! 3. **deliver** a usable entry: fresh for this request (`http-cache-semantics` decides with
@@ -16,7 +17,9 @@
 //!    a 304 refreshes the entry (headers merged as RFC 9111 section 3.2 says) and answers
 //!    from it; a 5xx within `stale-if-error` answers the stale entry. A storable response is
 //!    teed to the store while it streams to the client ([`tee`]), within `max_entry_bytes`.
-//!    `only-if-cached` without a usable entry gets 504.
+//!    `only-if-cached` without a usable entry gets 504. Identical misses coalesce: one request
+//!    of the fleet takes a fill lock and fetches, the others wait (at most `coalesce_wait`)
+//!    for its entry.
 //! 5. **invalidate**: a non-error answer to an unsafe method deletes the entries of its URL and
 //!    of its `Location` and `Content-Location` on the same host (RFC 9111 section 4.4).
 //!
@@ -63,6 +66,9 @@ pub struct UpstreamFailed;
 /// The metric name of the cache's store calls under its failure policy.
 pub const CACHE_STORE_DECISIONS: &str = "fleetgate_cache_store_decisions_total";
 
+/// Longest pause between two looks of a request waiting for another to fill the entry.
+const COALESCE_POLL: Duration = Duration::from_millis(50);
+
 /// The longest a stale-while-revalidate claim holds: one revalidation per this, per entry.
 const REVALIDATION_CLAIM: Duration = Duration::from_secs(10);
 
@@ -76,6 +82,15 @@ pub struct Cache {
     /// Sends the background revalidations of `stale-while-revalidate`; without it, the one
     /// request that claims the revalidation waits for it.
     refresh: Option<std::sync::Arc<dyn Refresh>>,
+}
+
+/// What a read of the store found.
+enum Found {
+    Read(Option<Box<Entry>>, Forward),
+    /// The store failed under `closed`.
+    Closed,
+    /// The store failed under `open`.
+    Unavailable,
 }
 
 /// Who revalidates a stale entry within `stale-while-revalidate`.
@@ -105,6 +120,8 @@ pub struct Exchange {
     authorized: bool,
     /// The client's request headers, for the variant key of a response with `Vary`.
     request_headers: HeaderMap,
+    /// The fleet's fill lock this request holds (it fetches a missing entry for the others).
+    filling: Option<StoreKey>,
 }
 
 enum Step {
@@ -272,6 +289,57 @@ impl Cache {
         }
     }
 
+    /// Reads the entry for the request: the primary key, then the variant's key for a
+    /// resource stored with `Vary` (the record found is kept in `exchange`).
+    async fn find<D: StageStore>(&self, store: &StoreCtx<D>, exchange: &mut Exchange, headers: &HeaderMap) -> Found {
+        let found = match self.read(store, &exchange.primary.1).await {
+            Decided::Store(v) => v,
+            Decided::Closed => return Found::Closed,
+            Decided::Open | Decided::Local(_) => return Found::Unavailable,
+        };
+        match found.as_ref().and_then(Record::decode) {
+            None => Found::Read(None, Forward::UriMiss),
+            Some(Record::Entry(e)) => Found::Read(Some(e), Forward::Miss),
+            Some(Record::Variants(v)) => {
+                let key = v.key(&self.keys, &exchange.primary.0, headers);
+                exchange.variants = Some(v);
+                match self.read(store, &key).await {
+                    Decided::Store(found) => match found.as_ref().and_then(Record::decode) {
+                        Some(Record::Entry(e)) => Found::Read(Some(e), Forward::Miss),
+                        _ => Found::Read(None, Forward::VaryMiss),
+                    },
+                    Decided::Closed => Found::Closed,
+                    Decided::Open | Decided::Local(_) => Found::Read(None, Forward::VaryMiss),
+                }
+            }
+        }
+    }
+
+    /// Waits while another request fills the entry (its lock held), at most `coalesce_wait`:
+    /// the entry once stored, or `None` (the fill gave nothing storable, or took too long).
+    async fn wait_for_fill<D: StageStore>(
+        &self,
+        store: &StoreCtx<D>,
+        exchange: &mut Exchange,
+        headers: &HeaderMap,
+        lock: &StoreKey,
+    ) -> Option<(Box<Entry>, Forward)> {
+        let deadline = tokio::time::Instant::now() + self.config.coalesce_wait;
+        let mut pause = Duration::from_millis(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(COALESCE_POLL);
+            if let Found::Read(Some(e), f) = self.find(store, exchange, headers).await {
+                return Some((e, f));
+            }
+            match self.read(store, lock).await {
+                Decided::Store(Some(_)) => {}
+                _ => return None,
+            }
+        }
+        None
+    }
+
     async fn lookup<D: StageStore>(
         &self,
         cx: &mut RequestCtx<'_, D>,
@@ -292,40 +360,42 @@ impl Cache {
             primary: (primary_id, primary_key),
             variants: None,
             authorized: req.headers.contains_key(header::AUTHORIZATION),
-            request_headers: req.headers.clone(),
+            request_headers: HeaderMap::new(),
+            filling: None,
         };
-        let found = match self.read(cx.store, &exchange.primary.1).await {
-            Decided::Store(v) => v,
-            Decided::Closed => return Flow::Answer(self.unavailable()),
-            Decided::Open | Decided::Local(_) => {
+        let (mut entry, mut forward) = match self.find(cx.store, &mut exchange, &req.headers).await {
+            Found::Read(entry, forward) => (entry, forward),
+            Found::Closed => return Flow::Answer(self.unavailable()),
+            Found::Unavailable => {
                 self.metrics.bypass.increment(1);
                 exchange.step = Step::Bypass(Forward::Miss, "store-unavailable");
+                exchange.request_headers = req.headers.clone();
                 cx.cache = Some(Box::new(exchange));
                 return Flow::Continue;
             }
         };
-        let mut entry = None;
-        let mut forward = Forward::UriMiss;
-        match found.as_ref().and_then(Record::decode) {
-            None => {}
-            Some(Record::Entry(e)) => {
-                forward = Forward::Miss;
-                entry = Some(e);
-            }
-            Some(Record::Variants(v)) => {
-                forward = Forward::VaryMiss;
-                let key = v.key(&self.keys, &exchange.primary.0, &req.headers);
-                match self.read(cx.store, &key).await {
-                    Decided::Store(found) => {
-                        if let Some(Record::Entry(e)) = found.as_ref().and_then(Record::decode) {
-                            forward = Forward::Miss;
-                            entry = Some(e);
-                        }
+        // A HEAD or a range request never stores: it neither fills for others nor waits.
+        if entry.is_none() && !only_if_cached && !forced && !is_head && range.is_none() && self.config.coalesce {
+            // Request coalescing: one request of the fleet fetches a missing entry; the others
+            // wait for it (bounded), then are served from the store.
+            let lock = self.keys.key(format!("{}\nfilling", exchange.primary.0).as_bytes());
+            let call = cx
+                .store
+                .store
+                .claim(&lock, Bytes::from_static(b"1"), self.config.coalesce_wait);
+            match cx
+                .store
+                .decide(&self.policy, Op::Marker, call, |_| {}, |_, _| None)
+                .await
+            {
+                Decided::Store(ClaimOutcome::Won) => exchange.filling = Some(lock),
+                Decided::Store(ClaimOutcome::Held(_)) => {
+                    if let Some((e, f)) = self.wait_for_fill(cx.store, &mut exchange, &req.headers, &lock).await {
+                        self.metrics.coalesced.increment(1);
+                        (entry, forward) = (Some(e), f);
                     }
-                    Decided::Closed => return Flow::Answer(self.unavailable()),
-                    Decided::Open | Decided::Local(_) => {}
                 }
-                exchange.variants = Some(v);
+                _ => {}
             }
         }
         let now = SystemTime::now();
@@ -335,6 +405,7 @@ impl Cache {
             }
             self.metrics.miss.increment(1);
             exchange.step = Step::Fetch(forward);
+            exchange.request_headers = req.headers.clone();
             cx.cache = Some(Box::new(exchange));
             return Flow::Continue;
         };
@@ -353,6 +424,7 @@ impl Cache {
                 req.headers.remove(header::IF_MODIFIED_SINCE);
             }
             exchange.step = Step::Revalidate(entry);
+            exchange.request_headers = req.headers.clone();
             cx.cache = Some(Box::new(exchange));
             return Flow::Continue;
         }
@@ -407,6 +479,7 @@ impl Cache {
                     }
                     self.metrics.miss.increment(1);
                     exchange.step = Step::Fetch(Forward::Miss);
+                    exchange.request_headers = req.headers.clone();
                     cx.cache = Some(Box::new(exchange));
                     return Flow::Continue;
                 }
@@ -459,6 +532,7 @@ impl Cache {
                     }
                 }
                 exchange.step = Step::Revalidate(entry);
+                exchange.request_headers = req.headers.clone();
                 cx.cache = Some(Box::new(exchange));
                 Flow::Continue
             }
@@ -474,6 +548,7 @@ impl Cache {
         resp: &Response<B>,
         forward: Forward,
         fwd_status: Option<u16>,
+        filling: &mut Option<StoreKey>,
     ) -> HeaderValue {
         let not_stored = |detail: &'static str| status::forwarded(forward, fwd_status, false, Some(detail));
         if exchange.is_head {
@@ -527,14 +602,25 @@ impl Cache {
             primary: exchange.primary,
             variants: exchange.variants,
             select: select(&exchange.request_headers, &vary),
+            filling: filling.take(),
             vary,
             ttl,
         };
         let mut meta = Meta::of(&head.headers);
         meta.status = stored_status;
-        cx.cache_fill = Some(Fill::new(cap as usize, move |body| {
+        let abandon = write.filling.clone().map(|lock| {
+            let (store, policy) = (cx.store.clone(), self.policy.clone());
+            move || {
+                tokio::spawn(async move { release(&store, &policy, &lock).await });
+            }
+        });
+        let mut fill = Fill::new(cap as usize, move |body| {
             tokio::spawn(write.run(stored, fresh_until, meta, body));
-        }));
+        });
+        if let Some(abandon) = abandon {
+            fill = fill.on_abandon(abandon);
+        }
+        cx.cache_fill = Some(fill);
         status::forwarded(forward, fwd_status, true, None)
     }
 
@@ -589,6 +675,7 @@ impl Cache {
             primary: exchange.primary,
             variants: exchange.variants,
             select: select(&exchange.request_headers, &vary),
+            filling: None,
             vary,
             ttl,
         };
@@ -684,6 +771,8 @@ struct Write<D> {
     vary: Vec<String>,
     /// The request's values of the `Vary` headers (for the variant's key).
     select: HeaderMap,
+    /// The fill lock to release once written.
+    filling: Option<StoreKey>,
     ttl: Duration,
 }
 
@@ -713,6 +802,9 @@ impl<D: StageStore> Write<D> {
         if self.set(&key, value, self.ttl).await {
             self.metrics.stored.increment(1);
         }
+        if let Some(lock) = &self.filling {
+            release(&self.store, &self.policy, lock).await;
+        }
     }
 
     async fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> bool {
@@ -728,6 +820,12 @@ impl<D: StageStore> Write<D> {
         }
         ok
     }
+}
+
+/// Releases a fill lock: the requests waiting for the entry look once more, then go upstream.
+async fn release<D: StageStore>(store: &StoreCtx<D>, policy: &ConcernPolicy, lock: &StoreKey) {
+    let call = store.store.delete(lock);
+    let _ = store.decide(policy, Op::Marker, call, |_| {}, |_, _| None).await;
 }
 
 fn random_u64() -> u64 {
@@ -764,6 +862,7 @@ impl<D: StageStore> Stage<D> for Cache {
     async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
         let Some(exchange) = cx.cache.take() else { return };
         let mut exchange = *exchange;
+        let mut filling = exchange.filling.take();
         let status = resp.status();
         let step = std::mem::replace(&mut exchange.step, Step::Bypass(Forward::Bypass, ""));
         let value = match step {
@@ -775,7 +874,7 @@ impl<D: StageStore> Stage<D> for Cache {
                 }
                 status::forwarded(Forward::Method, None, false, None)
             }
-            Step::Fetch(fwd) => self.store_response(cx, exchange, resp, fwd, None),
+            Step::Fetch(fwd) => self.store_response(cx, exchange, resp, fwd, None, &mut filling),
             Step::Revalidate(entry) => {
                 let code = status.as_u16();
                 if status == StatusCode::NOT_MODIFIED {
@@ -818,11 +917,16 @@ impl<D: StageStore> Stage<D> for Cache {
                         _ => status::forwarded(Forward::Stale, Some(code), false, None),
                     }
                 } else {
-                    self.store_response(cx, exchange, resp, Forward::Stale, Some(code))
+                    self.store_response(cx, exchange, resp, Forward::Stale, Some(code), &mut filling)
                 }
             }
         };
         resp.headers_mut().insert(&CACHE_STATUS, value);
+        if let Some(lock) = filling {
+            // Nothing will be stored: the waiting requests need not wait.
+            let (store, policy) = (cx.store.clone(), self.policy.clone());
+            tokio::spawn(async move { release(&store, &policy, &lock).await });
+        }
     }
 }
 
@@ -847,6 +951,7 @@ impl Cache {
             variants: None,
             authorized: false,
             request_headers: HeaderMap::new(),
+            filling: None,
         }
     }
 }

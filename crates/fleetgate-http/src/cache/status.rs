@@ -73,8 +73,9 @@ pub fn forwarded(fwd: Forward, fwd_status: Option<u16>, stored: bool, detail: Op
 /// served: stale-while-revalidate or stale-if-error), `revalidated` (a 304 refreshed an
 /// entry), `miss` (went upstream, uri-miss or vary-miss or unusable), `stored` (an entry
 /// written), `bypass` (Range, methods other than GET and HEAD, the store unavailable),
-/// `invalidated` (an unsafe method deleted entries), `only_if_cached` (504), `store_error`
-/// (the store failed a cache call).
+/// `invalidated` (an unsafe method deleted entries), `only_if_cached` (504), `coalesced` (a
+/// miss served the entry another request fetched meanwhile), `store_error` (the store failed a
+/// cache call).
 #[derive(Clone)]
 pub struct CacheMetrics {
     pub hit: Counter,
@@ -86,6 +87,8 @@ pub struct CacheMetrics {
     pub invalidated: Counter,
     pub only_if_cached: Counter,
     pub store_error: Counter,
+    /// A miss served from the entry another request of the fleet fetched meanwhile.
+    pub coalesced: Counter,
 }
 
 impl CacheMetrics {
@@ -101,6 +104,7 @@ impl CacheMetrics {
             invalidated: c("invalidated"),
             only_if_cached: c("only_if_cached"),
             store_error: c("store_error"),
+            coalesced: c("coalesced"),
         }
     }
 }

@@ -195,3 +195,32 @@ mod tests {
         assert_eq!(as_cache_control(&HeaderMap::new()), None);
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any header text: parsed or ignored, never a panic (CDN-Cache-Control, Cache-Control,
+        /// Range, Vary).
+        #[test]
+        fn header_parsers(text in "[ -~]{0,120}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&text) {
+                for name in ["cdn-cache-control", "cache-control", "range", "vary", "age", "expires"] {
+                    h.insert(http::HeaderName::from_static(name), v.clone());
+                }
+            }
+            let _ = as_cache_control(&h);
+            let _ = crate::cache::directives::Directives::of(&h).seconds("max-age");
+            if let Some(r) = crate::cache::range::requested(&h) {
+                for len in [0u64, 1, 10] {
+                    let _ = r.resolve(len);
+                }
+            }
+            let _ = crate::cache::entry::vary_names(&h);
+            let _ = crate::cache::policy::response_head(http::StatusCode::OK, &h);
+        }
+    }
+}

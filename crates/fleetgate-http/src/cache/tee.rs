@@ -14,7 +14,17 @@ type Finished = Box<dyn FnOnce(Bytes) + Send>;
 /// applied by the server where the response body is wrapped.
 pub struct Fill {
     cap: usize,
-    finished: Finished,
+    finished: Option<Finished>,
+    /// Run instead when the body is not handed on (failed, cut off, over the cap).
+    abandoned: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        if let Some(abandoned) = self.abandoned.take() {
+            abandoned();
+        }
+    }
 }
 
 impl Fill {
@@ -22,7 +32,21 @@ impl Fill {
     pub fn new(cap: usize, finished: impl FnOnce(Bytes) + Send + 'static) -> Self {
         Fill {
             cap,
-            finished: Box::new(finished),
+            finished: Some(Box::new(finished)),
+            abandoned: None,
+        }
+    }
+
+    /// Runs `abandoned` if the body is never handed on.
+    pub fn on_abandon(mut self, abandoned: impl FnOnce() + Send + 'static) -> Self {
+        self.abandoned = Some(Box::new(abandoned));
+        self
+    }
+
+    fn finish(mut self, body: Bytes) {
+        self.abandoned = None;
+        if let Some(finished) = self.finished.take() {
+            finished(body);
         }
     }
 
@@ -30,7 +54,7 @@ impl Fill {
     /// once: it will never be polled.
     pub fn tee<B: Body>(self, body: B) -> Tee<B> {
         if body.is_end_stream() {
-            (self.finished)(Bytes::new());
+            self.finish(Bytes::new());
             return Tee {
                 inner: body,
                 copy: None,
@@ -72,14 +96,14 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
                 // hyper stops polling a body that says it has ended (a known length reached).
                 if this.inner.is_end_stream() {
                     if let Some((buf, fill)) = this.copy.take() {
-                        (fill.finished)(buf.freeze());
+                        fill.finish(buf.freeze());
                     }
                 }
             }
             Poll::Ready(Some(Err(_))) => *this.copy = None,
             Poll::Ready(None) => {
                 if let Some((buf, fill)) = this.copy.take() {
-                    (fill.finished)(buf.freeze());
+                    fill.finish(buf.freeze());
                 }
             }
             Poll::Pending => {}
