@@ -57,6 +57,9 @@ pub struct RequestCtx<'r, D = Store> {
     pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
     /// A gateway session opened on the way in: its `Set-Cookie`, added on the way out.
     pub session_cookie: Option<http::HeaderValue>,
+    /// An idempotency key this request claimed: its response body is teed into the store
+    /// (see [`crate::idempotency::InFlight::tee`]); dropped, the claim is released.
+    pub idempotency: Option<Box<crate::idempotency::InFlight>>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -73,6 +76,7 @@ impl<'r, D> RequestCtx<'r, D> {
             answer_instead: None,
             status_charges: Vec::new(),
             session_cookie: None,
+            idempotency: None,
         }
     }
 }
