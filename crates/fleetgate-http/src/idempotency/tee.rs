@@ -4,8 +4,9 @@
 //! When the last data frame arrives (the inner body then says it has ended) or the end itself,
 //! the [`Finisher`] runs with the whole body and the tee waits for it before passing that frame
 //! on: a client that has the whole response can count on its replay being stored. A body over
-//! `max`, a body that fails, or one dropped before its end (the client left) calls the finisher
-//! with `None` in a task of its own (the claim is released) and is passed on at once.
+//! `max` calls the finisher with `None` (the claim is released) and waits for it too, then is
+//! passed on untouched; a body that fails, or one dropped before its end (the client left),
+//! calls it with `None` in a task of its own.
 //! Trailers are passed on and not kept.
 
 use bytes::{Bytes, BytesMut};
@@ -121,8 +122,13 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
                     };
                     if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
                         if buf.len() + data.len() > max {
-                            spawn(finisher(None));
-                            return Poll::Ready(frame.map(Ok));
+                            // Given up before the client has the frame: a retry it sends next
+                            // finds the claim released.
+                            this.state.0 = State::Storing {
+                                call: finisher(None),
+                                then: frame,
+                            };
+                            continue;
                         }
                         buf.extend_from_slice(data);
                     }
@@ -196,8 +202,7 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(&out[..], b"toolong", "passed on whole");
-        tokio::task::yield_now().await;
-        assert_eq!(*seen.lock(), vec![None]);
+        assert_eq!(*seen.lock(), vec![None], "given up before the body was passed on");
 
         let (finisher, seen) = recorder();
         drop(Tee::new(Full::new(Bytes::from_static(b"x")), 3, finisher));
