@@ -173,7 +173,14 @@ impl InFlight {
 
     /// Wraps `body` so that, once it has ended, its response is stored for replays (or the
     /// claim released: see the module documentation).
-    pub fn tee<B: http_body::Body<Data = Bytes>>(mut self, body: B) -> tee::Tee<B> {
+    pub fn tee<B: http_body::Body<Data = Bytes>>(self, body: B) -> tee::Tee<B> {
+        let mut tee = tee::Tee::passthrough(body);
+        self.arm(&mut tee);
+        tee
+    }
+
+    /// Like [`tee`](Self::tee), on a body already wrapped (the tower layer's).
+    pub fn arm<B>(mut self, tee: &mut tee::Tee<B>) {
         let claim = self.claim.take();
         let head = self.head.take().filter(|(status, _)| !status.is_server_error());
         let finisher: tee::Finisher = Box::new(move |body| match claim {
@@ -185,7 +192,7 @@ impl InFlight {
             }
             None => Box::pin(async {}),
         });
-        tee::Tee::new(body, self.max_response_bytes, finisher)
+        tee.arm(self.max_response_bytes, finisher);
     }
 }
 
@@ -215,6 +222,14 @@ static NOT_KEPT: [HeaderName; 10] = [
 /// The unsafe methods the draft makes idempotency keys for.
 fn is_unsafe(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+/// Whether the head announces a body (a length above zero, or chunked).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// An `application/problem+json` answer (RFC 9457), with the fleetgate `error` kind.
@@ -375,6 +390,15 @@ impl<D: StageStore> Stage<D> for Idempotency {
                 return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "request_body_too_large", &why);
             }
             Some(b) => b.bytes.clone(),
+            None if has_body(&req.headers) => {
+                // Fingerprinting without the body would replay one body's answer to another.
+                tracing::error!(route = %self.route, "idempotency: the request body was not read ahead (a tower service must put a BufferedBody in the request's extensions)");
+                return self.refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "body_not_buffered",
+                    "the request body cannot be fingerprinted here",
+                );
+            }
             None => Bytes::new(),
         };
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -87,6 +87,27 @@ impl<B> Tee<B> {
     }
 }
 
+impl<B> Tee<B> {
+    /// `inner` passed through, keeping nothing (until [`Tee::arm`]).
+    pub fn passthrough(inner: B) -> Self {
+        Tee {
+            inner,
+            state: Guarded(State::Passing),
+        }
+    }
+
+    /// Starts keeping up to `max` bytes for `finisher` (before the first poll); a capture
+    /// already armed is given up first.
+    pub fn arm(&mut self, max: usize, finisher: Finisher) {
+        self.state.give_up();
+        self.state.0 = State::Capturing {
+            finisher,
+            buf: BytesMut::new(),
+            max,
+        };
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for Tee<B> {
     type Data = Bytes;
     type Error = B::Error;
