@@ -3,7 +3,7 @@
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
 use fleetgate_http::HeaderRules;
-use fleetgate_http::{ConcurrencyLimitConfig, ForwardAuthConfig, PaymentConfig, RateLimitConfig};
+use fleetgate_http::{ConcurrencyLimitConfig, ForwardAuthConfig, IdempotencyConfig, PaymentConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -64,6 +64,9 @@ pub struct RouteConfig {
     /// The route's forward auth and gateway sessions (`forward_auth`); `None`: none.
     #[serde(default, deserialize_with = "nullable")]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// The route's Idempotency-Key handling (`idempotency`); `None`: none.
+    #[serde(default, deserialize_with = "nullable")]
+    pub idempotency: Option<IdempotencyConfig>,
     /// The route's shared HTTP cache (`cache`); `None`: not cached.
     #[serde(default, deserialize_with = "cache_section")]
     pub cache: Option<fleetgate_http::CacheConfig>,

@@ -57,6 +57,9 @@ pub struct RequestCtx<'r, D = Store> {
     pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
     /// A gateway session opened on the way in: its `Set-Cookie`, added on the way out.
     pub session_cookie: Option<http::HeaderValue>,
+    /// An idempotency key this request claimed: its response body is teed into the store
+    /// (see [`crate::idempotency::InFlight::tee`]); dropped, the claim is released.
+    pub idempotency: Option<Box<crate::idempotency::InFlight>>,
     /// What the cache's way out needs of what its way in found.
     pub cache: Option<Box<crate::cache::Exchange>>,
     /// Set by the cache's way out: the response body is teed into the store as it streams
@@ -78,6 +81,7 @@ impl<'r, D> RequestCtx<'r, D> {
             answer_instead: None,
             status_charges: Vec::new(),
             session_cookie: None,
+            idempotency: None,
             cache: None,
             cache_fill: None,
         }

@@ -21,12 +21,29 @@
 //! with 500 and a log line (counting every such client in one bucket would let one client spend
 //! everyone's budget), unless [`StageLayer::unknown_client_as`] names an address for them.
 //!
+//! Idempotency keys as a layer ([`crate::Idempotency`]): the layer tees the service's response
+//! into the store; the request body must be in the request's extensions as a
+//! [`BufferedBody`](crate::body_fields::BufferedBody) (read it ahead, up to
+//! `max_request_bytes`, in a layer before this one), or a request with a body gets 500.
+//!
+//! ```no_run
+//! use fleetgate_http::{Idempotency, IdempotencyConfig, StageLayer, StoreCtx};
+//! use fleetgate_store::{Keyspace, Store};
+//! # fn demo(store: Store) {
+//! let config = IdempotencyConfig { required: true, ..IdempotencyConfig::default() };
+//! let stage = Idempotency::new(&Keyspace::new("myapp").unwrap(), "orders", &config);
+//! let layer = StageLayer::new(stage, StoreCtx::new(store, "instance-1"), "orders");
+//! // axum::Router::new().route("/orders", post(create)).layer(layer)
+//! # }
+//! ```
+//!
 //! For fleet-wide limits that fall back to this instance's share, keep the fleet size current
 //! with [`crate::fleet::run_heartbeat`] on the [`StoreCtx`]'s `live_instances`.
 
 use crate::body::{Finish, Finishing, StageBody};
 use crate::client_ip::TrustedProxies;
 use crate::context::{Completion, RequestCtx};
+use crate::idempotency::tee::Tee;
 use crate::refusal::json_error;
 use crate::stage::{Flow, Stage};
 use crate::store_ctx::{StageStore, StoreCtx};
@@ -192,7 +209,7 @@ where
                     .call(Request::from_parts(parts, body))
                     .await?
                     .map(|b| StageBody::Service {
-                        body: Finishing::new(b, Finish::new(Vec::new(), None)),
+                        body: Finishing::new(Tee::passthrough(b), Finish::new(Vec::new(), None)),
                     }),
             };
             shared.stage.response(&mut cx, &mut resp).await;
@@ -201,6 +218,10 @@ where
                     body: Some(b),
                     finish: None,
                 });
+                cx.idempotency = None; // an idempotency claim is released, not completed
+            }
+            if let (Some(claim), StageBody::Service { body }) = (cx.idempotency.take(), resp.body_mut()) {
+                claim.arm(body.inner_mut());
             }
             let complete = request_line.map(|(method, path)| {
                 let completion = Completion {

@@ -9,6 +9,7 @@
 //! | [`ratelimit`] | rate limits (gcra, sliding and fixed windows), refunded when a later limit refuses |
 //! | [`concurrency`] | requests in flight, with leased permits |
 //! | [`payment`] | the x402 payment gate: verified once, settled once, never usable twice, payment sessions |
+//! | [`idempotency`] | Idempotency-Key: an unsafe request runs once across the fleet; a retry gets the stored response, 409 while in flight, 422 for another request |
 //! | [`session`] | gateway sessions: a cookie any instance honours, identity kept in the store, sliding TTL |
 //! | [`forward_auth`] | forward auth: an auth service asked once per credential for the fleet (cached verdicts, single flight) |
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
@@ -36,6 +37,7 @@ pub mod failure;
 pub mod fleet;
 pub mod forward_auth;
 pub mod headers;
+pub mod idempotency;
 pub mod identity;
 pub mod key;
 pub mod layer;
@@ -61,6 +63,7 @@ pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;
 pub use forward_auth::{AuthClient, ForwardAuth, ForwardAuthConfig};
 pub use headers::{HeaderRules, RequestHeaders, ResponseHeaders};
+pub use idempotency::{Idempotency, IdempotencyConfig};
 pub use key::{KeyPart, MissingKey};
 pub use layer::{StageLayer, StageService};
 pub use limit_key::LimitScope;

@@ -302,3 +302,36 @@ async fn a_layer_runs_on_a_driver_type_directly() {
     assert_eq!(svc.clone().oneshot(req()).await.unwrap().status(), 200);
     assert_eq!(svc.oneshot(req()).await.unwrap().status(), 429);
 }
+
+/// Idempotency keys as a layer: the first POST runs the service, a retry with the same key and
+/// body gets the stored response with `Idempotency-Replayed: true`, another body gets 422.
+#[tokio::test]
+async fn an_idempotency_layer_replays_a_completed_response() {
+    use fleetgate_http::body_fields::BufferedBody;
+    use fleetgate_http::{Idempotency, IdempotencyConfig};
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let svc = tower::service_fn(move |_req: Request<()>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("call {n}"))))) }
+    });
+    let stage = Idempotency::new(&keyspace(), "orders", &IdempotencyConfig::default());
+    let svc = StageLayer::new(stage, ctx(), "orders").layer(svc);
+    let post = |body: &'static str| {
+        let mut req = request("192.0.2.1:5000", &[("idempotency-key", "\"k-1\"")]);
+        *req.method_mut() = http::Method::POST;
+        req.extensions_mut().insert(BufferedBody {
+            bytes: Bytes::from_static(body.as_bytes()),
+            complete: true,
+        });
+        req
+    };
+    let first = svc.clone().oneshot(post("a")).await.unwrap();
+    assert_eq!(text(first.into_body()).await, "call 1");
+    let again = svc.clone().oneshot(post("a")).await.unwrap();
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(text(again.into_body()).await, "call 1");
+    let other = svc.clone().oneshot(post("b")).await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

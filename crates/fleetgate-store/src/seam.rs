@@ -9,7 +9,7 @@
 //! | rate limits, outbound throttle, login-failure throttle | [`rate`](StoreDriver::rate), [`refund`](StoreDriver::refund) |
 //! | rate limits in lease mode ([`lease`](crate::lease)) | [`reserve`](StoreDriver::reserve), [`give_back`](StoreDriver::give_back) |
 //! | concurrency limits                       | [`acquire_permit`](StoreDriver::acquire_permit), [`release_permit`](StoreDriver::release_permit) |
-//! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set) |
+//! | replay markers, idempotency keys, dedup  | [`claim`](StoreDriver::claim), then [`set`](StoreDriver::set), or [`complete_claim`](StoreDriver::complete_claim) / [`release_claim`](StoreDriver::release_claim) by the holder |
 //! | sessions, verification cache, response cache, upstream auth tokens, breaker cooldowns | [`get`](StoreDriver::get), [`get_extend`](StoreDriver::get_extend), [`set`](StoreDriver::set), [`delete`](StoreDriver::delete) |
 //! | locks (single flight across instances)   | [`lock`](StoreDriver::lock), [`unlock`](StoreDriver::unlock) |
 //! | live events (fleet-wide, each seen once)  | [`stream_append`](StoreDriver::stream_append), [`stream_read`](StoreDriver::stream_read) |
@@ -198,6 +198,23 @@ pub trait StoreDriver: Send + Sync + 'static {
         value: Bytes,
         ttl: Duration,
     ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
+
+    /// Replaces the value of a claim with `value` for `ttl`, only if `key` still holds `token`
+    /// (the value this holder claimed it with, which carries a random part): one atomic
+    /// compare-and-set, so only the holder of a claim can store its result, and not once the
+    /// claim has expired and another holder has taken it. Returns whether it was replaced.
+    fn complete_claim(
+        &self,
+        key: &StoreKey,
+        token: &[u8],
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Deletes a claim only if `key` still holds `token` (see
+    /// [`complete_claim`](Self::complete_claim)), so that a retry can claim it again. Returns
+    /// whether it was released.
+    fn release_claim(&self, key: &StoreKey, token: &[u8]) -> impl Future<Output = StoreResult<bool>> + Send;
 
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send;
 

@@ -110,6 +110,12 @@ impl StoreDriver for Store {
     async fn claim(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
         dispatch!(self, d => d.claim(key, value, ttl))
     }
+    async fn complete_claim(&self, key: &StoreKey, token: &[u8], value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        dispatch!(self, d => d.complete_claim(key, token, value, ttl))
+    }
+    async fn release_claim(&self, key: &StoreKey, token: &[u8]) -> StoreResult<bool> {
+        dispatch!(self, d => d.release_claim(key, token))
+    }
     async fn get(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
         dispatch!(self, d => d.get(key))
     }

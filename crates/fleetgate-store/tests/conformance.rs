@@ -580,6 +580,82 @@ async fn claim_once_has_one_winner<F: Fleet>(f: &F) {
     );
 }
 
+/// Only the holder of a claim (the value it claimed with) can complete or release it, each in
+/// one atomic compare-and-set: of many concurrent completers with the same wrong token and one
+/// with the right one, only the holder's value is stored; a completed claim is no longer held
+/// by its pending token, and an expired claim taken by someone else is not theirs to release.
+async fn only_the_holder_completes_a_claim<F: Fleet>(f: &F) {
+    let k = key("claim-cas");
+    let s = f.handle();
+    let token = Bytes::from_static(b"pending:token-a");
+    assert_eq!(
+        s.claim(&k, token.clone(), Duration::from_secs(10)).await.unwrap(),
+        ClaimOutcome::Won
+    );
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let s = f.handle();
+        let k = k.clone();
+        let token = if i == 7 {
+            token.clone()
+        } else {
+            Bytes::from(format!("pending:token-{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            let done = s
+                .complete_claim(&k, &token, Bytes::from(format!("done-{i}")), Duration::from_secs(10))
+                .await
+                .unwrap();
+            (i, done)
+        }));
+    }
+    let mut completed = Vec::new();
+    for t in tasks {
+        let (i, done) = t.await.unwrap();
+        if done {
+            completed.push(i);
+        }
+    }
+    assert_eq!(completed, vec![7], "only the holder completes");
+    assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"done-7"[..]));
+    assert!(
+        !s.complete_claim(&k, &token, Bytes::from_static(b"again"), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        "a completed claim is no longer held by its pending token"
+    );
+    assert!(!s.release_claim(&k, &token).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap().as_deref(), Some(&b"done-7"[..]));
+
+    // Release: a wrong token leaves the claim, the holder's frees it for a new claimant.
+    let r = key("claim-release");
+    let mine = Bytes::from_static(b"pending:mine");
+    assert_eq!(
+        s.claim(&r, mine.clone(), Duration::from_millis(150)).await.unwrap(),
+        ClaimOutcome::Won
+    );
+    assert!(!s.release_claim(&r, b"pending:theirs").await.unwrap());
+    assert!(s.release_claim(&r, &mine).await.unwrap());
+    assert_eq!(s.get(&r).await.unwrap(), None);
+    // Expired and taken by another: the first holder can neither complete nor release it.
+    assert_eq!(
+        s.claim(&r, mine.clone(), Duration::from_millis(100)).await.unwrap(),
+        ClaimOutcome::Won
+    );
+    f.advance(Duration::from_millis(200)).await;
+    let other = Bytes::from_static(b"pending:other");
+    assert_eq!(
+        s.claim(&r, other.clone(), Duration::from_secs(10)).await.unwrap(),
+        ClaimOutcome::Won
+    );
+    assert!(!s
+        .complete_claim(&r, &mine, Bytes::from_static(b"late"), Duration::from_secs(10))
+        .await
+        .unwrap());
+    assert!(!s.release_claim(&r, &mine).await.unwrap());
+    assert_eq!(s.get(&r).await.unwrap(), Some(other));
+}
+
 async fn permits_are_bounded_and_leased<F: Fleet>(f: &F) {
     let k = key("permits");
     let mut tasks = Vec::new();
@@ -828,6 +904,7 @@ conformance!(
     values_expire,
     get_extend_slides_the_expiry,
     claim_once_has_one_winner,
+    only_the_holder_completes_a_claim,
     permits_are_bounded_and_leased,
     locks_fence,
     refund_gives_back_the_charge,

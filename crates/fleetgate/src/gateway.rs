@@ -274,6 +274,11 @@ impl Gateway {
         if let Some(answer) = cx.answer_instead.take() {
             // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
             resp = answer.map(full);
+            cx.idempotency = None; // and an idempotency claim is released, not completed
+        }
+        if let Some(claim) = cx.idempotency.take() {
+            // The response is stored for replays when its body has ended (a bounded tee).
+            resp = resp.map(|b| claim.tee(b).boxed_unsync());
         }
         if let Some(fill) = cx.cache_fill.take() {
             // The cache stores this body as it streams to the client.

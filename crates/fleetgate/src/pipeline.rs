@@ -9,15 +9,16 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{
-    AuthClient, Cache, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
-    RequestHeaders, ResponseHeaders, Session,
+    AuthClient, Cache, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Idempotency, Payment,
+    RateLimits, RequestHeaders, ResponseHeaders, Session,
 };
 use fleetgate_store::Keyspace;
 use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
 /// the route), then events (its complete phase runs last), the gateway session and forward
-/// auth, rate limits (most specific first), then concurrency, then the payment gate.
+/// auth, rate limits (most specific first), then concurrency, the payment gate, idempotency
+/// keys, then the shared cache (DESIGN.md, "The request pipeline").
 pub type RoutePipeline = fleetgate_http::stages![
     EventStage, // one live event per completed request (`events.enabled`); first, so
     // the gateway finds it at `.0`
@@ -27,6 +28,7 @@ pub type RoutePipeline = fleetgate_http::stages![
     RateLimits,      // the route's own limits, then the global ones
     Concurrency,     // permits held until the response is over
     Payment,         // x402: 402, or a payment verified and settled once for the fleet
+    Idempotency,     // Idempotency-Key: run once, replay the stored response, 409, 422
     Cache,           // `cache`: the shared HTTP cache; answers hits, stores what may be stored
     RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
@@ -52,6 +54,7 @@ pub fn assemble(
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
+        Idempotency::for_route(keyspace, r, route.idempotency.as_ref()),
         Cache::for_route(keyspace, r, route.cache.as_ref())
             .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::shared(config.listen))),
         RequestHeaders::for_route(&route.request_headers),

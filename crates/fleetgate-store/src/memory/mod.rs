@@ -428,6 +428,45 @@ impl MemoryStore {
         }
     }
 
+    /// Whether `key` holds exactly `token`, then `replace` (under the shard's lock).
+    fn if_holds(
+        &self,
+        key: &StoreKey,
+        token: &[u8],
+        replace: impl FnOnce(&mut entries::ShardMap, u64),
+    ) -> StoreResult<bool> {
+        let now = self.inner.clock.now_us();
+        let mut shard = self.shard(key).lock();
+        let holds = match shard.live(key.digest(), now) {
+            Some(Entry {
+                value: Value::Bytes(held),
+                ..
+            }) => &**held == token,
+            Some(_) => return Err(StoreError::WrongType(key.to_string())),
+            None => false,
+        };
+        if holds {
+            replace(&mut shard, now);
+        }
+        Ok(holds)
+    }
+
+    fn complete_claim_now(&self, key: &StoreKey, token: &[u8], value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        self.if_holds(key, token, |shard, now| {
+            let entry = Entry {
+                expires_at: now + ttl_us(ttl),
+                value: Value::Bytes(value.to_vec().into_boxed_slice()),
+            };
+            shard.insert(key.digest(), entry, now);
+        })
+    }
+
+    fn release_claim_now(&self, key: &StoreKey, token: &[u8]) -> StoreResult<bool> {
+        self.if_holds(key, token, |shard, _| {
+            shard.remove(key.digest());
+        })
+    }
+
     fn get_now(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
         let now = self.inner.clock.now_us();
         let mut shard = self.shard(key).lock();
@@ -608,6 +647,18 @@ impl StoreDriver for MemoryStore {
         ttl: Duration,
     ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send {
         ready(self.claim_now(key, value, ttl))
+    }
+    fn complete_claim(
+        &self,
+        key: &StoreKey,
+        token: &[u8],
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.complete_claim_now(key, token, value, ttl))
+    }
+    fn release_claim(&self, key: &StoreKey, token: &[u8]) -> impl Future<Output = StoreResult<bool>> + Send {
+        ready(self.release_claim_now(key, token))
     }
     fn get(&self, key: &StoreKey) -> impl Future<Output = StoreResult<Option<Bytes>>> + Send {
         ready(self.get_now(key))

@@ -838,6 +838,25 @@ impl StoreDriver for RedisStore {
         }
     }
 
+    async fn complete_claim(&self, key: &StoreKey, token: &[u8], value: Bytes, ttl: Duration) -> StoreResult<bool> {
+        let args = [
+            ScriptArg::Bytes(token),
+            ScriptArg::Bytes(&value),
+            ScriptArg::Int(ms(ttl)),
+        ];
+        let v = self
+            .eval(&self.inner.scripts.complete_claim, &[key.as_str()], &args)
+            .await?;
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
+    }
+
+    /// The unlock script: delete only if the key still holds this value.
+    async fn release_claim(&self, key: &StoreKey, token: &[u8]) -> StoreResult<bool> {
+        let args = [ScriptArg::Bytes(token)];
+        let v = self.eval(&self.inner.scripts.unlock, &[key.as_str()], &args).await?;
+        Ok(redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string()))? == 1)
+    }
+
     async fn get(&self, key: &StoreKey) -> StoreResult<Option<Bytes>> {
         match self.query(redis::cmd("GET").arg(key.as_str())).await? {
             Value::Nil => Ok(None),

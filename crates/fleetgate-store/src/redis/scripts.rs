@@ -30,6 +30,7 @@ pub(super) struct Scripts {
     pub acquire_permit: LuaScript,
     pub release_permit: LuaScript,
     pub claim: LuaScript,
+    pub complete_claim: LuaScript,
     pub lock: LuaScript,
     pub unlock: LuaScript,
 }
@@ -68,6 +69,7 @@ impl Scripts {
             acquire_permit: LuaScript::new(include_str!("scripts/acquire_permit.lua")),
             release_permit: LuaScript::new(include_str!("scripts/release_permit.lua")),
             claim: LuaScript::new(include_str!("scripts/claim.lua")),
+            complete_claim: LuaScript::new(include_str!("scripts/complete_claim.lua")),
             lock: LuaScript::new(include_str!("scripts/lock.lua")),
             unlock: LuaScript::new(include_str!("scripts/unlock.lua")),
         }
@@ -86,6 +88,7 @@ impl Scripts {
             &self.acquire_permit,
             &self.release_permit,
             &self.claim,
+            &self.complete_claim,
             &self.lock,
             &self.unlock,
         ] {
