@@ -770,3 +770,47 @@ fn thirty_concurrent_identical_gets_over_three_instances_reach_the_upstream_once
     }
     assert_eq!(fleet.origin.count("/unstorable"), 6);
 }
+
+#[test]
+fn the_in_process_tier_serves_an_invalidated_entry_for_at_most_local_ttl() {
+    let fleet = Fleet::start("{ local_ttl: 1s }");
+    fleet
+        .origin
+        .set("/tiered", script(&[("cache-control", "max-age=60")], "v1"));
+    fleet.get(0, "/tiered", &[]);
+    wait_stored(&fleet, 0, 1.0);
+    until_hit(&fleet, 1, "/tiered", &[]);
+    // Invalidated through C: B's tier may still have it, for at most local_ttl.
+    let post = raw_request(
+        fleet.gateways[2].addr(),
+        b"POST /tiered HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    // C invalidated its own tier at once.
+    let c = fleet.get(2, "/tiered", &[]);
+    assert!(
+        c.header("cache-status").unwrap().contains("fwd=uri-miss"),
+        "{:?}",
+        c.headers
+    );
+    wait_stored(&fleet, 2, 1.0);
+    // Past the bound, B reads the store again (C's new entry: a hit from the store, or a miss).
+    std::thread::sleep(Duration::from_millis(1100));
+    fleet
+        .origin
+        .set("/tiered", script(&[("cache-control", "max-age=60")], "v2"));
+    // B reads C's entry into its tier, then A invalidates it.
+    assert_eq!(until_hit(&fleet, 1, "/tiered", &[]).body, "v1");
+    let post = raw_request(
+        fleet.gateways[0].addr(),
+        b"POST /tiered HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    let within = fleet.get(1, "/tiered", &[]);
+    assert!(within.body == "v1" || within.body == "v2", "{}", within.body);
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = fleet.get(1, "/tiered", &[]);
+    assert_eq!(b.body, "v2", "after local_ttl, B no longer serves what A invalidated");
+}
