@@ -11,7 +11,14 @@
 //! - the request head kept in a stored policy is reduced to `Host` and `Cache-Control`
 //!   (credentials and cookies never reach the store); `Vary` is matched by the variant's key,
 //!   so the headers it names are left out of both sides;
-//! - `Set-Cookie` is never part of a stored head.
+//! - `Set-Cookie` is never part of a stored head;
+//! - dates are parsed strictly (IMF-fixdate and the obsolete HTTP formats; the crate took RFC
+//!   2822 leniently), an unreadable `Expires` is already expired, `Age` is its first element;
+//! - statuses the crate does not know (RFC 7234's list) are stored with explicit freshness, as
+//!   RFC 9111 allows, unless `must-understand`; `must-understand` overrides `no-store` for a
+//!   status it knows;
+//! - `CDN-Cache-Control` ([`super::targeted`]) decides when valid; the origin's fields are kept
+//!   aside for the client.
 
 use super::directives::Directives;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
