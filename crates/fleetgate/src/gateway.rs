@@ -271,11 +271,12 @@ impl Gateway {
             },
         };
         route.pipeline.response(&mut cx, &mut resp).await;
+        let fill = cx.cache_fill.take();
         if let Some(answer) = cx.answer_instead.take() {
-            // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
+            // A way-out stage answers instead (a failed settlement): the upstream's body is
+            // dropped, and not stored by the cache either.
             resp = answer.map(full);
-        }
-        if let Some(fill) = cx.cache_fill.take() {
+        } else if let Some(fill) = fill {
             // The cache stores this body as it streams to the client.
             resp = resp.map(|b| fill.tee(b).boxed_unsync());
         }
