@@ -814,3 +814,59 @@ fn the_in_process_tier_serves_an_invalidated_entry_for_at_most_local_ttl() {
     let b = fleet.get(1, "/tiered", &[]);
     assert_eq!(b.body, "v2", "after local_ttl, B no longer serves what A invalidated");
 }
+
+#[test]
+fn stale_while_revalidate_serves_stale_at_once_and_refreshes_behind() {
+    let fleet = Fleet::start("{}");
+    fleet.origin.set(
+        "/swr",
+        script(
+            &[
+                ("cache-control", "max-age=1, stale-while-revalidate=60"),
+                ("etag", "\"s1\""),
+            ],
+            "swr body",
+        ),
+    );
+    fleet.get(0, "/swr", &[]);
+    wait_stored(&fleet, 0, 1.0);
+    std::thread::sleep(Duration::from_millis(2100));
+    let stale = fleet.get(1, "/swr", &[]);
+    assert_eq!(stale.body, "swr body");
+    let status = stale.header("cache-status").unwrap();
+    assert!(
+        status.contains("hit") && status.contains("stale-while-revalidate"),
+        "{status}"
+    );
+    // The background revalidation: one conditional request upstream, and the entry fresh again.
+    let started = Instant::now();
+    while fleet.origin.count("/swr") < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no background revalidation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let calls = fleet.origin.calls("/swr");
+    assert_eq!(calls[1].header("if-none-match"), Some("\"s1\""));
+    assert!(
+        calls[1].header("x-fleetgate-cache-refresh").is_none(),
+        "the marker never goes upstream"
+    );
+    // Served stale (at most until the refreshed entry is written), then fresh.
+    let started = Instant::now();
+    loop {
+        let r = fleet.get(2, "/swr", &[]);
+        let status = r.header("cache-status").unwrap().to_string();
+        assert!(status.contains("; hit"), "{status}");
+        if !status.contains("stale") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the entry was never refreshed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fleet.origin.count("/swr"), 2, "one revalidation for the fleet");
+}
