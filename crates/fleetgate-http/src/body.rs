@@ -70,6 +70,11 @@ impl<B> Finishing<B> {
     pub fn set_finish(&mut self, finish: Finish) {
         self.finish = Some(finish);
     }
+
+    /// The wrapped body, before it is polled.
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
 }
 
 impl<B: Body> Body for Finishing<B> {
@@ -124,7 +129,7 @@ pin_project_lite::pin_project! {
     /// The body of a response from a stage layer: the inner service's body, or a stage's answer.
     #[project = StageBodyProj]
     pub enum StageBody<B> {
-        Service { #[pin] body: Finishing<B> },
+        Service { #[pin] body: Finishing<crate::cache::Tee<B>> },
         Answer { body: Option<Bytes>, finish: Option<Finish> },
     }
 }

@@ -192,15 +192,19 @@ where
                     .call(Request::from_parts(parts, body))
                     .await?
                     .map(|b| StageBody::Service {
-                        body: Finishing::new(b, Finish::new(Vec::new(), None)),
+                        body: Finishing::new(crate::cache::Tee::passthrough(b), Finish::new(Vec::new(), None)),
                     }),
             };
             shared.stage.response(&mut cx, &mut resp).await;
+            let fill = cx.cache_fill.take();
             if let Some(answer) = cx.answer_instead.take() {
                 resp = answer.map(|b| StageBody::Answer {
                     body: Some(b),
                     finish: None,
                 });
+            } else if let (Some(fill), StageBody::Service { body }) = (fill, resp.body_mut()) {
+                // The cache stores the service's body as it streams.
+                body.inner_mut().fill(fill);
             }
             let complete = request_line.map(|(method, path)| {
                 let completion = Completion {

@@ -37,6 +37,8 @@ pub mod refresh;
 pub mod status;
 pub mod targeted;
 pub mod tee;
+#[cfg(test)]
+mod tests;
 
 pub use config::CacheConfig;
 pub use refresh::Refresh;
