@@ -2624,6 +2624,22 @@ fn cache_is_read_and_its_errors_name_the_field() {
     assert_eq!(cache.max_ttl, Duration::from_secs(3600));
     assert_eq!(cache.on_store_error, fleetgate_http::FailurePolicy::Closed);
     assert!(cache.coalesce, "coalescing is on by default");
+    assert_eq!(cache.local_ttl, None, "the in-process tier is off by default");
+    let c = p(&format!(
+        "{BASE}    cache: {{ local_ttl: 1s, local_max_bytes: 1000 }}\n"
+    ))
+    .unwrap();
+    let cache = c.routes[0].cache.as_ref().expect("read");
+    assert_eq!(
+        (cache.local_ttl, cache.local_max_bytes),
+        (Some(Duration::from_secs(1)), 1000)
+    );
+    refused(
+        &format!("{BASE}    cache:\n      local_ttl: 5m\n"),
+        8,
+        "routes[0].cache.local_ttl",
+        &["60s"],
+    );
     let c = p(&format!("{BASE}    cache: {{ coalesce: false, coalesce_wait: 2s }}\n")).unwrap();
     let cache = c.routes[0].cache.as_ref().expect("read");
     assert_eq!((cache.coalesce, cache.coalesce_wait), (false, Duration::from_secs(2)));

@@ -71,7 +71,7 @@ impl<B> Finishing<B> {
         self.finish = Some(finish);
     }
 
-    /// The wrapped body.
+    /// The wrapped body, before it is polled.
     pub fn inner_mut(&mut self) -> &mut B {
         &mut self.inner
     }
@@ -129,7 +129,7 @@ pin_project_lite::pin_project! {
     /// The body of a response from a stage layer: the inner service's body, or a stage's answer.
     #[project = StageBodyProj]
     pub enum StageBody<B> {
-        Service { #[pin] body: Finishing<crate::idempotency::tee::Tee<B>> },
+        Service { #[pin] body: Finishing<crate::cache::Tee<crate::idempotency::tee::Tee<B>>> },
         Answer { body: Option<Bytes>, finish: Option<Finish> },
     }
 }

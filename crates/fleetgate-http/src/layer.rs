@@ -209,19 +209,27 @@ where
                     .call(Request::from_parts(parts, body))
                     .await?
                     .map(|b| StageBody::Service {
-                        body: Finishing::new(Tee::passthrough(b), Finish::new(Vec::new(), None)),
+                        body: Finishing::new(
+                            crate::cache::Tee::passthrough(Tee::passthrough(b)),
+                            Finish::new(Vec::new(), None),
+                        ),
                     }),
             };
             shared.stage.response(&mut cx, &mut resp).await;
+            let fill = cx.cache_fill.take();
             if let Some(answer) = cx.answer_instead.take() {
                 resp = answer.map(|b| StageBody::Answer {
                     body: Some(b),
                     finish: None,
                 });
                 cx.idempotency = None; // an idempotency claim is released, not completed
+            } else if let (Some(fill), StageBody::Service { body }) = (fill, resp.body_mut()) {
+                // The cache stores the service's body as it streams.
+                body.inner_mut().fill(fill);
             }
             if let (Some(claim), StageBody::Service { body }) = (cx.idempotency.take(), resp.body_mut()) {
-                claim.arm(body.inner_mut());
+                // The response is kept for replays when its body has ended.
+                claim.arm(body.inner_mut().inner_mut());
             }
             let complete = request_line.map(|(method, path)| {
                 let completion = Completion {

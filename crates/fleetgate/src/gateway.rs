@@ -271,18 +271,19 @@ impl Gateway {
             },
         };
         route.pipeline.response(&mut cx, &mut resp).await;
+        let fill = cx.cache_fill.take();
         if let Some(answer) = cx.answer_instead.take() {
-            // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
+            // A way-out stage answers instead (a failed settlement): the upstream's body is
+            // dropped, and not stored by the cache either.
             resp = answer.map(full);
             cx.idempotency = None; // and an idempotency claim is released, not completed
+        } else if let Some(fill) = fill {
+            // The cache stores this body as it streams to the client.
+            resp = resp.map(|b| fill.tee(b).boxed_unsync());
         }
         if let Some(claim) = cx.idempotency.take() {
             // The response is stored for replays when its body has ended (a bounded tee).
             resp = resp.map(|b| claim.tee(b).boxed_unsync());
-        }
-        if let Some(fill) = cx.cache_fill.take() {
-            // The cache stores this body as it streams to the client.
-            resp = resp.map(|b| fill.tee(b).boxed_unsync());
         }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());

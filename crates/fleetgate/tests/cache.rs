@@ -770,3 +770,103 @@ fn thirty_concurrent_identical_gets_over_three_instances_reach_the_upstream_once
     }
     assert_eq!(fleet.origin.count("/unstorable"), 6);
 }
+
+#[test]
+fn the_in_process_tier_serves_an_invalidated_entry_for_at_most_local_ttl() {
+    let fleet = Fleet::start("{ local_ttl: 1s }");
+    fleet
+        .origin
+        .set("/tiered", script(&[("cache-control", "max-age=60")], "v1"));
+    fleet.get(0, "/tiered", &[]);
+    wait_stored(&fleet, 0, 1.0);
+    until_hit(&fleet, 1, "/tiered", &[]);
+    // Invalidated through C: B's tier may still have it, for at most local_ttl.
+    let post = raw_request(
+        fleet.gateways[2].addr(),
+        b"POST /tiered HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    // C invalidated its own tier at once.
+    let c = fleet.get(2, "/tiered", &[]);
+    assert!(
+        c.header("cache-status").unwrap().contains("fwd=uri-miss"),
+        "{:?}",
+        c.headers
+    );
+    wait_stored(&fleet, 2, 1.0);
+    // Past the bound, B reads the store again (C's new entry: a hit from the store, or a miss).
+    std::thread::sleep(Duration::from_millis(1100));
+    fleet
+        .origin
+        .set("/tiered", script(&[("cache-control", "max-age=60")], "v2"));
+    // B reads C's entry into its tier, then A invalidates it.
+    assert_eq!(until_hit(&fleet, 1, "/tiered", &[]).body, "v1");
+    let post = raw_request(
+        fleet.gateways[0].addr(),
+        b"POST /tiered HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    let within = fleet.get(1, "/tiered", &[]);
+    assert!(within.body == "v1" || within.body == "v2", "{}", within.body);
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = fleet.get(1, "/tiered", &[]);
+    assert_eq!(b.body, "v2", "after local_ttl, B no longer serves what A invalidated");
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_at_once_and_refreshes_behind() {
+    let fleet = Fleet::start("{}");
+    fleet.origin.set(
+        "/swr",
+        script(
+            &[
+                ("cache-control", "max-age=1, stale-while-revalidate=60"),
+                ("etag", "\"s1\""),
+            ],
+            "swr body",
+        ),
+    );
+    fleet.get(0, "/swr", &[]);
+    wait_stored(&fleet, 0, 1.0);
+    std::thread::sleep(Duration::from_millis(2100));
+    let stale = fleet.get(1, "/swr", &[]);
+    assert_eq!(stale.body, "swr body");
+    let status = stale.header("cache-status").unwrap();
+    assert!(
+        status.contains("hit") && status.contains("stale-while-revalidate"),
+        "{status}"
+    );
+    // The background revalidation: one conditional request upstream, and the entry fresh again.
+    let started = Instant::now();
+    while fleet.origin.count("/swr") < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no background revalidation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let calls = fleet.origin.calls("/swr");
+    assert_eq!(calls[1].header("if-none-match"), Some("\"s1\""));
+    assert!(
+        calls[1].header("x-fleetgate-cache-refresh").is_none(),
+        "the marker never goes upstream"
+    );
+    // Served stale (at most until the refreshed entry is written), then fresh.
+    let started = Instant::now();
+    loop {
+        let r = fleet.get(2, "/swr", &[]);
+        let status = r.header("cache-status").unwrap().to_string();
+        assert!(status.contains("; hit"), "{status}");
+        if !status.contains("stale") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the entry was never refreshed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fleet.origin.count("/swr"), 2, "one revalidation for the fleet");
+}

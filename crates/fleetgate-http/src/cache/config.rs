@@ -12,7 +12,7 @@ pub const MAX_ENTRY_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 /// The shared cache of one route.
 ///
 /// Deserializes from `{ max_entry_bytes, heuristic, keep_stale, max_ttl, coalesce,
-/// coalesce_wait, on_store_error }`
+/// coalesce_wait, local_ttl, local_max_bytes, on_store_error }`
 /// (unknown fields refused; errors follow [`crate::key::FIELD_MARK`]). `cache: {}` (or
 /// `cache:` with nothing) takes every default.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,12 @@ pub struct CacheConfig {
     /// Longest a request waits for another's fill before going upstream itself
     /// (`coalesce_wait`, default 5s, at most 60s).
     pub coalesce_wait: Duration,
+    /// The in-process tier in front of a shared store (`local_ttl`, default none: off): values
+    /// this instance read are served from its memory for at most this long, which is then the
+    /// bound on serving what another instance invalidated (at most 60s).
+    pub local_ttl: Option<Duration>,
+    /// Memory bound of the in-process tier (`local_max_bytes`, default 64 MiB).
+    pub local_max_bytes: u64,
     /// What to do when the store fails (`on_store_error`, default `open`: pass through
     /// uncached; `closed`: 503).
     pub on_store_error: FailurePolicy,
@@ -52,6 +58,8 @@ impl Default for CacheConfig {
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             coalesce: true,
             coalesce_wait: Duration::from_secs(5),
+            local_ttl: None,
+            local_max_bytes: 64 * 1024 * 1024,
             on_store_error: FailurePolicy::Open,
         }
     }
@@ -72,6 +80,10 @@ struct Written {
     coalesce: Option<bool>,
     #[serde(default, deserialize_with = "duration")]
     coalesce_wait: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    local_ttl: Option<Duration>,
+    #[serde(default)]
+    local_max_bytes: Option<u64>,
     #[serde(default)]
     on_store_error: Option<FailurePolicy>,
 }
@@ -120,6 +132,18 @@ impl TryFrom<Written> for CacheConfig {
         };
         let max_ttl = w.max_ttl.unwrap_or(defaults.max_ttl);
         let coalesce_wait = w.coalesce_wait.unwrap_or(defaults.coalesce_wait);
+        if w.local_ttl.is_some_and(|t| t > Duration::from_secs(60)) {
+            return Err(marked(
+                ".local_ttl",
+                "longer than 60s; accepted: a duration from 1ms to 60s: it bounds how long an instance serves what another has invalidated",
+            ));
+        }
+        if w.local_max_bytes == Some(0) {
+            return Err(marked(
+                ".local_max_bytes",
+                "0 is out of range; accepted: a whole number of bytes above 0, e.g. 67108864 (64 MiB)",
+            ));
+        }
         if coalesce_wait > Duration::from_secs(60) {
             return Err(marked(
                 ".coalesce_wait",
@@ -132,6 +156,8 @@ impl TryFrom<Written> for CacheConfig {
             keep_stale: w.keep_stale.unwrap_or(defaults.keep_stale),
             max_ttl,
             coalesce: w.coalesce.unwrap_or(true),
+            local_ttl: w.local_ttl,
+            local_max_bytes: w.local_max_bytes.unwrap_or(defaults.local_max_bytes),
             coalesce_wait,
             on_store_error,
         })

@@ -30,12 +30,15 @@ pub mod conditional;
 pub mod config;
 pub mod directives;
 pub mod entry;
+pub mod local;
 pub mod policy;
 pub mod range;
 pub mod refresh;
 pub mod status;
 pub mod targeted;
 pub mod tee;
+#[cfg(test)]
+mod tests;
 
 pub use config::CacheConfig;
 pub use refresh::Refresh;
@@ -82,6 +85,8 @@ pub struct Cache {
     /// Sends the background revalidations of `stale-while-revalidate`; without it, the one
     /// request that claims the revalidation waits for it.
     refresh: Option<std::sync::Arc<dyn Refresh>>,
+    /// The in-process tier (`local_ttl`), when configured.
+    local: Option<std::sync::Arc<local::LocalTier>>,
 }
 
 /// What a read of the store found.
@@ -152,6 +157,9 @@ impl Cache {
             options: policy::options(config.heuristic),
             config: config.clone(),
             refresh: None,
+            local: config
+                .local_ttl
+                .map(|ttl| std::sync::Arc::new(local::LocalTier::new(ttl, config.local_max_bytes))),
         }
     }
 
@@ -180,7 +188,24 @@ impl Cache {
         format!("{host}\n{pq}")
     }
 
+    /// Reads an entry or `Vary` record: from the in-process tier when it has it, else from the
+    /// store (and keeps it there).
     async fn read<D: StageStore>(&self, store: &StoreCtx<D>, key: &StoreKey) -> Decided<Option<Bytes>> {
+        let Some(local) = self.local.as_ref().filter(|_| !store.store.in_process()) else {
+            return self.read_shared(store, key).await;
+        };
+        if let Some(v) = local.get(key) {
+            return Decided::Store(Some(v));
+        }
+        let got = self.read_shared(store, key).await;
+        if let Decided::Store(Some(v)) = &got {
+            local.put(key, v.clone());
+        }
+        got
+    }
+
+    /// Reads the store itself (locks and markers are never kept in the in-process tier).
+    async fn read_shared<D: StageStore>(&self, store: &StoreCtx<D>, key: &StoreKey) -> Decided<Option<Bytes>> {
         let got = store
             .decide(&self.policy, Op::Marker, store.store.get(key), |_| {}, |_, _| None)
             .await;
@@ -332,7 +357,7 @@ impl Cache {
             if let Found::Read(Some(e), f) = self.find(store, exchange, headers).await {
                 return Some((e, f));
             }
-            match self.read(store, lock).await {
+            match self.read_shared(store, lock).await {
                 Decided::Store(Some(_)) => {}
                 _ => return None,
             }
@@ -603,6 +628,7 @@ impl Cache {
             variants: exchange.variants,
             select: select(&exchange.request_headers, &vary),
             filling: filling.take(),
+            local: self.local.clone(),
             vary,
             ttl,
         };
@@ -676,6 +702,7 @@ impl Cache {
             variants: exchange.variants,
             select: select(&exchange.request_headers, &vary),
             filling: None,
+            local: self.local.clone(),
             vary,
             ttl,
         };
@@ -721,6 +748,9 @@ impl Cache {
 
     async fn invalidate<D: StageStore>(&self, store: &StoreCtx<D>, keys: Vec<StoreKey>) {
         for key in keys {
+            if let Some(local) = &self.local {
+                local.remove(&key);
+            }
             let call = store.store.delete(&key);
             if let Decided::Store(true) = store.decide(&self.policy, Op::Marker, call, |_| {}, |_, _| None).await {
                 self.metrics.invalidated.increment(1);
@@ -773,6 +803,8 @@ struct Write<D> {
     select: HeaderMap,
     /// The fill lock to release once written.
     filling: Option<StoreKey>,
+    /// The in-process tier, kept up to date with what this instance writes.
+    local: Option<std::sync::Arc<local::LocalTier>>,
     ttl: Duration,
 }
 
@@ -808,6 +840,7 @@ impl<D: StageStore> Write<D> {
     }
 
     async fn set(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> bool {
+        let kept = self.local.as_ref().map(|local| (local, value.clone()));
         let call = self.store.store.set(key, value, ttl.max(Duration::from_secs(1)));
         let ok = matches!(
             self.store
@@ -815,6 +848,11 @@ impl<D: StageStore> Write<D> {
                 .await,
             Decided::Store(())
         );
+        match kept {
+            Some((local, value)) if ok => local.put(key, value),
+            Some((local, _)) => local.remove(key),
+            None => {}
+        }
         if !ok {
             self.metrics.store_error.increment(1);
         }

@@ -11,7 +11,14 @@
 //! - the request head kept in a stored policy is reduced to `Host` and `Cache-Control`
 //!   (credentials and cookies never reach the store); `Vary` is matched by the variant's key,
 //!   so the headers it names are left out of both sides;
-//! - `Set-Cookie` is never part of a stored head.
+//! - `Set-Cookie` is never part of a stored head;
+//! - dates are parsed strictly (IMF-fixdate and the obsolete HTTP formats; the crate took RFC
+//!   2822 leniently), an unreadable `Expires` is already expired, `Age` is its first element;
+//! - statuses the crate does not know (RFC 7234's list) are stored with explicit freshness, as
+//!   RFC 9111 allows, unless `must-understand`; `must-understand` overrides `no-store` for a
+//!   status it knows;
+//! - `CDN-Cache-Control` ([`super::targeted`]) decides when valid; the origin's fields are kept
+//!   aside for the client.
 
 use super::directives::Directives;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -63,7 +70,7 @@ pub fn request_head(req: &Parts, with_lookup_headers: bool, with_credentials: bo
             parts.headers.insert(header::AUTHORIZATION, v.clone());
         }
     }
-    normalise_cache_control(&mut parts.headers);
+    normalise_cache_control(&mut parts.headers, false);
     parts
 }
 
@@ -95,7 +102,18 @@ pub fn response_head(status: http::StatusCode, headers: &HeaderMap) -> http::res
             }
         }
     }
-    normalise_cache_control(&mut parts.headers);
+    let understood = CRATE_UNDERSTOOD.contains(&status.as_u16());
+    if understood
+        && !parts.headers.contains_key(&ORIGIN_CACHE_CONTROL)
+        && Directives::of(&parts.headers).has("must-understand")
+    {
+        // The client gets the origin's Cache-Control, no-store included.
+        let values: Vec<HeaderValue> = parts.headers.get_all(header::CACHE_CONTROL).iter().cloned().collect();
+        for v in values {
+            parts.headers.append(&ORIGIN_CACHE_CONTROL, v);
+        }
+    }
+    normalise_cache_control(&mut parts.headers, understood);
     normalise_dates(&mut parts.headers);
     parts
 }
@@ -115,10 +133,15 @@ pub fn restore_origin_fields(headers: &mut HeaderMap) {
         }
         return;
     }
+    // Under CDN-Cache-Control both fields were replaced; otherwise only what was kept aside.
+    let targeted = super::targeted::as_cache_control(headers).is_some();
     for (to, from) in [
         (header::CACHE_CONTROL, &ORIGIN_CACHE_CONTROL),
         (header::EXPIRES, &ORIGIN_EXPIRES),
     ] {
+        if !targeted && !headers.contains_key(from) {
+            continue;
+        }
         headers.remove(&to);
         let values: Vec<HeaderValue> = headers.get_all(from).iter().cloned().collect();
         headers.remove(from);
@@ -174,13 +197,17 @@ fn normalise_dates(headers: &mut HeaderMap) {
     }
 }
 
-fn normalise_cache_control(headers: &mut HeaderMap) {
+/// `understood`: the response's status is one this cache understands, so `must-understand`
+/// overrides `no-store` (RFC 9111 section 5.2.2.3).
+fn normalise_cache_control(headers: &mut HeaderMap, understood: bool) {
     if !headers.contains_key(header::CACHE_CONTROL) {
         return;
     }
     let directives = Directives::of(headers);
+    let understands = understood && directives.has("must-understand");
     let rendered = directives.render(|name| match name {
         "proxy-revalidate" => Some("must-revalidate"),
+        "no-store" if understands => None,
         other => Some(other),
     });
     headers.remove(header::CACHE_CONTROL);
@@ -338,5 +365,27 @@ mod bad_input {
         assert!(stale_with("expires", "Thu, 18  Aug  2050 02:01:18 GMT"));
         assert!(!stale_with("expires", "Thu, 18 Aug 2050 02:01:18 GMT"));
         assert!(stale_with("cache-control", "max-age=abc"));
+    }
+}
+
+#[cfg(test)]
+mod must_understand {
+    use super::*;
+
+    #[test]
+    fn an_understood_status_stores_despite_no_store_and_serves_the_origin_field() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=60, no-store, must-understand"),
+        );
+        h.insert("expires", HeaderValue::from_static("Thu, 01 Jan 2099 00:00:00 GMT"));
+        let mut r = response_head(http::StatusCode::OK, &h);
+        assert_eq!(r.headers["cache-control"], "max-age=60, must-understand");
+        restore_origin_fields(&mut r.headers);
+        assert_eq!(r.headers["cache-control"], "max-age=60, no-store, must-understand");
+        assert!(r.headers.contains_key("expires"), "Expires untouched");
+        let kept = response_head(http::StatusCode::from_u16(599).unwrap(), &h);
+        assert!(kept.headers["cache-control"].to_str().unwrap().contains("no-store"));
     }
 }

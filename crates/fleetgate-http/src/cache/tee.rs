@@ -67,6 +67,30 @@ impl Fill {
     }
 }
 
+impl<B: Body> Tee<B> {
+    /// `body`, not teed (yet): see [`Tee::fill`].
+    pub fn passthrough(body: B) -> Self {
+        Tee {
+            inner: body,
+            copy: None,
+        }
+    }
+
+    /// The wrapped body, before it is polled (another tee inside arms itself there).
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// Tees the rest of the body (before it is polled: the whole of it) into `fill`.
+    pub fn fill(&mut self, fill: Fill) {
+        if self.inner.is_end_stream() {
+            fill.finish(Bytes::new());
+        } else {
+            self.copy = Some((BytesMut::new(), fill));
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A body whose data is copied until it ends (see the module documentation).
     pub struct Tee<B> {
