@@ -251,9 +251,11 @@ fn wait_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WaitReplicas>
             };
             match parsed {
                 Some(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(5) => d,
-                _ => return Err(refuse(format!(
+                _ => {
+                    return Err(refuse(format!(
                     "timeout: {t:?} is not accepted; accepted: 1ms to 5s, e.g. 10ms (0, waiting forever, is refused)"
-                ))),
+                )))
+                }
             }
         }
     };

@@ -47,11 +47,13 @@
 
 mod h2load;
 mod openloop;
+mod payment;
 mod procs;
 mod tls;
 mod upstream;
 mod wrk;
 
+pub use payment::run as run_payment;
 pub use upstream::run as run_upstream;
 
 use crate::redis_bench::pin;
