@@ -138,6 +138,8 @@ routes:
     match: {{ path_prefix: /idem }}
     upstream: up
     idempotency: {{ ttl: 1h }}
+  - name: rest
+    upstream: up
 "
     )
 }
