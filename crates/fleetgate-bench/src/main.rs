@@ -17,6 +17,9 @@
 //! * `cache FLEETGATE_BINARY`: cache hits through fleetgate's shared cache on the in-process
 //!   and the Redis store vs Varnish (`cache_hit_memory`, `cache_hit_redis`); see
 //!   `gateway::cache`.
+//! * `payment FLEETGATE_BINARY`: payment sessions and idempotent replays on Redis against
+//!   `gateway_redis_limit` (`payment_verified_cached`, `idempotency_replay`); see
+//!   `gateway::payment`.
 //! * `gateway-tls FLEETGATE_BINARY`: only `gateway_tls_memory_limit` (HTTPS through
 //!   fleetgate's TLS listener vs nginx terminating TLS).
 //! * `load HOST:PORT RATE SECONDS`: the gateway bench's open-loop generator on its own (64
@@ -41,7 +44,7 @@ mod store_memory;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | gateway-tls FLEETGATE_BINARY | upstream FLEETGATE_BINARY | cache FLEETGATE_BINARY | load HOST:PORT RATE SECONDS | bare-proxy LISTEN UPSTREAM [WORKERS]";
+    "usage: fleetgate-bench store | redis-sweep | gateway FLEETGATE_BINARY | gateway-tls FLEETGATE_BINARY | upstream FLEETGATE_BINARY | cache FLEETGATE_BINARY | payment FLEETGATE_BINARY | load HOST:PORT RATE SECONDS | bare-proxy LISTEN UPSTREAM [WORKERS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +52,13 @@ fn main() -> ExitCode {
         Some("store") => run_store(),
         Some("gateway") => match args.get(1) {
             Some(binary) => gateway::run(std::path::Path::new(binary)),
+            None => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("payment") => match args.get(1) {
+            Some(binary) => gateway::run_payment(std::path::Path::new(binary)),
             None => {
                 eprintln!("{USAGE}");
                 ExitCode::from(2)

@@ -5,7 +5,7 @@ use crate::error::USERNAME_ACCEPTED;
 use crate::fields::{flag, int, key_prefix, ms, nullable, refuse, ttl, Ms, Prefix, TtlMs};
 use crate::store_url::{StoreKind, StoreUrl, UrlSource};
 use crate::validate::{invalid, Invalid};
-use fleetgate_store::{BreakerSettings, Keyspace, RedisOptions, TlsFiles};
+use fleetgate_store::{BreakerSettings, Keyspace, RedisOptions, TlsFiles, WaitReplicas};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
@@ -76,6 +76,10 @@ pub struct StoreConfig {
     /// TTL for stored values that have no TTL of their own (`default_ttl_ms`, default 1 day).
     #[serde(rename = "default_ttl_ms", deserialize_with = "ttl::<_, 86_400_000>")]
     pub default_ttl: Duration,
+    /// Wait for replicas to acknowledge every claim (`store.markers_wait_replicas`: `{
+    /// replicas, timeout }`, default none). Redis, Sentinel and TLS Redis only.
+    #[serde(deserialize_with = "wait_replicas")]
+    pub markers_wait_replicas: Option<WaitReplicas>,
 }
 
 impl Default for StoreConfig {
@@ -99,6 +103,7 @@ impl Default for StoreConfig {
             breaker: BreakerSettings::default(),
             flush_on_startup: false,
             default_ttl: Duration::from_secs(86_400),
+            markers_wait_replicas: None,
         }
     }
 }
@@ -145,6 +150,7 @@ impl StoreConfig {
             password: self.password.as_deref().map(str::to_string),
             sentinel_username: self.sentinel_username.clone(),
             sentinel_password: self.sentinel_password.as_deref().map(str::to_string),
+            markers_wait_replicas: self.markers_wait_replicas,
         }
     }
 }
@@ -206,6 +212,54 @@ impl Default for Breaker {
             max_backoff_ms: d.max_backoff,
         }
     }
+}
+
+/// `store.markers_wait_replicas` as the file writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenWait {
+    #[serde(default)]
+    replicas: Option<i64>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// `store.markers_wait_replicas`: `{ replicas: 1..=16 (default 1), timeout: 1ms..=5s (default
+/// 10ms) }`; null: no wait.
+fn wait_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WaitReplicas>, D::Error> {
+    let Some(w) = Option::<WrittenWait>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let replicas = match w.replicas.unwrap_or(1) {
+        n @ 1..=16 => n as u32,
+        n => {
+            return Err(refuse(format!(
+                "replicas: {n} is out of range; accepted: 1 to 16 replicas that must acknowledge each claim"
+            )))
+        }
+    };
+    let timeout = match w.timeout.as_deref() {
+        None => Duration::from_millis(10),
+        Some(t) => {
+            let text = t.trim();
+            let parsed = if let Some(n) = text.strip_suffix("ms") {
+                n.parse::<u64>().ok().map(Duration::from_millis)
+            } else {
+                text.strip_suffix('s')
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            };
+            match parsed {
+                Some(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(5) => d,
+                _ => {
+                    return Err(refuse(format!(
+                    "timeout: {t:?} is not accepted; accepted: 1ms to 5s, e.g. 10ms (0, waiting forever, is refused)"
+                )))
+                }
+            }
+        }
+    };
+    Ok(Some(WaitReplicas { replicas, timeout }))
 }
 
 /// `store.breaker` (the order of its backoffs is checked with the file's places).
@@ -318,6 +372,21 @@ pub(crate) fn resolve(
             ..invalid("store.tls", message)
         });
     }
+    let no_wait = |kind: StoreKind| {
+        match kind {
+        StoreKind::Memory => Some("is the in-process store, which has no replicas"),
+        StoreKind::RedisCluster => Some("is a Redis Cluster, where a claim's WAIT would only reach its own shard's replicas through the cluster client; use a primary with replicas (redis:// or redis-sentinel://)"),
+        _ => None,
+    }
+    };
+    if base.markers_wait_replicas.is_some() {
+        if let Some(why) = no_wait(base.kind) {
+            return Err(invalid(
+                "store.markers_wait_replicas",
+                format!("store.markers_wait_replicas is set, but the store {:?} {why}; accepted: a redis://, rediss:// or redis-sentinel:// store, or no markers_wait_replicas", base.url),
+            ));
+        }
+    }
     let concern = |name: &str, written: Option<ConcernStore>| {
         let mut out = base.clone();
         let Some(w) = written else { return Ok(out) };
@@ -346,5 +415,11 @@ pub(crate) fn resolve(
         cache: concern("cache", written.cache)?,
         events: concern("events", written.events)?,
     };
+    if let (Some(_), Some(why)) = (stores.markers.markers_wait_replicas, no_wait(stores.markers.kind)) {
+        return Err(invalid(
+            "stores.markers.url",
+            format!("store.markers_wait_replicas is set, but the markers' store {:?} {why}; accepted: a redis://, rediss:// or redis-sentinel:// store", stores.markers.url),
+        ));
+    }
     Ok((base, stores))
 }

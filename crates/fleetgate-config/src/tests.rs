@@ -2674,3 +2674,51 @@ fn cache_is_read_and_its_errors_name_the_field() {
         &["unknown field", "max_entry_bytes"],
     );
 }
+
+#[test]
+fn markers_wait_replicas_is_read_and_refused_where_it_cannot_work() {
+    let c = p("store:\n  url: redis://h:6379\n  markers_wait_replicas: { replicas: 2, timeout: 15ms }\n").unwrap();
+    let wait = c.store.markers_wait_replicas.unwrap();
+    assert_eq!((wait.replicas, wait.timeout), (2, Duration::from_millis(15)));
+    assert_eq!(c.store.redis_options().markers_wait_replicas, Some(wait));
+    let c = p("store:\n  url: redis://h:6379\n  markers_wait_replicas: {}\n").unwrap();
+    let wait = c.store.markers_wait_replicas.unwrap();
+    assert_eq!((wait.replicas, wait.timeout), (1, Duration::from_millis(10)));
+    assert_eq!(
+        p("store:\n  url: redis://h:6379\n")
+            .unwrap()
+            .store
+            .markers_wait_replicas,
+        None
+    );
+    for (text, want) in [
+        ("store:\n  markers_wait_replicas: {}\n", "in-process store"),
+        (
+            "store:\n  url: redis-cluster://a:7000,b:7001\n  markers_wait_replicas: {}\n",
+            "Redis Cluster",
+        ),
+        (
+            "store:\n  url: redis://h:6379\n  markers_wait_replicas: { replicas: 0 }\n",
+            "out of range",
+        ),
+        (
+            "store:\n  url: redis://h:6379\n  markers_wait_replicas: { timeout: 0ms }\n",
+            "not accepted",
+        ),
+        (
+            "store:\n  url: redis://h:6379\n  markers_wait_replicas: { acks: 1 }\n",
+            "unknown field",
+        ),
+        (
+            "store:\n  url: redis://h:6379\n  markers_wait_replicas: {}\nstores:\n  markers:\n    url: memory://\n",
+            "markers' store",
+        ),
+    ] {
+        let e = p(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(
+            e.contains("markers_wait_replicas") || e.contains("replicas") || e.contains("acks"),
+            "{e}"
+        );
+    }
+}

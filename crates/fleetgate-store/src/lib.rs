@@ -31,7 +31,7 @@ pub use error::StoreError;
 pub use keyspace::{identifier_hash, Concern, KeyError, Keyspace, ScopedKeys, StoreKey};
 pub use memory::MemoryStore;
 pub use rate::{Algorithm, LeaseReceipt, LimitError, Rate, RateCharge, RateDecision, RateLimit, Reservation};
-pub use redis::{BreakerSettings, HealthGroup, RedisOptions, RedisStore, TlsFiles};
+pub use redis::{BreakerSettings, HealthGroup, RedisOptions, RedisStore, TlsFiles, WaitReplicas};
 pub use seam::*;
 pub use store::Store;
 pub use stream::{BadStreamId, StreamEntry, StreamFrom, StreamId, StreamRead};

@@ -344,3 +344,54 @@ fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     assert_eq!(open.status, 201, "open passes through");
     assert_eq!(backend.calls(), 2);
 }
+
+/// Waits (at most 10 s) until the primary counts `n` connected replicas.
+fn wait_replicas(primary: &RedisServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = primary.command(&["INFO", "replication"]);
+        if info.contains(&format!("connected_slaves:{n}")) && (n == 0 || info.contains("state=online")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the primary never had {n} replicas: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `store.markers_wait_replicas`: with a real replica (`redis-server --replicaof`) claims are
+/// acknowledged and succeed; with the replica killed, a claim that no replica acknowledged
+/// fails closed with 503, and the upstream is not called; completed keys are still replayed.
+#[test]
+fn claims_wait_for_a_replica_and_fail_closed_without_one() {
+    let primary = RedisServer::start();
+    let port = primary.port().to_string();
+    let mut replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+    wait_replicas(&primary, 1);
+    let backend = Backend::start();
+    let extra = "  markers_wait_replicas: { replicas: 1, timeout: 100ms }\n";
+    let yaml = config(&primary.url(), backend.port, extra);
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    let first = post(&a, "/pay", Some("\"acked\""), "10.0.0.1", "x");
+    assert_eq!(first.status, 201, "{first:?}");
+    let replay = post(&b, "/pay", Some("\"acked\""), "10.0.0.1", "x");
+    assert_eq!(replay.header("idempotency-replayed"), Some("true"), "{replay:?}");
+    assert_eq!(backend.calls(), 1);
+
+    replica.kill();
+    wait_replicas(&primary, 0);
+    for i in 0..3 {
+        let r = post(&a, "/pay", Some(&format!("\"unacked-{i}\"")), "10.0.0.1", "x");
+        assert_problem(&r, 503, "store_unavailable");
+    }
+    assert_eq!(
+        backend.calls(),
+        1,
+        "no claim without a replica's acknowledgement let a request run"
+    );
+    // A completed key is still replayed: a claim that finds a holder sets nothing to wait for.
+    let replay = post(&b, "/pay", Some("\"acked\""), "10.0.0.1", "x");
+    assert_eq!(replay.header("idempotency-replayed"), Some("true"), "{replay:?}");
+    assert_eq!(backend.calls(), 1);
+    let metrics = http_get(a.admin_addr(), "/metrics", &[]).unwrap().body;
+    assert!(metric_sum(&metrics, "fleetgate_idempotency_store_decisions_total{route=\"pay\",limit=\"idempotency\",outcome=\"fallback_closed\"}") >= 3.0, "{metrics}");
+}

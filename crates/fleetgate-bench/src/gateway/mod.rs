@@ -48,12 +48,14 @@
 mod cache;
 mod h2load;
 mod openloop;
+mod payment;
 mod procs;
 mod tls;
 mod upstream;
 mod wrk;
 
 pub use cache::run as run_cache;
+pub use payment::run as run_payment;
 pub use upstream::run as run_upstream;
 
 use crate::redis_bench::pin;

@@ -21,6 +21,11 @@ fn field_after<'a>(text: &'a str, label: &str) -> Option<&'a str> {
 
 /// `wrk -t2 -c64 -dD --timeout 2s http://127.0.0.1:PORT/`, under `taskset -c CPUS` if given.
 pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> Wrk {
+    run_script(port, duration, cpus, None)
+}
+
+/// [`run`] with a wrk Lua script (`-s FILE`: the method, path, body and headers to send).
+pub fn run_script(port: u16, duration: Duration, cpus: Option<&str>, script: Option<&std::path::Path>) -> Wrk {
     let mut cmd = match cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -34,6 +39,7 @@ pub fn run(port: u16, duration: Duration, cpus: Option<&str>) -> Wrk {
         .arg(format!("-c{CONNECTIONS}"))
         .arg(format!("-d{}s", duration.as_secs()))
         .args(["--timeout", "2s"])
+        .args(script.map(|s| ["-s".as_ref(), s.as_os_str()]).into_iter().flatten())
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .unwrap_or_else(|e| {

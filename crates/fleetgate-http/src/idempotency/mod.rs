@@ -182,7 +182,11 @@ impl InFlight {
     /// Like [`tee`](Self::tee), on a body already wrapped (the tower layer's).
     pub fn arm<B>(mut self, tee: &mut tee::Tee<B>) {
         let claim = self.claim.take();
-        let head = self.head.take().filter(|(status, _)| !status.is_server_error());
+        // Kept: final answers below 500 (not a 101 of an upgrade, not a failure).
+        let head = self
+            .head
+            .take()
+            .filter(|(status, _)| !status.is_server_error() && !status.is_informational());
         let finisher: tee::Finisher = Box::new(move |body| match claim {
             Some(claim) => {
                 let kept = body

@@ -72,6 +72,18 @@ pub struct RedisOptions {
     /// ACL user and password for the sentinels themselves.
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
+    /// After every claim (replay markers, idempotency keys), wait for this many replicas to
+    /// acknowledge it, at most this long (`WAIT replicas timeout`, in the claim's pipeline);
+    /// fewer acknowledgements fail the claim. `None` (the default): no wait.
+    pub markers_wait_replicas: Option<WaitReplicas>,
+}
+
+/// `store.markers_wait_replicas`: how many replicas must acknowledge a claim, and how long to
+/// wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitReplicas {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -89,6 +101,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("password", &hide(&self.password))
             .field("sentinel_username", &self.sentinel_username)
             .field("sentinel_password", &hide(&self.sentinel_password))
+            .field("markers_wait_replicas", &self.markers_wait_replicas)
             .finish()
     }
 }
@@ -107,6 +120,7 @@ impl Default for RedisOptions {
             password: None,
             sentinel_username: None,
             sentinel_password: None,
+            markers_wait_replicas: None,
         }
     }
 }
@@ -430,6 +444,55 @@ impl RedisStore {
         .await
     }
 
+    /// A claim and `WAIT replicas timeout` in one pipeline (`store.markers_wait_replicas`): a
+    /// won claim that fewer replicas acknowledged fails (and is taken back, best effort), so
+    /// that a failover cannot lose a marker the gateway acted on.
+    async fn claim_replicated(
+        &self,
+        key: &StoreKey,
+        value: Bytes,
+        ttl: Duration,
+        wait: WaitReplicas,
+    ) -> StoreResult<ClaimOutcome> {
+        let script = &self.inner.scripts.claim;
+        let pipeline = |eval: &str, script_ref: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd(eval)
+                .arg(script_ref)
+                .arg(1)
+                .arg(key.as_str())
+                .arg(value.as_ref())
+                .arg(ms(ttl));
+            pipe.cmd("WAIT").arg(wait.replicas).arg(ms(wait.timeout));
+            pipe
+        };
+        let (reply, acks) = self
+            .bounded(|mut conn| async move {
+                match pipeline("EVALSHA", script.hash())
+                    .query_async::<(Value, i64)>(&mut conn)
+                    .await
+                {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        pipeline("EVAL", script.source)
+                            .query_async::<(Value, i64)>(&mut conn)
+                            .await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        let outcome = claim_outcome(reply)?;
+        if outcome == ClaimOutcome::Won && acks < i64::from(wait.replicas) {
+            let _ = self.release_claim(key, &value).await;
+            return Err(StoreError::Unavailable(format!(
+                "{acks} of {} replicas acknowledged the claim within {} ms (store.markers_wait_replicas)",
+                wait.replicas,
+                wait.timeout.as_millis()
+            )));
+        }
+        Ok(outcome)
+    }
+
     /// Deletes every key under `prefix:` (SCAN and UNLINK in batches of 1000, on every
     /// primary of a cluster), never FLUSHDB. Returns how many keys were deleted.
     /// Dangerous: meant for `store.flush_on_startup` in test and staging deployments.
@@ -539,6 +602,18 @@ async fn scan_unlink(mut conn: Conn, pattern: &str, step: Duration) -> StoreResu
 }
 
 /// An argument of a script call: a number or raw bytes, written straight into the command.
+/// The claim script's reply: `{1}` or `{0, held value}`.
+fn claim_outcome(reply: Value) -> StoreResult<ClaimOutcome> {
+    match reply {
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(1)] => Ok(ClaimOutcome::Won),
+            [Value::Int(0), Value::BulkString(held)] => Ok(ClaimOutcome::Held(Bytes::from(held.clone()))),
+            other => Err(StoreError::Protocol(format!("claim reply of {} items", other.len()))),
+        },
+        _ => Err(StoreError::Protocol("claim reply is not an array".into())),
+    }
+}
+
 enum ScriptArg<'a> {
     Int(u64),
     Bytes(&'a [u8]),
@@ -827,15 +902,11 @@ impl StoreDriver for RedisStore {
     }
 
     async fn claim(&self, key: &StoreKey, value: Bytes, ttl: Duration) -> StoreResult<ClaimOutcome> {
-        let args = [ScriptArg::Bytes(&value), ScriptArg::Int(ms(ttl))];
-        match self.eval(&self.inner.scripts.claim, &[key.as_str()], &args).await? {
-            Value::Array(items) => match items.as_slice() {
-                [Value::Int(1)] => Ok(ClaimOutcome::Won),
-                [Value::Int(0), Value::BulkString(held)] => Ok(ClaimOutcome::Held(Bytes::from(held.clone()))),
-                other => Err(StoreError::Protocol(format!("claim reply of {} items", other.len()))),
-            },
-            _ => Err(StoreError::Protocol("claim reply is not an array".into())),
+        if let Some(wait) = self.inner.options.markers_wait_replicas {
+            return self.claim_replicated(key, value, ttl, wait).await;
         }
+        let args = [ScriptArg::Bytes(&value), ScriptArg::Int(ms(ttl))];
+        claim_outcome(self.eval(&self.inner.scripts.claim, &[key.as_str()], &args).await?)
     }
 
     async fn complete_claim(&self, key: &StoreKey, token: &[u8], value: Bytes, ttl: Duration) -> StoreResult<bool> {
