@@ -3,7 +3,7 @@
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
 use fleetgate_http::HeaderRules;
-use fleetgate_http::{ConcurrencyLimitConfig, ForwardAuthConfig, PaymentConfig, RateLimitConfig};
+use fleetgate_http::{ConcurrencyLimitConfig, DedupConfig, ForwardAuthConfig, PaymentConfig, RateLimitConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -64,6 +64,9 @@ pub struct RouteConfig {
     /// The route's forward auth and gateway sessions (`forward_auth`); `None`: none.
     #[serde(default, deserialize_with = "nullable")]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// The route's in-flight dedup (`dedup`); `None`: none.
+    #[serde(default, deserialize_with = "nullable")]
+    pub dedup: Option<DedupConfig>,
 }
 
 /// The target before validation has resolved it (never seen outside the crate).

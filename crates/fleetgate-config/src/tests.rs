@@ -1833,6 +1833,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/payment/config.rs"),
         include_str!("../../fleetgate-http/src/upstream_login/config.rs"),
         include_str!("../../fleetgate-http/src/forward_auth/config.rs"),
+        include_str!("../../fleetgate-http/src/dedup/config.rs"),
         include_str!("upstream_policy.rs"),
         include_str!("rewrite.rs"),
         include_str!("../../fleetgate-http/src/headers.rs"),

@@ -57,6 +57,9 @@ pub struct RequestCtx<'r, D = Store> {
     pub status_charges: Vec<(usize, crate::ratelimit::Charge)>,
     /// A gateway session opened on the way in: its `Set-Cookie`, added on the way out.
     pub session_cookie: Option<http::HeaderValue>,
+    /// What dedup decided on the way in; the gateway hands the response to
+    /// [`crate::dedup::DedupCtx::respond`] (the leader's tee, a follower's live body).
+    pub dedup: Option<crate::dedup::DedupCtx>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -73,6 +76,7 @@ impl<'r, D> RequestCtx<'r, D> {
             answer_instead: None,
             status_charges: Vec::new(),
             session_cookie: None,
+            dedup: None,
         }
     }
 }

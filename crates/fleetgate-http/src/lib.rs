@@ -14,6 +14,7 @@
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
 //! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
 //! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
+//! | [`dedup`] | in-flight dedup: identical requests share one upstream call across the fleet; a completed answer kept for a window |
 //! | [`headers`] | request and response header rules (set, add, remove) |
 //! | [`upstream_login`] | log in to an upstream once for the fleet, share the credential, re-login once on a refusal |
 //!
@@ -28,6 +29,7 @@ pub mod breaker;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;
+pub mod dedup;
 pub mod error;
 pub mod events;
 pub mod failure;
@@ -53,6 +55,7 @@ pub use breaker::{BreakerConfig, Breakers};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{ArrivedOverTls, Completion, Principal, RequestCtx};
+pub use dedup::{Dedup, DedupConfig};
 pub use error::StageError;
 pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;

@@ -270,6 +270,10 @@ impl Gateway {
             // A way-out stage answers instead (a failed settlement): the upstream's body is dropped.
             resp = answer.map(full);
         }
+        if let Some(dedup) = cx.dedup.take() {
+            // The leader's body is teed to its followers and the store; a follower's is live.
+            resp = dedup.respond(resp);
+        }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());
         if let Some(span) = span {

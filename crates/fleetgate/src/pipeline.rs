@@ -9,7 +9,7 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{
-    AuthClient, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
+    AuthClient, Concurrency, Dedup, EventSink, EventStage, FacilitatorClient, ForwardAuth, Payment, RateLimits,
     RequestHeaders, ResponseHeaders, Session,
 };
 use fleetgate_store::Keyspace;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
 /// the route), then events (its complete phase runs last), the gateway session and forward
-/// auth, rate limits (most specific first), then concurrency, then the payment gate.
+/// auth, rate limits (most specific first), then concurrency, then the payment gate, then dedup.
 pub type RoutePipeline = fleetgate_http::stages![
     EventStage, // one live event per completed request (`events.enabled`); first, so
     // the gateway finds it at `.0`
@@ -27,6 +27,7 @@ pub type RoutePipeline = fleetgate_http::stages![
     RateLimits,      // the route's own limits, then the global ones
     Concurrency,     // permits held until the response is over
     Payment,         // x402: 402, or a payment verified and settled once for the fleet
+    Dedup,           // `dedup`: identical requests in flight share one upstream call
     RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
 
@@ -51,6 +52,7 @@ pub fn assemble(
         RateLimits::for_route(keyspace, r, &route.rate_limits, &config.global_rate_limits).map_err(fail)?,
         Concurrency::for_route(keyspace, r, &route.concurrency_limits).map_err(fail)?,
         Payment::for_route(keyspace, r, route.payment.as_ref(), facilitator),
+        Dedup::for_route(keyspace, r, route.dedup.as_ref()),
         RequestHeaders::for_route(&route.request_headers),
     ])
 }

@@ -29,7 +29,8 @@ pub struct Route {
     pub pipeline: std::sync::Arc<RoutePipeline>,
     pub metrics: RouteMetrics,
     /// How many request-body bytes to read before the pipeline runs (the largest `body_limit`
-    /// of a limit whose key reads the body: `json:` or `form:`); `None`: the body streams.
+    /// of a limit whose key reads the body: `json:` or `form:`, or dedup's `max_body` when its key
+    /// names `body`); `None`: the body streams.
     pub read_body_ahead: Option<usize>,
 }
 
@@ -46,7 +47,9 @@ pub fn read_body_ahead(config: &fleetgate_config::Config, route: &RouteConfig) -
         .iter()
         .filter(|l| l.key.iter().any(fleetgate_http::KeyPart::reads_body))
         .map(|_| fleetgate_http::body_fields::DEFAULT_BODY_LIMIT);
-    rate.chain(concurrency).max()
+    // `dedup` with `body` in its key hashes the whole body, up to its `max_body`.
+    let dedup = route.dedup.as_ref().filter(|d| d.reads_body()).map(|d| d.max_body);
+    rate.chain(concurrency).chain(dedup).max()
 }
 
 impl Route {
