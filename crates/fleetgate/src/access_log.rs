@@ -49,6 +49,8 @@ pub struct Record {
     pub trace_id: Option<String>,
     /// How long the upstream's throttle held the request before it went (`throttle`).
     pub throttle_wait: Option<Duration>,
+    /// What dedup did (`leader`, `follower`, `replay`, `fallthrough`), on a route with `dedup`.
+    pub dedup: Option<&'static str>,
 }
 
 impl Record {
@@ -72,6 +74,7 @@ impl Record {
             ratelimit: None,
             trace_id: None,
             throttle_wait: None,
+            dedup: None,
         })
     }
 
@@ -129,6 +132,7 @@ impl Record {
             "ratelimit": self.ratelimit,
             "trace_id": self.trace_id,
             "throttle_wait_ms": self.throttle_wait.map(ms),
+            "dedup": self.dedup,
         })
     }
 }

@@ -133,6 +133,10 @@ impl Gateway {
                 .extensions()
                 .get::<crate::upstream_side::ThrottleWaited>()
                 .map(|w| w.0);
+            record.dedup = resp
+                .extensions()
+                .get::<fleetgate_http::dedup::DedupRole>()
+                .map(|r| r.0.as_str());
             record.ratelimit = resp
                 .headers()
                 .get(&fleetgate_http::rate_headers::RATELIMIT)
