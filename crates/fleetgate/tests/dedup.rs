@@ -276,8 +276,8 @@ fn with_redis_down_open_passes_through_and_closed_refuses() {
     let gw = Gateway::start(&config(&redis.url(), up.port, "      on_store_error: open\n"));
     assert_eq!(role(&post(&gw, "/v1/complete", "r")), "leader");
     redis.kill();
-    for _ in 0..3 {
-        let r = post(&gw, "/v1/complete", "r");
+    for i in 0..3 {
+        let r = post(&gw, "/v1/complete", &format!("r{i}"));
         assert_eq!((r.status, role(&r)), (200, "fallthrough"), "open: {r:?}");
         assert!(r.body.starts_with("call="), "{r:?}");
         let r = post(&gw, "/closed", "r");

@@ -46,7 +46,7 @@ use crate::stage::{Flow, Stage};
 use crate::store_ctx::{ConcernPolicy, Decided, Op, StageStore, StoreCtx};
 use body::{BoxError, FollowBody, OnEnd, TeeBody};
 use bytes::Bytes;
-use fleetgate_store::{Concern, Keyspace, ScopedKeys, StoreKey};
+use fleetgate_store::{ClaimOutcome, Concern, Keyspace, ScopedKeys, StoreKey};
 use flight::{Driving, End, Flight, Flights, Head, Id, State};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -343,25 +343,24 @@ impl Dedup {
         }
         let mut notices = self.listen(&sx.store);
         let poll = POLL.min(self.config.lease / 2);
-        let mut first = true;
+        let me = Bytes::copy_from_slice(owner.as_bytes());
         loop {
-            let lock = sx.store.lock(&locks, owner, self.config.lease);
-            match sx.decide(&self.policy, Op::Marker, lock, |_| {}, |_, _| None).await {
-                Decided::Store(Some(_grant)) => {
-                    if !first {
-                        // The leader may have finished just before its lock was free.
-                        if let Ok(Some(s)) = self.stored(sx, &records).await.map(found) {
-                            let _ = sx.store.unlock(&locks, owner).await;
-                            return s;
+            let claim = sx.store.claim(&locks, me.clone(), self.config.lease);
+            match sx.decide(&self.policy, Op::Marker, claim, |_| {}, |_, _| None).await {
+                Decided::Store(ClaimOutcome::Won) => {
+                    // The last leader may have finished between our read and our claim.
+                    match self.stored(sx, &records).await.map(found) {
+                        Ok(Some(d)) | Err(d) => {
+                            let _ = sx.store.delete(&locks).await;
+                            return d;
                         }
+                        Ok(None) => return Driven::Lead(locks, records),
                     }
-                    return Driven::Lead(locks, records);
                 }
-                Decided::Store(None) => {}
+                Decided::Store(ClaimOutcome::Held(_)) => {}
                 Decided::Closed => return Driven::Closed,
                 Decided::Open | Decided::Local(_) => return Driven::Pass("store_error"),
             }
-            first = false;
             let now = Instant::now();
             if now >= deadline {
                 return Driven::Pass("max_wait");
@@ -426,10 +425,14 @@ impl Dedup {
         let renewal = {
             let (store, locks, owner) = (store.clone(), locks.clone(), owner.clone());
             tokio::spawn(async move {
-                // Bounded by the call: aborted when the body is over.
+                // Bounded by the call: aborted when the body is over, or ends once the lock
+                // is someone else's.
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    let _ = store.lock(&locks, &owner, lease).await;
+                    match store.get_extend(&locks, lease).await {
+                        Ok(Some(v)) if v != owner.as_bytes() => return,
+                        _ => {}
+                    }
                 }
             })
         };
@@ -443,15 +446,17 @@ impl Dedup {
                 return;
             };
             rt.spawn(async move {
-                // Fencing: only the lock's holder writes (a leader whose lease ran out and was
-                // taken over leaves the key to the new one).
-                if let Ok(Some(_)) = store.lock(&locks, &owner, lease).await {
+                // Only the lock's holder writes (a leader whose lease ran out and was taken
+                // over leaves the key to the new one), then lets it go.
+                if holds(&store, &locks, &owner).await {
                     if let Err(e) = store.set(&records, value, ttl).await {
                         tracing::debug!(error = %e, "dedup: keeping the response failed");
                     }
+                    let _ = store.publish(&channel, record::notice(&id)).await;
+                    if holds(&store, &locks, &owner).await {
+                        let _ = store.delete(&locks).await;
+                    }
                 }
-                let _ = store.publish(&channel, record::notice(&id)).await;
-                let _ = store.unlock(&locks, &owner).await;
                 drop(driving);
             });
         })
@@ -465,6 +470,12 @@ enum Driven {
     Stored(Head, Bytes),
     Pass(&'static str),
     Closed,
+}
+
+/// Whether `owner` holds the lock `locks` (a read, then the caller acts: a lease that ends in
+/// between is the window the docs describe).
+async fn holds<D: StageStore>(store: &D, locks: &StoreKey, owner: &str) -> bool {
+    matches!(store.get(locks).await, Ok(Some(v)) if v == owner.as_bytes())
 }
 
 async fn notice_for(notices: &mut broadcast::Receiver<Id>, id: &Id) {
