@@ -42,12 +42,17 @@ impl Slow {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (c, d, r) = (calls.clone(), delay.clone(), release.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let serve = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let (c, d, r) = (c.clone(), d.clone(), r.clone());
                         tokio::spawn(async move {
                             let svc = service_fn(move |req: Request<Incoming>| {
@@ -79,7 +84,11 @@ impl Slow {
     fn wait_calls(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.calls() < n {
-            assert!(Instant::now() < deadline, "upstream calls stayed at {} (< {n})", self.calls());
+            assert!(
+                Instant::now() < deadline,
+                "upstream calls stayed at {} (< {n})",
+                self.calls()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -98,7 +107,10 @@ async fn answer(
             let waiter = waiter.clone();
             async move {
                 match step {
-                    0 => Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from("data: one\n\n"))), 1)),
+                    0 => Some((
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from("data: one\n\n"))),
+                        1,
+                    )),
                     1 => {
                         let _ = tokio::time::timeout(Duration::from_secs(10), waiter.notified()).await;
                         Some((Ok(Frame::data(Bytes::from("data: two\n\n"))), 2))
@@ -112,7 +124,12 @@ async fn answer(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap();
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
     let text = format!("call={n} body={}", String::from_utf8_lossy(&body));
     Response::new(BodyExt::boxed(Full::new(Bytes::from(text))))
@@ -141,7 +158,11 @@ fn role(r: &Reply) -> &str {
 fn thirty_identical_posts_over_three_instances_reach_the_upstream_once() {
     let redis = RedisServer::start();
     let up = Slow::start(1500);
-    let cfg = config(&redis.url(), up.port, "      key: [method, path, body]\n      window: 10s\n");
+    let cfg = config(
+        &redis.url(),
+        up.port,
+        "      key: [method, path, body]\n      window: 10s\n",
+    );
     let gws = Arc::new([Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg)]);
     let barrier = Arc::new(std::sync::Barrier::new(30));
     let clients: Vec<_> = (0..30)
@@ -157,7 +178,10 @@ fn thirty_identical_posts_over_three_instances_reach_the_upstream_once() {
     assert_eq!(up.calls(), 1, "one upstream call for the fleet");
     for r in &replies {
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.body, r#"call=1 body={"prompt":"hello"}"#, "every client got the one answer");
+        assert_eq!(
+            r.body, r#"call=1 body={"prompt":"hello"}"#,
+            "every client got the one answer"
+        );
         assert!(["leader", "follower", "replay"].contains(&role(r)), "{r:?}");
     }
     assert_eq!(replies.iter().filter(|r| role(r) == "leader").count(), 1);
@@ -208,7 +232,10 @@ fn different_bodies_are_separate_calls_and_the_window_replays_then_ends() {
     for _ in 0..2 {
         let r = post(&gws[0], "/v1/complete", &big);
         assert_eq!((r.status, role(&r)), (200, "fallthrough"), "{r:?}");
-        assert_eq!(r.header("cache-status"), Some("fleetgate-dedup; fwd=bypass; detail=body"));
+        assert_eq!(
+            r.header("cache-status"),
+            Some("fleetgate-dedup; fwd=bypass; detail=body")
+        );
     }
     assert_eq!(up.calls(), 5);
 }
@@ -263,7 +290,10 @@ fn a_follower_past_max_wait_calls_the_upstream_itself() {
     assert_eq!((lead.status, role(&lead)), (200, "leader"));
     for r in [&remote, &local] {
         assert_eq!((r.status, role(r)), (200, "fallthrough"), "{r:?}");
-        assert_eq!(r.header("cache-status"), Some("fleetgate-dedup; fwd=bypass; detail=max_wait"));
+        assert_eq!(
+            r.header("cache-status"),
+            Some("fleetgate-dedup; fwd=bypass; detail=max_wait")
+        );
         assert_ne!(r.body, lead.body, "its own call");
     }
     assert_eq!(up.calls(), 3);
@@ -292,7 +322,11 @@ fn read_until(s: &mut TcpStream, want: &str) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !String::from_utf8_lossy(&buf).contains(want) {
-        assert!(Instant::now() < deadline, "no {want:?} in {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} in {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -330,5 +364,9 @@ fn an_sse_answer_is_fanned_out_to_followers_as_it_streams() {
     for f in &mut followers {
         read_until(f, "data: two");
     }
-    assert_eq!(up.calls(), 1, "one upstream call for the leader and its three followers");
+    assert_eq!(
+        up.calls(),
+        1,
+        "one upstream call for the leader and its three followers"
+    );
 }

@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = read(serde_json::json!({})).expect("defaults");
-        assert_eq!(c.key, vec![DedupKeyPart::Method, DedupKeyPart::Path, DedupKeyPart::Body]);
+        assert_eq!(
+            c.key,
+            vec![DedupKeyPart::Method, DedupKeyPart::Path, DedupKeyPart::Body]
+        );
         assert_eq!(c.window, Duration::from_secs(10));
         assert_eq!(c.max_wait, Duration::from_secs(30));
         assert_eq!(c.lease, Duration::from_secs(5));
@@ -226,8 +229,14 @@ mod tests {
     fn fields_are_read() {
         let c = read(serde_json::json!({"key": ["method", "header:X-Model"], "window": "2s", "max_body": "64KiB", "max_response": 1000, "on_store_error": "closed"}))
             .expect("read");
-        assert_eq!(c.key, vec![DedupKeyPart::Method, DedupKeyPart::Header("x-model".into())]);
-        assert_eq!((c.window, c.max_body, c.max_response), (Duration::from_secs(2), 65536, 1000));
+        assert_eq!(
+            c.key,
+            vec![DedupKeyPart::Method, DedupKeyPart::Header("x-model".into())]
+        );
+        assert_eq!(
+            (c.window, c.max_body, c.max_response),
+            (Duration::from_secs(2), 65536, 1000)
+        );
         assert!(!c.reads_body());
         assert_eq!(c.on_store_error, FailurePolicy::Closed);
     }
@@ -242,12 +251,18 @@ mod tests {
             (serde_json::json!({"max_body": "1GiB"}), "", "64MiB"),
             (serde_json::json!({"max_body": "lots"}), "", "accepted"),
             (serde_json::json!({"lease": "10ms"}), ".lease", "100ms"),
-            (serde_json::json!({"on_store_error": "local"}), ".on_store_error", "not a dedup policy"),
+            (
+                serde_json::json!({"on_store_error": "local"}),
+                ".on_store_error",
+                "not a dedup policy",
+            ),
         ] {
             let e = read(yaml.clone()).expect_err("refused");
             assert!(e.contains(&format!("\u{1}{field}\u{1}")), "{yaml}: {e}");
             assert!(e.contains(why), "{yaml}: {e}");
         }
-        assert!(read(serde_json::json!({"windw": "1s"})).expect_err("unknown").contains("unknown field"));
+        assert!(read(serde_json::json!({"windw": "1s"}))
+            .expect_err("unknown")
+            .contains("unknown field"));
     }
 }

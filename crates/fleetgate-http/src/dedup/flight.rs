@@ -194,7 +194,11 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         drop(driving);
         assert_eq!(flights.len(), 0);
-        assert_eq!(a.watch().borrow().end, Some(End::Pass), "followers of a gone driver fall through");
+        assert_eq!(
+            a.watch().borrow().end,
+            Some(End::Pass),
+            "followers of a gone driver fall through"
+        );
     }
 
     #[test]

@@ -241,7 +241,10 @@ impl Dedup {
                 DedupKeyPart::Method => part(b'm', req.method.as_str().as_bytes()),
                 DedupKeyPart::Path => part(
                     b'p',
-                    req.uri.path_and_query().map_or(req.uri.path(), |p| p.as_str()).as_bytes(),
+                    req.uri
+                        .path_and_query()
+                        .map_or(req.uri.path(), |p| p.as_str())
+                        .as_bytes(),
                 ),
                 DedupKeyPart::Body => match req.extensions.get::<BufferedBody>() {
                     Some(b) if b.complete && b.bytes.len() <= self.config.max_body => part(b'b', &b.bytes),
@@ -418,7 +421,14 @@ impl Dedup {
 
     /// What the leader does once its body is over: keeps the response (or a pass marker) while
     /// it holds the lock, tells the fleet, lets the lock go, then leaves the flight map.
-    fn on_end<D: StageStore>(&self, sx: &StoreCtx<D>, driving: Driving, keys: (StoreKey, StoreKey), owner: String, id: Id) -> OnEnd {
+    fn on_end<D: StageStore>(
+        &self,
+        sx: &StoreCtx<D>,
+        driving: Driving,
+        keys: (StoreKey, StoreKey),
+        owner: String,
+        id: Id,
+    ) -> OnEnd {
         let store = sx.store.clone();
         let (locks, records) = keys;
         let (lease, window, channel) = (self.config.lease, self.config.window, self.channel.clone());
