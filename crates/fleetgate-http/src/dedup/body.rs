@@ -114,11 +114,14 @@ fn finish(flight: &Flight, kept: &mut Vec<Bytes>, over: bool, on_end: &mut Optio
     }
 }
 
+/// Waits for the flight's next change; gives the receiver back, and whether the flight lives.
+type Changed = Pin<Box<dyn std::future::Future<Output = (watch::Receiver<State>, bool)> + Send>>;
+
 /// A follower's body: the flight's chunks from the first, as they arrive, until it ends.
 pub struct FollowBody {
     state: watch::Receiver<State>,
     next: usize,
-    changed: Option<Pin<Box<dyn std::future::Future<Output = (watch::Receiver<State>, bool)> + Send>>>,
+    changed: Option<Changed>,
     done: bool,
 }
 
