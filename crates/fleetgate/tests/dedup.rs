@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The upstream stand-in. `POST /complete...` counts the call, waits `delay_ms`, then answers
-/// `call=N body=BODY`; `GET /sse` sends `data: one`, waits (up to 10 s) for `release`, then
+/// `call=N body=BODY` (`POST /fail`: the same as a 503); `GET /sse` sends `data: one`, waits (up to 10 s) for `release`, then
 /// `data: two` and ends.
 struct Slow {
     port: u16,
@@ -124,6 +124,7 @@ async fn answer(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap();
     }
+    let req_path_fails = req.uri().path() == "/fail";
     let body = req
         .into_body()
         .collect()
@@ -132,7 +133,11 @@ async fn answer(
         .unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
     let text = format!("call={n} body={}", String::from_utf8_lossy(&body));
-    Response::new(BodyExt::boxed(Full::new(Bytes::from(text))))
+    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(text))));
+    if req_path_fails {
+        *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
 }
 
 fn config(store: &str, upstream_port: u16, dedup: &str) -> String {
@@ -369,4 +374,59 @@ fn an_sse_answer_is_fanned_out_to_followers_as_it_streams() {
         1,
         "one upstream call for the leader and its three followers"
     );
+}
+
+#[test]
+fn a_leader_whose_client_leaves_is_taken_over_by_one_waiter() {
+    let redis = RedisServer::start();
+    let up = Slow::start(1500);
+    let cfg = config(&redis.url(), up.port, "      lease: 2s\n");
+    let gws = Arc::new([Gateway::start(&cfg), Gateway::start(&cfg)]);
+    let mut leader = TcpStream::connect(gws[0].addr()).unwrap();
+    leader
+        .write_all(b"POST /v1/complete HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nw")
+        .unwrap();
+    up.wait_calls(1);
+    let followers: Vec<_> = (0..4)
+        .map(|_| {
+            let gws = gws.clone();
+            std::thread::spawn(move || post(&gws[1], "/v1/complete", "w"))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(leader);
+    let replies: Vec<Reply> = followers.into_iter().map(|f| f.join().unwrap()).collect();
+    for r in &replies {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "call=2 body=w", "one new call, shared: {r:?}");
+    }
+    assert_eq!(up.calls(), 2);
+}
+
+#[test]
+fn followers_of_a_leader_answered_5xx_call_the_upstream_themselves() {
+    let redis = RedisServer::start();
+    let up = Slow::start(800);
+    let cfg = config(&redis.url(), up.port, "      window: 10s\n");
+    let gws = Arc::new([Gateway::start(&cfg), Gateway::start(&cfg)]);
+    let g = gws.clone();
+    let lead = std::thread::spawn(move || post(&g[0], "/fail", "f"));
+    up.wait_calls(1);
+    let followers: Vec<_> = (0..4)
+        .map(|i| {
+            let gws = gws.clone();
+            std::thread::spawn(move || post(&gws[i % 2], "/fail", "f"))
+        })
+        .collect();
+    let lead = lead.join().unwrap();
+    assert_eq!((lead.status, role(&lead)), (503, "leader"), "{lead:?}");
+    for f in followers {
+        let r = f.join().unwrap();
+        assert_eq!(role(&r), "fallthrough", "{r:?}");
+        assert_eq!(
+            r.header("cache-status"),
+            Some("fleetgate-dedup; fwd=bypass; detail=leader_failed")
+        );
+    }
+    assert_eq!(up.calls(), 5, "a 5xx is not shared");
 }

@@ -12,9 +12,19 @@ use tokio::sync::watch;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the leader does once its body is over: `Some(body chunks)` when it ended whole within
-/// the cap, `None` when it failed, outgrew the cap or was dropped.
-pub(crate) type OnEnd = Box<dyn FnOnce(Option<Vec<Bytes>>) + Send>;
+/// How a leader's call ended.
+pub(crate) enum Outcome {
+    /// Whole, within the cap: these chunks.
+    Complete(Vec<Bytes>),
+    /// Nothing worth sharing: a 5xx, a body that failed or outgrew the cap. Followers call the
+    /// upstream themselves.
+    Failed,
+    /// The leader's client left before the end (its call was dropped): a waiter takes over.
+    Gone,
+}
+
+/// What the leader does once its body is over.
+pub(crate) type OnEnd = Box<dyn FnOnce(Outcome) + Send>;
 
 pin_project_lite::pin_project! {
     /// The leader's body: passes every frame on, and tees the data into its flight.
@@ -32,7 +42,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
                 this.flight.end(End::Failed);
-                on_end(None);
+                on_end(Outcome::Gone);
             }
         }
     }
@@ -85,7 +95,7 @@ where
             Poll::Ready(Some(Err(e))) => {
                 if let Some(on_end) = this.on_end.take() {
                     this.flight.end(End::Failed);
-                    on_end(None);
+                    on_end(Outcome::Failed);
                 }
                 Poll::Ready(Some(Err(e.into())))
             }
@@ -106,10 +116,10 @@ fn finish(flight: &Flight, kept: &mut Vec<Bytes>, over: bool, on_end: &mut Optio
     if let Some(on_end) = on_end.take() {
         if over {
             flight.end(End::Failed);
-            on_end(None);
+            on_end(Outcome::Failed);
         } else {
             flight.end(End::Complete);
-            on_end(Some(std::mem::take(kept)));
+            on_end(Outcome::Complete(std::mem::take(kept)));
         }
     }
 }

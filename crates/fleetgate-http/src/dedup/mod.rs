@@ -17,8 +17,9 @@
 //!   answers once the whole response is stored (no cross-instance streaming).
 //! * **Never worse than no dedup**: a waiter past `max_wait` calls the upstream itself; when the
 //!   leader's lease expires (its instance died) the first waiter to take the lock becomes the
-//!   new leader; a leader whose answer is a 5xx, fails mid-body or outgrows `max_response`
-//!   leaves a short "pass" marker and followers call the upstream themselves. The store
+//!   new leader, and so when the leader's client leaves before its answer is over; a leader
+//!   whose answer is a 5xx, fails mid-body or outgrows `max_response` leaves a short "pass"
+//!   marker and followers call the upstream themselves. The store
 //!   failing applies `on_store_error`: `open` passes through, `closed` answers 503.
 //! * The leader renews its lease while its call lasts and writes the stored response only while
 //!   it still holds the lock (a leader whose lease ran out and was taken over does not write).
@@ -44,7 +45,7 @@ use crate::context::RequestCtx;
 use crate::metrics::DecisionMetrics;
 use crate::stage::{Flow, Stage};
 use crate::store_ctx::{ConcernPolicy, Decided, Op, StageStore, StoreCtx};
-use body::{BoxError, FollowBody, OnEnd, TeeBody};
+use body::{BoxError, FollowBody, OnEnd, Outcome, TeeBody};
 use bytes::Bytes;
 use fleetgate_store::{ClaimOutcome, Concern, Keyspace, ScopedKeys, StoreKey};
 use flight::{Driving, End, Flight, Flights, Head, Id, State};
@@ -170,7 +171,17 @@ impl Drop for Lead {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
             self.flight.end(End::Failed);
-            on_end(None);
+            on_end(Outcome::Gone);
+        }
+    }
+}
+
+impl Lead {
+    /// The call's answer is not worth sharing (a 5xx): followers call the upstream themselves.
+    fn fail(mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            self.flight.end(End::Pass);
+            on_end(Outcome::Failed);
         }
     }
 }
@@ -446,11 +457,12 @@ impl Dedup {
                 }
             })
         };
-        Box::new(move |body: Option<Vec<Bytes>>| {
+        Box::new(move |outcome: Outcome| {
             renewal.abort();
-            let (value, ttl) = match (body, driving.flight.head()) {
-                (Some(chunks), Some(head)) => (record::encode_response(&head, &chunks), window),
-                _ => (record::encode_pass(), PASS_TTL.min(window)),
+            let keep = match (outcome, driving.flight.head()) {
+                (Outcome::Complete(chunks), Some(head)) => Some((record::encode_response(&head, &chunks), window)),
+                (Outcome::Gone, _) => None,
+                _ => Some((record::encode_pass(), PASS_TTL.min(window))),
             };
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 return;
@@ -459,8 +471,10 @@ impl Dedup {
                 // Only the lock's holder writes (a leader whose lease ran out and was taken
                 // over leaves the key to the new one), then lets it go.
                 if holds(&store, &locks, &owner).await {
-                    if let Err(e) = store.set(&records, value, ttl).await {
-                        tracing::debug!(error = %e, "dedup: keeping the response failed");
+                    if let Some((value, ttl)) = keep {
+                        if let Err(e) = store.set(&records, value, ttl).await {
+                            tracing::debug!(error = %e, "dedup: keeping the response failed");
+                        }
                     }
                     let _ = store.publish(&channel, record::notice(&id)).await;
                     if holds(&store, &locks, &owner).await {
@@ -589,7 +603,9 @@ impl<D: StageStore> Stage<D> for Dedup {
             let status = resp.status();
             if status.is_server_error() || status.is_informational() {
                 // Nothing to share: followers call the upstream themselves.
-                d.lead = None;
+                if let Some(lead) = d.lead.take() {
+                    lead.fail();
+                }
             } else {
                 lead.flight.set_head(shared_head(status, resp.headers()));
                 lead.shared = true;
