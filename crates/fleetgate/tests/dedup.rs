@@ -430,3 +430,91 @@ fn followers_of_a_leader_answered_5xx_call_the_upstream_themselves() {
     }
     assert_eq!(up.calls(), 5, "a 5xx is not shared");
 }
+
+/// Commands Redis has run so far (`INFO commandstats`, summed), over a plain connection.
+fn redis_calls(redis: &RedisServer) -> u64 {
+    let mut s = TcpStream::connect(redis.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"INFO commandstats\r\n").unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // A bulk reply: `$LEN`, then the text; read until it is all there.
+    while Instant::now() < deadline {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        let Some((len, rest)) = text[1..].split_once("\r\n") else {
+            continue;
+        };
+        if rest.len() >= len.parse::<usize>().unwrap_or(0) {
+            break;
+        }
+    }
+    text.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn waiters_on_one_instance_share_one_wait_and_the_access_log_has_their_role() {
+    let redis = RedisServer::start();
+    let up = Slow::start(1000);
+    let log = std::env::temp_dir().join(format!("fleetgate-dedup-access-{}.log", std::process::id()));
+    // Live events off: they are store calls of their own, per request.
+    let cfg = config(&redis.url(), up.port, "      window: 10s\n")
+        .replace("access_log: false", "access_log: json\nevents:\n  enabled: false");
+    let gw = Arc::new(Gateway::start_with_log(&cfg, &log));
+    // What the instance does by itself (heartbeats) over the same time.
+    let idle = redis_calls(&redis);
+    std::thread::sleep(Duration::from_millis(1000));
+    let idle = redis_calls(&redis) - idle;
+    let before = redis_calls(&redis);
+    let barrier = Arc::new(std::sync::Barrier::new(40));
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let (gw, barrier) = (gw.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                post(&gw, "/v1/complete", "same")
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let calls = (redis_calls(&redis) - before).saturating_sub(2 * idle);
+    assert_eq!(up.calls(), 1);
+    assert!(replies.iter().all(|r| r.status == 200 && r.body == "call=1 body=same"));
+    // One driver talks to the store (a read, the claim, a read, then keeping the answer): far
+    // below one call per client (the instance's own calls, at most two idle seconds' worth,
+    // are not counted).
+    assert!(
+        calls < 20,
+        "{calls} store calls for 40 identical requests on one instance"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("\"dedup\""))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 40 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 40, "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains(r#""dedup":"leader""#)).count(), 1);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(r#""dedup":"follower""#) || l.contains(r#""dedup":"replay""#))
+            .count(),
+        39
+    );
+    let _ = std::fs::remove_file(&log);
+}
