@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The upstream stand-in. `POST /complete...` counts the call, waits `delay_ms`, then answers
-/// `call=N body=BODY` (`POST /fail`: the same as a 503); `GET /sse` sends `data: one`, waits (up to 10 s) for `release`, then
+/// `call=N body=BODY` (`POST /fail`: the same as a 503; `POST /empty`: 204 with `x-call: N`); `GET /sse` sends `data: one`, waits (up to 10 s) for `release`, then
 /// `data: two` and ends.
 struct Slow {
     port: u16,
@@ -124,7 +124,7 @@ async fn answer(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap();
     }
-    let req_path_fails = req.uri().path() == "/fail";
+    let req_path = req.uri().path().to_string();
     let body = req
         .into_body()
         .collect()
@@ -133,8 +133,14 @@ async fn answer(
         .unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
     let text = format!("call={n} body={}", String::from_utf8_lossy(&body));
+    if req_path == "/empty" {
+        let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::new())));
+        *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
+        resp.headers_mut().insert("x-call", n.into());
+        return resp;
+    }
     let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(text))));
-    if req_path_fails {
+    if req_path == "/fail" {
         *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
     }
     resp
@@ -517,4 +523,28 @@ fn waiters_on_one_instance_share_one_wait_and_the_access_log_has_their_role() {
         39
     );
     let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn an_empty_answer_is_shared_and_kept_too() {
+    let redis = RedisServer::start();
+    let up = Slow::start(600);
+    let cfg = config(&redis.url(), up.port, "      window: 10s\n");
+    let gws = Arc::new([Gateway::start(&cfg), Gateway::start(&cfg)]);
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let gws = gws.clone();
+            std::thread::spawn(move || post(&gws[i % 2], "/empty", "e"))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert_eq!((r.status, r.header("x-call")), (204, Some("1")), "{r:?}");
+    }
+    let later = post(&gws[1], "/empty", "e");
+    assert_eq!(
+        (later.status, role(&later), later.header("x-call")),
+        (204, "replay", Some("1"))
+    );
+    assert_eq!(up.calls(), 1);
 }

@@ -209,6 +209,12 @@ impl DedupCtx {
         if let Some(mut lead) = self.lead.take() {
             if let (true, Some(on_end)) = (lead.shared, lead.on_end.take()) {
                 let flight = lead.flight.clone();
+                if resp.body().is_end_stream() {
+                    // An empty body (204, 304...) is never polled: it is complete now.
+                    flight.end(End::Complete);
+                    on_end(Outcome::Complete(Vec::new()));
+                    return resp.map(|b| b.map_err(Into::into).boxed_unsync());
+                }
                 return resp.map(|b| TeeBody::new(b, flight, on_end).boxed_unsync());
             }
         }
