@@ -548,3 +548,39 @@ fn an_empty_answer_is_shared_and_kept_too() {
     );
     assert_eq!(up.calls(), 1);
 }
+
+#[test]
+fn on_the_in_process_store_one_instance_dedups_and_replays() {
+    let up = Slow::start(500);
+    let gw = Arc::new(Gateway::start(&config("memory://", up.port, "      window: 10s\n")));
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || post(&gw, "/v1/complete", "m"))
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().body, "call=1 body=m");
+    }
+    let again = post(&gw, "/v1/complete", "m");
+    assert_eq!((role(&again), again.body.as_str()), ("replay", "call=1 body=m"));
+    assert_eq!(up.calls(), 1);
+}
+
+#[test]
+fn an_answer_over_max_response_is_not_kept_and_followers_call_themselves() {
+    let redis = RedisServer::start();
+    let up = Slow::start(600);
+    let cfg = config(&redis.url(), up.port, "      max_response: 8\n");
+    let gws = Arc::new([Gateway::start(&cfg), Gateway::start(&cfg)]);
+    let g = gws.clone();
+    let lead = std::thread::spawn(move || post(&g[0], "/v1/complete", "long enough"));
+    up.wait_calls(1);
+    let g = gws.clone();
+    let follower = std::thread::spawn(move || post(&g[1], "/v1/complete", "long enough"));
+    let (lead, follower) = (lead.join().unwrap(), follower.join().unwrap());
+    assert_eq!((lead.status, lead.body.as_str()), (200, "call=1 body=long enough"));
+    assert_eq!(role(&follower), "fallthrough", "{follower:?}");
+    assert_eq!(follower.body, "call=2 body=long enough");
+    assert_eq!(up.calls(), 2);
+}

@@ -78,8 +78,13 @@ where
                         if this.flight.push(data.clone()) {
                             this.kept.push(data.clone());
                         } else {
+                            // Over the cap: the followers waiting elsewhere need not wait for
+                            // the end to call the upstream themselves.
                             *this.over = true;
                             this.kept.clear();
+                            if let Some(on_end) = this.on_end.take() {
+                                on_end(Outcome::Failed);
+                            }
                         }
                     }
                 }
