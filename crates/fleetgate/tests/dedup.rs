@@ -584,3 +584,39 @@ fn an_answer_over_max_response_is_not_kept_and_followers_call_themselves() {
     assert_eq!(follower.body, "call=2 body=long enough");
     assert_eq!(up.calls(), 2);
 }
+
+#[test]
+fn an_sse_answer_is_streamed_to_followers_on_other_instances_too() {
+    let redis = RedisServer::start();
+    let up = Slow::start(0);
+    let cfg = config(&redis.url(), up.port, "      key: [method, path]\n");
+    let gws = [Gateway::start(&cfg), Gateway::start(&cfg)];
+    let open = |gw: &Gateway| {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut leader = open(&gws[0]);
+    let first = read_until(&mut leader, "data: one");
+    assert!(first.to_ascii_lowercase().contains("x-dedup: leader"), "{first}");
+    let mut followers: Vec<TcpStream> = (0..3).map(|_| open(&gws[1])).collect();
+    for f in &mut followers {
+        // The upstream holds its second event until released: the first came live, through
+        // the store, to the other instance.
+        let got = read_until(f, "data: one");
+        assert!(got.to_ascii_lowercase().contains("x-dedup: follower"), "{got}");
+        assert!(!got.contains("data: two"));
+    }
+    up.release.notify_one();
+    read_until(&mut leader, "data: two");
+    for f in &mut followers {
+        read_until(f, "data: two");
+    }
+    assert_eq!(
+        up.calls(),
+        1,
+        "one upstream call for the leader and its followers elsewhere"
+    );
+}

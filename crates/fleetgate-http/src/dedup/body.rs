@@ -35,6 +35,8 @@ pin_project_lite::pin_project! {
         kept: Vec<Bytes>,
         over: bool,
         on_end: Option<OnEnd>,
+        // Each chunk, for the followers on other instances (a streamed answer only).
+        remote: Option<tokio::sync::mpsc::UnboundedSender<Bytes>>,
     }
 
     impl<B> PinnedDrop for TeeBody<B> {
@@ -56,7 +58,14 @@ impl<B> TeeBody<B> {
             kept: Vec::new(),
             over: false,
             on_end: Some(on_end),
+            remote: None,
         }
+    }
+
+    /// Also sends each chunk to `remote` (the writer of the chunks other instances read).
+    pub(crate) fn with_remote(mut self, remote: tokio::sync::mpsc::UnboundedSender<Bytes>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 }
 
@@ -77,7 +86,11 @@ where
                     if !*this.over && !data.is_empty() {
                         if this.flight.push(data.clone()) {
                             this.kept.push(data.clone());
+                            if let Some(remote) = this.remote.as_ref() {
+                                let _ = remote.send(data.clone());
+                            }
                         } else {
+                            *this.remote = None;
                             // Over the cap: the followers waiting elsewhere need not wait for
                             // the end to call the upstream themselves.
                             *this.over = true;

@@ -141,6 +141,8 @@ impl DedupMetrics {
 pub struct Dedup {
     config: DedupConfig,
     records: ScopedKeys,
+    /// A streamed answer's head (0) and chunks (1...), for followers on other instances.
+    chunks: ScopedKeys,
     locks: ScopedKeys,
     channel: String,
     flights: Arc<Flights>,
@@ -163,6 +165,8 @@ pub struct DedupCtx {
 struct Lead {
     flight: Arc<Flight>,
     on_end: Option<OnEnd>,
+    /// Starts the writer of a streamed answer's chunks for other instances (given the head).
+    remote: Option<Box<dyn FnOnce(Bytes) -> tokio::sync::mpsc::UnboundedSender<Bytes> + Send>>,
     /// Whether the way out shared a head (the body is then teed).
     shared: bool,
 }
@@ -215,7 +219,19 @@ impl DedupCtx {
                     on_end(Outcome::Complete(Vec::new()));
                     return resp.map(|b| b.map_err(Into::into).boxed_unsync());
                 }
-                return resp.map(|b| TeeBody::new(b, flight, on_end).boxed_unsync());
+                // A streamed answer (no known length: SSE, chunked) is also written chunk by
+                // chunk for followers on other instances.
+                let remote = match (resp.body().size_hint().exact(), lead.remote.take(), flight.head()) {
+                    (None, Some(start), Some(head)) => Some(start(record::encode_response(&head, &[]))),
+                    _ => None,
+                };
+                return resp.map(|b| {
+                    let tee = TeeBody::new(b, flight, on_end);
+                    match remote {
+                        Some(tx) => tee.with_remote(tx).boxed_unsync(),
+                        None => tee.boxed_unsync(),
+                    }
+                });
             }
         }
         resp.map(|b| b.map_err(Into::into).boxed_unsync())
@@ -228,6 +244,7 @@ impl Dedup {
         let config = config?;
         Some(Dedup {
             records: keyspace.scoped(Concern::Dedup, route),
+            chunks: keyspace.scoped(Concern::Dedup, &format!("{route}/chunk")),
             locks: keyspace.scoped(Concern::Lock, &format!("dedup/{route}")),
             channel: keyspace.channel(&format!("dedup.{route}")),
             flights: Arc::new(Flights::new(config.max_response)),
@@ -377,7 +394,14 @@ impl Dedup {
                         Ok(None) => return Driven::Lead(locks, records),
                     }
                 }
-                Decided::Store(ClaimOutcome::Held(_)) => {}
+                Decided::Store(ClaimOutcome::Held(_)) => {
+                    // A streamed answer in progress elsewhere: follow it chunk by chunk.
+                    if let Ok(Some(head)) = sx.store.get(&self.chunk_key(id, 0)).await {
+                        if let Some(Stored::Response(head, _)) = record::decode(&head) {
+                            return Driven::Stream(head, locks, records);
+                        }
+                    }
+                }
                 Decided::Closed => return Driven::Closed,
                 Decided::Open | Decided::Local(_) => return Driven::Pass("store_error"),
             }
@@ -434,6 +458,122 @@ impl Dedup {
             });
         }
         rx
+    }
+
+    fn chunk_key(&self, id: &Id, seq: u32) -> StoreKey {
+        let mut ident = [0u8; 36];
+        ident[..32].copy_from_slice(id);
+        ident[32..].copy_from_slice(&seq.to_be_bytes());
+        self.chunks.key(&ident)
+    }
+
+    /// How long a streamed answer's chunks are kept: long enough for a follower that joins
+    /// late (within `max_wait`) to read them from the first, and for the window.
+    fn chunk_ttl(&self) -> Duration {
+        self.config.max_wait + self.config.window
+    }
+
+    /// The leader's writer of a streamed answer for other instances: the head as chunk 0, then
+    /// each chunk in order, each followed by a notice.
+    #[allow(clippy::type_complexity)]
+    fn remote_writer<D: StageStore>(
+        &self,
+        sx: &StoreCtx<D>,
+        id: Id,
+    ) -> Box<dyn FnOnce(Bytes) -> tokio::sync::mpsc::UnboundedSender<Bytes> + Send> {
+        let (store, chunks, channel, ttl) = (
+            sx.store.clone(),
+            self.chunks.clone(),
+            self.channel.clone(),
+            self.chunk_ttl(),
+        );
+        Box::new(move |head: Bytes| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+            tokio::spawn(async move {
+                let mut next = Some(head);
+                let mut seq = 0u32;
+                loop {
+                    let bytes = match next.take() {
+                        Some(b) => b,
+                        None => match rx.recv().await {
+                            Some(b) => b,
+                            None => return,
+                        },
+                    };
+                    let mut ident = [0u8; 36];
+                    ident[..32].copy_from_slice(&id);
+                    ident[32..].copy_from_slice(&seq.to_be_bytes());
+                    if store.set(&chunks.key(&ident), bytes, ttl).await.is_err() {
+                        // Followers elsewhere read the rest from the stored answer.
+                        return;
+                    }
+                    let _ = store.publish(&channel, record::notice(&id)).await;
+                    seq = seq.saturating_add(1);
+                }
+            });
+            tx
+        })
+    }
+
+    /// A follower instance's pump of a streamed answer led elsewhere: reads its chunks in order
+    /// into this instance's flight (woken by the leader's notices, with the bounded poll), until
+    /// the stored answer (the rest is taken from it), a pass marker, or the leader's lock gone
+    /// without an answer (the flight then fails).
+    fn pump<D: StageStore>(&self, sx: &StoreCtx<D>, driving: Driving, id: Id, locks: StoreKey, records: StoreKey) {
+        let store = sx.store.clone();
+        let mut notices = self.listen(&sx.store);
+        let poll = POLL.min(self.config.lease / 2);
+        let chunk = {
+            let chunks = self.chunks.clone();
+            move |seq: u32| {
+                let mut ident = [0u8; 36];
+                ident[..32].copy_from_slice(&id);
+                ident[32..].copy_from_slice(&seq.to_be_bytes());
+                chunks.key(&ident)
+            }
+        };
+        tokio::spawn(async move {
+            let flight = driving.flight.clone();
+            let (mut seq, mut received) = (1u32, 0usize);
+            let end = loop {
+                if let Ok(Some(bytes)) = store.get(&chunk(seq)).await {
+                    received += bytes.len();
+                    if !flight.push(bytes) {
+                        break End::Failed;
+                    }
+                    seq = seq.saturating_add(1);
+                    continue;
+                }
+                let finished = |stored: Option<Bytes>| match stored.as_ref().and_then(record::decode) {
+                    Some(Stored::Response(_, body)) if body.len() >= received => {
+                        Some((End::Complete, body.slice(received..)))
+                    }
+                    Some(_) => Some((End::Failed, Bytes::new())),
+                    None => None,
+                };
+                if let Some((end, rest)) = finished(store.get(&records).await.ok().flatten()) {
+                    if !rest.is_empty() && !flight.push(rest) {
+                        break End::Failed;
+                    }
+                    break end;
+                }
+                if let Ok(None) = store.get(&locks).await {
+                    // The lock is gone: the answer was kept just before, or the leader died.
+                    match finished(store.get(&records).await.ok().flatten()) {
+                        Some((end, rest)) => {
+                            if !rest.is_empty() && !flight.push(rest) {
+                                break End::Failed;
+                            }
+                            break end;
+                        }
+                        None => break End::Failed,
+                    }
+                }
+                let _ = tokio::time::timeout(poll, notice_for(&mut notices, &id)).await;
+            };
+            flight.end(end);
+            drop(driving);
+        });
     }
 
     /// What the leader does once its body is over: keeps the response (or a pass marker) while
@@ -495,6 +635,8 @@ impl Dedup {
 
 /// What the driver found.
 enum Driven {
+    /// A leader elsewhere is streaming: its head; the lock and record keys.
+    Stream(Head, StoreKey, StoreKey),
     /// This request leads: the lock and record keys.
     Lead(StoreKey, StoreKey),
     Stored(Head, Bytes),
@@ -573,13 +715,20 @@ impl<D: StageStore> Stage<D> for Dedup {
                 self.metrics.count(Role::Leader);
                 let on_end = self.on_end(cx.store, driving, (locks, records), owner, id);
                 let mut ctx = DedupCtx::role(Role::Leader, None);
+                let remote = self.remote_writer(cx.store, id);
                 ctx.lead = Some(Lead {
                     flight,
                     on_end: Some(on_end),
+                    remote: Some(remote),
                     shared: false,
                 });
                 cx.dedup = Some(ctx);
                 Flow::Continue
+            }
+            Driven::Stream(head, locks, records) => {
+                flight.set_head(head);
+                self.pump(cx.store, driving, id, locks, records);
+                self.follow(cx, flight, deadline).await
             }
             Driven::Stored(head, body) => {
                 flight.complete(head.clone(), body.clone());
