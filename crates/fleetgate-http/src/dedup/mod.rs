@@ -13,8 +13,9 @@
 //!   takes the identity's lease lock (`lock`, with a fencing token) and becomes the leader, or
 //!   else waits for the leader's completion notice (`subscribe` on one channel per route and
 //!   instance, `publish` by the leader) with a bounded poll as backup (the notice can be
-//!   missed), reads the stored response and answers it. A follower on another instance
-//!   answers once the whole response is stored (no cross-instance streaming).
+//!   missed), reads the stored response and answers it. A streamed answer (no known length)
+//!   is also written by the leader chunk by chunk (head first), each with a notice; a follower
+//!   instance pumps the chunks into its own flight, so its followers get them live too.
 //! * **Never worse than no dedup**: a waiter past `max_wait` calls the upstream itself; when the
 //!   leader's lease expires (its instance died) the first waiter to take the lock becomes the
 //!   new leader, and so when the leader's client leaves before its answer is over; a leader
