@@ -10,7 +10,8 @@
 //!   (no store call each) and, once the leader's head is known, get its body chunk by chunk as
 //!   it arrives (SSE and chunked answers are fanned out live, up to `max_response`).
 //! * **Across instances** the driver reads the stored response (`get`); if there is none, it
-//!   takes the identity's lease lock (`lock`, with a fencing token) and becomes the leader, or
+//!   claims the identity's lock with a lease (`claim`, renewed by `get_extend`) and becomes the
+//!   leader, or
 //!   else waits for the leader's completion notice (`subscribe` on one channel per route and
 //!   instance, `publish` by the leader) with a bounded poll as backup (the notice can be
 //!   missed), reads the stored response and answers it. A streamed answer (no known length)
@@ -20,10 +21,12 @@
 //!   leader's lease expires (its instance died) the first waiter to take the lock becomes the
 //!   new leader, and so when the leader's client leaves before its answer is over; a leader
 //!   whose answer is a 5xx, fails mid-body or outgrows `max_response` leaves a short "pass"
-//!   marker and followers call the upstream themselves. The store
-//!   failing applies `on_store_error`: `open` passes through, `closed` answers 503.
+//!   marker and followers call the upstream themselves. The store failing applies
+//!   `on_store_error`: `open` passes through, `closed` answers 503.
 //! * The leader renews its lease while its call lasts and writes the stored response only while
-//!   it still holds the lock (a leader whose lease ran out and was taken over does not write).
+//!   it still holds the lock (a leader whose lease ran out and was taken over does not write;
+//!   the check and the write are two calls, see docs/dedup.md). The seam's fencing `lock` is
+//!   not used: it keeps a counter per lock name forever, and these names are per identity.
 //!
 //! Every answer says what happened: `X-Dedup: leader | follower | replay | fallthrough` and a
 //! `Cache-Status` entry (RFC 9211) `fleetgate-dedup; fwd=miss`, `; hit`, or `; fwd=bypass;
@@ -38,6 +41,7 @@ pub mod body;
 pub(crate) mod config;
 pub(crate) mod flight;
 pub(crate) mod record;
+mod remote;
 
 pub use config::{DedupConfig, DedupKeyPart};
 
@@ -167,7 +171,7 @@ struct Lead {
     flight: Arc<Flight>,
     on_end: Option<OnEnd>,
     /// Starts the writer of a streamed answer's chunks for other instances (given the head).
-    remote: Option<Box<dyn FnOnce(Bytes) -> tokio::sync::mpsc::UnboundedSender<Bytes> + Send>>,
+    remote: Option<remote::RemoteWriter>,
     /// Whether the way out shared a head (the body is then teed).
     shared: bool,
 }
@@ -459,122 +463,6 @@ impl Dedup {
             });
         }
         rx
-    }
-
-    fn chunk_key(&self, id: &Id, seq: u32) -> StoreKey {
-        let mut ident = [0u8; 36];
-        ident[..32].copy_from_slice(id);
-        ident[32..].copy_from_slice(&seq.to_be_bytes());
-        self.chunks.key(&ident)
-    }
-
-    /// How long a streamed answer's chunks are kept: long enough for a follower that joins
-    /// late (within `max_wait`) to read them from the first, and for the window.
-    fn chunk_ttl(&self) -> Duration {
-        self.config.max_wait + self.config.window
-    }
-
-    /// The leader's writer of a streamed answer for other instances: the head as chunk 0, then
-    /// each chunk in order, each followed by a notice.
-    #[allow(clippy::type_complexity)]
-    fn remote_writer<D: StageStore>(
-        &self,
-        sx: &StoreCtx<D>,
-        id: Id,
-    ) -> Box<dyn FnOnce(Bytes) -> tokio::sync::mpsc::UnboundedSender<Bytes> + Send> {
-        let (store, chunks, channel, ttl) = (
-            sx.store.clone(),
-            self.chunks.clone(),
-            self.channel.clone(),
-            self.chunk_ttl(),
-        );
-        Box::new(move |head: Bytes| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-            tokio::spawn(async move {
-                let mut next = Some(head);
-                let mut seq = 0u32;
-                loop {
-                    let bytes = match next.take() {
-                        Some(b) => b,
-                        None => match rx.recv().await {
-                            Some(b) => b,
-                            None => return,
-                        },
-                    };
-                    let mut ident = [0u8; 36];
-                    ident[..32].copy_from_slice(&id);
-                    ident[32..].copy_from_slice(&seq.to_be_bytes());
-                    if store.set(&chunks.key(&ident), bytes, ttl).await.is_err() {
-                        // Followers elsewhere read the rest from the stored answer.
-                        return;
-                    }
-                    let _ = store.publish(&channel, record::notice(&id)).await;
-                    seq = seq.saturating_add(1);
-                }
-            });
-            tx
-        })
-    }
-
-    /// A follower instance's pump of a streamed answer led elsewhere: reads its chunks in order
-    /// into this instance's flight (woken by the leader's notices, with the bounded poll), until
-    /// the stored answer (the rest is taken from it), a pass marker, or the leader's lock gone
-    /// without an answer (the flight then fails).
-    fn pump<D: StageStore>(&self, sx: &StoreCtx<D>, driving: Driving, id: Id, locks: StoreKey, records: StoreKey) {
-        let store = sx.store.clone();
-        let mut notices = self.listen(&sx.store);
-        let poll = POLL.min(self.config.lease / 2);
-        let chunk = {
-            let chunks = self.chunks.clone();
-            move |seq: u32| {
-                let mut ident = [0u8; 36];
-                ident[..32].copy_from_slice(&id);
-                ident[32..].copy_from_slice(&seq.to_be_bytes());
-                chunks.key(&ident)
-            }
-        };
-        tokio::spawn(async move {
-            let flight = driving.flight.clone();
-            let (mut seq, mut received) = (1u32, 0usize);
-            let end = loop {
-                if let Ok(Some(bytes)) = store.get(&chunk(seq)).await {
-                    received += bytes.len();
-                    if !flight.push(bytes) {
-                        break End::Failed;
-                    }
-                    seq = seq.saturating_add(1);
-                    continue;
-                }
-                let finished = |stored: Option<Bytes>| match stored.as_ref().and_then(record::decode) {
-                    Some(Stored::Response(_, body)) if body.len() >= received => {
-                        Some((End::Complete, body.slice(received..)))
-                    }
-                    Some(_) => Some((End::Failed, Bytes::new())),
-                    None => None,
-                };
-                if let Some((end, rest)) = finished(store.get(&records).await.ok().flatten()) {
-                    if !rest.is_empty() && !flight.push(rest) {
-                        break End::Failed;
-                    }
-                    break end;
-                }
-                if let Ok(None) = store.get(&locks).await {
-                    // The lock is gone: the answer was kept just before, or the leader died.
-                    match finished(store.get(&records).await.ok().flatten()) {
-                        Some((end, rest)) => {
-                            if !rest.is_empty() && !flight.push(rest) {
-                                break End::Failed;
-                            }
-                            break end;
-                        }
-                        None => break End::Failed,
-                    }
-                }
-                let _ = tokio::time::timeout(poll, notice_for(&mut notices, &id)).await;
-            };
-            flight.end(end);
-            drop(driving);
-        });
     }
 
     /// What the leader does once its body is over: keeps the response (or a pass marker) while
