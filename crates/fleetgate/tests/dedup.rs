@@ -620,3 +620,48 @@ fn an_sse_answer_is_streamed_to_followers_on_other_instances_too() {
         "one upstream call for the leader and its followers elsewhere"
     );
 }
+
+#[test]
+fn a_stream_whose_leader_dies_ends_broken_for_followers_elsewhere_never_hangs() {
+    let redis = RedisServer::start();
+    let up = Slow::start(0);
+    let cfg = config(&redis.url(), up.port, "      key: [method, path]\n      lease: 500ms\n");
+    let (leader_gw, other) = (Gateway::start(&cfg), Gateway::start(&cfg));
+    let open = |gw: &Gateway| {
+        let mut s = TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let mut leader = open(&leader_gw);
+    read_until(&mut leader, "data: one");
+    let mut follower = open(&other);
+    read_until(&mut follower, "data: one");
+    drop(leader_gw);
+    // The follower's stream ends (the leader's lock expires with its instance) without the
+    // event the upstream never sent, and without chunked encoding's last chunk: broken, as the
+    // leader's own stream was.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 1024];
+    let ended = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the follower's stream hung: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        match follower.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        ended && !rest.contains("data: two") && !rest.contains("0\r\n\r\n"),
+        "{rest:?}"
+    );
+    assert_eq!(up.calls(), 1);
+}
