@@ -3,7 +3,9 @@
 use crate::fields::{flag, int, nullable, refuse, route_name};
 use fleetgate_http::key::is_token;
 use fleetgate_http::HeaderRules;
-use fleetgate_http::{ConcurrencyLimitConfig, ForwardAuthConfig, IdempotencyConfig, PaymentConfig, RateLimitConfig};
+use fleetgate_http::{
+    ConcurrencyLimitConfig, DedupConfig, ForwardAuthConfig, IdempotencyConfig, PaymentConfig, RateLimitConfig,
+};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -70,6 +72,9 @@ pub struct RouteConfig {
     /// The route's shared HTTP cache (`cache`); `None`: not cached.
     #[serde(default, deserialize_with = "cache_section")]
     pub cache: Option<fleetgate_http::CacheConfig>,
+    /// The route's in-flight dedup (`dedup`); `None`: none.
+    #[serde(default, deserialize_with = "nullable")]
+    pub dedup: Option<DedupConfig>,
 }
 
 /// `cache:` written with nothing (or `{}`) turns the cache on with its defaults.

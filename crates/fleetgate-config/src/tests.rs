@@ -1835,6 +1835,7 @@ fn accepted_field_names() -> Vec<String> {
         include_str!("../../fleetgate-http/src/forward_auth/config.rs"),
         include_str!("../../fleetgate-http/src/idempotency/config.rs"),
         include_str!("../../fleetgate-http/src/cache/config.rs"),
+        include_str!("../../fleetgate-http/src/dedup/config.rs"),
         include_str!("upstream_policy.rs"),
         include_str!("rewrite.rs"),
         include_str!("../../fleetgate-http/src/headers.rs"),
@@ -2720,5 +2721,37 @@ fn markers_wait_replicas_is_read_and_refused_where_it_cannot_work() {
             e.contains("markers_wait_replicas") || e.contains("replicas") || e.contains("acks"),
             "{e}"
         );
+    }
+}
+
+#[test]
+fn dedup_is_read_and_its_errors_name_the_field_and_line() {
+    let base = "upstreams:\n  b:\n    targets: [http://x]\nroutes:\n  - name: app\n    upstream: b\n    dedup:\n";
+    let c = p(&format!(
+        "{base}      key: [method, path, body, header:X-Model]\n      window: 2s\n      max_body: 64KiB\n"
+    ))
+    .unwrap();
+    let d = c.routes[0].dedup.as_ref().expect("read");
+    assert_eq!(d.window, Duration::from_secs(2));
+    assert_eq!(d.max_body, 65536);
+    assert_eq!(d.key.len(), 4);
+    for (extra, field, why) in [
+        (
+            "      key: [method, bodyy]\n",
+            "routes[0].dedup.key[1]",
+            "not a key part",
+        ),
+        ("      max_body: 2GiB\n", "routes[0].dedup.max_body", "64MiB"),
+        ("      window: soon\n", "routes[0].dedup.window", "not a duration"),
+        (
+            "      on_store_error: local\n",
+            "routes[0].dedup.on_store_error",
+            "not a dedup policy",
+        ),
+        ("      windw: 1s\n", "routes[0].dedup", "unknown field"),
+    ] {
+        let e = p(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(why), "{extra}: {e}");
+        assert!(e.contains("test.yaml:8:"), "the line is named: {e}");
     }
 }

@@ -65,6 +65,9 @@ pub struct RequestCtx<'r, D = Store> {
     /// Set by the cache's way out: the response body is teed into the store as it streams
     /// (the server wraps the body with it).
     pub cache_fill: Option<crate::cache::Fill>,
+    /// What dedup decided on the way in; the gateway hands the response to
+    /// [`crate::dedup::DedupCtx::respond`] (the leader's tee, a follower's live body).
+    pub dedup: Option<crate::dedup::DedupCtx>,
 }
 
 impl<'r, D> RequestCtx<'r, D> {
@@ -84,6 +87,7 @@ impl<'r, D> RequestCtx<'r, D> {
             idempotency: None,
             cache: None,
             cache_fill: None,
+            dedup: None,
         }
     }
 }

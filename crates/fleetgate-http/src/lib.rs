@@ -15,6 +15,7 @@
 //! | [`events`] | live events: each completed request published fleet-wide, read by subscribers exactly once |
 //! | [`throttle`] | the outbound throttle: calls to a metered upstream paced fleet-wide (callers wait), also a tower layer for clients |
 //! | [`breaker`] | fleet-wide circuit breakers: a trip on one instance holds on all (store plus pub/sub) |
+//! | [`dedup`] | in-flight dedup: identical requests share one upstream call across the fleet; a completed answer kept for a window |
 //! | [`headers`] | request and response header rules (set, add, remove) |
 //! | [`cache`] | the shared HTTP cache (RFC 9111): stored in the store, served by every instance |
 //! | [`upstream_login`] | log in to an upstream once for the fleet, share the credential, re-login once on a refusal |
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod client_ip;
 pub mod concurrency;
 pub mod context;
+pub mod dedup;
 pub mod error;
 pub mod events;
 pub mod failure;
@@ -58,6 +60,7 @@ pub use cache::{Cache, CacheConfig};
 pub use client_ip::TrustedProxies;
 pub use concurrency::{Concurrency, ConcurrencyLimitConfig, ConcurrencyLimiter};
 pub use context::{ArrivedOverTls, Completion, Principal, RequestCtx};
+pub use dedup::{Dedup, DedupConfig};
 pub use error::StageError;
 pub use events::{EventSink, EventStage};
 pub use failure::FailurePolicy;

@@ -51,6 +51,8 @@ pub struct Record {
     pub throttle_wait: Option<Duration>,
     /// The response's `Cache-Status` (routes with `cache`).
     pub cache: Option<String>,
+    /// What dedup did (`leader`, `follower`, `replay`, `fallthrough`), on a route with `dedup`.
+    pub dedup: Option<&'static str>,
 }
 
 impl Record {
@@ -75,6 +77,7 @@ impl Record {
             trace_id: None,
             throttle_wait: None,
             cache: None,
+            dedup: None,
         })
     }
 
@@ -133,6 +136,7 @@ impl Record {
             "trace_id": self.trace_id,
             "throttle_wait_ms": self.throttle_wait.map(ms),
             "cache": self.cache,
+            "dedup": self.dedup,
         })
     }
 }

@@ -133,6 +133,10 @@ impl Gateway {
                 .extensions()
                 .get::<crate::upstream_side::ThrottleWaited>()
                 .map(|w| w.0);
+            record.dedup = resp
+                .extensions()
+                .get::<fleetgate_http::dedup::DedupRole>()
+                .map(|r| r.0.as_str());
             record.ratelimit = resp
                 .headers()
                 .get(&fleetgate_http::rate_headers::RATELIMIT)
@@ -284,6 +288,10 @@ impl Gateway {
         if let Some(claim) = cx.idempotency.take() {
             // The response is stored for replays when its body has ended (a bounded tee).
             resp = resp.map(|b| claim.tee(b).boxed_unsync());
+        }
+        if let Some(dedup) = cx.dedup.take() {
+            // The leader's body is teed to its followers and the store; a follower's is live.
+            resp = dedup.respond(resp);
         }
         let status = resp.status();
         route.metrics.request(status.as_u16(), started.elapsed());

@@ -9,7 +9,7 @@
 use crate::build::BuildError;
 use fleetgate_config::{Config, RouteConfig};
 use fleetgate_http::{
-    AuthClient, Cache, Concurrency, EventSink, EventStage, FacilitatorClient, ForwardAuth, Idempotency, Payment,
+    AuthClient, Cache, Concurrency, Dedup, EventSink, EventStage, FacilitatorClient, ForwardAuth, Idempotency, Payment,
     RateLimits, RequestHeaders, ResponseHeaders, Session,
 };
 use fleetgate_store::Keyspace;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// The stages of a route, in order: normalise and identify happen before routing (they decide
 /// the route), then events (its complete phase runs last), the gateway session and forward
 /// auth, rate limits (most specific first), then concurrency, the payment gate, idempotency
-/// keys, then the shared cache (DESIGN.md, "The request pipeline").
+/// keys, the shared cache, then dedup (DESIGN.md, "The request pipeline").
 pub type RoutePipeline = fleetgate_http::stages![
     EventStage, // one live event per completed request (`events.enabled`); first, so
     // the gateway finds it at `.0`
@@ -30,6 +30,7 @@ pub type RoutePipeline = fleetgate_http::stages![
     Payment,         // x402: 402, or a payment verified and settled once for the fleet
     Idempotency,     // Idempotency-Key: run once, replay the stored response, 409, 422
     Cache,           // `cache`: the shared HTTP cache; answers hits, stores what may be stored
+    Dedup,           // `dedup`: identical requests in flight share one upstream call
     RequestHeaders,  // `request_headers`: last in (the stages before see the client's headers)
 ];
 
@@ -57,6 +58,7 @@ pub fn assemble(
         Idempotency::for_route(keyspace, r, route.idempotency.as_ref()),
         Cache::for_route(keyspace, r, route.cache.as_ref())
             .map(|c| c.with_refresh(crate::cache_refresh::LoopbackRefresh::shared(config.listen))),
+        Dedup::for_route(keyspace, r, route.dedup.as_ref()),
         RequestHeaders::for_route(&route.request_headers),
     ])
 }

@@ -29,8 +29,9 @@ pub struct Route {
     pub pipeline: std::sync::Arc<RoutePipeline>,
     pub metrics: RouteMetrics,
     /// How many request-body bytes to read before the pipeline runs (the largest `body_limit`
-    /// of a limit whose key reads the body: `json:` or `form:`, and the idempotency keys'
-    /// `max_request_bytes`); `None`: the body streams.
+    /// of a limit whose key reads the body: `json:` or `form:`, the idempotency keys'
+    /// `max_request_bytes`, or dedup's `max_body` when its key names `body`); `None`: the body
+    /// streams.
     pub read_body_ahead: Option<usize>,
 }
 
@@ -48,7 +49,9 @@ pub fn read_body_ahead(config: &fleetgate_config::Config, route: &RouteConfig) -
         .filter(|l| l.key.iter().any(fleetgate_http::KeyPart::reads_body))
         .map(|_| fleetgate_http::body_fields::DEFAULT_BODY_LIMIT);
     let idempotency = route.idempotency.iter().map(|i| i.max_request_bytes);
-    rate.chain(concurrency).chain(idempotency).max()
+    // `dedup` with `body` in its key hashes the whole body, up to its `max_body`.
+    let dedup = route.dedup.as_ref().filter(|d| d.reads_body()).map(|d| d.max_body);
+    rate.chain(concurrency).chain(idempotency).chain(dedup).max()
 }
 
 impl Route {
