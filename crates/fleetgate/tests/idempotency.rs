@@ -145,6 +145,10 @@ routes:
     match: {{ path_prefix: /open }}
     upstream: backend
     idempotency: {{ on_store_error: open }}
+  - name: local
+    match: {{ path_prefix: /local }}
+    upstream: backend
+    idempotency: {{ on_store_error: local }}
 "#
     );
     head + &rest
@@ -327,7 +331,7 @@ fn a_response_over_the_cap_is_passed_through_and_not_kept() {
 }
 
 /// Redis killed: `closed` answers 503 at once without calling the upstream; `open` lets the
-/// request run without a claim.
+/// request run without a claim; `local` claims and replays in the instance's memory.
 #[test]
 fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     let mut redis = RedisServer::start();
@@ -343,6 +347,13 @@ fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     let open = post(&gw, "/open", Some("\"down-open\""), "10.0.0.1", "");
     assert_eq!(open.status, 201, "open passes through");
     assert_eq!(backend.calls(), 2);
+    // `local`: claimed in this instance's memory, so a retry here is still replayed.
+    let first = post(&gw, "/local", Some("\"down-local\""), "10.0.0.1", "");
+    assert_eq!(first.status, 201);
+    let again = post(&gw, "/local", Some("\"down-local\""), "10.0.0.1", "");
+    assert_eq!(again.header("idempotency-replayed"), Some("true"), "{again:?}");
+    assert_eq!(again.body, first.body);
+    assert_eq!(backend.calls(), 3);
 }
 
 /// Waits (at most 10 s) until the primary counts `n` connected replicas.
