@@ -378,8 +378,16 @@ fn claims_wait_for_a_replica_and_fail_closed_without_one() {
     let port = primary.port().to_string();
     let mut replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
     wait_replicas(&primary, 1);
+    // The replica acknowledges writes (a first write and WAIT, as the gateway will do).
+    primary.command(&["SET", "warm", "1"]);
+    assert!(
+        primary.command(&["WAIT", "1", "2000"]).contains('1'),
+        "the replica never acknowledged"
+    );
     let backend = Backend::start();
-    let extra = "  markers_wait_replicas: { replicas: 1, timeout: 100ms }\n";
+    // Within the store's 300 ms call timeout; generous, as a loaded test host can deschedule
+    // the replica for tens of milliseconds.
+    let extra = "  markers_wait_replicas: { replicas: 1, timeout: 250ms }\n";
     let yaml = config(&primary.url(), backend.port, extra);
     let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
     let first = post(&a, "/pay", Some("\"acked\""), "10.0.0.1", "x");
