@@ -145,6 +145,10 @@ routes:
     match: {{ path_prefix: /open }}
     upstream: backend
     idempotency: {{ on_store_error: open }}
+  - name: local
+    match: {{ path_prefix: /local }}
+    upstream: backend
+    idempotency: {{ on_store_error: local }}
 "#
     );
     head + &rest
@@ -327,7 +331,7 @@ fn a_response_over_the_cap_is_passed_through_and_not_kept() {
 }
 
 /// Redis killed: `closed` answers 503 at once without calling the upstream; `open` lets the
-/// request run without a claim.
+/// request run without a claim; `local` claims and replays in the instance's memory.
 #[test]
 fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     let mut redis = RedisServer::start();
@@ -343,6 +347,13 @@ fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     let open = post(&gw, "/open", Some("\"down-open\""), "10.0.0.1", "");
     assert_eq!(open.status, 201, "open passes through");
     assert_eq!(backend.calls(), 2);
+    // `local`: claimed in this instance's memory, so a retry here is still replayed.
+    let first = post(&gw, "/local", Some("\"down-local\""), "10.0.0.1", "");
+    assert_eq!(first.status, 201);
+    let again = post(&gw, "/local", Some("\"down-local\""), "10.0.0.1", "");
+    assert_eq!(again.header("idempotency-replayed"), Some("true"), "{again:?}");
+    assert_eq!(again.body, first.body);
+    assert_eq!(backend.calls(), 3);
 }
 
 /// Waits (at most 10 s) until the primary counts `n` connected replicas.
@@ -367,8 +378,16 @@ fn claims_wait_for_a_replica_and_fail_closed_without_one() {
     let port = primary.port().to_string();
     let mut replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
     wait_replicas(&primary, 1);
+    // The replica acknowledges writes (a first write and WAIT, as the gateway will do).
+    primary.command(&["SET", "warm", "1"]);
+    assert!(
+        primary.command(&["WAIT", "1", "2000"]).contains('1'),
+        "the replica never acknowledged"
+    );
     let backend = Backend::start();
-    let extra = "  markers_wait_replicas: { replicas: 1, timeout: 100ms }\n";
+    // Within the store's 300 ms call timeout; generous, as a loaded test host can deschedule
+    // the replica for tens of milliseconds.
+    let extra = "  markers_wait_replicas: { replicas: 1, timeout: 250ms }\n";
     let yaml = config(&primary.url(), backend.port, extra);
     let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
     let first = post(&a, "/pay", Some("\"acked\""), "10.0.0.1", "x");

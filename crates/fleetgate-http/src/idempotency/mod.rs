@@ -285,6 +285,7 @@ impl Idempotency {
 
     fn refuse(&self, status: StatusCode, kind: &str, detail: &str) -> Flow {
         self.metrics.refused.increment(1);
+        tracing::info!(route = %self.route, status = status.as_u16(), error = kind, detail, "idempotency: request refused");
         Flow::Answer(problem(status, kind, detail, &self.route))
     }
 
@@ -367,6 +368,7 @@ impl<D: StageStore> Stage<D> for Idempotency {
         let Some(value) = values.next() else {
             if self.config.required {
                 self.metrics.missing.increment(1);
+                tracing::info!(route = %self.route, "idempotency: request refused: Idempotency-Key required and missing");
                 return Flow::Answer(problem(
                     StatusCode::BAD_REQUEST,
                     "idempotency_key_missing",

@@ -72,9 +72,9 @@ pub struct RedisOptions {
     /// ACL user and password for the sentinels themselves.
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
-    /// After every claim (replay markers, idempotency keys), wait for this many replicas to
-    /// acknowledge it, at most this long (`WAIT replicas timeout`, in the claim's pipeline);
-    /// fewer acknowledgements fail the claim. `None` (the default): no wait.
+    /// After every claim won (replay markers, idempotency keys), wait for this many replicas
+    /// to acknowledge it, at most this long (`WAIT replicas timeout`); fewer acknowledgements
+    /// fail the claim. `None` (the default): no wait.
     pub markers_wait_replicas: Option<WaitReplicas>,
 }
 
@@ -444,9 +444,11 @@ impl RedisStore {
         .await
     }
 
-    /// A claim and `WAIT replicas timeout` in one pipeline (`store.markers_wait_replicas`): a
-    /// won claim that fewer replicas acknowledged fails (and is taken back, best effort), so
-    /// that a failover cannot lose a marker the gateway acted on.
+    /// A claim, then, when it was won, `WAIT replicas timeout` (`store.markers_wait_replicas`):
+    /// a won claim that fewer replicas acknowledged fails (and is taken back, best effort), so
+    /// that a failover cannot lose a marker the gateway acted on. A claim that found a holder
+    /// wrote nothing and waits for nothing (a replay is served even with every replica down),
+    /// which is why the WAIT is a second call rather than part of the claim's pipeline.
     async fn claim_replicated(
         &self,
         key: &StoreKey,
@@ -454,43 +456,26 @@ impl RedisStore {
         ttl: Duration,
         wait: WaitReplicas,
     ) -> StoreResult<ClaimOutcome> {
-        let script = &self.inner.scripts.claim;
-        let pipeline = |eval: &str, script_ref: &str| {
-            let mut pipe = redis::pipe();
-            pipe.cmd(eval)
-                .arg(script_ref)
-                .arg(1)
-                .arg(key.as_str())
-                .arg(value.as_ref())
-                .arg(ms(ttl));
-            pipe.cmd("WAIT").arg(wait.replicas).arg(ms(wait.timeout));
-            pipe
-        };
-        let (reply, acks) = self
-            .bounded(|mut conn| async move {
-                match pipeline("EVALSHA", script.hash())
-                    .query_async::<(Value, i64)>(&mut conn)
-                    .await
-                {
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        pipeline("EVAL", script.source)
-                            .query_async::<(Value, i64)>(&mut conn)
-                            .await
-                    }
-                    other => other,
-                }
-            })
-            .await?;
-        let outcome = claim_outcome(reply)?;
-        if outcome == ClaimOutcome::Won && acks < i64::from(wait.replicas) {
-            let _ = self.release_claim(key, &value).await;
-            return Err(StoreError::Unavailable(format!(
-                "{acks} of {} replicas acknowledged the claim within {} ms (store.markers_wait_replicas)",
+        let args = [ScriptArg::Bytes(&value), ScriptArg::Int(ms(ttl))];
+        let outcome = claim_outcome(self.eval(&self.inner.scripts.claim, &[key.as_str()], &args).await?)?;
+        if outcome != ClaimOutcome::Won {
+            return Ok(outcome);
+        }
+        let acks = self
+            .query(redis::cmd("WAIT").arg(wait.replicas).arg(ms(wait.timeout)))
+            .await
+            .and_then(|v| redis::from_redis_value::<i64>(v).map_err(|e| StoreError::Protocol(e.to_string())));
+        let failure = match acks {
+            Ok(n) if n >= i64::from(wait.replicas) => return Ok(outcome),
+            Ok(n) => StoreError::Unavailable(format!(
+                "{n} of {} replicas acknowledged the claim within {} ms (store.markers_wait_replicas)",
                 wait.replicas,
                 wait.timeout.as_millis()
-            )));
-        }
-        Ok(outcome)
+            )),
+            Err(e) => e,
+        };
+        let _ = self.release_claim(key, &value).await;
+        Err(failure)
     }
 
     /// Deletes every key under `prefix:` (SCAN and UNLINK in batches of 1000, on every
