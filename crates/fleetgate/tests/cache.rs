@@ -6,15 +6,14 @@
 mod common;
 
 use bytes::Bytes;
+use common::stand_in::StandIn;
 use common::*;
 use fleetgate_testkit::RedisServer;
 use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,47 +63,24 @@ struct OriginState {
 struct Origin {
     port: u16,
     state: Arc<parking_lot::Mutex<OriginState>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: StandIn,
 }
 
 type OriginBody = BoxBody<Bytes, std::io::Error>;
 
 impl Origin {
     fn start() -> Origin {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = Arc::new(parking_lot::Mutex::new(OriginState::default()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let s = s.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let s = s.clone();
-                                async move { Ok::<_, std::convert::Infallible>(answer(req, &s).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+        let server = StandIn::start(move |req| {
+            let s = s.clone();
+            async move { answer(req, &s).await }
         });
-        Origin { port, state, _stop: tx }
+        Origin {
+            port: server.port,
+            state,
+            _server: server,
+        }
     }
 
     fn url(&self) -> String {

@@ -6,13 +6,12 @@
 mod common;
 
 use bytes::Bytes;
+use common::stand_in::StandIn;
 use common::*;
 use fleetgate_testkit::RedisServer;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,53 +25,26 @@ struct Slow {
     port: u16,
     calls: Arc<AtomicUsize>,
     release: Arc<tokio::sync::Notify>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: StandIn,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 impl Slow {
     fn start(delay_ms: u64) -> Slow {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(AtomicUsize::new(0));
         let delay = Arc::new(AtomicU64::new(delay_ms));
         let release = Arc::new(tokio::sync::Notify::new());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (c, d, r) = (calls.clone(), delay.clone(), release.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (c, d, r) = (c.clone(), d.clone(), r.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let (c, d, r) = (c.clone(), d.clone(), r.clone());
-                                async move { Ok::<_, std::convert::Infallible>(answer(req, &c, &d, &r).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+        let server = StandIn::start(move |req| {
+            let (c, d, r) = (c.clone(), d.clone(), r.clone());
+            async move { answer(req, &c, &d, &r).await }
         });
         Slow {
-            port,
+            port: server.port,
             calls,
             release,
-            _stop: tx,
+            _server: server,
         }
     }
 

@@ -6,13 +6,12 @@
 mod common;
 
 use bytes::Bytes;
+use common::stand_in::StandIn;
 use common::*;
 use fleetgate_testkit::RedisServer;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,50 +37,23 @@ struct AuthService {
     checks: Arc<parking_lot::Mutex<Vec<Check>>>,
     /// Milliseconds every answer waits first (to make concurrent checks overlap).
     delay_ms: Arc<AtomicUsize>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: StandIn,
 }
 
 impl AuthService {
     fn start() -> AuthService {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let checks = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let delay_ms = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (c, d) = (checks.clone(), delay_ms.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (c, d) = (c.clone(), d.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let (c, d) = (c.clone(), d.clone());
-                                async move { Ok::<_, std::convert::Infallible>(authorize(req, &c, &d).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+        let server = StandIn::start(move |req| {
+            let (c, d) = (c.clone(), d.clone());
+            async move { authorize(req, &c, &d).await }
         });
         AuthService {
-            port,
+            port: server.port,
             checks,
             delay_ms,
-            _stop: tx,
+            _server: server,
         }
     }
 

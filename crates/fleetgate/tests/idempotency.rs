@@ -5,13 +5,12 @@
 mod common;
 
 use bytes::Bytes;
+use common::stand_in::StandIn;
 use common::*;
 use fleetgate_testkit::RedisServer;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,81 +23,54 @@ struct Backend {
     calls: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     release: Arc<tokio::sync::Notify>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _server: StandIn,
 }
 
 impl Backend {
     fn start() -> Backend {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let calls = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
         let release = Arc::new(tokio::sync::Notify::new());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (c, f, r) = (calls.clone(), failing.clone(), release.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (c, f, r) = (c.clone(), f.clone(), r.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let (c, f, r) = (c.clone(), f.clone(), r.clone());
-                                async move {
-                                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                                    let path = req.uri().path().to_string();
-                                    let body = req
-                                        .into_body()
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
-                                    if path.ends_with("/hold") {
-                                        let _ = tokio::time::timeout(Duration::from_secs(10), r.notified()).await;
-                                    }
-                                    let resp = if f.load(Ordering::SeqCst) {
-                                        Response::builder()
-                                            .status(500)
-                                            .body(Full::new(Bytes::from("upstream failed")))
-                                    } else if path.ends_with("/big") {
-                                        Response::builder()
-                                            .status(200)
-                                            .body(Full::new(Bytes::from(vec![b'x'; 8192])))
-                                    } else {
-                                        let text = format!("call {n}: {}", String::from_utf8_lossy(&body));
-                                        Response::builder()
-                                            .status(201)
-                                            .header("x-call", n.to_string())
-                                            .header("set-cookie", "sid=secret; HttpOnly")
-                                            .body(Full::new(Bytes::from(text)))
-                                    };
-                                    Ok::<_, std::convert::Infallible>(resp.unwrap())
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
+        let server = StandIn::start(move |req: Request<Incoming>| {
+            let (c, f, r) = (c.clone(), f.clone(), r.clone());
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let path = req.uri().path().to_string();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                if path.ends_with("/hold") {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), r.notified()).await;
+                }
+                let resp = if f.load(Ordering::SeqCst) {
+                    Response::builder()
+                        .status(500)
+                        .body(Full::new(Bytes::from("upstream failed")))
+                } else if path.ends_with("/big") {
+                    Response::builder()
+                        .status(200)
+                        .body(Full::new(Bytes::from(vec![b'x'; 8192])))
+                } else {
+                    let text = format!("call {n}: {}", String::from_utf8_lossy(&body));
+                    Response::builder()
+                        .status(201)
+                        .header("x-call", n.to_string())
+                        .header("set-cookie", "sid=secret; HttpOnly")
+                        .body(Full::new(Bytes::from(text)))
                 };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+                resp.unwrap()
+            }
         });
         Backend {
-            port,
+            port: server.port,
             calls,
             failing,
             release,
-            _shutdown: tx,
+            _server: server,
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub mod counting_upstream;
 pub mod raw_upstream;
+pub mod stand_in;
 
 pub use fleetgate_testkit::free_port;
 
