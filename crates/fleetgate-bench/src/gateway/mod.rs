@@ -161,6 +161,20 @@ fn evalsha_calls(redis: &RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
+/// The peer of `scripts/bench upstream` and `payment`: fleetgate on the Redis store at
+/// `redis_url` with the never-reached limit (`gateway_redis_limit`'s setup).
+fn start_redis_limit(bin: &Path, scratch: &Scratch, redis_url: &str, upstream_port: u16, cpus: &Cpus) -> Fleetgate {
+    let setup = FleetgateSetup {
+        name: "fleetgate-redis-limit",
+        store_url: redis_url.to_string(),
+        store_extra: "",
+        limit_extra: "",
+        limit: None,
+        workers: cpus.workers,
+    };
+    Fleetgate::start(bin, scratch, &setup, upstream_port, cpus.proxy)
+}
+
 fn start_redis(cpus: &Cpus) -> RedisServer {
     let redis = RedisServer::start();
     if let (Some(load), Some(pid)) = (cpus.load, redis.pid()) {

@@ -12,8 +12,8 @@
 //!   beforehand: each is one claim that finds the stored response, which is replayed (the
 //!   upstream is not called). Target: at least 0.8.
 
-use super::procs::{Fleetgate, FleetgateSetup, Nginx, Scratch, EVENTS_OFF};
-use super::{cpus, median, start_redis, wrk, ROUND, ROUNDS, WARM};
+use super::procs::{Fleetgate, Nginx, Scratch, EVENTS_OFF};
+use super::{cpus, median, start_redis, start_redis_limit, wrk, ROUND, ROUNDS, WARM};
 use crate::report;
 use fleetgate_store::{Concern, Keyspace};
 use fleetgate_testkit::free_port;
@@ -30,15 +30,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     let scratch = Scratch::new();
     let upstream = Nginx::upstream(&scratch, free_port(), cpus.load);
     let redis = start_redis(&cpus);
-    let limit_setup = FleetgateSetup {
-        name: "fleetgate-redis-limit",
-        store_url: redis.url(),
-        store_extra: "",
-        limit_extra: "",
-        limit: None,
-        workers: cpus.workers,
-    };
-    let fg_limit = Fleetgate::start(fleetgate_bin, &scratch, &limit_setup, upstream.port, cpus.proxy);
+    let fg_limit = start_redis_limit(fleetgate_bin, &scratch, &redis.url(), upstream.port, &cpus);
     let fg_paid = Fleetgate::start_config(
         fleetgate_bin,
         &scratch,

@@ -11,8 +11,8 @@
 //!   in this process) counts the calls it receives over 10 s after a 1 s warm-up. The figure is
 //!   that observed rate over the declared one. Target: between 0.95 and 1.0.
 
-use super::procs::{http_get, Fleetgate, FleetgateSetup, Nginx, Scratch, EVENTS_OFF};
-use super::{cpus, median, start_redis, wrk, ROUND, ROUNDS, WARM};
+use super::procs::{http_get, Fleetgate, Nginx, Scratch, EVENTS_OFF};
+use super::{cpus, median, start_redis, start_redis_limit, wrk, ROUND, ROUNDS, WARM};
 use crate::report;
 use fleetgate_testkit::free_port;
 use std::io::{Read, Write};
@@ -31,15 +31,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
     let scratch = Scratch::new();
     let upstream = Nginx::upstream(&scratch, free_port(), cpus.load);
     let redis = start_redis(&cpus);
-    let limit_setup = FleetgateSetup {
-        name: "fleetgate-redis-limit",
-        store_url: redis.url(),
-        store_extra: "",
-        limit_extra: "",
-        limit: None,
-        workers: cpus.workers,
-    };
-    let fg_limit = Fleetgate::start(fleetgate_bin, &scratch, &limit_setup, upstream.port, cpus.proxy);
+    let fg_limit = start_redis_limit(fleetgate_bin, &scratch, &redis.url(), upstream.port, &cpus);
     let throttle = throttled_config(
         &redis.url(),
         upstream.port,
