@@ -12,6 +12,13 @@
 //!   when every live member has answered since it opened. So once it closes, the next request on
 //!   every worker goes to a connection that has just been proven, instead of finding a dead one
 //!   and falling back again.
+//! * Reviving: a connection that failed (or that a health check found dead: the server
+//!   restarted) below the threshold leaves the breaker closed, but every other connection of the
+//!   instance may be just as dead and would fail its next call. So any connectivity failure marks
+//!   every member *suspect*, and each suspect member's prober PINGs its own connections (after a
+//!   backoff while they keep failing) until they answer, which makes redis-rs reconnect them in
+//!   the background instead of on a client's request. `/healthz` says `ok` only once no member
+//!   is suspect.
 //! * Late failures: a call admitted before the breaker last opened may time out after it has
 //!   closed again. Its failure describes the outage a probe has since proven over, so it does not
 //!   count: every call carries the closed period it was admitted in ([`Admission::Call`]), and
@@ -19,7 +26,7 @@
 
 use crate::error::StoreError;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -54,6 +61,8 @@ pub(super) struct ProbeState {
     pub open: bool,
     pub generation: u64,
     pub probe_seq: u64,
+    /// Bumped every time a suspect member's connections answered again.
+    pub revived: u64,
 }
 
 /// One connection set of the group (a worker's store, the admin's store).
@@ -61,11 +70,17 @@ pub(super) struct ProbeState {
 pub(super) struct Member {
     /// The breaker generation this member last answered a probe in.
     answered: AtomicU64,
+    /// Some connection of the instance failed since this member's connections last answered.
+    suspect: AtomicBool,
 }
 
 impl Member {
     pub(super) fn answered(&self) -> u64 {
         self.answered.load(Ordering::Acquire)
+    }
+
+    pub(super) fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Acquire)
     }
 }
 
@@ -215,6 +230,7 @@ impl HealthGroup {
     /// breaker once every live member has answered in this generation.
     pub(super) fn probe_answered(&self, member: &Member, generation: u64) {
         member.answered.store(generation, Ordering::Release);
+        self.revived(member);
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
@@ -262,6 +278,57 @@ impl HealthGroup {
         self.probes.send_modify(|s| s.probe_seq = s.probe_seq.wrapping_add(1));
     }
 
+    /// A connection failed, or was found dead: every member's connections are suspect until
+    /// they answer a PING again (see the module doc). Wakes every prober.
+    pub(super) fn suspect_all(&self) {
+        let marked = {
+            let members = self.members.lock();
+            let mut marked = false;
+            for m in members.iter().filter_map(Weak::upgrade) {
+                marked |= !m.suspect.swap(true, Ordering::AcqRel);
+            }
+            marked
+        };
+        if marked {
+            self.probe_now();
+        }
+    }
+
+    /// `member`'s connections all answered: it is no longer suspect.
+    pub(super) fn revived(&self, member: &Member) {
+        if member.suspect.swap(false, Ordering::AcqRel) {
+            self.probes.send_modify(|s| s.revived = s.revived.wrapping_add(1));
+        }
+    }
+
+    /// Whether some live member's connections have not answered since a failure.
+    pub(super) fn any_suspect(&self) -> bool {
+        let members = self.members.lock();
+        members.iter().filter_map(Weak::upgrade).any(|m| m.is_suspect())
+    }
+
+    /// Asks every suspect member to PING now and waits until none is suspect, at most `bound`.
+    /// Returns whether none is.
+    pub(super) async fn wait_revived(&self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut rx = self.watch();
+        self.probe_now();
+        loop {
+            rx.borrow_and_update();
+            if !self.any_suspect() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return !self.any_suspect();
+            }
+        }
+    }
+
+    /// First and longest wait between a suspect member's PINGs while they fail.
+    pub(super) fn revive_backoff(&self) -> (Duration, Duration) {
+        (self.settings.min_backoff, self.settings.max_backoff)
+    }
+
     /// Waits until the breaker is closed, at most `bound`. Returns whether it is.
     pub(super) async fn wait_closed(&self, bound: Duration) -> bool {
         let mut rx = self.watch();
@@ -306,6 +373,23 @@ mod tests {
         g.probe_answered(&b, generation);
         assert!(!g.is_open());
         assert!(!g.watch().borrow().open);
+    }
+
+    #[test]
+    fn a_failure_makes_every_member_suspect_until_each_answered() {
+        let g = group(3);
+        let (a, b) = (g.join(), g.join());
+        assert!(!g.any_suspect());
+        g.on_failure(g.period());
+        g.suspect_all();
+        assert!(!g.is_open(), "one failure is below the threshold");
+        assert!(a.is_suspect() && b.is_suspect());
+        let seq = g.watch().borrow().probe_seq;
+        assert!(seq > 0, "the probers are woken");
+        g.revived(&a);
+        assert!(g.any_suspect(), "b has not answered yet");
+        g.revived(&b);
+        assert!(!g.any_suspect());
     }
 
     #[test]

@@ -141,6 +141,20 @@ impl Backend {
         }
     }
 
+    /// Every connection a call could be given now (each of the pool's managers, or the one
+    /// cluster connection): what a probe must prove, not just the next one in turn. Empty while
+    /// no connection exists yet.
+    pub fn all_conns(self: &Arc<Self>) -> Vec<Conn> {
+        match &self.kind {
+            BackendKind::Pool { pool, .. } => pool
+                .read()
+                .as_ref()
+                .map(|p| p.managers.iter().cloned().map(Conn::Single).collect())
+                .unwrap_or_default(),
+            BackendKind::Cluster { .. } => self.conn().into_iter().collect(),
+        }
+    }
+
     /// Like [`conn`](Self::conn), but waits for a connection to appear (the caller bounds it).
     pub async fn conn_wait(self: &Arc<Self>, on_missing: impl Fn()) -> Conn {
         loop {

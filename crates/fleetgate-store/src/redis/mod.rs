@@ -338,6 +338,7 @@ impl RedisStore {
             Err(err) if err.is_connectivity() => {
                 self.inner.scripts_stale.store(true, Ordering::Relaxed);
                 breaker.on_failure(period);
+                breaker.suspect_all();
                 self.follow_primary();
             }
             Err(StoreError::Server(text)) if text.contains("READONLY") => {
@@ -392,12 +393,51 @@ impl RedisStore {
     /// PING past the breaker, once more after a short pause if the first attempt only found a
     /// dead connection: that attempt starts the reconnection the second one uses.
     async fn ping_twice(&self) -> StoreResult<()> {
+        self.ping_every().await.map(|_| ())
+    }
+
+    /// Like [`ping_twice`](Self::ping_twice), on every connection of this store (each of the
+    /// pool's managers), so that none is left dead for a client's call to find. Returns whether
+    /// some connection had to be revived (the server went away since it was last used).
+    async fn ping_every(&self) -> StoreResult<bool> {
+        let conns = self.inner.backend.all_conns();
+        if conns.is_empty() {
+            // Nothing connected yet (cluster connecting, no primary named): wait for one.
+            return self.ping_retry().await;
+        }
+        let mut revived = false;
+        for conn in conns {
+            match self.ping_on(conn.clone()).await {
+                Ok(()) => {}
+                Err(e) if e.is_connectivity() => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    self.ping_on(conn).await?;
+                    revived = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(revived)
+    }
+
+    async fn ping_retry(&self) -> StoreResult<bool> {
         match self.ping_direct().await {
             Err(e) if e.is_connectivity() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                self.ping_direct().await
+                self.ping_direct().await.map(|()| true)
             }
-            other => other,
+            other => other.map(|()| false),
+        }
+    }
+
+    /// PING on `conn`, past the breaker, within the store timeout.
+    async fn ping_on(&self, mut conn: Conn) -> StoreResult<()> {
+        let ping = redis::cmd("PING");
+        let attempt = ping.query_async::<Value>(&mut conn);
+        match tokio::time::timeout(self.inner.options.timeout, attempt).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(map_error(&e)),
+            Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
         }
     }
 
@@ -1001,10 +1041,23 @@ impl StoreDriver for RedisStore {
     /// connection has answered; so `ok` means the next request on any worker uses the store.
     async fn health(&self) -> StoreHealth {
         let group = &self.inner.health;
+        let bound = (self.inner.options.timeout * 4).max(Duration::from_millis(200));
         if !group.is_open() {
             let period = group.period();
-            return match self.ping_twice().await {
-                Ok(()) => StoreHealth::Ok,
+            return match self.ping_every().await {
+                Ok(revived) => {
+                    // A dead connection here means the server went away: the workers'
+                    // connections are as dead, so each must be proven before `ok`.
+                    if revived {
+                        group.suspect_all();
+                    }
+                    group.revived(&self.inner.member);
+                    if group.wait_revived(bound).await {
+                        StoreHealth::Ok
+                    } else {
+                        StoreHealth::Down
+                    }
+                }
                 Err(_) => {
                     group.trip(period);
                     StoreHealth::Down
@@ -1012,7 +1065,6 @@ impl StoreDriver for RedisStore {
             };
         }
         group.probe_now();
-        let bound = (self.inner.options.timeout * 4).max(Duration::from_millis(200));
         if group.wait_closed(bound).await {
             StoreHealth::Ok
         } else {
@@ -1023,23 +1075,33 @@ impl StoreDriver for RedisStore {
 
 /// The prober of one member (see [`HealthGroup`]): while the breaker is open, PINGs this
 /// store's own connections (on the runtime that drives them) after the group's backoff, or at
-/// once when another member asks. Ends when the store is dropped.
+/// once when another member asks; while the breaker is closed but this member is suspect, PINGs
+/// them until they answer (reviving dead connections before a client's call finds them). Ends
+/// when the store is dropped.
 async fn run_prober(inner: std::sync::Weak<Inner>) {
+    enum Probe {
+        Open(u64),
+        Revive,
+    }
     let Some(mut rx) = inner.upgrade().map(|i| i.health.watch()) else {
         return;
     };
+    let mut revive_backoff = None;
     loop {
-        // Wait for an opening this member has not answered yet.
-        let generation = {
+        // Wait for an opening this member has not answered yet, or for suspicion.
+        let probe = {
             let Some(i) = inner.upgrade() else { return };
             let state = *rx.borrow_and_update();
             if state.open && i.member_answered() < state.generation {
-                Some(state.generation)
+                Some(Probe::Open(state.generation))
+            } else if !state.open && i.member.is_suspect() {
+                Some(Probe::Revive)
             } else {
                 None
             }
         };
-        let Some(generation) = generation else {
+        let Some(probe) = probe else {
+            revive_backoff = None;
             if rx.changed().await.is_err() {
                 return;
             }
@@ -1047,11 +1109,31 @@ async fn run_prober(inner: std::sync::Weak<Inner>) {
         };
         let Some(i) = inner.upgrade() else { return };
         let store = RedisStore { inner: i };
-        match store.ping_twice().await {
-            Ok(()) => store.inner.health.probe_answered(&store.inner.member, generation),
-            Err(_) => store.inner.health.probe_failed(),
-        }
-        let backoff = store.inner.health.backoff();
+        let group = &store.inner.health;
+        let backoff = match probe {
+            Probe::Open(generation) => {
+                match store.ping_twice().await {
+                    Ok(()) => group.probe_answered(&store.inner.member, generation),
+                    Err(_) => group.probe_failed(),
+                }
+                group.backoff()
+            }
+            Probe::Revive => {
+                let (min, max) = group.revive_backoff();
+                match store.ping_every().await {
+                    Ok(_) => {
+                        group.revived(&store.inner.member);
+                        revive_backoff = None;
+                        Duration::ZERO
+                    }
+                    Err(_) => {
+                        let next = revive_backoff.map_or(min, |b: Duration| (b * 2).min(max));
+                        revive_backoff = Some(next);
+                        next
+                    }
+                }
+            }
+        };
         drop(store);
         // Probe again after the backoff, or at once when asked (or when the state changes).
         tokio::select! {
