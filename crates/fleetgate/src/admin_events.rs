@@ -8,19 +8,28 @@
 //!   `?instance=ID`; several may be combined.
 //! * Each subscriber has a bounded queue ([`QUEUE`] messages): one that does not read is
 //!   dropped when it fills, and counted (`fleetgate_events_subscribers_dropped_total`).
+//! * What one read of the feed gave is encoded into one chunk of the response (every event's
+//!   `id:` and `data:` lines), not one chunk per event: at tens of thousands of events a second
+//!   the subscriber costs a few writes a millisecond.
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
 use fleetgate_http::events::{EventFeed, EventView, FeedItem, FeedStart, SUBSCRIBERS_DROPPED};
 use fleetgate_store::{MemoryStore, Store, StoreKey};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Messages queued for one subscriber, at most.
 pub const QUEUE: usize = 1024;
+/// A comment line this long after the last thing sent keeps idle connections open through
+/// proxies.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Longest a read waits for new events before looking again (and noticing a gone client).
 const BLOCK: Duration = Duration::from_millis(1000);
 
@@ -130,39 +139,92 @@ pub async fn events(State(source): State<Option<EventsSource>>, uri: Uri, header
     // The position is taken before the response starts: a client that sees the stream open
     // misses nothing completed after that.
     let (feed, first) = EventFeed::open(source.store, source.local, source.key, start, BLOCK).await;
-    let (tx, rx) = mpsc::channel::<SseEvent>(QUEUE);
-    tokio::spawn(feed_subscriber(feed, first, filter, tx));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    let queued = Arc::new(AtomicUsize::new(0));
+    // Unbounded in chunks, bounded in messages by `queued` (the sender checks it).
+    let (tx, rx) = mpsc::unbounded_channel::<(Bytes, usize)>();
+    tokio::spawn(feed_subscriber(feed, first, filter, tx, queued.clone()));
+    let stream = futures_util::stream::unfold((rx, queued), |(mut rx, queued)| async move {
+        let (chunk, messages) = rx.recv().await?;
+        queued.fetch_sub(messages, Ordering::Relaxed);
+        Some((Ok::<_, Infallible>(chunk), (rx, queued)))
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response()
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
-/// Reads the feed into the subscriber's queue until it goes away or falls [`QUEUE`] behind.
-async fn feed_subscriber(mut feed: EventFeed<Store>, first: Vec<FeedItem>, filter: Filter, tx: mpsc::Sender<SseEvent>) {
-    let mut items = first;
-    loop {
-        for item in items.drain(..) {
-            let event = match item {
-                FeedItem::Event { id, payload } => {
-                    if !filter.admits(&payload) {
-                        continue;
-                    }
-                    SseEvent::default().id(id).data(String::from_utf8_lossy(&payload))
+/// Appends one SSE message: an optional `event:` name and `id:`, then `data:` lines (one per
+/// line of `data`, so a payload can never end the message early or forge fields).
+fn encode(out: &mut BytesMut, event: Option<&str>, id: Option<&str>, data: &[u8]) {
+    if let Some(name) = event {
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_u8(b'\n');
+    }
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        out.put_slice(id.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in data.split(|b| *b == b'\n' || *b == b'\r') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+/// Encodes what one read gave into one chunk (events the filter admits, and notices), and
+/// how many messages it holds.
+fn encode_items(items: Vec<FeedItem>, filter: &Filter) -> (BytesMut, usize) {
+    let mut out = BytesMut::new();
+    let mut messages = 0;
+    for item in items {
+        match item {
+            FeedItem::Event { id, payload } => {
+                if filter.admits(&payload) {
+                    out.reserve(payload.len() + id.len() + 16);
+                    encode(&mut out, None, Some(&id), &payload);
+                    messages += 1;
                 }
-                FeedItem::Notice(text) => SseEvent::default().event("notice").data(text),
-            };
-            match tx.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics::counter!(SUBSCRIBERS_DROPPED).increment(1);
-                    tracing::info!(queued = QUEUE, "events: a subscriber that does not read was dropped");
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
+            FeedItem::Notice(text) => {
+                encode(&mut out, Some("notice"), None, text.as_bytes());
+                messages += 1;
+            }
+        }
+    }
+    (out, messages)
+}
+
+/// Reads the feed into the subscriber's queue until it goes away or falls [`QUEUE`] messages
+/// behind.
+async fn feed_subscriber(
+    mut feed: EventFeed<Store>,
+    first: Vec<FeedItem>,
+    filter: Filter,
+    tx: mpsc::UnboundedSender<(Bytes, usize)>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut items = first;
+    let mut last_sent = Instant::now();
+    loop {
+        let (mut chunk, messages) = encode_items(std::mem::take(&mut items), &filter);
+        if chunk.is_empty() && last_sent.elapsed() >= KEEP_ALIVE {
+            chunk.put_slice(b":\n\n");
+        }
+        if !chunk.is_empty() {
+            if queued.fetch_add(messages, Ordering::Relaxed) + messages > QUEUE {
+                metrics::counter!(SUBSCRIBERS_DROPPED).increment(1);
+                tracing::info!(queued = QUEUE, "events: a subscriber that does not read was dropped");
+                return;
+            }
+            if tx.send((chunk.freeze(), messages)).is_err() {
+                return;
+            }
+            last_sent = Instant::now();
         }
         if tx.is_closed() {
             return;
@@ -190,5 +252,28 @@ mod tests {
         assert!(Filter::parse("status=abc").is_err());
         assert!(Filter::parse("colour=red").unwrap_err().contains("unknown filter"));
         assert!(Filter::parse("").unwrap().admits(b"not json, no filter"));
+    }
+
+    #[test]
+    fn a_chunk_holds_whole_messages_and_a_payload_cannot_forge_fields() {
+        let items = vec![
+            FeedItem::Notice("starting from now".into()),
+            FeedItem::Event {
+                id: "1-0.0".into(),
+                payload: Bytes::from_static(b"{\"a\":1}"),
+            },
+            FeedItem::Event {
+                id: "1-0.1".into(),
+                payload: Bytes::from_static(b"x\n\nid: forged\r\ndata: y"),
+            },
+        ];
+        let (chunk, messages) = encode_items(items, &Filter::default());
+        assert_eq!(messages, 3);
+        assert_eq!(
+            std::str::from_utf8(&chunk).unwrap(),
+            "event: notice\ndata: starting from now\n\n\
+             id: 1-0.0\ndata: {\"a\":1}\n\n\
+             id: 1-0.1\ndata: x\ndata: \ndata: id: forged\ndata: \ndata: data: y\n\n"
+        );
     }
 }
