@@ -226,7 +226,9 @@ impl Gateway {
         let mut answered_by_stage = false;
         let mut upstream_target = None;
         let mut tunnel = None;
-        let mut resp = match route.pipeline.request(&mut cx, &mut parts).await {
+        // Boxed: the stages' futures are large, and inline they would be moved with every
+        // future that holds this one (see the note on `proxy` below).
+        let mut resp = match Box::pin(route.pipeline.request(&mut cx, &mut parts)).await {
             Flow::Answer(answer) => {
                 answered_by_stage = true;
                 answer.map(full)
@@ -242,23 +244,24 @@ impl Gateway {
                 Action::Proxy(idx) => {
                     let upstream = &self.upstreams[*idx];
                     let mut upstream_time = None;
-                    let (resp, target) = self
-                        .proxy(
-                            worker,
-                            route,
-                            *idx,
-                            upstream,
-                            parts,
-                            body,
-                            peer,
-                            ip,
-                            checked.chunked,
-                            &mut tunnel,
-                            (request_id, trace.as_ref()),
-                            access.is_some().then_some(&mut upstream_time),
-                            &mut cx.guards,
-                        )
-                        .await;
+                    // Boxed, like the stages: the request's whole future is moved when hyper
+                    // stores it, so what stays inline is what every request pays to copy.
+                    let (resp, target) = Box::pin(self.proxy(
+                        worker,
+                        route,
+                        *idx,
+                        upstream,
+                        parts,
+                        body,
+                        peer,
+                        ip,
+                        checked.chunked,
+                        &mut tunnel,
+                        (request_id, trace.as_ref()),
+                        access.is_some().then_some(&mut upstream_time),
+                        &mut cx.guards,
+                    ))
+                    .await;
                     if completes {
                         upstream_target = target.map(|t| upstream.targets[t].url());
                     }
@@ -274,7 +277,7 @@ impl Gateway {
                 }
             },
         };
-        route.pipeline.response(&mut cx, &mut resp).await;
+        Box::pin(route.pipeline.response(&mut cx, &mut resp)).await;
         let fill = cx.cache_fill.take();
         if let Some(answer) = cx.answer_instead.take() {
             // A way-out stage answers instead (a failed settlement): the upstream's body is
