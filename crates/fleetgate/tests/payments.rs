@@ -10,9 +10,7 @@ use common::*;
 use fleetgate_testkit::RedisServer;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,54 +48,27 @@ struct Facilitator {
     /// Milliseconds every answer waits first (to make concurrent requests overlap).
     delay_ms: Arc<AtomicUsize>,
     calls: Arc<parking_lot::Mutex<Vec<Call>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: common::stand_in::StandIn,
 }
 
 impl Facilitator {
     fn start() -> Facilitator {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let verify = Arc::new(AtomicU8::new(Mode::Valid as u8));
         let settle = Arc::new(AtomicU8::new(Mode::Valid as u8));
         let delay_ms = Arc::new(AtomicUsize::new(0));
         let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (v, s, d, c) = (verify.clone(), settle.clone(), delay_ms.clone(), calls.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (v, s, d, c) = (v.clone(), s.clone(), d.clone(), c.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let (v, s, d, c) = (v.clone(), s.clone(), d.clone(), c.clone());
-                                async move { Ok::<_, std::convert::Infallible>(facilitate(req, &v, &s, &d, &c).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+        let server = common::stand_in::StandIn::start(move |req: Request<Incoming>| {
+            let (v, s, d, c) = (v.clone(), s.clone(), d.clone(), c.clone());
+            async move { facilitate(req, &v, &s, &d, &c).await }
         });
         Facilitator {
-            port,
+            port: server.port,
             verify,
             settle,
             delay_ms,
             calls,
-            _stop: tx,
+            _server: server,
         }
     }
 
@@ -189,58 +160,33 @@ async fn facilitate(
 struct FailingUpstream {
     port: u16,
     hits: Arc<AtomicUsize>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: common::stand_in::StandIn,
 }
 
 impl FailingUpstream {
     fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let h = hits.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let h = h.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                h.fetch_add(1, Ordering::SeqCst);
-                                let fail = req.uri().path().ends_with("/fail");
-                                async move {
-                                    let (status, body) = if fail {
-                                        (500, "upstream-secret")
-                                    } else {
-                                        (200, "paid-content")
-                                    };
-                                    Ok::<_, std::convert::Infallible>(
-                                        Response::builder()
-                                            .status(status)
-                                            .body(Full::new(Bytes::from(body)))
-                                            .unwrap(),
-                                    )
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
+        let server = common::stand_in::StandIn::start(move |req: Request<Incoming>| {
+            h.fetch_add(1, Ordering::SeqCst);
+            let fail = req.uri().path().ends_with("/fail");
+            async move {
+                let (status, body) = if fail {
+                    (500, "upstream-secret")
+                } else {
+                    (200, "paid-content")
                 };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
         });
-        FailingUpstream { port, hits, _stop: tx }
+        FailingUpstream {
+            port: server.port,
+            hits,
+            _server: server,
+        }
     }
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)

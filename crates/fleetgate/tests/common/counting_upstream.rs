@@ -1,12 +1,11 @@
 //! A stand-in for a metered upstream: records when each request arrived, and answers what the
 //! test sets (by default 200; for example 429 with `Retry-After: 3`).
 
+use super::stand_in::StandIn;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,62 +21,33 @@ pub struct CountingUpstream {
     pub port: u16,
     arrivals: Arc<Mutex<Vec<Instant>>>,
     answer: Arc<Mutex<Answer>>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _server: StandIn,
 }
 
 impl CountingUpstream {
     pub fn start() -> CountingUpstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(Answer {
             status: 200,
             retry_after: None,
         }));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (arr, ans) = (arrivals.clone(), answer.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (arr, ans) = (arr.clone(), ans.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |_req: Request<Incoming>| {
-                                arr.lock().push(Instant::now());
-                                let a = ans.lock().clone();
-                                async move {
-                                    let mut b = Response::builder().status(a.status);
-                                    if let Some(r) = &a.retry_after {
-                                        b = b.header("retry-after", r.as_str());
-                                    }
-                                    Ok::<_, std::convert::Infallible>(
-                                        b.body(Full::new(Bytes::from("counted"))).unwrap(),
-                                    )
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
+        let server = StandIn::start(move |_req: Request<Incoming>| {
+            arr.lock().push(Instant::now());
+            let a = ans.lock().clone();
+            async move {
+                let mut b = Response::builder().status(a.status);
+                if let Some(r) = &a.retry_after {
+                    b = b.header("retry-after", r.as_str());
+                }
+                b.body(Full::new(Bytes::from("counted"))).unwrap()
+            }
         });
         CountingUpstream {
-            port,
+            port: server.port,
             arrivals,
             answer,
-            _shutdown: tx,
+            _server: server,
         }
     }
 

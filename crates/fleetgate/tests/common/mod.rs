@@ -5,9 +5,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -239,7 +237,7 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     release: Arc<tokio::sync::Notify>,
-    _shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _server: stand_in::StandIn,
 }
 
 impl Upstream {
@@ -261,48 +259,20 @@ impl Upstream {
                 Err(e) => panic!("bind the test upstream on port {port}: {e}"),
             }
         };
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let release = Arc::new(tokio::sync::Notify::new());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (name, h, he, re) = (name.to_string(), hits.clone(), healthy.clone(), release.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req: Request<Incoming>| {
-                                let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
-                                async move { Ok::<_, std::convert::Infallible>(answer(&name, &h, &he, &re, req).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! { _ = serve => {}, _ = rx => {} }
-            });
-            // Dropping the runtime drops every connection task: the sockets close.
-            drop(rt);
+        let server = stand_in::StandIn::on(listener, move |req: Request<Incoming>| {
+            let (name, h, he, re) = (name.clone(), h.clone(), he.clone(), re.clone());
+            async move { answer(&name, &h, &he, &re, req).await }
         });
         Upstream {
-            port,
+            port: server.port,
             hits,
             healthy,
             release,
-            _shutdown: Some(tx),
+            _server: server,
         }
     }
 

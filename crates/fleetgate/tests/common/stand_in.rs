@@ -22,7 +22,18 @@ impl StandIn {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        StandIn::on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), answer)
+    }
+
+    /// Like [`start`](Self::start), on a listener the caller bound (a given port).
+    pub fn on<F, Fut, B>(listener: std::net::TcpListener, answer: F) -> StandIn
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -52,6 +63,8 @@ impl StandIn {
                 };
                 tokio::select! { _ = serve => {}, _ = rx => {} }
             });
+            // Dropping the runtime drops every connection task: the sockets close.
+            drop(rt);
         });
         StandIn { port, _stop: tx }
     }
