@@ -390,20 +390,22 @@ impl RedisStore {
         &self.inner.health
     }
 
-    /// PING past the breaker, once more after a short pause if the first attempt only found a
-    /// dead connection: that attempt starts the reconnection the second one uses.
-    async fn ping_twice(&self) -> StoreResult<()> {
-        self.ping_every().await.map(|_| ())
-    }
-
-    /// Like [`ping_twice`](Self::ping_twice), on every connection of this store (each of the
-    /// pool's managers), so that none is left dead for a client's call to find. Returns whether
-    /// some connection had to be revived (the server went away since it was last used).
+    /// PING past the breaker on every connection of this store (each of the pool's managers),
+    /// so that none is left dead for a client's call to find; a connection whose first PING
+    /// only found it dead is PINGed once more after a short pause (that first attempt starts
+    /// the reconnection the second one uses). Returns whether some connection had to be
+    /// revived (the server went away since it was last used).
     async fn ping_every(&self) -> StoreResult<bool> {
-        let conns = self.inner.backend.all_conns();
+        let mut conns = self.inner.backend.all_conns();
         if conns.is_empty() {
             // Nothing connected yet (cluster connecting, no primary named): wait for one.
-            return self.ping_retry().await;
+            let timeout = self.inner.options.timeout;
+            let wait = self.inner.backend.conn_wait(|| self.follow_primary());
+            conns.push(
+                tokio::time::timeout(timeout, wait)
+                    .await
+                    .map_err(|_| StoreError::Timeout(timeout))?,
+            );
         }
         let mut revived = false;
         for conn in conns {
@@ -418,16 +420,6 @@ impl RedisStore {
             }
         }
         Ok(revived)
-    }
-
-    async fn ping_retry(&self) -> StoreResult<bool> {
-        match self.ping_direct().await {
-            Err(e) if e.is_connectivity() => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                self.ping_direct().await.map(|()| true)
-            }
-            other => other.map(|()| false),
-        }
     }
 
     /// PING on `conn`, past the breaker, within the store timeout.
@@ -557,23 +549,6 @@ impl RedisStore {
     /// PING within the timeout.
     pub async fn ping(&self) -> StoreResult<()> {
         self.query(&redis::cmd("PING")).await.map(|_| ())
-    }
-
-    /// PING within the timeout, ignoring the breaker.
-    async fn ping_direct(&self) -> StoreResult<()> {
-        let backend = &self.inner.backend;
-        let attempt = async {
-            let mut conn = match backend.conn() {
-                Some(c) => c,
-                None => backend.conn_wait(|| self.follow_primary()).await,
-            };
-            redis::cmd("PING").query_async::<Value>(&mut conn).await
-        };
-        match tokio::time::timeout(self.inner.options.timeout, attempt).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(map_error(&e)),
-            Err(_) => Err(StoreError::Timeout(self.inner.options.timeout)),
-        }
     }
 }
 
@@ -1112,8 +1087,8 @@ async fn run_prober(inner: std::sync::Weak<Inner>) {
         let group = &store.inner.health;
         let backoff = match probe {
             Probe::Open(generation) => {
-                match store.ping_twice().await {
-                    Ok(()) => group.probe_answered(&store.inner.member, generation),
+                match store.ping_every().await {
+                    Ok(_) => group.probe_answered(&store.inner.member, generation),
                     Err(_) => group.probe_failed(),
                 }
                 group.backoff()
