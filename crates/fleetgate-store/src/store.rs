@@ -67,11 +67,15 @@ impl Store {
     }
 }
 
+/// The Redis side is boxed: its futures (redis-rs's, with timeouts and retries) run to
+/// kilobytes, and inline they would size every future that holds a store call, including the
+/// in-process store's and every stage's, which are moved (copied) on their way into hyper. One
+/// allocation per Redis call costs far less than its round trip.
 macro_rules! dispatch {
     ($self:ident, $d:ident => $call:expr) => {
         match $self {
             Store::Memory($d) => $call.await,
-            Store::Redis($d) => $call.await,
+            Store::Redis($d) => Box::pin($call).await,
         }
     };
 }

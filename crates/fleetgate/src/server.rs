@@ -297,7 +297,8 @@ impl Connection {
                 req.extensions_mut().insert(crate::tls::ArrivedOverTls);
             }
             let snap = worker.snapshot();
-            async move { Ok::<_, Infallible>(snap.gateway.handle(&snap.worker, peer, req).await) }
+            // Boxed: hyper moves the service's future into its dispatcher; a box is one word.
+            Box::pin(async move { Ok::<_, Infallible>(snap.gateway.handle(&snap.worker, peer, req).await) })
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);

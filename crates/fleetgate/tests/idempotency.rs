@@ -328,6 +328,35 @@ fn store_down_closed_answers_503_and_the_upstream_is_not_called() {
     assert_eq!(backend.calls(), 3);
 }
 
+/// A claim call that times out while Redis is paused (SIGSTOP) is still applied when Redis
+/// resumes: the gateway releases it (only if it still holds that request's token), so a retry
+/// of the same key runs instead of getting 409 until `in_flight_ttl`.
+#[test]
+fn a_claim_that_timed_out_is_released_so_a_retry_runs() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let gw = Gateway::start(&config(&redis.url(), backend.port, ""));
+    assert_eq!(post(&gw, "/pay", Some("\"warm\""), "10.0.0.1", "").status, 201);
+    redis.pause();
+    let timed_out = post(&gw, "/pay", Some("\"stalled\""), "10.0.0.1", "a");
+    // The release was sent right after the timeout; Redis runs the claim, then the release.
+    redis.resume();
+    assert_problem(&timed_out, 503, "store_unavailable");
+    assert_eq!(backend.calls(), 1, "the request that timed out did not run");
+    // Long enough for the release to have been answered or to have timed out (300 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    let held = redis.command(&["KEYS", "idem*"]);
+    let retry = post(&gw, "/pay", Some("\"stalled\""), "10.0.0.1", "a");
+    assert_eq!(
+        retry.status, 201,
+        "the retry ran (keys after the release: {held}): {retry:?}"
+    );
+    assert_eq!(backend.calls(), 2);
+    let replay = post(&gw, "/pay", Some("\"stalled\""), "10.0.0.1", "a");
+    assert_eq!(replay.header("idempotency-replayed"), Some("true"), "{replay:?}");
+    assert_eq!(backend.calls(), 2);
+}
+
 /// Waits (at most 10 s) until the primary counts `n` connected replicas.
 fn wait_replicas(primary: &RedisServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -884,9 +884,8 @@ impl<D: StageStore> Stage<D> for Cache {
                 cx.cache = Some(Box::new(self.bypass(req, Forward::Bypass, "range")));
                 return Flow::Continue;
             }
-            return self
-                .lookup(cx, req, forced && req.method == Method::GET && range.is_none(), range)
-                .await;
+            // Boxed: the lookup's future is large, and inline it would size every route's.
+            return Box::pin(self.lookup(cx, req, forced && req.method == Method::GET && range.is_none(), range)).await;
         }
         self.metrics.bypass.increment(1);
         let mut exchange = self.bypass(req, Forward::Method, "method");
@@ -899,6 +898,19 @@ impl<D: StageStore> Stage<D> for Cache {
 
     async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
         let Some(exchange) = cx.cache.take() else { return };
+        // Boxed, like the lookup.
+        Box::pin(self.respond(cx, resp, exchange)).await;
+    }
+}
+
+impl Cache {
+    /// The way out of a request the way in looked at.
+    async fn respond<B: Send, D: StageStore>(
+        &self,
+        cx: &mut RequestCtx<'_, D>,
+        resp: &mut Response<B>,
+        exchange: Box<Exchange>,
+    ) {
         let mut exchange = *exchange;
         let mut filling = exchange.filling.take();
         let status = resp.status();

@@ -596,10 +596,11 @@ impl<D: StageStore> Stage<D> for Dedup {
         let deadline = Instant::now() + self.config.max_wait;
         let (flight, driving) = self.flights.join(id);
         let Some(driving) = driving else {
-            return self.follow(cx, flight, deadline).await;
+            return Box::pin(self.follow(cx, flight, deadline)).await;
         };
         let owner = format!("{}/{}", cx.store.instance, self.seq.fetch_add(1, Ordering::Relaxed));
-        match self.drive(cx.store, &id, &owner, deadline).await {
+        // Boxed (as following is): large futures, which inline would size every route's.
+        match Box::pin(self.drive(cx.store, &id, &owner, deadline)).await {
             Driven::Lead(locks, records) => {
                 self.metrics.count(Role::Leader);
                 let on_end = self.on_end(cx.store, driving, (locks, records), owner, id);
@@ -617,7 +618,7 @@ impl<D: StageStore> Stage<D> for Dedup {
             Driven::Stream(head, locks, records) => {
                 flight.set_head(head);
                 self.pump(cx.store, driving, id, locks, records);
-                self.follow(cx, flight, deadline).await
+                Box::pin(self.follow(cx, flight, deadline)).await
             }
             Driven::Stored(head, body) => {
                 flight.complete(head.clone(), body.clone());

@@ -329,10 +329,12 @@ impl<D: StageStore> Stage<D> for ForwardAuth {
         let key = self.verdict_key(req);
         let headers = self.check_headers(req, cx.client_ip);
         let store = cx.store;
-        let (checked, ran) = self
-            .flights
-            .run(flight_key(&key, req), || self.check(store, &key, headers))
-            .await;
+        // Boxed: the auth call's future is large, and inline it would size every route's.
+        let (checked, ran) = Box::pin(
+            self.flights
+                .run(flight_key(&key, req), || self.check(store, &key, headers)),
+        )
+        .await;
         let (verdict, called) = match checked {
             Checked::Verdict(v, called) => (v, called && ran),
             Checked::StoreDown => {

@@ -430,16 +430,33 @@ impl<D: StageStore> Stage<D> for Idempotency {
         }
         let value = record::pending(&token, &fingerprint);
         let ttl = self.config.in_flight_ttl;
+        // A claim call that timed out may still have been applied: the key would then hold
+        // this request's token, and every retry would get 409 until `in_flight_ttl`.
+        let mut maybe_applied = false;
         let decided = cx
             .store
             .decide(
                 &self.policy,
                 Op::Marker,
                 cx.store.store.claim(&key, value.clone(), ttl),
-                |_| {},
+                |e| maybe_applied = matches!(e, fleetgate_store::StoreError::Timeout(_)),
                 |m, _| m.claim(&key, value.clone(), ttl).now_or_never()?.ok(),
             )
             .await;
+        if maybe_applied {
+            // Released in the background, only if it still holds this token (a release that
+            // fails too leaves it to expire).
+            let undo = Box::new(Claim {
+                ctx: cx.store.clone(),
+                held: Held::Shared,
+                key: key.clone(),
+                token: value.clone(),
+                fingerprint,
+                ttl: self.config.ttl,
+                route: self.route.clone(),
+            });
+            tee::spawn(undo.finish(None));
+        }
         let (outcome, held) = match decided {
             Decided::Store(o) => (o, Held::Shared),
             Decided::Local(o) => (o, Held::Local),

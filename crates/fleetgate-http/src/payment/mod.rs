@@ -552,12 +552,14 @@ impl<D: StageStore> Stage<D> for Payment {
                 return Flow::Answer(self.required(Version::V2, "payment required", req));
             }
         };
-        self.accept(cx, req, payment).await
+        // Boxed: verifying and settling is a large future, and inline it would size every
+        // request's (the free ones, the session ones).
+        Box::pin(self.accept(cx, req, payment)).await
     }
 
     async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
         if let Some(accepted) = cx.payment.take() {
-            self.finish(cx, resp, *accepted).await;
+            Box::pin(self.finish(cx, resp, *accepted)).await;
         }
     }
 }
