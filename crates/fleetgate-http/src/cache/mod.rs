@@ -359,6 +359,14 @@ impl Cache {
             }
             match self.read_shared(store, lock).await {
                 Decided::Store(Some(_)) => {}
+                // The lock is gone: the fill may have been written between the look above and
+                // this read (the filler writes, then releases), so look once more.
+                Decided::Store(None) => {
+                    return match self.find(store, exchange, headers).await {
+                        Found::Read(Some(e), f) => Some((e, f)),
+                        _ => None,
+                    };
+                }
                 _ => return None,
             }
         }
