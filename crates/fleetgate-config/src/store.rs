@@ -80,6 +80,10 @@ pub struct StoreConfig {
     /// replicas, timeout }`, default none). Redis, Sentinel and TLS Redis only.
     #[serde(deserialize_with = "wait_replicas")]
     pub markers_wait_replicas: Option<WaitReplicas>,
+    /// Most rate decisions on one key sent in one call while an earlier call on that key is in
+    /// flight (`store.rate_batch_max`, default 64, 1..=1024; 1: every decision its own call).
+    #[serde(deserialize_with = "int::<_, 1, 1024, 64, _>")]
+    pub rate_batch_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -104,6 +108,7 @@ impl Default for StoreConfig {
             flush_on_startup: false,
             default_ttl: Duration::from_secs(86_400),
             markers_wait_replicas: None,
+            rate_batch_max: d.rate_batch_max,
         }
     }
 }
@@ -151,6 +156,7 @@ impl StoreConfig {
             sentinel_username: self.sentinel_username.clone(),
             sentinel_password: self.sentinel_password.as_deref().map(str::to_string),
             markers_wait_replicas: self.markers_wait_replicas,
+            rate_batch_max: self.rate_batch_max,
         }
     }
 }

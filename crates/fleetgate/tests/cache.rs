@@ -162,10 +162,6 @@ async fn answer(req: Request<Incoming>, state: &parking_lot::Mutex<OriginState>)
         .unwrap()
 }
 
-fn config(redis: &str, origin: &Origin, cache: &str) -> String {
-    config_timeout(redis, origin, cache, 200)
-}
-
 fn config_timeout(redis: &str, origin: &Origin, cache: &str, timeout_ms: u64) -> String {
     format!(
         "listen: 127.0.0.1:{{PORT}}\nadmin:\n  listen: 127.0.0.1:{{ADMIN}}\nstore:\n  url: {redis}\n  timeout_ms: {timeout_ms}\nupstreams:\n  origin:\n    targets: [{}]\nroutes:\n  - name: cached\n    upstream: origin\n    cache: {cache}\n",

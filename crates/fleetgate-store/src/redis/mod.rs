@@ -15,6 +15,7 @@
 mod breaker;
 mod conn;
 mod pubsub;
+mod rate_batch;
 mod scripts;
 mod sentinel;
 mod stream;
@@ -30,6 +31,7 @@ use breaker::{Admission, Member};
 pub use breaker::{BreakerSettings, HealthGroup};
 use bytes::Bytes;
 use conn::{Backend, Conn, Pool};
+use rate_batch::{RateBatches, Turn, Waiter};
 use redis::{Cmd, RedisError, Value};
 use scripts::Scripts;
 use sentinel::SentinelWatch;
@@ -76,6 +78,10 @@ pub struct RedisOptions {
     /// to acknowledge it, at most this long (`WAIT replicas timeout`); fewer acknowledgements
     /// fail the claim. `None` (the default): no wait.
     pub markers_wait_replicas: Option<WaitReplicas>,
+    /// Most rate decisions on one key sent in one call while an earlier call on that key is
+    /// in flight (`store.rate_batch_max`, default 64; 1: every decision its own call). See
+    /// `rate_batch.rs`.
+    pub rate_batch_max: usize,
 }
 
 /// `store.markers_wait_replicas`: how many replicas must acknowledge a claim, and how long to
@@ -102,6 +108,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("sentinel_username", &self.sentinel_username)
             .field("sentinel_password", &hide(&self.sentinel_password))
             .field("markers_wait_replicas", &self.markers_wait_replicas)
+            .field("rate_batch_max", &self.rate_batch_max)
             .finish()
     }
 }
@@ -121,6 +128,7 @@ impl Default for RedisOptions {
             sentinel_username: None,
             sentinel_password: None,
             markers_wait_replicas: None,
+            rate_batch_max: 64,
         }
     }
 }
@@ -150,6 +158,8 @@ struct Inner {
     cluster_nodes: Option<topology::ClusterSpec>,
     /// Idle connections for blocking stream reads (see `stream.rs`).
     readers: parking_lot::Mutex<Vec<redis::aio::MultiplexedConnection>>,
+    /// Rate decisions queued behind a call in flight on their key.
+    batches: Arc<RateBatches>,
 }
 
 impl RedisStore {
@@ -210,6 +220,7 @@ impl RedisStore {
                 hub_target,
                 scripts: Scripts::new(),
                 scripts_stale: Arc::new(AtomicBool::new(true)),
+                batches: RateBatches::new(options.rate_batch_max),
                 member: health.join(),
                 health: health.clone(),
                 options,
@@ -680,10 +691,14 @@ fn ints<const N: usize>(v: Value) -> StoreResult<[i64; N]> {
 /// (`rate_reply` in now.lua), as a decision (with its refund receipt when it charged
 /// something). Parsed in place: no array of values to build.
 fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
-    let r = rate_reply(&v)?;
+    Ok(decision_of(rate_reply(&v)?, limit, cost))
+}
+
+/// The decision the numbers `allowed remaining reset_us retry_us now_us` describe.
+fn decision_of(r: [i64; 5], limit: u64, cost: u64) -> RateDecision {
     let us = |x: i64| Duration::from_micros(x.max(0) as u64);
     let allowed = r[0] == 1;
-    Ok(RateDecision {
+    RateDecision {
         allowed,
         limit,
         remaining: r[1].max(0) as u64,
@@ -693,7 +708,37 @@ fn decision(v: Value, limit: u64, cost: u64) -> StoreResult<RateDecision> {
             at_us: r[4].max(0) as u64,
             cost,
         }),
-    })
+    }
+}
+
+/// A batch script's reply: one decision per cost, in order (`rate_reply`s joined by spaces).
+fn decisions(v: &Value, limit: u64, costs: &[u64]) -> StoreResult<Vec<RateDecision>> {
+    let bad = || {
+        StoreError::Protocol(format!(
+            "expected {} rate replies of 5 whole numbers, got {v:?}",
+            costs.len()
+        ))
+    };
+    let Value::BulkString(bytes) = v else {
+        return Err(bad());
+    };
+    let mut fields = bytes.split(|b| *b == b' ');
+    let mut out = Vec::with_capacity(costs.len());
+    for &cost in costs {
+        let mut r = [0i64; 5];
+        for o in r.iter_mut() {
+            let field = fields.next().ok_or_else(bad)?;
+            *o = std::str::from_utf8(field)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(bad)?;
+        }
+        out.push(decision_of(r, limit, cost));
+    }
+    if fields.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// The five whole numbers of a rate script's reply.
@@ -766,8 +811,9 @@ fn map_error(e: &RedisError) -> StoreError {
     }
 }
 
-impl StoreDriver for RedisStore {
-    async fn rate(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
+impl RedisStore {
+    /// One decision, one call.
+    async fn rate_one(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
         let s = &self.inner.scripts;
         let reply = match limit.algorithm() {
             Algorithm::Gcra => {
@@ -798,6 +844,150 @@ impl StoreDriver for RedisStore {
             }
         };
         decision(reply, limit.capacity(), cost)
+    }
+
+    /// Several decisions on one key in one call, in the order of `costs` (the hot-key batch).
+    async fn rate_many(&self, key: &StoreKey, limit: &RateLimit, costs: &[u64]) -> StoreResult<Vec<RateDecision>> {
+        let s = &self.inner.scripts;
+        let mut args = match limit.algorithm() {
+            Algorithm::Gcra => vec![
+                ScriptArg::Int(limit.interval_us()),
+                ScriptArg::Int(limit.capacity()),
+                ScriptArg::Int(limit.period_us()),
+            ],
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => {
+                vec![ScriptArg::Int(limit.period_us()), ScriptArg::Int(limit.capacity())]
+            }
+        };
+        args.push(ScriptArg::Bytes(b"-"));
+        args.extend(costs.iter().map(|c| ScriptArg::Int(*c)));
+        let reply = match limit.algorithm() {
+            Algorithm::Gcra => self.eval(&s.gcra_batch, &[key.as_str()], &args).await?,
+            Algorithm::SlidingWindow => {
+                let total = format!("{key}:n");
+                self.eval(&s.sliding_window_batch, &[key.as_str(), &total], &args)
+                    .await?
+            }
+            Algorithm::FixedWindow => self.eval(&s.fixed_window_batch, &[key.as_str()], &args).await?,
+        };
+        decisions(&reply, limit.capacity(), costs)
+    }
+}
+
+/// The turn on a key, held by the caller whose call is in flight: when it is done (or its
+/// future is dropped), what queued meanwhile goes as one call, from a task of its own.
+struct Lead<'a> {
+    store: &'a RedisStore,
+    key: &'a StoreKey,
+    limit: RateLimit,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let batch = self.store.inner.batches.next(self.key.as_str());
+        if batch.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(send_batches(self.store.clone(), self.key.clone(), self.limit, batch));
+            }
+            Err(_) => {
+                drop(batch);
+                Abandon::queue(self.store, self.key);
+            }
+        }
+    }
+}
+
+/// Held by the task sending a key's batches: should that task be dropped before the queue is
+/// empty (the runtime shutting down), whoever still waits is answered, and the key freed.
+struct Abandon {
+    store: RedisStore,
+    key: StoreKey,
+    done: bool,
+}
+
+impl Abandon {
+    /// The queue is empty and the key free: nothing to answer.
+    fn disarm(&mut self) {
+        self.done = true;
+    }
+
+    fn queue(store: &RedisStore, key: &StoreKey) {
+        for w in store.inner.batches.abandon(key.as_str()) {
+            w.answer(Err(rate_batch::abandoned()));
+        }
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.done {
+            Abandon::queue(&self.store, &self.key);
+        }
+    }
+}
+
+/// Sends `batch`, then whatever queued on the key meanwhile, until nothing is left.
+fn send_batches(
+    store: RedisStore,
+    key: StoreKey,
+    limit: RateLimit,
+    batch: Vec<Waiter>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let mut held = Abandon {
+        store,
+        key,
+        done: false,
+    };
+    async move {
+        let mut batch = batch;
+        let mut costs = Vec::with_capacity(batch.len());
+        loop {
+            costs.clear();
+            costs.extend(batch.iter().map(|w| w.cost));
+            match held.store.rate_many(&held.key, &limit, &costs).await {
+                Ok(decisions) => {
+                    for (w, d) in batch.drain(..).zip(decisions) {
+                        w.answer(Ok(d));
+                    }
+                }
+                Err(e) => {
+                    for w in batch.drain(..) {
+                        w.answer(Err(e.clone()));
+                    }
+                }
+            }
+            batch = held.store.inner.batches.next(held.key.as_str());
+            if batch.is_empty() {
+                held.disarm();
+                return;
+            }
+        }
+    }
+}
+
+impl StoreDriver for RedisStore {
+    /// One call per decision, but for a hot key: decisions that arrive while a call on their
+    /// key is in flight go together in the next (`rate_batch.rs`).
+    async fn rate(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> StoreResult<RateDecision> {
+        let batches = &self.inner.batches;
+        if !batches.enabled() {
+            return self.rate_one(key, limit, cost).await;
+        }
+        match batches.join(key.as_str(), limit, cost) {
+            Turn::Alone => self.rate_one(key, limit, cost).await,
+            Turn::Wait(reply) => reply.await.unwrap_or_else(|_| Err(rate_batch::abandoned())),
+            Turn::Lead => {
+                let _lead = Lead {
+                    store: self,
+                    key,
+                    limit: *limit,
+                };
+                self.rate_one(key, limit, cost).await
+            }
+        }
     }
 
     async fn refund(&self, key: &StoreKey, limit: &RateLimit, charge: &RateCharge) -> StoreResult<bool> {

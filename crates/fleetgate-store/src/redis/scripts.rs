@@ -24,6 +24,10 @@ pub(super) struct Scripts {
     pub gcra: LuaScript,
     pub sliding_window: LuaScript,
     pub fixed_window: LuaScript,
+    /// Several decisions on one key in one call (the hot-key batch, `rate_batch.rs`).
+    pub gcra_batch: LuaScript,
+    pub sliding_window_batch: LuaScript,
+    pub fixed_window_batch: LuaScript,
     pub refund: LuaScript,
     pub reserve: LuaScript,
     pub give_back: LuaScript,
@@ -50,6 +54,23 @@ impl Scripts {
             fixed_window: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
                 include_str!("scripts/fixed_window.lua")
+            )),
+            gcra_batch: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/gcra_batch.lua")
+            )),
+            // The single decision's body as a function, called once per cost.
+            sliding_window_batch: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/sliding_log.lua"),
+                "local function decide_one(ARGV)\n",
+                include_str!("scripts/sliding_window.lua"),
+                "end\n",
+                include_str!("scripts/sliding_window_batch.lua")
+            )),
+            fixed_window_batch: LuaScript::new(concat!(
+                include_str!("scripts/now.lua"),
+                include_str!("scripts/fixed_window_batch.lua")
             )),
             refund: LuaScript::new(concat!(
                 include_str!("scripts/now.lua"),
@@ -82,6 +103,9 @@ impl Scripts {
             &self.gcra,
             &self.sliding_window,
             &self.fixed_window,
+            &self.gcra_batch,
+            &self.sliding_window_batch,
+            &self.fixed_window_batch,
             &self.refund,
             &self.reserve,
             &self.give_back,
