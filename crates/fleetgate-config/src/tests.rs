@@ -70,6 +70,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(c.store.timeout, Duration::from_millis(50));
     assert_eq!(c.store.connect_timeout, Duration::from_millis(1000));
     assert_eq!(c.store.pool_size, 1);
+    assert_eq!(c.store.rate_batch_max, 64);
     assert_eq!(c.server.max_header_bytes, 16384);
     assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!(c.server.request_timeout, Duration::from_secs(30));
@@ -783,6 +784,18 @@ fn other_refusals() {
         2,
         "store.pool_size",
         &["accepted: a whole number from 1 to 64"],
+    );
+    refused(
+        "store:\n  rate_batch_max: 0\n",
+        2,
+        "store.rate_batch_max",
+        &["0 is out of range; accepted: a whole number from 1 to 1024"],
+    );
+    refused(
+        "store:\n  rate_batch_max: 5000\n",
+        2,
+        "store.rate_batch_max",
+        &["5000 is out of range; accepted: a whole number from 1 to 1024"],
     );
     refused(
         "store:\n  timeout_ms: 0\n",

@@ -1,5 +1,6 @@
 //! The Redis driver: every decision is one EVALSHA (or one command) over a multiplexed,
-//! automatically reconnecting connection, timed by the server's `TIME` and bounded by a timeout.
+//! automatically reconnecting connection, timed by the server's `TIME` and bounded by a timeout;
+//! rate decisions that queue behind a call in flight on their key go as one (`rate_batch.rs`).
 //!
 //! * Topologies: one server (`redis://`, `rediss://`), a Sentinel-managed primary that the
 //!   driver follows through failovers (`redis-sentinel://`), or a Cluster (`redis-cluster://`,
