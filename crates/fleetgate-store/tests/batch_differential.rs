@@ -1,6 +1,9 @@
 //! Differential test of the hot-key batch scripts (`*_batch.lua`, `store.rate_batch_max`):
 //! a batch of decisions on one key in one call must answer, and leave behind, exactly what the
 //! single-decision script does for the same costs called back to back at the same instant.
+//! gcra and fixed_window batches answer with the instant and the state they started from, and
+//! the driver derives each decision with the pure function (`decide_many`): the test does the
+//! same, so what it compares is what the driver returns.
 //! Random limits, random batches of costs (refusals and huge costs included), time moving on
 //! between batches; key A takes each batch in one call, key B the same costs one call each.
 //! Every reply, the stored state (DUMP) and its TTL must be equal.
@@ -10,7 +13,8 @@
 //! their DUMPs and PTTLs, then PERSIST (the test's clock has nothing to do with the server's,
 //! on which keys would otherwise expire; see tests/differential.rs).
 
-use fleetgate_store::{Algorithm, RateLimit};
+use fleetgate_store::algo::{fixed_window, gcra};
+use fleetgate_store::{Algorithm, RateDecision, RateLimit};
 use fleetgate_testkit::RedisServer;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -107,6 +111,17 @@ fn batch_shared(limit: &RateLimit) -> Vec<u64> {
     }
 }
 
+/// A decision as the single script writes it: "allowed remaining reset_us retry_us now_us".
+fn reply_of(d: &RateDecision, now: u64) -> String {
+    format!(
+        "{} {} {} {} {now}",
+        d.allowed as u8,
+        d.remaining,
+        d.reset_after.as_micros(),
+        d.retry_after.as_micros()
+    )
+}
+
 struct Seen {
     admitted: u64,
     refused: u64,
@@ -163,7 +178,29 @@ fn run_case(
             pipe.cmd("PERSIST").arg(k).ignore();
         }
         let replies: Vec<Value> = pipe.query(conn).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        let batched = text(&replies[0]);
+        let batched = match limit.algorithm() {
+            Algorithm::SlidingWindow => text(&replies[0]),
+            algorithm => {
+                let reply = text(&replies[0]);
+                let nums: Vec<u64> = reply.split(' ').map(|n| n.parse().unwrap()).collect();
+                prop_assert_eq!(nums.len(), 2, "{}", reply);
+                let (at, state) = (nums[0], nums[1]);
+                prop_assert_eq!(at, now);
+                let decisions = match algorithm {
+                    Algorithm::Gcra => gcra::decide_many(Some(state), at, limit, costs),
+                    _ => fixed_window::decide_many(
+                        Some(fixed_window::WindowCount {
+                            window: at / limit.period_us(),
+                            count: state,
+                        }),
+                        at,
+                        limit,
+                        costs,
+                    ),
+                };
+                decisions.iter().map(|d| reply_of(d, at)).collect::<Vec<_>>().join(" ")
+            }
+        };
         let state_a = &replies[1..1 + 2 * ka.len()];
         let singles: Vec<String> = replies[1 + 2 * ka.len()..1 + 2 * ka.len() + costs.len()]
             .iter()

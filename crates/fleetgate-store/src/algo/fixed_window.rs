@@ -47,6 +47,22 @@ pub fn decide(
     }
 }
 
+/// Several decisions at one instant, `costs` in order, each [`decide`] on the state the ones
+/// before it left: what the Redis driver's hot-key batch (`fixed_window_batch.lua`, which
+/// answers with `now` and the current window's count it started from) stands for.
+pub fn decide_many(mut state: Option<WindowCount>, now: u64, limit: &RateLimit, costs: &[u64]) -> Vec<RateDecision> {
+    costs
+        .iter()
+        .map(|&cost| {
+            let (d, changed, _) = decide(state, now, limit, cost);
+            if changed.is_some() {
+                state = changed;
+            }
+            d
+        })
+        .collect()
+}
+
 /// Gives back `charge` (made by [`decide`] on this key) to the window it was charged in: returns
 /// the new state, or `None` when nothing changes.
 ///

@@ -67,6 +67,22 @@ pub fn decide(tat: Option<u64>, now: u64, limit: &RateLimit, cost: u64) -> (Rate
 ///
 /// A charge must be refunded at most once: a second refund would give back units that other
 /// requests were charged.
+/// Several decisions at one instant, `costs` in order, each [`decide`] on the state the ones
+/// before it left: what the Redis driver's hot-key batch (`gcra_batch.lua`, which answers with
+/// `now` and the TAT it started from) stands for.
+pub fn decide_many(mut tat: Option<u64>, now: u64, limit: &RateLimit, costs: &[u64]) -> Vec<RateDecision> {
+    costs
+        .iter()
+        .map(|&cost| {
+            let (d, state) = decide(tat, now, limit, cost);
+            if state.is_some() {
+                tat = state;
+            }
+            d
+        })
+        .collect()
+}
+
 pub fn refund(tat: Option<u64>, now: u64, limit: &RateLimit, charge: &RateCharge) -> Option<u64> {
     let tat = tat.filter(|t| *t > now)?;
     let units = charge.cost.saturating_mul(limit.interval_us());

@@ -712,7 +712,29 @@ fn decision_of(r: [i64; 5], limit: u64, cost: u64) -> RateDecision {
     }
 }
 
-/// A batch script's reply: one decision per cost, in order (`rate_reply`s joined by spaces).
+/// A gcra or fixed_window batch's reply, `"now_us state"`: the instant and the state (the TAT;
+/// the current window's count) the batch started from.
+fn batch_start(v: &Value) -> StoreResult<[u64; 2]> {
+    let bad = || StoreError::Protocol(format!("expected a batch reply of 2 whole numbers, got {v:?}"));
+    let Value::BulkString(bytes) = v else {
+        return Err(bad());
+    };
+    let mut out = [0u64; 2];
+    let mut fields = bytes.split(|b| *b == b' ');
+    for o in out.iter_mut() {
+        let field = fields.next().ok_or_else(bad)?;
+        *o = std::str::from_utf8(field)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?;
+    }
+    if fields.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// A sliding_window batch's reply: one decision per cost, in order (`rate_reply`s joined by spaces).
 fn decisions(v: &Value, limit: u64, costs: &[u64]) -> StoreResult<Vec<RateDecision>> {
     let bad = || {
         StoreError::Protocol(format!(
@@ -862,16 +884,32 @@ impl RedisStore {
         };
         args.push(ScriptArg::Bytes(b"-"));
         args.extend(costs.iter().map(|c| ScriptArg::Int(*c)));
-        let reply = match limit.algorithm() {
-            Algorithm::Gcra => self.eval(&s.gcra_batch, &[key.as_str()], &args).await?,
+        // gcra and fixed_window answer with the instant and the state the batch started from;
+        // each decision is the pure function's on it (what the script recorded, as
+        // tests/batch_differential.rs checks). sliding_window answers every decision.
+        match limit.algorithm() {
+            Algorithm::Gcra => {
+                let reply = self.eval(&s.gcra_batch, &[key.as_str()], &args).await?;
+                let [now, tat] = batch_start(&reply)?;
+                Ok(crate::algo::gcra::decide_many(Some(tat), now, limit, costs))
+            }
+            Algorithm::FixedWindow => {
+                let reply = self.eval(&s.fixed_window_batch, &[key.as_str()], &args).await?;
+                let [now, count] = batch_start(&reply)?;
+                let state = crate::algo::fixed_window::WindowCount {
+                    window: now / limit.period_us(),
+                    count,
+                };
+                Ok(crate::algo::fixed_window::decide_many(Some(state), now, limit, costs))
+            }
             Algorithm::SlidingWindow => {
                 let total = format!("{key}:n");
-                self.eval(&s.sliding_window_batch, &[key.as_str(), &total], &args)
-                    .await?
+                let reply = self
+                    .eval(&s.sliding_window_batch, &[key.as_str(), &total], &args)
+                    .await?;
+                decisions(&reply, limit.capacity(), costs)
             }
-            Algorithm::FixedWindow => self.eval(&s.fixed_window_batch, &[key.as_str()], &args).await?,
-        };
-        decisions(&reply, limit.capacity(), costs)
+        }
     }
 }
 
