@@ -164,3 +164,102 @@ fn lease_mode_never_admits_more_than_the_limit_across_three_instances() {
     assert!(reserved.contains("route/gcra/all/gcra"), "{reserved}");
     assert!(reserved.contains("route/sliding/all/sliding"), "{reserved}");
 }
+
+/// EVALSHA calls redis-server has run so far.
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    redis
+        .command(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_hot_key_hammered_on_three_instances_is_batched_and_stays_exact() {
+    // Hot-key batching (store.rate_batch_max, default on): 48 clients on one key over three
+    // instances. The fleet admits exactly the limit, in fewer script calls than decisions.
+    let redis = RedisServer::start();
+    let routes = [
+        route("gcra", "gcra", "200/1h"),
+        route("fixed", "fixed_window", "200/1d"),
+    ]
+    .concat();
+    let cfg = fleet_config(&redis, &routes);
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    for name in ["gcra", "fixed"] {
+        let before = evalsha_calls(&redis);
+        let statuses = drive(&[&a, &b, &c], &format!("/{name}"), 900, 48);
+        let calls = evalsha_calls(&redis) - before;
+        let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
+        println!(
+            "fleet hot key {name}: {ok} admitted of 200 allowed, {limited} refused, {calls} EVALSHA for 900 decisions"
+        );
+        assert_eq!(ok, 200, "{name}: {statuses:?}");
+        assert_eq!(ok + limited, 900, "{name}: every other answer is a 429");
+        assert!(
+            calls < 900,
+            "{name}: {calls} script calls for 900 decisions: no batch formed"
+        );
+    }
+    // With batching off, one call per decision (the figure above is the batching's doing).
+    let off = fleet_config(&redis, &route("off", "gcra", "200/1h"))
+        .replace("timeout_ms: 500", "timeout_ms: 500\n  rate_batch_max: 1");
+    let off = Gateway::start(&off);
+    let before = evalsha_calls(&redis);
+    let statuses = drive(&[&off], "/off", 300, 24);
+    assert_eq!(count(&statuses, 200), 200);
+    // At least one call per decision (the instances' own periodic calls come on top).
+    let calls = evalsha_calls(&redis) - before;
+    assert!(
+        calls >= 300,
+        "rate_batch_max: 1 sends every decision alone, yet {calls} calls for 300"
+    );
+}
+
+#[test]
+fn a_hot_key_during_a_redis_pause_admits_nothing_extra_and_recovers() {
+    // Decisions queued behind a call that hangs (redis-server SIGSTOPped) fail with it and
+    // follow the limit's policy (closed: 503); none is admitted twice or invented, and after
+    // the pause the fleet never admits more than the limit in all.
+    let redis = RedisServer::start();
+    let routes = "  - name: hot\n    match: { path_prefix: /hot }\n    respond: { status: 200, body: ok }\n    rate_limits:\n      - name: all\n        key: global\n        rate: 300/1h\n        on_store_error: closed\n";
+    let cfg = fleet_config(&redis, routes).replace("timeout_ms: 500", "timeout_ms: 100");
+    let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
+    let first = drive(&[&a, &b, &c], "/hot", 100, 24);
+    assert_eq!(count(&first, 200), 100);
+    redis.pause();
+    let during = drive(&[&a, &b, &c], "/hot", 60, 24);
+    redis.resume();
+    assert_eq!(count(&during, 503), 60, "closed while the store hangs: {during:?}");
+    // Back: the breaker may refuse for a moment; then exactly the remaining 200 are admitted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = Vec::new();
+    while Instant::now() < deadline {
+        let s = drive(&[&a, &b, &c], "/hot", 1, 1);
+        if s == [200] {
+            after.push(200);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(after, [200], "the fleet answers again after the pause");
+    // Calls sent while the server was stopped ran when it resumed (their requests had been
+    // answered 503): each charged at most its decisions, so the fleet's total stays within the
+    // limit, and at most the 60 refused during the pause are missing from it.
+    let rest = drive(&[&a, &b, &c], "/hot", 400, 48);
+    let ok = count(&rest, 200);
+    println!(
+        "fleet hot key after a pause: {ok} admitted of the 199 left, {} refused",
+        count(&rest, 429)
+    );
+    assert!(ok <= 199, "more than the limit: 100 + 1 + {ok} > 300");
+    assert!(
+        ok >= 199 - 60,
+        "{ok} admitted: the pause cost more than its 60 decisions"
+    );
+    assert_eq!(ok + count(&rest, 429), 400, "every other answer is a 429: {rest:?}");
+    for g in [&a, &b, &c] {
+        assert_eq!(http_get(g.admin_addr(), "/healthz", &[]).unwrap().status, 200);
+    }
+}
