@@ -923,7 +923,7 @@ struct Lead<'a> {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        let batch = self.store.inner.batches.next(self.key.as_str());
+        let batch = self.store.inner.batches.next(self.key);
         if batch.is_empty() {
             return;
         }
@@ -954,7 +954,7 @@ impl Abandon {
     }
 
     fn queue(store: &RedisStore, key: &StoreKey) {
-        for w in store.inner.batches.abandon(key.as_str()) {
+        for w in store.inner.batches.abandon(key) {
             w.answer(Err(rate_batch::abandoned()));
         }
     }
@@ -998,7 +998,7 @@ fn send_batches(
                     }
                 }
             }
-            batch = held.store.inner.batches.next(held.key.as_str());
+            batch = held.store.inner.batches.next(&held.key);
             if batch.is_empty() {
                 held.disarm();
                 return;
@@ -1015,7 +1015,7 @@ impl StoreDriver for RedisStore {
         if !batches.enabled() {
             return self.rate_one(key, limit, cost).await;
         }
-        match batches.join(key.as_str(), limit, cost) {
+        match batches.join(key, limit, cost) {
             Turn::Alone => self.rate_one(key, limit, cost).await,
             Turn::Wait(reply) => reply.await.unwrap_or_else(|_| Err(rate_batch::abandoned())),
             Turn::Lead => {

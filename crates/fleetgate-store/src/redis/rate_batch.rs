@@ -16,6 +16,7 @@
 //! hands it on when done, also when its future is dropped: a queue is never left without a
 //! sender. A waiter whose sender went away (its runtime shut down) gets `Unavailable`.
 
+use crate::keyspace::StoreKey;
 use crate::rate::{RateDecision, RateLimit};
 use crate::{StoreError, StoreResult};
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ use tokio::sync::oneshot;
 
 /// Decisions queued behind a key's call in flight.
 struct Queue {
+    /// The key itself (the map is indexed by its digest; a digest collision goes alone).
+    key: StoreKey,
     limit: RateLimit,
     waiting: Vec<Waiter>,
 }
@@ -47,10 +50,11 @@ pub(super) enum Turn {
     Alone,
 }
 
-/// The keys with a call in flight, and what queued behind each (one per connection set).
+/// The keys with a call in flight, and what queued behind each (one per connection set),
+/// indexed by the key's digest: a call with nothing queued allocates nothing.
 pub(super) struct RateBatches {
     max: usize,
-    keys: parking_lot::Mutex<HashMap<Box<str>, Queue>>,
+    keys: parking_lot::Mutex<HashMap<u128, Queue>>,
 }
 
 impl RateBatches {
@@ -66,20 +70,19 @@ impl RateBatches {
         self.max > 1
     }
 
-    pub fn join(&self, key: &str, limit: &RateLimit, cost: u64) -> Turn {
+    pub fn join(&self, key: &StoreKey, limit: &RateLimit, cost: u64) -> Turn {
         let mut keys = self.keys.lock();
-        match keys.get_mut(key) {
+        match keys.get_mut(&key.digest()) {
             None => {
-                keys.insert(
-                    key.into(),
-                    Queue {
-                        limit: *limit,
-                        waiting: Vec::new(),
-                    },
-                );
+                let queue = Queue {
+                    key: key.clone(),
+                    limit: *limit,
+                    waiting: Vec::new(),
+                };
+                keys.insert(key.digest(), queue);
                 Turn::Lead
             }
-            Some(q) if q.limit == *limit && q.waiting.len() < self.max => {
+            Some(q) if q.limit == *limit && q.waiting.len() < self.max && q.key == *key => {
                 let (reply, rx) = oneshot::channel();
                 q.waiting.push(Waiter { cost, reply });
                 Turn::Wait(rx)
@@ -89,18 +92,22 @@ impl RateBatches {
     }
 
     /// The key's queue, taken whole, and the key freed (its sender is gone).
-    pub fn abandon(&self, key: &str) -> Vec<Waiter> {
-        self.keys.lock().remove(key).map(|q| q.waiting).unwrap_or_default()
+    pub fn abandon(&self, key: &StoreKey) -> Vec<Waiter> {
+        self.keys
+            .lock()
+            .remove(&key.digest())
+            .map(|q| q.waiting)
+            .unwrap_or_default()
     }
 
     /// After a call on `key`: what queued meanwhile (the key stays in flight for it), or
     /// nothing, and the key is free again.
-    pub fn next(&self, key: &str) -> Vec<Waiter> {
+    pub fn next(&self, key: &StoreKey) -> Vec<Waiter> {
         let mut keys = self.keys.lock();
-        match keys.get_mut(key) {
+        match keys.get_mut(&key.digest()) {
             Some(q) if !q.waiting.is_empty() => std::mem::take(&mut q.waiting),
             _ => {
-                keys.remove(key);
+                keys.remove(&key.digest());
                 Vec::new()
             }
         }
@@ -120,25 +127,31 @@ mod tests {
         RateLimit::gcra(&format!("{n}/s")).unwrap()
     }
 
+    fn key(id: &str) -> StoreKey {
+        crate::Keyspace::new("t")
+            .unwrap()
+            .key(crate::Concern::RateLimit, "l", id.as_bytes())
+    }
+
     #[test]
     fn the_first_leads_the_next_wait_and_the_key_frees_when_nothing_queued() {
         let b = RateBatches::new(2);
-        assert!(matches!(b.join("k", &limit(10), 1), Turn::Lead));
-        assert!(matches!(b.join("k", &limit(10), 2), Turn::Wait(_)));
-        assert!(matches!(b.join("k", &limit(10), 3), Turn::Wait(_)));
+        assert!(matches!(b.join(&key("k"), &limit(10), 1), Turn::Lead));
+        assert!(matches!(b.join(&key("k"), &limit(10), 2), Turn::Wait(_)));
+        assert!(matches!(b.join(&key("k"), &limit(10), 3), Turn::Wait(_)));
         // Full: the third waiter goes alone; another limit on the key goes alone too.
-        assert!(matches!(b.join("k", &limit(10), 4), Turn::Alone));
-        assert!(matches!(b.join("k", &limit(11), 1), Turn::Alone));
+        assert!(matches!(b.join(&key("k"), &limit(10), 4), Turn::Alone));
+        assert!(matches!(b.join(&key("k"), &limit(11), 1), Turn::Alone));
         // Another key leads its own.
-        assert!(matches!(b.join("other", &limit(10), 1), Turn::Lead));
-        let queued: Vec<u64> = b.next("k").into_iter().map(|w| w.cost).collect();
+        assert!(matches!(b.join(&key("other"), &limit(10), 1), Turn::Lead));
+        let queued: Vec<u64> = b.next(&key("k")).into_iter().map(|w| w.cost).collect();
         assert_eq!(queued, vec![2, 3]);
         // Still in flight (the batch runs): a new caller queues behind it.
-        assert!(matches!(b.join("k", &limit(10), 5), Turn::Wait(_)));
-        assert_eq!(b.next("k").len(), 1);
-        assert!(b.next("k").is_empty());
+        assert!(matches!(b.join(&key("k"), &limit(10), 5), Turn::Wait(_)));
+        assert_eq!(b.next(&key("k")).len(), 1);
+        assert!(b.next(&key("k")).is_empty());
         assert!(
-            matches!(b.join("k", &limit(10), 1), Turn::Lead),
+            matches!(b.join(&key("k"), &limit(10), 1), Turn::Lead),
             "the key is free again"
         );
     }
