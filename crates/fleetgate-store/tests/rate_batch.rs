@@ -23,16 +23,6 @@ fn options(timeout_ms: u64, batch: usize) -> RedisOptions {
     }
 }
 
-/// EVALSHA calls the server has executed so far.
-fn evalsha_calls(server: &RedisServer) -> u64 {
-    server
-        .command(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `n` decisions of cost 1 on one key, all started at once; the decisions and the EVALSHA
 /// calls they took.
 async fn hammer(
@@ -42,7 +32,7 @@ async fn hammer(
     limit: RateLimit,
     n: usize,
 ) -> (Vec<RateDecision>, u64) {
-    let before = evalsha_calls(server);
+    let before = server.command_calls("evalsha");
     let store = Arc::new(store.clone());
     let tasks: Vec<_> = (0..n)
         .map(|_| {
@@ -55,7 +45,7 @@ async fn hammer(
     for t in tasks {
         out.push(t.await.unwrap().expect("every decision is answered"));
     }
-    (out, evalsha_calls(server) - before)
+    (out, server.command_calls("evalsha") - before)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

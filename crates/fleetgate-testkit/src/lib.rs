@@ -173,6 +173,17 @@ impl RedisServer {
     pub fn command(&self, args: &[&str]) -> String {
         raw_command(self.addr(), self.password().as_deref(), args).expect("send command to redis")
     }
+
+    /// How many times the server has run `name` (lowercase, e.g. `evalsha`) since it started or
+    /// its stats were reset (`INFO commandstats`; 0 when never).
+    pub fn command_calls(&self, name: &str) -> u64 {
+        let prefix = format!("cmdstat_{name}:calls=");
+        self.command(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for RedisServer {

@@ -165,16 +165,6 @@ fn lease_mode_never_admits_more_than_the_limit_across_three_instances() {
     assert!(reserved.contains("route/sliding/all/sliding"), "{reserved}");
 }
 
-/// EVALSHA calls redis-server has run so far.
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    redis
-        .command(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_hot_key_hammered_on_three_instances_is_batched_and_stays_exact() {
     // Hot-key batching (store.rate_batch_max, default on): 48 clients on one key over three
@@ -188,9 +178,9 @@ fn a_hot_key_hammered_on_three_instances_is_batched_and_stays_exact() {
     let cfg = fleet_config(&redis, &routes);
     let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
     for name in ["gcra", "fixed"] {
-        let before = evalsha_calls(&redis);
+        let before = redis.command_calls("evalsha");
         let statuses = drive(&[&a, &b, &c], &format!("/{name}"), 900, 48);
-        let calls = evalsha_calls(&redis) - before;
+        let calls = redis.command_calls("evalsha") - before;
         let (ok, limited) = (count(&statuses, 200), count(&statuses, 429));
         println!(
             "fleet hot key {name}: {ok} admitted of 200 allowed, {limited} refused, {calls} EVALSHA for 900 decisions"
@@ -206,11 +196,11 @@ fn a_hot_key_hammered_on_three_instances_is_batched_and_stays_exact() {
     let off = fleet_config(&redis, &route("off", "gcra", "200/1h"))
         .replace("timeout_ms: 500", "timeout_ms: 500\n  rate_batch_max: 1");
     let off = Gateway::start(&off);
-    let before = evalsha_calls(&redis);
+    let before = redis.command_calls("evalsha");
     let statuses = drive(&[&off], "/off", 300, 24);
     assert_eq!(count(&statuses, 200), 200);
     // At least one call per decision (the instances' own periodic calls come on top).
-    let calls = evalsha_calls(&redis) - before;
+    let calls = redis.command_calls("evalsha") - before;
     assert!(
         calls >= 300,
         "rate_batch_max: 1 sends every decision alone, yet {calls} calls for 300"

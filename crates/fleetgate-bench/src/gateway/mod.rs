@@ -154,15 +154,6 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// EVALSHA calls the server has executed so far.
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The peer of `scripts/bench upstream` and `payment`: fleetgate on the Redis store at
 /// `redis_url` with the never-reached limit (`gateway_redis_limit`'s setup).
 fn start_redis_limit(bin: &Path, scratch: &Scratch, redis_url: &str, upstream_port: u16, cpus: &Cpus) -> Fleetgate {
@@ -334,7 +325,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
             let events_dropped_before = fg_events.metric_sum("fleetgate_events_dropped_total", "");
             let errors_before = fg_redis.metric_sum("fleetgate_store_errors_total", "");
             let fallback_before = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback");
-            let evalsha_before = evalsha_calls(&redis);
+            let evalsha_before = redis.command_calls("evalsha");
             let cpu0 = procs::cpu_seconds(&proxy_pids[side]);
             let redis_cpu0 = procs::cpu_seconds(&redis_pid);
             let w = wrk::run(ports[side], ROUND, cpus.load);
@@ -360,7 +351,7 @@ pub fn run(fleetgate_bin: &Path) -> ExitCode {
                 }
                 REDIS => {
                     let decided = allowed(&fg_redis) as u64 - before;
-                    let calls = evalsha_calls(&redis) - evalsha_before;
+                    let calls = redis.command_calls("evalsha") - evalsha_before;
                     let errors = fg_redis.metric_sum("fleetgate_store_errors_total", "") - errors_before;
                     let fallbacks = fg_redis.metric_sum("fleetgate_rate_limit_decisions_total", "outcome=\"fallback")
                         - fallback_before;

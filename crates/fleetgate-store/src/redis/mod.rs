@@ -712,76 +712,49 @@ fn decision_of(r: [i64; 5], limit: u64, cost: u64) -> RateDecision {
     }
 }
 
+/// Fills `out` with the space-separated whole numbers of a bulk-string reply: exactly
+/// `out.len()` of them, or `None`. Parsed in place: no array of values to build.
+fn whole_numbers<T: std::str::FromStr>(v: &Value, out: &mut [T]) -> Option<()> {
+    let Value::BulkString(bytes) = v else {
+        return None;
+    };
+    let mut fields = bytes.split(|b| *b == b' ');
+    for o in out.iter_mut() {
+        *o = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    }
+    fields.next().is_none().then_some(())
+}
+
 /// A gcra or fixed_window batch's reply, `"now_us state"`: the instant and the state (the TAT;
 /// the current window's count) the batch started from.
 fn batch_start(v: &Value) -> StoreResult<[u64; 2]> {
-    let bad = || StoreError::Protocol(format!("expected a batch reply of 2 whole numbers, got {v:?}"));
-    let Value::BulkString(bytes) = v else {
-        return Err(bad());
-    };
     let mut out = [0u64; 2];
-    let mut fields = bytes.split(|b| *b == b' ');
-    for o in out.iter_mut() {
-        let field = fields.next().ok_or_else(bad)?;
-        *o = std::str::from_utf8(field)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(bad)?;
-    }
-    if fields.next().is_some() {
-        return Err(bad());
-    }
+    whole_numbers(v, &mut out)
+        .ok_or_else(|| StoreError::Protocol(format!("expected a batch reply of 2 whole numbers, got {v:?}")))?;
     Ok(out)
 }
 
 /// A sliding_window batch's reply: one decision per cost, in order (`rate_reply`s joined by spaces).
 fn decisions(v: &Value, limit: u64, costs: &[u64]) -> StoreResult<Vec<RateDecision>> {
-    let bad = || {
+    let mut numbers = vec![0i64; 5 * costs.len()];
+    whole_numbers(v, &mut numbers).ok_or_else(|| {
         StoreError::Protocol(format!(
             "expected {} rate replies of 5 whole numbers, got {v:?}",
             costs.len()
         ))
-    };
-    let Value::BulkString(bytes) = v else {
-        return Err(bad());
-    };
-    let mut fields = bytes.split(|b| *b == b' ');
-    let mut out = Vec::with_capacity(costs.len());
-    for &cost in costs {
-        let mut r = [0i64; 5];
-        for o in r.iter_mut() {
-            let field = fields.next().ok_or_else(bad)?;
-            *o = std::str::from_utf8(field)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(bad)?;
-        }
-        out.push(decision_of(r, limit, cost));
-    }
-    if fields.next().is_some() {
-        return Err(bad());
-    }
-    Ok(out)
+    })?;
+    Ok(numbers
+        .chunks_exact(5)
+        .zip(costs)
+        .map(|(r, &cost)| decision_of([r[0], r[1], r[2], r[3], r[4]], limit, cost))
+        .collect())
 }
 
 /// The five whole numbers of a rate script's reply.
 fn rate_reply(v: &Value) -> StoreResult<[i64; 5]> {
-    let bad = || StoreError::Protocol(format!("expected a rate reply of 5 whole numbers, got {v:?}"));
-    let Value::BulkString(bytes) = v else {
-        return Err(bad());
-    };
     let mut out = [0i64; 5];
-    let mut fields = bytes.split(|b| *b == b' ');
-    for o in out.iter_mut() {
-        let field = fields.next().ok_or_else(bad)?;
-        *o = std::str::from_utf8(field)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(bad)?;
-    }
-    if fields.next().is_some() {
-        return Err(bad());
-    }
+    whole_numbers(v, &mut out)
+        .ok_or_else(|| StoreError::Protocol(format!("expected a rate reply of 5 whole numbers, got {v:?}")))?;
     Ok(out)
 }
 
