@@ -360,7 +360,7 @@ fn a_bad_login_endpoint_gets_a_502_with_a_clear_body_and_is_not_retried_in_a_loo
         route("empty"),
     );
     let log = std::env::temp_dir().join(format!("fleetgate-login-bad-{}.log", std::process::id()));
-    let gw = Gateway::spawn_with(&cfg, &[], Some(&log));
+    let mut gw = Gateway::spawn_with(&cfg, &[], Some(&log));
     let cases = [
         ("html", "/login-html", "answered HTML", "html"),
         (
@@ -397,6 +397,9 @@ fn a_bad_login_endpoint_gets_a_502_with_a_clear_body_and_is_not_retried_in_a_loo
             3.0
         );
     }
+    // The log is written in the background: read it once the gateway has exited (a graceful
+    // exit flushes it), not while the last line may still be buffered.
+    gw.terminate();
     let text = logs(&log);
     for (name, ..) in cases {
         assert!(
