@@ -31,7 +31,7 @@ fn exact_is_the_default_and_lease_takes_a_batch_maximum() {
     assert_eq!(limit(&with("rate: 5/s\nmode: exact")), LimitMode::Exact);
     assert_eq!(
         limit(&with("rate: 5/s\nmode: lease")),
-        LimitMode::Lease { max_batch: 100 }
+        LimitMode::Lease { max_batch: 1000 }
     );
     assert_eq!(
         limit(&with(
@@ -42,7 +42,7 @@ fn exact_is_the_default_and_lease_takes_a_batch_maximum() {
     // Every algorithm leases, sliding_window included (it used to be refused).
     assert_eq!(
         limit(&with("rate: 5/s\nalgorithm: sliding_window\nmode: lease")),
-        LimitMode::Lease { max_batch: 100 }
+        LimitMode::Lease { max_batch: 1000 }
     );
 }
 

@@ -217,6 +217,15 @@ impl<D: StageStore> Stage<D> for RequestHeaders {
         self.0.apply(&mut req.headers);
         Flow::Continue
     }
+
+    fn request_now(&self, _cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Option<Flow> {
+        self.0.apply(&mut req.headers);
+        Some(Flow::Continue)
+    }
+
+    fn response_now<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, _resp: &mut Response<B>) -> bool {
+        true
+    }
 }
 
 /// Edits the response's headers on the way out (every response of the route: the upstream's,
@@ -237,6 +246,15 @@ impl<D: StageStore> Stage<D> for ResponseHeaders {
 
     async fn response<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {
         self.0.apply(resp.headers_mut());
+    }
+
+    fn request_now(&self, _cx: &mut RequestCtx<'_, D>, _req: &mut Parts) -> Option<Flow> {
+        Some(Flow::Continue)
+    }
+
+    fn response_now<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) -> bool {
+        self.0.apply(resp.headers_mut());
+        true
     }
 }
 

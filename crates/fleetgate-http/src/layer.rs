@@ -197,7 +197,13 @@ where
                 request_line = Some((parts.method.clone(), parts.uri.path().to_string()));
             }
             let mut answered_by_stage = false;
-            let mut resp = match shared.stage.request(&mut cx, &mut parts).await {
+            // Plain calls for the stages that need no wait; a future only from the first
+            // that must wait on.
+            let flow = match shared.stage.request_sync(&mut cx, &mut parts) {
+                Ok(flow) => flow,
+                Err(done) => shared.stage.request_from(&mut cx, &mut parts, done).await,
+            };
+            let mut resp = match flow {
                 Flow::Answer(answer) => {
                     answered_by_stage = true;
                     answer.map(|b| StageBody::Answer {
@@ -215,7 +221,9 @@ where
                         ),
                     }),
             };
-            shared.stage.response(&mut cx, &mut resp).await;
+            if let Err(done) = shared.stage.response_sync(&mut cx, &mut resp) {
+                shared.stage.response_from(&mut cx, &mut resp, done).await;
+            }
             let fill = cx.cache_fill.take();
             if let Some(answer) = cx.answer_instead.take() {
                 resp = answer.map(|b| StageBody::Answer {

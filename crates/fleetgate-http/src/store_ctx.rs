@@ -20,6 +20,10 @@ pub trait StageStore: StoreDriver + Clone {
 
     /// Waits until calls go to the store again (its breaker closed), at most `bound`.
     fn wait_usable(&self, bound: Duration) -> impl Future<Output = bool> + Send;
+
+    /// The in-process store behind this driver, if it is one: its decisions can be made as
+    /// plain calls, without building a future (`Stage::request_now`).
+    fn memory(&self) -> Option<&MemoryStore>;
 }
 
 impl StageStore for Store {
@@ -28,6 +32,12 @@ impl StageStore for Store {
     }
     async fn wait_usable(&self, bound: Duration) -> bool {
         Store::wait_usable(self, bound).await
+    }
+    fn memory(&self) -> Option<&MemoryStore> {
+        match self {
+            Store::Memory(m) => Some(m),
+            Store::Redis(_) => None,
+        }
     }
 }
 
@@ -38,6 +48,9 @@ impl StageStore for MemoryStore {
     async fn wait_usable(&self, _bound: Duration) -> bool {
         true
     }
+    fn memory(&self) -> Option<&MemoryStore> {
+        Some(self)
+    }
 }
 
 impl StageStore for RedisStore {
@@ -46,6 +59,9 @@ impl StageStore for RedisStore {
     }
     async fn wait_usable(&self, bound: Duration) -> bool {
         RedisStore::wait_usable(self, bound).await
+    }
+    fn memory(&self) -> Option<&MemoryStore> {
+        None
     }
 }
 
@@ -134,16 +150,34 @@ impl<D: StageStore> StoreCtx<D> {
         let remote = !self.store.in_process();
         let started = (remote && !matches!(op, Op::Lease)).then(Instant::now);
         let result = call.await;
-        if remote {
+        if let Some(started) = started {
             let seconds = match op {
                 Op::Rate => Some(&self.metrics.rate_seconds),
                 Op::Permit => Some(&self.metrics.permit_seconds),
                 Op::Marker => Some(&self.metrics.marker_seconds),
                 Op::Lease => None,
             };
-            if let (Some(seconds), Some(started)) = (seconds, started) {
+            if let Some(seconds) = seconds {
                 seconds.record(started.elapsed().as_secs_f64());
             }
+        }
+        self.settle(concern, result, on_error, local)
+    }
+
+    /// What [`decide`](Self::decide) does with the call's result, for a call already answered
+    /// (one made without waiting): counts a shared store's errors and applies `concern`'s
+    /// failure policy.
+    pub fn settle<T, L>(
+        &self,
+        concern: &ConcernPolicy,
+        result: Result<T, StoreError>,
+        on_error: impl FnOnce(&StoreError),
+        local: L,
+    ) -> Decided<T>
+    where
+        L: FnOnce(&MemoryStore, u64) -> Option<T>,
+    {
+        if !self.store.in_process() {
             match &result {
                 Ok(_) => self.metrics.fallback_active.set(0.0),
                 Err(e) => {

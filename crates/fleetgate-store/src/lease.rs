@@ -69,7 +69,7 @@ pub struct LeaseSettings {
 impl Default for LeaseSettings {
     fn default() -> Self {
         LeaseSettings {
-            max_batch: 100,
+            max_batch: 1000,
             max_lease: None,
             instances: 1,
             background_refill: true,

@@ -226,9 +226,15 @@ impl Gateway {
         let mut answered_by_stage = false;
         let mut upstream_target = None;
         let mut tunnel = None;
-        // Boxed: the stages' futures are large, and inline they would be moved with every
-        // future that holds this one (see the note on `proxy` below).
-        let mut resp = match Box::pin(route.pipeline.request(&mut cx, &mut parts)).await {
+        // The stages that can decide without waiting do so as plain calls; only from the
+        // first that must wait on is a future built. Boxed: the stages' futures are large, and
+        // inline they would be moved with every future that holds this one (see the note on
+        // `proxy` below).
+        let flow = match route.pipeline.request_sync(&mut cx, &mut parts) {
+            Ok(flow) => flow,
+            Err(done) => Box::pin(route.pipeline.request_from(&mut cx, &mut parts, done)).await,
+        };
+        let mut resp = match flow {
             Flow::Answer(answer) => {
                 answered_by_stage = true;
                 answer.map(full)
@@ -277,7 +283,9 @@ impl Gateway {
                 }
             },
         };
-        Box::pin(route.pipeline.response(&mut cx, &mut resp)).await;
+        if let Err(done) = route.pipeline.response_sync(&mut cx, &mut resp) {
+            Box::pin(route.pipeline.response_from(&mut cx, &mut resp, done)).await;
+        }
         let fill = cx.cache_fill.take();
         if let Some(answer) = cx.answer_instead.take() {
             // A way-out stage answers instead (a failed settlement): the upstream's body is

@@ -49,4 +49,9 @@ impl<D: StageStore> Stage<D> for Concurrency {
         }
         Flow::Continue
     }
+
+    /// No way out of its own.
+    fn response_now<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, _resp: &mut http::Response<B>) -> bool {
+        true
+    }
 }

@@ -101,11 +101,19 @@ impl EventStage {
 impl<D: StageStore> Stage<D> for EventStage {
     const COMPLETES: bool = true;
 
-    async fn request(&self, cx: &mut RequestCtx<'_, D>, _req: &mut Parts) -> Flow {
+    async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
+        Stage::<D>::request_now(self, cx, req).unwrap_or(Flow::Continue)
+    }
+
+    fn request_now(&self, cx: &mut RequestCtx<'_, D>, _req: &mut Parts) -> Option<Flow> {
         if cx.started.is_none() {
             cx.started = Some(std::time::Instant::now());
         }
-        Flow::Continue
+        Some(Flow::Continue)
+    }
+
+    fn response_now<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, _resp: &mut http::Response<B>) -> bool {
+        true
     }
 
     fn complete(&self, done: &Completion) {

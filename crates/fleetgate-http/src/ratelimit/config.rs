@@ -49,12 +49,12 @@ pub enum LimitMode {
     #[default]
     Exact,
     /// `mode: lease`: units are reserved from the fleet budget in batches of at most
-    /// `max_batch` (`lease.max_batch`, default 100) and spent locally; never overshoots.
+    /// `max_batch` (`lease.max_batch`, default 1000) and spent locally; never overshoots.
     Lease { max_batch: u64 },
 }
 
 /// Largest batch a lease takes unless `lease.max_batch` says otherwise.
-pub const DEFAULT_MAX_BATCH: u64 = 100;
+pub const DEFAULT_MAX_BATCH: u64 = 1000;
 
 /// `lease:` as the file writes it.
 #[derive(Deserialize)]

@@ -24,6 +24,13 @@ pub struct Charge {
     decision: RateDecision,
 }
 
+impl Charge {
+    /// What the limit told the request it admitted.
+    pub fn decision(&self) -> &RateDecision {
+        &self.decision
+    }
+}
+
 /// One configured rate limit, ready to decide.
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -156,6 +163,55 @@ impl RateLimiter {
                 |local, instances| local.rate_now(&key, &self.local_limit(instances), self.cost).ok(),
             )
             .await;
+        self.conclude(decided, key, headers)
+    }
+
+    /// [`check`](Self::check) as a plain call, when the decision needs no wait: exact mode on
+    /// the in-process store, or lease mode with the units at hand. `None`: it must wait, and
+    /// nothing was decided, charged or counted (call `check`).
+    pub fn check_now<D: StageStore>(
+        &self,
+        ctx: &StoreCtx<D>,
+        req: &Parts,
+        ip: IpAddr,
+        route: &str,
+        headers: &mut RateHeaders,
+    ) -> Option<Result<Option<Charge>, Refusal>> {
+        let memory = ctx.store.memory();
+        if self.lease.is_none() && memory.is_none() {
+            return None;
+        }
+        // A missing key is refused the same way whether or not the decision would wait.
+        let key = match self.key.store_key(self.name(), &self.policy.metrics, req, ip, route) {
+            Ok(key) => key,
+            Err(refusal) => return Some(Err(refusal)),
+        };
+        let result = match (&self.lease, memory) {
+            (Some(lease), _) => {
+                lease.set_instances(ctx.instances());
+                Ok(lease.decide_local(&key, self.cost)?)
+            }
+            (None, Some(memory)) => memory.rate_now(&key, &self.limit, self.cost),
+            (None, None) => return None,
+        };
+        let decided = ctx.settle(
+            &self.policy,
+            result,
+            |_| {},
+            |local, instances| local.rate_now(&key, &self.local_limit(instances), self.cost).ok(),
+        );
+        Some(self.conclude(decided, key, headers))
+    }
+
+    /// Counts a decision in its metric outcome and records the limit's headers; an admission
+    /// becomes its [`Charge`], a refusal its [`Refusal`].
+    fn conclude(
+        &self,
+        decided: Decided<RateDecision>,
+        key: StoreKey,
+        headers: &mut RateHeaders,
+    ) -> Result<Option<Charge>, Refusal> {
+        let metrics = &self.policy.metrics;
         let (decision, local) = match decided {
             Decided::Store(d) => {
                 let outcome = if d.allowed { &metrics.allowed } else { &metrics.limited };
@@ -219,7 +275,29 @@ impl RateLimiter {
         } else {
             ctx.store.refund(&charge.key, &self.limit, receipt).await
         };
-        let mut shown = charge.decision;
+        self.refunded(result, charge.decision, headers);
+    }
+
+    /// [`refund`](Self::refund) as a plain call, when it needs no wait: the charge was made
+    /// on the in-process store (the fallback or the shared store itself). `false`: it must
+    /// wait (call `refund`), and nothing was done.
+    pub fn refund_now<D: StageStore>(&self, ctx: &StoreCtx<D>, charge: &Charge, headers: &mut RateHeaders) -> bool {
+        let Some(receipt) = &charge.decision.charge else {
+            self.push_headers(headers, &charge.decision);
+            return true;
+        };
+        let result = match (charge.local, ctx.store.memory()) {
+            (true, _) => ctx.local.refund_now(&charge.key, &self.limit, receipt),
+            (false, Some(memory)) => memory.refund_now(&charge.key, &self.limit, receipt),
+            (false, None) => return false,
+        };
+        self.refunded(result, charge.decision, headers);
+        true
+    }
+
+    /// Counts a refund's outcome and records the limit's headers as they stand after it.
+    fn refunded(&self, result: fleetgate_store::StoreResult<bool>, decision: RateDecision, headers: &mut RateHeaders) {
+        let mut shown = decision;
         match result {
             Ok(false) => self.policy.metrics.refund_failed.increment(1),
             Ok(true) => {

@@ -70,6 +70,19 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Keeps the charges of `count_statuses` limits for the response phase, which gives back
+    /// those whose answer does not count.
+    fn keep_status_charges<D: StageStore>(&self, cx: &mut RequestCtx<'_, D>, charged: Vec<(&RateLimiter, Charge)>) {
+        for (limiter, charge) in charged {
+            if limiter.counts_some_statuses() {
+                let index = self.limiters.iter().position(|l| std::ptr::eq(l, limiter)).unwrap_or(0);
+                cx.status_charges.push((index, charge));
+            }
+        }
+    }
+}
+
 impl<D: StageStore> Stage<D> for RateLimits {
     async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
         let last = self.limiters.len() - 1;
@@ -101,13 +114,68 @@ impl<D: StageStore> Stage<D> for RateLimits {
             }
             return Flow::Answer(refusal.response(cx.route));
         }
-        for (limiter, charge) in charged {
-            if limiter.counts_some_statuses() {
-                let index = self.limiters.iter().position(|l| std::ptr::eq(l, limiter)).unwrap_or(0);
-                cx.status_charges.push((index, charge));
+        self.keep_status_charges(cx, charged);
+        Flow::Continue
+    }
+
+    /// Without waiting when every limit can decide now (exact mode on the in-process store),
+    /// or when the route has one limit and it can (or a lease-mode limit with units at hand).
+    /// With several limits that might wait, the async phase decides them all: one decided now
+    /// and the next found waiting would have to be carried over half done.
+    fn request_now(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Option<Flow> {
+        let in_process = cx.store.store.memory().is_some();
+        if self.limiters.len() > 1 && !(in_process && self.limiters.iter().all(|l| l.lease().is_none())) {
+            return None;
+        }
+        let last = self.limiters.len() - 1;
+        let mut charged: Vec<(&RateLimiter, Charge)> = Vec::new();
+        for (i, limiter) in self.limiters.iter().enumerate() {
+            let refusal = match limiter.check_now(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)? {
+                Ok(Some(charge)) if i < last || limiter.counts_some_statuses() => {
+                    charged.push((limiter, charge));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(refusal) => refusal,
+            };
+            if !charged.is_empty() {
+                cx.rate_headers = RateHeaders::default();
+                for (earlier, charge) in charged {
+                    // Every charge here was made on the in-process store (the condition
+                    // above), so its refund needs no wait either.
+                    if !earlier.refund_now(cx.store, &charge, &mut cx.rate_headers) {
+                        earlier.push_headers(&mut cx.rate_headers, charge.decision());
+                    }
+                }
+                if let Refusal::Limited { decision, .. } = &refusal {
+                    limiter.push_headers(&mut cx.rate_headers, decision);
+                }
+            }
+            return Some(Flow::Answer(refusal.response(cx.route)));
+        }
+        self.keep_status_charges(cx, charged);
+        Some(Flow::Continue)
+    }
+
+    /// Without waiting unless a `count_statuses` charge is to be given back on a shared store.
+    fn response_now<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) -> bool {
+        if !cx.status_charges.is_empty() {
+            if cx.store.store.memory().is_none() {
+                return false;
+            }
+            let status = resp.status().as_u16();
+            for (index, charge) in std::mem::take(&mut cx.status_charges) {
+                let Some(limiter) = self.limiters.get(index) else {
+                    continue;
+                };
+                if !limiter.counts_status(status) {
+                    let mut unused = RateHeaders::default();
+                    limiter.refund_now(cx.store, &charge, &mut unused);
+                }
             }
         }
-        Flow::Continue
+        std::mem::take(&mut cx.rate_headers).write(resp.headers_mut());
+        true
     }
 
     async fn response<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>) {

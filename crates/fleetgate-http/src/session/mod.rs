@@ -328,6 +328,11 @@ impl<D: StageStore> Stage<D> for Session {
         }
         Flow::Continue
     }
+
+    /// No way out of its own.
+    fn response_now<B: Send>(&self, _cx: &mut RequestCtx<'_, D>, _resp: &mut http::Response<B>) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
