@@ -211,6 +211,12 @@ impl<D: StageStore, S: Stage<D>> Stage<D> for Option<S> {
 
     async fn request_from(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts, skip: usize) -> Flow {
         match self {
+            // One stage: its own phase, not wrapped in the default `request_from` (which would
+            // move the stage's future once more).
+            Some(s) if S::STAGES == 1 => match skip {
+                0 => s.request(cx, req).await,
+                _ => Flow::Continue,
+            },
             Some(s) => s.request_from(cx, req, skip).await,
             None => Flow::Continue,
         }
@@ -224,8 +230,14 @@ impl<D: StageStore, S: Stage<D>> Stage<D> for Option<S> {
     }
 
     async fn response_from<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>, skip: usize) {
-        if let Some(s) = self {
-            s.response_from(cx, resp, skip).await;
+        match self {
+            Some(s) if S::STAGES == 1 => {
+                if skip == 0 {
+                    s.response(cx, resp).await;
+                }
+            }
+            Some(s) => s.response_from(cx, resp, skip).await,
+            None => {}
         }
     }
 

@@ -89,11 +89,39 @@ fn order(log: &Log) -> Vec<String> {
         .collect()
 }
 
+/// The same four probes with the middle two as one nested pipeline (a stage that is itself
+/// a chain, as a library user may compose them).
+type Nested = stages![Probe, stages![Probe, Probe], Probe];
+
+fn nested(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> Nested {
+    let probe = |i: usize, name| {
+        (present & (1 << i) != 0).then(|| Probe {
+            name,
+            now_in: now_in & (1 << i) != 0,
+            now_out: now_out & (1 << i) != 0,
+            answers: answers == i,
+            log: log.clone(),
+        })
+    };
+    pipeline![probe(0, "a"), Some(pipeline![probe(1, "b"), probe(2, "c")]), probe(3, "d")]
+}
+
 #[tokio::test]
 async fn a_pipeline_run_partly_now_runs_every_stage_once_in_order() {
+    assert_eq!(<Four as Stage<Store>>::STAGES, 4);
+    every_mix(four).await;
+}
+
+#[tokio::test]
+async fn a_nested_pipeline_run_partly_now_runs_every_stage_once_in_order() {
+    assert_eq!(<Nested as Stage<Store>>::STAGES, 4);
+    every_mix(nested).await;
+}
+
+/// Runs every mix of present, now-deciding and answering probes both ways and compares.
+async fn every_mix<P: Stage<Store>>(build: fn(u8, u8, usize, u8, &Log) -> P) {
     let store = StoreCtx::new(Store::Memory(MemoryStore::new()), "test");
     let ip: IpAddr = "192.0.2.1".parse().unwrap();
-    assert_eq!(<Four as Stage<Store>>::STAGES, 4);
     let mut checked = 0;
     for present in 0..16u8 {
         for now_in in 0..16u8 {
@@ -101,7 +129,7 @@ async fn a_pipeline_run_partly_now_runs_every_stage_once_in_order() {
                 for answers in 0..5usize {
                     // The plain async phases: what the pipeline means.
                     let plain_log: Log = Default::default();
-                    let plain = four(now_in, now_out, answers, present, &plain_log);
+                    let plain = build(now_in, now_out, answers, present, &plain_log);
                     let mut cx = RequestCtx::new(&store, ip, "r");
                     let mut req = parts();
                     let plain_flow = plain.request(&mut cx, &mut req).await;
@@ -110,7 +138,7 @@ async fn a_pipeline_run_partly_now_runs_every_stage_once_in_order() {
 
                     // As far as it goes now, then the rest awaited.
                     let log: Log = Default::default();
-                    let p = four(now_in, now_out, answers, present, &log);
+                    let p = build(now_in, now_out, answers, present, &log);
                     let mut cx = RequestCtx::new(&store, ip, "r");
                     let mut req = parts();
                     let flow = match p.request_sync(&mut cx, &mut req) {
