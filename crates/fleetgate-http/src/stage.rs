@@ -231,11 +231,9 @@ impl<D: StageStore, S: Stage<D>> Stage<D> for Option<S> {
 
     async fn response_from<B: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<B>, skip: usize) {
         match self {
-            Some(s) if S::STAGES == 1 => {
-                if skip == 0 {
-                    s.response(cx, resp).await;
-                }
-            }
+            // One stage: its own phase (see `request_from`).
+            Some(s) if S::STAGES == 1 && skip == 0 => s.response(cx, resp).await,
+            Some(_) if S::STAGES == 1 => {}
             Some(s) => s.response_from(cx, resp, skip).await,
             None => {}
         }

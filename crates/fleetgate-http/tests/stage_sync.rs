@@ -103,7 +103,11 @@ fn nested(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> Ne
             log: log.clone(),
         })
     };
-    pipeline![probe(0, "a"), Some(pipeline![probe(1, "b"), probe(2, "c")]), probe(3, "d")]
+    pipeline![
+        probe(0, "a"),
+        Some(pipeline![probe(1, "b"), probe(2, "c")]),
+        probe(3, "d")
+    ]
 }
 
 #[tokio::test]
