@@ -61,19 +61,24 @@ impl Stage<Store> for Probe {
 
 type Four = stages![Probe, Probe, Probe, Probe];
 
-/// Four probes; bit i of `now_in`/`now_out` says whether probe i decides now; `answers` names
-/// the probe that answers (4: none); `present` bit i whether probe i is configured.
-fn four(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> Four {
-    let probe = |i: usize, name| {
+/// Probes a, b, c, d; bit i of `now_in`/`now_out` says whether probe i decides now; `answers`
+/// names the probe that answers (4: none); `present` bit i whether probe i is configured.
+fn probes(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> [Option<Probe>; 4] {
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+    std::array::from_fn(|i| {
         (present & (1 << i) != 0).then(|| Probe {
-            name,
+            name: NAMES[i],
             now_in: now_in & (1 << i) != 0,
             now_out: now_out & (1 << i) != 0,
             answers: answers == i,
             log: log.clone(),
         })
-    };
-    pipeline![probe(0, "a"), probe(1, "b"), probe(2, "c"), probe(3, "d")]
+    })
+}
+
+fn four(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> Four {
+    let [a, b, c, d] = probes(now_in, now_out, answers, present, log);
+    pipeline![a, b, c, d]
 }
 
 fn parts() -> Parts {
@@ -94,20 +99,8 @@ fn order(log: &Log) -> Vec<String> {
 type Nested = stages![Probe, stages![Probe, Probe], Probe];
 
 fn nested(now_in: u8, now_out: u8, answers: usize, present: u8, log: &Log) -> Nested {
-    let probe = |i: usize, name| {
-        (present & (1 << i) != 0).then(|| Probe {
-            name,
-            now_in: now_in & (1 << i) != 0,
-            now_out: now_out & (1 << i) != 0,
-            answers: answers == i,
-            log: log.clone(),
-        })
-    };
-    pipeline![
-        probe(0, "a"),
-        Some(pipeline![probe(1, "b"), probe(2, "c")]),
-        probe(3, "d")
-    ]
+    let [a, b, c, d] = probes(now_in, now_out, answers, present, log);
+    pipeline![a, Some(pipeline![b, c]), d]
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use crate::refusal::Refusal;
 use crate::store_ctx::{ConcernPolicy, Decided, Op, StageStore, StoreCtx};
 use crate::RateLimitConfig;
 use fleetgate_store::lease::{LeaseSettings, LeasedLimit};
-use fleetgate_store::{Algorithm, Concern, Keyspace, Rate, RateDecision, RateLimit, StoreDriver, StoreKey};
+use fleetgate_store::{
+    Algorithm, Concern, Keyspace, MemoryStore, Rate, RateDecision, RateLimit, StoreDriver, StoreKey,
+};
 use http::request::Parts;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -22,13 +24,6 @@ pub struct Charge {
     /// Counted by the in-process fallback, not the shared store.
     local: bool,
     decision: RateDecision,
-}
-
-impl Charge {
-    /// What the limit told the request it admitted.
-    pub fn decision(&self) -> &RateDecision {
-        &self.decision
-    }
 }
 
 /// One configured rate limit, ready to decide.
@@ -160,7 +155,7 @@ impl RateLimiter {
                 op,
                 call,
                 |_| {},
-                |local, instances| local.rate_now(&key, &self.local_limit(instances), self.cost).ok(),
+                |local, instances| self.local_decision(local, &key, instances),
             )
             .await;
         self.conclude(decided, key, headers)
@@ -191,16 +186,21 @@ impl RateLimiter {
                 lease.set_instances(ctx.instances());
                 Ok(lease.decide_local(&key, self.cost)?)
             }
-            (None, Some(memory)) => memory.rate_now(&key, &self.limit, self.cost),
-            (None, None) => return None,
+            // The in-process store (checked above: no lease means it is there).
+            (None, memory) => memory?.rate_now(&key, &self.limit, self.cost),
         };
         let decided = ctx.settle(
             &self.policy,
             result,
             |_| {},
-            |local, instances| local.rate_now(&key, &self.local_limit(instances), self.cost).ok(),
+            |local, instances| self.local_decision(local, &key, instances),
         );
         Some(self.conclude(decided, key, headers))
+    }
+
+    /// The `local` policy's decision while the shared store fails: this instance's share.
+    fn local_decision(&self, local: &MemoryStore, key: &StoreKey, instances: u64) -> Option<RateDecision> {
+        local.rate_now(key, &self.local_limit(instances), self.cost).ok()
     }
 
     /// Counts a decision in its metric outcome and records the limit's headers; an admission

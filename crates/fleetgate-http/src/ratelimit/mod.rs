@@ -41,13 +41,16 @@ impl RateLimitConfig {
 /// The rate limits of one route, in the order they are checked.
 pub struct RateLimits {
     limiters: Vec<RateLimiter>,
+    /// No limit leases: on the in-process store every one decides without waiting.
+    all_exact: bool,
 }
 
 impl RateLimits {
     /// The limits in the order given (most specific first); `None` when there are none, so a
     /// route without limits has no stage.
     pub fn new(limiters: Vec<RateLimiter>) -> Option<Self> {
-        (!limiters.is_empty()).then_some(RateLimits { limiters })
+        let all_exact = limiters.iter().all(|l| l.lease().is_none());
+        (!limiters.is_empty()).then_some(RateLimits { limiters, all_exact })
     }
 
     /// Route `route`'s own limits, then the global ones, with keys under `keyspace`.
@@ -71,6 +74,39 @@ impl RateLimits {
 }
 
 impl RateLimits {
+    /// Takes limit `i`'s outcome: `Ok` goes on, keeping the charge when a later limit could
+    /// still refuse (none for the last one, so a single limit never allocates) or when only
+    /// some statuses count (the way out settles it); `Err` is the refusal that stops the loop.
+    fn take<'a>(
+        &self,
+        i: usize,
+        limiter: &'a RateLimiter,
+        outcome: Result<Option<Charge>, Refusal>,
+        charged: &mut Vec<(&'a RateLimiter, Charge)>,
+    ) -> Result<(), Refusal> {
+        match outcome? {
+            Some(charge) if i + 1 < self.limiters.len() || limiter.counts_some_statuses() => {
+                charged.push((limiter, charge));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The answer to `limiter`'s refusal. When earlier admissions were given back, the headers
+    /// were rebuilt from the refunds, and the refusing limit's own are added again.
+    fn refused<D: StageStore>(
+        cx: &mut RequestCtx<'_, D>,
+        limiter: &RateLimiter,
+        refusal: Refusal,
+        refunded: bool,
+    ) -> Flow {
+        if let (true, Refusal::Limited { decision, .. }) = (refunded, &refusal) {
+            limiter.push_headers(&mut cx.rate_headers, decision);
+        }
+        Flow::Answer(refusal.response(cx.route))
+    }
+
     /// Keeps the charges of `count_statuses` limits for the response phase, which gives back
     /// those whose answer does not count.
     fn keep_status_charges<D: StageStore>(&self, cx: &mut RequestCtx<'_, D>, charged: Vec<(&RateLimiter, Charge)>) {
@@ -85,34 +121,23 @@ impl RateLimits {
 
 impl<D: StageStore> Stage<D> for RateLimits {
     async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
-        let last = self.limiters.len() - 1;
-        // Only kept when a later limit could still refuse (none for the last one, so a single
-        // limit never allocates).
         let mut charged: Vec<(&RateLimiter, Charge)> = Vec::new();
         for (i, limiter) in self.limiters.iter().enumerate() {
-            let refusal = match limiter
+            let outcome = limiter
                 .check(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)
-                .await
-            {
-                // Kept for the response phase too when only some statuses count.
-                Ok(Some(charge)) if i < last || limiter.counts_some_statuses() => {
-                    charged.push((limiter, charge));
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(refusal) => refusal,
+                .await;
+            let Err(refusal) = self.take(i, limiter, outcome, &mut charged) else {
+                continue;
             };
-            if !charged.is_empty() {
+            let refunded = !charged.is_empty();
+            if refunded {
                 // The headers then tell the state after the refunds.
                 cx.rate_headers = RateHeaders::default();
                 for (earlier, charge) in charged {
                     earlier.refund(cx.store, charge, &mut cx.rate_headers).await;
                 }
-                if let Refusal::Limited { decision, .. } = &refusal {
-                    limiter.push_headers(&mut cx.rate_headers, decision);
-                }
             }
-            return Flow::Answer(refusal.response(cx.route));
+            return Self::refused(cx, limiter, refusal, refunded);
         }
         self.keep_status_charges(cx, charged);
         Flow::Continue
@@ -124,34 +149,26 @@ impl<D: StageStore> Stage<D> for RateLimits {
     /// and the next found waiting would have to be carried over half done.
     fn request_now(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Option<Flow> {
         let in_process = cx.store.store.memory().is_some();
-        if self.limiters.len() > 1 && !(in_process && self.limiters.iter().all(|l| l.lease().is_none())) {
+        if self.limiters.len() > 1 && !(in_process && self.all_exact) {
             return None;
         }
-        let last = self.limiters.len() - 1;
         let mut charged: Vec<(&RateLimiter, Charge)> = Vec::new();
         for (i, limiter) in self.limiters.iter().enumerate() {
-            let refusal = match limiter.check_now(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)? {
-                Ok(Some(charge)) if i < last || limiter.counts_some_statuses() => {
-                    charged.push((limiter, charge));
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(refusal) => refusal,
+            let outcome = limiter.check_now(cx.store, req, cx.client_ip, cx.route, &mut cx.rate_headers)?;
+            let Err(refusal) = self.take(i, limiter, outcome, &mut charged) else {
+                continue;
             };
-            if !charged.is_empty() {
+            let refunded = !charged.is_empty();
+            if refunded {
                 cx.rate_headers = RateHeaders::default();
                 for (earlier, charge) in charged {
                     // Every charge here was made on the in-process store (the condition
                     // above), so its refund needs no wait either.
-                    if !earlier.refund_now(cx.store, &charge, &mut cx.rate_headers) {
-                        earlier.push_headers(&mut cx.rate_headers, charge.decision());
-                    }
-                }
-                if let Refusal::Limited { decision, .. } = &refusal {
-                    limiter.push_headers(&mut cx.rate_headers, decision);
+                    let done = earlier.refund_now(cx.store, &charge, &mut cx.rate_headers);
+                    debug_assert!(done, "an in-process charge is refunded without waiting");
                 }
             }
-            return Some(Flow::Answer(refusal.response(cx.route)));
+            return Some(Self::refused(cx, limiter, refusal, refunded));
         }
         self.keep_status_charges(cx, charged);
         Some(Flow::Continue)
