@@ -214,7 +214,9 @@ fn a_hot_key_during_a_redis_pause_admits_nothing_extra_and_recovers() {
     // the pause the fleet never admits more than the limit in all.
     let redis = RedisServer::start();
     let routes = "  - name: hot\n    match: { path_prefix: /hot }\n    respond: { status: 200, body: ok }\n    rate_limits:\n      - name: all\n        key: global\n        rate: 300/1h\n        on_store_error: closed\n";
-    let cfg = fleet_config(&redis, routes).replace("timeout_ms: 500", "timeout_ms: 100");
+    // The fleet's 500 ms store timeout: a loaded machine answered some calls after 100 ms,
+    // and under `closed` those were 503s after the pause, where the test expects none.
+    let cfg = fleet_config(&redis, routes);
     let (a, b, c) = (Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg));
     let first = drive(&[&a, &b, &c], "/hot", 100, 24);
     assert_eq!(count(&first, 200), 100);
@@ -222,30 +224,31 @@ fn a_hot_key_during_a_redis_pause_admits_nothing_extra_and_recovers() {
     let during = drive(&[&a, &b, &c], "/hot", 60, 24);
     redis.resume();
     assert_eq!(count(&during, 503), 60, "closed while the store hangs: {during:?}");
-    // Back: the breaker may refuse for a moment; then exactly the remaining 200 are admitted.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut after = Vec::new();
-    while Instant::now() < deadline {
-        let s = drive(&[&a, &b, &c], "/hot", 1, 1);
-        if s == [200] {
-            after.push(200);
-            break;
+    // Back: each instance's breaker may refuse for a moment (each has its own); every
+    // instance must answer again, one admission each, before the budget check.
+    for g in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut back = false;
+        while !back && Instant::now() < deadline {
+            back = drive(&[g], "/hot", 1, 1) == [200];
+            if !back {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(back, "an instance answers again after the pause");
     }
-    assert_eq!(after, [200], "the fleet answers again after the pause");
     // Calls sent while the server was stopped ran when it resumed (their requests had been
     // answered 503): each charged at most its decisions, so the fleet's total stays within the
     // limit, and at most the 60 refused during the pause are missing from it.
     let rest = drive(&[&a, &b, &c], "/hot", 400, 48);
     let ok = count(&rest, 200);
     println!(
-        "fleet hot key after a pause: {ok} admitted of the 199 left, {} refused",
+        "fleet hot key after a pause: {ok} admitted of the 197 left, {} refused",
         count(&rest, 429)
     );
-    assert!(ok <= 199, "more than the limit: 100 + 1 + {ok} > 300");
+    assert!(ok <= 197, "more than the limit: 100 + 3 + {ok} > 300");
     assert!(
-        ok >= 199 - 60,
+        ok >= 197 - 60,
         "{ok} admitted: the pause cost more than its 60 decisions"
     );
     assert_eq!(ok + count(&rest, 429), 400, "every other answer is a 429: {rest:?}");
