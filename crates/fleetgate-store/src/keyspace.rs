@@ -10,7 +10,10 @@
 //! environment.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+mod recent;
 
 /// What a key is for; its name appears in the key so operators can scan one concern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,9 +149,7 @@ impl Keyspace {
         } else {
             identifier_hash(scope.as_bytes())[..16].to_string()
         };
-        ScopedKeys {
-            head: format!("{}:{}:{}:", self.prefix, concern.as_str(), scope),
-        }
+        ScopedKeys::new(format!("{}:{}:{}:", self.prefix, concern.as_str(), scope))
     }
 
     /// The pub/sub channel for `topic` (a fixed name chosen by the code, e.g. `events`).
@@ -158,15 +159,40 @@ impl Keyspace {
 }
 
 /// The keys of one concern and scope: `{prefix}:{concern}:{scope}:` built once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ScopedKeys {
     head: String,
+    /// Names this head in the per-thread cache of recent keys (clones share it: same head).
+    id: u64,
 }
 
+impl PartialEq for ScopedKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head
+    }
+}
+impl Eq for ScopedKeys {}
+
 impl ScopedKeys {
+    fn new(head: String) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ScopedKeys {
+            head,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// The key for `identifier` (any bytes): the head, then the hash of head and identifier as
     /// a hash tag.
+    ///
+    /// A key is a pure function of head and identifier, so each thread keeps its recent keys
+    /// (see [`recent`]): the same client's next request gets its key for a comparison and a
+    /// reference count instead of a hash, a formatted string and two allocations.
     pub fn key(&self, identifier: &[u8]) -> StoreKey {
+        recent::key(self.id, identifier, || self.build(identifier))
+    }
+
+    fn build(&self, identifier: &[u8]) -> StoreKey {
         let mut text = String::with_capacity(self.head.len() + 34);
         text.push_str(&self.head);
         text.push('{');
@@ -256,6 +282,30 @@ mod tests {
         // One decision's keys (a key and its `:n` companion) still share a slot.
         let k = ks.key(Concern::RateLimit, "route/r1/all/sliding_window", b"alice");
         assert_eq!(cluster_slot(k.as_str()), cluster_slot(&format!("{k}:n")));
+    }
+
+    #[test]
+    fn recent_keys_are_the_keys_built_fresh() {
+        let ks = Keyspace::new("p").unwrap();
+        let a = ks.scoped(Concern::RateLimit, "r/a");
+        let b = ks.scoped(Concern::RateLimit, "r/b");
+        let a_again = ks.scoped(Concern::RateLimit, "r/a");
+        let long = vec![7u8; 300];
+        // Many identifiers, twice over and interleaved across heads: every cached answer is the
+        // one built from scratch, whatever the cache kept or evicted.
+        for round in 0..2 {
+            for i in 0..2000u32 {
+                let id = i.to_be_bytes();
+                for keys in [&a, &b, &a_again] {
+                    assert_eq!(keys.key(&id), keys.build(&id), "round {round} id {i}");
+                }
+            }
+        }
+        assert_eq!(a.key(&long), a.build(&long));
+        assert_eq!(a.key(b""), a.build(b""));
+        assert_ne!(a.key(b"x"), b.key(b"x"));
+        assert_eq!(a.key(b"x"), a_again.key(b"x"));
+        assert_eq!(a, a_again);
     }
 
     #[test]

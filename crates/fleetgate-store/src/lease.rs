@@ -27,8 +27,8 @@ use crate::error::StoreError;
 use crate::keyspace::StoreKey;
 use crate::rate::{Algorithm, LeaseReceipt, RateDecision, RateLimit, Reservation};
 use crate::seam::{StoreDriver, StoreResult};
-use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use crate::sync::{Digest, DigestMap, SpinMutex, StripedCounter};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +111,9 @@ pub struct LeaseStats {
 struct Counters {
     reservations: AtomicU64,
     reserved: AtomicU64,
-    spent_local: AtomicU64,
+    /// On every local decision, from every worker: striped, so that no cache line moves
+    /// between cores per request.
+    spent_local: StripedCounter,
     exact_calls: AtomicU64,
     exact_admitted: AtomicU64,
     expired: AtomicU64,
@@ -138,14 +140,14 @@ struct Inner {
     background_refill: bool,
     instances: AtomicU64,
     clock: Arc<dyn Clock>,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[SpinMutex<Shard>]>,
     counters: Counters,
     closed: AtomicBool,
 }
 
 #[derive(Default)]
 struct Shard {
-    slots: HashMap<u128, Arc<Slot>>,
+    slots: DigestMap<Arc<Slot>>,
     /// Slots kept by the last sweep: the next one runs when the map has doubled.
     swept: usize,
 }
@@ -153,7 +155,7 @@ struct Shard {
 /// One key's leased units.
 struct Slot {
     key: StoreKey,
-    state: Mutex<SlotState>,
+    state: SpinMutex<SlotState>,
     refilled: Notify,
 }
 
@@ -236,7 +238,9 @@ impl SlotState {
                 break;
             }
         }
-        self.pools.retain(|p| p.units > 0);
+        while self.pools.front().is_some_and(|p| p.units == 0) {
+            self.pools.pop_front();
+        }
         self.spent_since += cost;
         true
     }
@@ -350,7 +354,7 @@ impl LeasedLimit {
                 background_refill: settings.background_refill,
                 instances: AtomicU64::new(settings.instances),
                 clock,
-                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                shards: (0..SHARDS).map(|_| SpinMutex::new(Shard::default())).collect(),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
             }),
@@ -396,7 +400,7 @@ impl LeasedLimit {
         LeaseStats {
             reservations: l(&c.reservations),
             reserved: l(&c.reserved),
-            spent_local: l(&c.spent_local),
+            spent_local: c.spent_local.get(),
             exact_calls: l(&c.exact_calls),
             exact_admitted: l(&c.exact_admitted),
             expired: l(&c.expired),
@@ -479,7 +483,7 @@ impl LeasedLimit {
     fn spend_fast(&self, key: &StoreKey, cost: u64) -> Option<RateDecision> {
         let inner = &self.inner;
         let shard = self.shard(key).lock();
-        let slot = shard.slots.get(&key.digest())?;
+        let slot = shard.slots.get(&Digest::from(key.digest()))?;
         let mut st = slot.state.lock();
         let now = inner.clock.now_us();
         if st.pools.front().is_none_or(|p| p.until <= now) || st.held() < cost {
@@ -490,7 +494,7 @@ impl LeasedLimit {
         }
         st.take(cost);
         st.last_used = now;
-        add(&inner.counters.spent_local, cost);
+        inner.counters.spent_local.add(cost);
         Some(st.decision(&inner.limit))
     }
 
@@ -506,7 +510,7 @@ impl LeasedLimit {
         let instances = inner.instances.load(Ordering::Relaxed);
         let lease_us = inner.lease.as_micros() as u64;
         if st.take(cost) {
-            add(&inner.counters.spent_local, cost);
+            inner.counters.spent_local.add(cost);
             let d = st.decision(&inner.limit);
             let held = st.held();
             let mut ahead = None;
@@ -634,14 +638,14 @@ impl LeasedLimit {
         Ok(d)
     }
 
-    fn shard(&self, key: &StoreKey) -> &Mutex<Shard> {
+    fn shard(&self, key: &StoreKey) -> &SpinMutex<Shard> {
         &self.inner.shards[(key.digest() >> 64) as usize % SHARDS]
     }
 
     fn slot(&self, key: &StoreKey) -> Arc<Slot> {
         let now = self.inner.clock.now_us();
         let mut shard = self.shard(key).lock();
-        if let Some(s) = shard.slots.get(&key.digest()) {
+        if let Some(s) = shard.slots.get(&Digest::from(key.digest())) {
             return s.clone();
         }
         if shard.slots.len() >= (shard.swept * 2).max(64) {
@@ -657,10 +661,10 @@ impl LeasedLimit {
         }
         let slot = Arc::new(Slot {
             key: key.clone(),
-            state: Mutex::new(SlotState::new(now)),
+            state: SpinMutex::new(SlotState::new(now)),
             refilled: Notify::new(),
         });
-        shard.slots.insert(key.digest(), slot.clone());
+        shard.slots.insert(Digest::from(key.digest()), slot.clone());
         slot
     }
 

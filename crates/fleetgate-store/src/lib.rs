@@ -25,6 +25,7 @@ pub mod redis;
 mod seam;
 mod store;
 mod stream;
+mod sync;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use error::StoreError;

@@ -1,57 +1,9 @@
 //! The in-process driver's storage: shards of digest-keyed entries, each with its expiry.
 
 use crate::algo::{fixed_window::WindowCount, sliding_window::SlidingLog};
-use spinning_top::{guard::SpinlockGuard, Spinlock};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-
-/// A key's 128-bit digest as two words: 8-byte aligned (a `u128` is 16-byte aligned, which would
-/// pad a gcra slot from 24 to 32 bytes). Only the low word is hashed: the digest is already
-/// uniform (xxh3-128), and the high word picks the shard.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct Digest {
-    lo: u64,
-    hi: u64,
-}
-
-impl From<u128> for Digest {
-    #[inline]
-    fn from(d: u128) -> Self {
-        Digest {
-            lo: d as u64,
-            hi: (d >> 64) as u64,
-        }
-    }
-}
-
-impl Hash for Digest {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.lo);
-    }
-}
-
-/// Keys are already uniformly hashed, so the map's hasher only passes the digest's low word on.
-#[derive(Default)]
-pub(super) struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-pub(super) type DigestMap<V> = HashMap<Digest, V, BuildHasherDefault<DigestHasher>>;
+pub(super) use crate::sync::Digest;
+use crate::sync::{DigestMap, SpinMutex};
+use spinning_top::guard::SpinlockGuard;
 
 /// A lock's holder and fencing counter.
 #[derive(Debug, Default)]
@@ -189,22 +141,13 @@ impl ShardMap {
     }
 }
 
-/// One shard, on its own cache line.
-///
-/// The lock is a spin lock: a decision holds it for a few nanoseconds (one probe and one
-/// write), and a spin lock's release is a plain store where a parking mutex's is a second
-/// atomic read-modify-write, which was a fifth of an in-process decision's cost. A waiter that
-/// has spun for a while yields its thread to the OS, so a holder that was preempted (or one
-/// sweeping a large shard) is not fought for a whole time slice.
-#[repr(align(128))]
-pub(super) struct Shard(Spinlock<ShardMap>);
-
-/// Spins before a waiter starts yielding its thread.
-const SPINS_BEFORE_YIELD: u32 = 64;
+/// One shard: its map behind a spin lock on its own cache line (see [`SpinMutex`]: a decision
+/// holds it for one probe and one write).
+pub(super) struct Shard(SpinMutex<ShardMap>);
 
 impl Default for Shard {
     fn default() -> Self {
-        Shard(Spinlock::new(ShardMap {
+        Shard(SpinMutex::new(ShardMap {
             tats: DigestMap::default(),
             map: DigestMap::default(),
             sweep_at: MIN_SWEEP,
@@ -215,28 +158,6 @@ impl Default for Shard {
 impl Shard {
     #[inline]
     pub fn lock(&self) -> SpinlockGuard<'_, ShardMap> {
-        if let Some(guard) = self.0.try_lock() {
-            return guard;
-        }
-        self.lock_contended()
-    }
-
-    #[cold]
-    fn lock_contended(&self) -> SpinlockGuard<'_, ShardMap> {
-        let mut spins = 0u32;
-        loop {
-            // Wait with plain reads (no cache-line ownership taken) until the lock looks free.
-            while self.0.is_locked() {
-                if spins < SPINS_BEFORE_YIELD {
-                    spins += 1;
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-            if let Some(guard) = self.0.try_lock() {
-                return guard;
-            }
-        }
+        self.0.lock()
     }
 }
