@@ -372,7 +372,12 @@ impl LeasedLimit {
 
     /// Updates the number of instances expected in the fleet (at least 1).
     pub fn set_instances(&self, n: u64) {
-        self.inner.instances.store(n.max(1), Ordering::Relaxed);
+        // Called on every decision: a store only when the count changed, so that the line
+        // every worker reads is not taken from their caches per request.
+        let n = n.max(1);
+        if self.inner.instances.load(Ordering::Relaxed) != n {
+            self.inner.instances.store(n, Ordering::Relaxed);
+        }
     }
 
     /// Units leased and not yet spent, over every key (expired ones included until looked at).

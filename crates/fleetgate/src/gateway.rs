@@ -114,23 +114,30 @@ impl Gateway {
         self.routes.iter().find(|r| r.matches(parts, host, path))
     }
 
-    /// Handles one request end to end. Never fails: every problem becomes a response, and
-    /// every response carries the request's `X-Request-Id`.
-    pub async fn handle(&self, worker: &Worker, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
+    /// Handles one request end to end, on the snapshot it owns: this is the future hyper boxes
+    /// per request, with nothing wrapped around it (each level of async nesting copies the
+    /// whole of the future it awaits into its own state). Never fails: every problem becomes a
+    /// response, and every response carries the request's `X-Request-Id`.
+    pub async fn handle(
+        snap: std::sync::Arc<crate::reload::Snapshot>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<GatewayBody>, std::convert::Infallible> {
+        let (this, worker) = (&*snap.gateway, &snap.worker);
         let started = Instant::now();
         // Only what the access log needs, captured before the request moves on (nothing when
         // there is no access log). The path as the client sent it.
-        let mut access = self.access_log.is_on().then(|| {
+        let mut access = this.access_log.is_on().then(|| {
             Record::new(
-                self.access_log,
+                this.access_log,
                 req.method().clone(),
                 req.uri().path(),
                 req.version(),
                 peer,
             )
         });
-        let request_id = crate::correlation::request_id(req.headers(), self.trusted.contains(peer.ip()));
-        let mut resp = self.serve(worker, peer, req, &request_id, &mut access, started).await;
+        let request_id = crate::correlation::request_id(req.headers(), this.trusted.contains(peer.ip()));
+        let mut resp = this.serve(worker, peer, req, &request_id, &mut access, started).await;
         if let Some(mut record) = access {
             record.status = resp.status().as_u16();
             record.request_id = request_id.clone();
@@ -157,10 +164,10 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-            return resp.map(|b| Logged::new(b, record).boxed_unsync());
+            return Ok(resp.map(|b| Logged::new(b, record).boxed_unsync()));
         }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        resp
+        Ok(resp)
     }
 
     async fn serve(
@@ -222,7 +229,8 @@ impl Gateway {
         // request's extensions; the proxy sends them on, then the rest.
         let body = match route.read_body_ahead {
             Some(cap) if !body.is_end_stream() => {
-                match crate::client_body::read_prefix(body, cap, self.body_idle_timeout).await {
+                // Boxed: only routes whose keys read the body carry the read's state.
+                match boxed(|| crate::client_body::read_prefix(body, cap, self.body_idle_timeout)).await {
                     Ok((buffered, body)) => {
                         parts.extensions.insert(buffered);
                         body
@@ -440,7 +448,18 @@ impl Gateway {
             }
         };
         // The upstream side: the breaker (which target, if any), then the throttle (when).
-        let side = crate::upstream_side::before_call(worker, upstream, &parts.headers, t, set_cookie, guards).await;
+        // Without a breaker or throttle, nothing to wait for; with one, boxed (their store
+        // calls' futures would make every request's proxy future larger).
+        let side = if upstream.side.is_empty() {
+            Ok(crate::upstream_side::Go {
+                target: t,
+                set_cookie,
+                breaker: None,
+                throttle_wait: None,
+            })
+        } else {
+            boxed(|| crate::upstream_side::before_call(worker, upstream, &parts.headers, t, set_cookie, guards)).await
+        };
         let (t, set_cookie, breaker, throttle_wait) = match side {
             Ok(go) => (go.target, go.set_cookie, go.breaker, go.throttle_wait),
             Err(answer) => return (answer, Some(t)),
@@ -540,7 +559,12 @@ impl Gateway {
         let (body, login_retry) = match upstream.login.as_deref() {
             Some(login) => {
                 let read_bound = self.body_idle_timeout;
-                match crate::upstream_login::prepare(login, worker, idx, upstream, &mut parts, body, read_bound).await {
+                // Boxed, as the rest of the login's path: only upstreams with a login carry it.
+                match boxed(|| {
+                    crate::upstream_login::prepare(login, worker, idx, upstream, &mut parts, body, read_bound)
+                })
+                .await
+                {
                     Ok((body, retry)) => (body, retry.filter(|_| client_upgrade.is_none())),
                     Err(answer) => return (answer, None),
                 }
@@ -567,25 +591,30 @@ impl Gateway {
                 Ok(resp.map(|b| b.map_err(crate::body::BoxError::from).boxed_unsync()))
             })
             .await
+            .map_err(|_| crate::upstream_pool::TimedOut)
         } else if h2 {
             tokio::time::timeout(timeout, async {
                 Ok(boxed(|| pool.send_h2(req)).await?.map(BodyExt::boxed_unsync))
             })
             .await
+            .map_err(|_| crate::upstream_pool::TimedOut)
         } else {
-            tokio::time::timeout(timeout, async { Ok(pool.send(req).await?.map(BodyExt::boxed_unsync)) }).await
+            crate::upstream_pool::within!(timeout, pool.send(req))
+                .map(|r| r.map(|resp| resp.map(BodyExt::boxed_unsync)))
         };
         let result = match (login_retry, upstream.login.as_deref()) {
             (Some(retry), Some(login)) => {
-                let send_again = |req: Request<OutboundBody>| {
+                let send_again = |req: Request<OutboundBody>| async move {
                     tokio::time::timeout(timeout, async move {
                         Ok(match h2 {
                             true => boxed(|| pool.send_h2(req)).await?.map(BodyExt::boxed_unsync),
                             false => pool.send(req).await?.map(BodyExt::boxed_unsync),
                         })
                     })
+                    .await
+                    .map_err(|_| crate::upstream_pool::TimedOut)
                 };
-                crate::upstream_login::after(login, retry, worker, idx, upstream, result, send_again).await
+                boxed(|| crate::upstream_login::after(login, retry, worker, idx, upstream, result, send_again)).await
             }
             _ => result,
         };
@@ -597,7 +626,7 @@ impl Gateway {
         }
         if let Some((id, probe)) = &breaker {
             let outcome = crate::upstream_side::outcome(&result, upstream, client_body_failed);
-            crate::upstream_side::after_call(worker, upstream, id, *probe, outcome).await;
+            boxed(|| crate::upstream_side::after_call(worker, upstream, id, *probe, outcome)).await;
         }
         let target_url = Some(t);
         match result {

@@ -32,7 +32,6 @@ use fleetgate_http::StoreCtx;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -298,7 +297,7 @@ impl Connection {
             }
             let snap = worker.snapshot();
             // Boxed: hyper moves the service's future into its dispatcher; a box is one word.
-            Box::pin(async move { Ok::<_, Infallible>(snap.gateway.handle(&snap.worker, peer, req).await) })
+            Box::pin(crate::gateway::Gateway::handle(snap, peer, req))
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);

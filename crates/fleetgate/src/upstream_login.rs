@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const UPSTREAM_LOGIN_RETRIES: &str = "fleetgate_upstream_login_retries_total";
 
 /// What one exchange with the target gave (as the proxy's send does).
-pub type SendResult = Result<Result<Response<GatewayBody>, UpstreamError>, tokio::time::error::Elapsed>;
+pub type SendResult = Result<Result<Response<GatewayBody>, UpstreamError>, crate::upstream_pool::TimedOut>;
 
 /// The login's HTTP client: the worker's connections to the upstream's targets.
 pub struct PoolLoginClient<'a> {

@@ -50,6 +50,30 @@ use std::time::{Duration, Instant};
 pub type UpstreamRequestBody = OutboundBody;
 type Sender = SendRequest<OutboundBody>;
 
+/// The upstream gave no answer within the request timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// `fut`, or [`TimedOut`] once `bound` has passed, with `fut` polled where it lies: a macro,
+/// not a function, because moving a future into a function (or into `tokio::time::timeout`'s
+/// `Timeout`, then that into the caller's state) copies its whole size each time, and the
+/// send future is copied on every proxied request.
+macro_rules! within {
+    ($bound:expr, $fut:expr) => {{
+        let fut = $fut;
+        let sleep = tokio::time::sleep($bound);
+        tokio::pin!(fut, sleep);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(out) = std::future::Future::poll(fut.as_mut(), cx) {
+                return std::task::Poll::Ready(Ok(out));
+            }
+            std::future::Future::poll(sleep.as_mut(), cx).map(|()| Err($crate::upstream_pool::TimedOut))
+        })
+        .await
+    }};
+}
+pub(crate) use within;
+
 /// Why a request to a target failed.
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -442,7 +466,10 @@ impl TargetPool {
         loop {
             let (mut conn, fresh) = match self.checkout() {
                 Some(c) => (c, false),
-                None => (self.connect().await?, true),
+                // Boxed: the connect and handshake futures are large, and inline they would be
+                // copied with this future (several times per request) when a pooled
+                // connection serves it, which is nearly always.
+                None => (Box::pin(self.connect()).await?, true),
             };
             if conn.sender.ready().await.is_err() {
                 if fresh {

@@ -27,6 +27,11 @@ pub struct UpstreamSide {
 }
 
 impl UpstreamSide {
+    /// Neither a throttle nor a breaker: the call goes where balancing chose, at once.
+    pub fn is_empty(&self) -> bool {
+        self.throttle.is_none() && self.breakers.is_none()
+    }
+
     pub fn build(keyspace: &Keyspace, name: &str, u: &fleetgate_config::UpstreamConfig) -> Result<Self, BuildError> {
         let throttle = match &u.throttle {
             Some(t) => {
@@ -168,7 +173,7 @@ fn admitted(target: usize, id: BreakerId, probe: bool) -> Admitted {
 /// fail; a client's own failure (its body broke off or stalled) says nothing about the
 /// upstream (`None`).
 pub fn outcome<B>(
-    result: &Result<Result<Response<B>, UpstreamError>, tokio::time::error::Elapsed>,
+    result: &Result<Result<Response<B>, UpstreamError>, crate::upstream_pool::TimedOut>,
     upstream: &Upstream,
     client_failed: impl Fn(&hyper::Error) -> bool,
 ) -> Option<Outcome> {
