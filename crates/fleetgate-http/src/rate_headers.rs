@@ -36,22 +36,26 @@ pub struct RateHeaders {
 
 impl RateHeaders {
     pub fn push(&mut self, policy_item: &str, name: &str, d: &RateDecision) {
+        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (remaining.format(d.remaining), reset.format(ceil_secs(d.reset_after)));
         if self.policy.is_empty() {
-            self.policy.reserve(policy_item.len() + 32);
-            self.state.reserve(name.len() + 40);
+            // Exact capacities for the first item (the usual one): `write` then hands the
+            // strings' buffers to the header values as they are, where a buffer with spare
+            // capacity costs `Bytes` a second allocation each.
+            self.policy.reserve_exact(policy_item.len());
+            self.state.reserve_exact(name.len() + r.len() + t.len() + 8);
         } else {
             self.policy.push_str(", ");
             self.state.push_str(", ");
         }
         self.policy.push_str(policy_item);
         // Pushed piece by piece: `write!` costs more than the rest of the header work together.
-        let mut digits = itoa::Buffer::new();
         self.state.push('"');
         self.state.push_str(name);
         self.state.push_str("\";r=");
-        self.state.push_str(digits.format(d.remaining));
+        self.state.push_str(r);
         self.state.push_str(";t=");
-        self.state.push_str(digits.format(ceil_secs(d.reset_after)));
+        self.state.push_str(t);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,6 +99,12 @@ mod tests {
         h.write(&mut map);
         assert_eq!(map[&RATELIMIT], "\"a\";r=7;t=2, \"b\";r=7;t=2");
         assert_eq!(map[&RATELIMIT_POLICY], "\"a\";q=20;w=60, \"b\";q=5;w=1");
+        // One item: each string exactly fills its buffer (no second allocation in `write`).
+        let mut one = RateHeaders::default();
+        one.push("\"a\";q=20;w=60", "a", &d);
+        assert_eq!(one.policy.len(), one.policy.capacity());
+        assert_eq!(one.state.len(), one.state.capacity());
+        assert_eq!(one.state, "\"a\";r=7;t=2");
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
     }
