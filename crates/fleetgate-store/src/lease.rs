@@ -140,10 +140,15 @@ struct Inner {
     background_refill: bool,
     instances: AtomicU64,
     clock: Arc<dyn Clock>,
-    shards: Box<[SpinMutex<Shard>]>,
+    shards: Box<[PaddedShard]>,
     counters: Counters,
     closed: AtomicBool,
 }
+
+/// A shard and its lock, on their own cache line: every worker locks one on every local
+/// decision.
+#[repr(align(128))]
+struct PaddedShard(SpinMutex<Shard>);
 
 #[derive(Default)]
 struct Shard {
@@ -354,7 +359,9 @@ impl LeasedLimit {
                 background_refill: settings.background_refill,
                 instances: AtomicU64::new(settings.instances),
                 clock,
-                shards: (0..SHARDS).map(|_| SpinMutex::new(Shard::default())).collect(),
+                shards: (0..SHARDS)
+                    .map(|_| PaddedShard(SpinMutex::new(Shard::default())))
+                    .collect(),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
             }),
@@ -387,7 +394,7 @@ impl LeasedLimit {
             .shards
             .iter()
             .map(|s| {
-                s.lock()
+                s.0.lock()
                     .slots
                     .values()
                     .map(|slot| {
@@ -644,7 +651,7 @@ impl LeasedLimit {
     }
 
     fn shard(&self, key: &StoreKey) -> &SpinMutex<Shard> {
-        &self.inner.shards[(key.digest() >> 64) as usize % SHARDS]
+        &self.inner.shards[(key.digest() >> 64) as usize % SHARDS].0
     }
 
     fn slot(&self, key: &StoreKey) -> Arc<Slot> {
@@ -684,7 +691,7 @@ impl LeasedLimit {
         let slots: Vec<Arc<Slot>> = inner
             .shards
             .iter()
-            .flat_map(|s| s.lock().slots.values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.0.lock().slots.values().cloned().collect::<Vec<_>>())
             .collect();
         let mut returned = 0;
         let mut first_error = None;

@@ -1,5 +1,5 @@
-//! What every worker thread touches on every decision: a spin lock padded to its own cache
-//! line, counters striped per thread, and a map keyed by already-uniform key digests.
+//! What every worker thread touches on every decision: a spin lock, counters striped per
+//! thread, and a map keyed by already-uniform key digests.
 //!
 //! These exist because a decision is a few nanoseconds of work on state shared by all workers:
 //! a parking mutex's release is a second atomic read-modify-write (a fifth of an in-process
@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// A spin lock on its own cache line. A decision holds it for a few nanoseconds; a waiter that
-/// has spun for a while yields its thread to the OS, so a holder that was preempted (or one
-/// sweeping a large map) is not fought for a whole time slice.
-#[repr(align(128))]
+/// A spin lock. A decision holds it for a few nanoseconds; a waiter that has spun for a while
+/// yields its thread to the OS, so a holder that was preempted (or one sweeping a large map) is
+/// not fought for a whole time slice. Not padded: what every worker locks on every decision (a
+/// shard) puts itself on its own cache line with `#[repr(align(128))]`; one per key would not
+/// be worth the memory.
 #[derive(Default)]
 pub(crate) struct SpinMutex<T>(Spinlock<T>);
 

@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod auth_client;
 pub mod balance;
 pub mod body;
+mod boxed_future;
 pub mod build;
 pub mod cache_refresh;
 pub mod client_body;

@@ -44,7 +44,7 @@ pub async fn choose(
         .filter(|_| plain_http1 && retryable(&parts.method))
     {
         // Boxed: only upstreams with retries carry the connect future's state.
-        target = Box::pin(connect_with_retries(worker, idx, upstream, retry, target)).await?;
+        target = crate::boxed_future::boxed(|| connect_with_retries(worker, idx, upstream, retry, target)).await?;
     }
     if let Some(lr) = &upstream.least_request {
         guards.push(Box::new(lr.start(target)));

@@ -52,7 +52,7 @@ impl LoginClient for PoolLoginClient<'_> {
             let pool = &self.pools[t];
             let h2 = match pool.h2_known() {
                 Some(known) => known,
-                None => Box::pin(pool.learn_protocol()).await,
+                None => crate::boxed_future::boxed(|| pool.learn_protocol()).await,
             };
             let (mut parts, body) = req.into_parts();
             if h2 {
@@ -77,7 +77,9 @@ impl LoginClient for PoolLoginClient<'_> {
             }
             let req = Request::from_parts(parts, OutboundBody::new(body));
             if h2 {
-                let resp = Box::pin(pool.send_h2(req)).await.map_err(|e| e.to_string())?;
+                let resp = crate::boxed_future::boxed(|| pool.send_h2(req))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 read_answer(resp).await
             } else {
                 let resp = pool.send(req).await.map_err(|e| e.to_string())?;

@@ -469,7 +469,7 @@ impl TargetPool {
                 // Boxed: the connect and handshake futures are large, and inline they would be
                 // copied with this future (several times per request) when a pooled
                 // connection serves it, which is nearly always.
-                None => (Box::pin(self.connect()).await?, true),
+                None => (crate::boxed_future::boxed(|| self.connect()).await?, true),
             };
             if conn.sender.ready().await.is_err() {
                 if fresh {

@@ -141,8 +141,9 @@ impl ShardMap {
     }
 }
 
-/// One shard: its map behind a spin lock on its own cache line (see [`SpinMutex`]: a decision
-/// holds it for one probe and one write).
+/// One shard: its map behind a spin lock (see [`SpinMutex`]: a decision holds it for one probe
+/// and one write), on its own cache line.
+#[repr(align(128))]
 pub(super) struct Shard(SpinMutex<ShardMap>);
 
 impl Default for Shard {
