@@ -335,6 +335,7 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .writev(false)
         .max_buf_size(settings.max_header_bytes.max(crate::request_head::MIN_HYPER_BUF))
         .header_read_timeout(settings.idle_timeout);
     builder

@@ -422,7 +422,9 @@ impl TargetPool {
     }
 
     async fn h1_handshake(&self, io: TokioIo<UpstreamIo>) -> Result<Conn, UpstreamError> {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
         let task = tokio::spawn(async move {
