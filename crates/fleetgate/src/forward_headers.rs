@@ -91,7 +91,16 @@ fn is_protected(token: &str) -> bool {
 /// case for requests); no allocation unless `Connection` names a header other than the usual
 /// `keep-alive` and `close` options (the common case for responses).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass: is `Connection` there, and any other hop-by-hop header?
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name) {
+            others = true;
+        }
+    }
+    if !connection && !others {
         return;
     }
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -110,7 +119,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    // Then the hop-by-hop names themselves: only those present (usually just `Connection`).
+    if listed.is_empty() && !others {
+        // Only `Connection` with its usual options (`keep-alive`, `close`): most responses.
+        headers.remove(header::CONNECTION);
+        return;
+    }
+    // Then the hop-by-hop names themselves: only those present.
     listed.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     for name in listed {
         headers.remove(name);
@@ -270,6 +284,28 @@ mod tests {
                 "x-real-ip"
             ]
         );
+    }
+
+    #[test]
+    fn connection_with_only_its_options_goes_alone_and_other_hop_by_hop_headers_still_go() {
+        // `Connection` alone (its usual options, or only protected names): just it goes.
+        for value in ["keep-alive", "close", "Keep-Alive, , close", "host"] {
+            let mut h = map(&[("connection", value), ("host", "a"), ("content-type", "text/plain")]);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(names(&h), ["content-type", "host"], "Connection: {value}");
+        }
+        // With another hop-by-hop header beside it, both go.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-kept"]);
+        // And one without `Connection` at all.
+        let mut h = map(&[("transfer-encoding", "chunked"), ("te", "trailers"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-kept"]);
     }
 
     #[test]

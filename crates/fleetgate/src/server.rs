@@ -296,8 +296,10 @@ impl Connection {
                 req.extensions_mut().insert(crate::tls::ArrivedOverTls);
             }
             let snap = worker.snapshot();
-            // Boxed: hyper moves the service's future into its dispatcher; a box is one word.
-            Box::pin(crate::gateway::Gateway::handle(snap, peer, req))
+            // Not boxed: hyper's HTTP/1 dispatcher keeps the future in one box per connection
+            // (a box per request cost an allocation of the future's size each), and an HTTP/2
+            // stream's task holds it inline.
+            crate::gateway::Gateway::handle(snap, peer, req)
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
