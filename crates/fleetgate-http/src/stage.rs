@@ -138,14 +138,21 @@ impl<D: StageStore, A: Stage<D>, B: Stage<D>> Stage<D> for Then<A, B> {
 
     async fn request(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Flow {
         match self.0.request(cx, req).await {
-            Flow::Continue => self.1.request(cx, req).await,
+            // The rest as plain calls as far as they go: the futures of the stages that decide
+            // now are never built (each would be a copy of its whole state, per request).
+            Flow::Continue => match self.1.request_sync(cx, req) {
+                Ok(flow) => flow,
+                Err(done) => self.1.request_from(cx, req, done).await,
+            },
             answer => answer,
         }
     }
 
     async fn response<Bd: Send>(&self, cx: &mut RequestCtx<'_, D>, resp: &mut Response<Bd>) {
         self.1.response(cx, resp).await;
-        self.0.response(cx, resp).await;
+        if let Err(done) = self.0.response_sync(cx, resp) {
+            self.0.response_from(cx, resp, done).await;
+        }
     }
 
     fn request_sync(&self, cx: &mut RequestCtx<'_, D>, req: &mut Parts) -> Result<Flow, usize> {
@@ -160,7 +167,12 @@ impl<D: StageStore, A: Stage<D>, B: Stage<D>> Stage<D> for Then<A, B> {
             return self.1.request_from(cx, req, skip - A::STAGES).await;
         }
         match self.0.request_from(cx, req, skip).await {
-            Flow::Continue => self.1.request(cx, req).await,
+            // The rest as plain calls as far as they go: the futures of the stages that decide
+            // now are never built (each would be a copy of its whole state, per request).
+            Flow::Continue => match self.1.request_sync(cx, req) {
+                Ok(flow) => flow,
+                Err(done) => self.1.request_from(cx, req, done).await,
+            },
             answer => answer,
         }
     }
@@ -175,7 +187,9 @@ impl<D: StageStore, A: Stage<D>, B: Stage<D>> Stage<D> for Then<A, B> {
             return self.0.response_from(cx, resp, skip - B::STAGES).await;
         }
         self.1.response_from(cx, resp, skip).await;
-        self.0.response(cx, resp).await;
+        if let Err(done) = self.0.response_sync(cx, resp) {
+            self.0.response_from(cx, resp, done).await;
+        }
     }
 
     fn complete(&self, done: &Completion) {
