@@ -36,7 +36,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
-mod upstream_conn;
 pub mod upstream_login;
 pub mod upstream_pool;
 pub mod upstream_side;

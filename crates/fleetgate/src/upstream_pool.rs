@@ -6,11 +6,9 @@
 //! whose upstream answered before taking the whole request body (an early 413 or 401) is
 //! closed instead: hyper would keep streaming the rest of that body on it, and the next request
 //! would wait behind it. Everything stays on the worker's own thread: no shared pool lock, no
-//! background task per request or per connection (hyper-util's pooled client measured at 0.6x
-//! nginx here; see `scripts/bench gateway`): the request's task drives its HTTP/1.1 connection
-//! itself ([`crate::upstream_conn`]). An idle connection that the target closes wakes the
-//! pool's sweeper, which closes it and takes it out of the stack. A request that found a stale
-//! idle connection (closed by the upstream before it was sent) is retried once on a fresh one.
+//! background task per request (hyper-util's pooled client measured at 0.6x nginx here; see
+//! `scripts/bench gateway`). A request that found a stale idle connection (closed by the
+//! upstream before it was sent) is retried once on a fresh one.
 //!
 //! HTTP/2 to a target (gRPC, `protocol: http2`, or an `https://` target that chose `h2` by
 //! ALPN under `protocol: auto`; see `crate::gateway`): one multiplexed connection per worker
@@ -33,7 +31,6 @@ use crate::body::BoxError;
 use crate::idle::{is_write_stall, IdleBound, WriteBound};
 use crate::tls::client::{Alpn, UpstreamIo, UpstreamTls};
 use crate::upstream::Upstream;
-use crate::upstream_conn::Driven;
 use bytes::Bytes;
 use fleetgate_config::UpstreamProtocol;
 use http::{Request, Response};
@@ -45,14 +42,13 @@ use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The request body as the gateway hands it over.
 pub type UpstreamRequestBody = OutboundBody;
 type Sender = SendRequest<OutboundBody>;
-type Http1Connection = hyper::client::conn::http1::Connection<TokioIo<UpstreamIo>, OutboundBody>;
 
 /// The upstream gave no answer within the request timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,23 +147,23 @@ struct ConnShared {
     idle: Mutex<IdleBound>,
     /// Longest wait for the next bytes of the client's request body.
     request_body_idle: Duration,
+    /// The task driving the connection: aborting it closes the socket at once, even while
+    /// hyper is still writing a request body. `None` for an HTTP/2 stream (the connection is
+    /// shared by other streams and is never closed for one of them).
+    task: Option<tokio::task::AbortHandle>,
 }
 
-/// One HTTP/1.1 client connection to a target, driven by the task that uses it.
+/// One client connection to a target.
 struct Conn {
     sender: Sender,
-    driven: Driven<Http1Connection>,
     shared: Arc<ConnShared>,
 }
 
 impl Conn {
-    fn is_open(&self) -> bool {
-        !self.driven.ended() && !self.sender.is_closed()
-    }
-
-    /// Closes the socket at once, even while hyper is still writing a request body.
     fn close(self) {
-        drop(self);
+        if let Some(task) = &self.shared.task {
+            task.abort();
+        }
     }
 }
 
@@ -204,39 +200,6 @@ pub struct TargetPool {
     idle: Mutex<Vec<(Conn, Instant)>>,
     /// The HTTP/2 connection, once one was asked for.
     h2: Mutex<Option<H2Sender>>,
-    /// Woken by an idle connection that something happened to (the target closed it).
-    sweeper: Waker,
-}
-
-/// Sweeps a pool's idle connections when one of them is woken: one sweep at a time, as a task
-/// on the worker's runtime.
-struct Sweeper {
-    pool: Weak<TargetPool>,
-    scheduled: AtomicBool,
-}
-
-impl Wake for Sweeper {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Outside the runtime (at shutdown): the connection is seen at its next use.
-            self.scheduled.store(false, Ordering::Release);
-            return;
-        };
-        let me = self.clone();
-        runtime.spawn(async move {
-            me.scheduled.store(false, Ordering::Release);
-            if let Some(pool) = me.pool.upgrade() {
-                pool.sweep();
-            }
-        });
-    }
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<OutboundBody>;
@@ -251,48 +214,24 @@ impl TargetPool {
             (UpstreamProtocol::Http1, _) | (UpstreamProtocol::Auto, false) => PROTO_HTTP1,
             (UpstreamProtocol::Auto, true) => PROTO_UNKNOWN,
         };
-        Arc::new_cyclic(|pool| TargetPool {
+        Arc::new(TargetPool {
             authority,
             settings,
             link,
             proto: AtomicU8::new(proto),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
-            sweeper: Waker::from(Arc::new(Sweeper {
-                pool: pool.clone(),
-                scheduled: AtomicBool::new(false),
-            })),
         })
     }
 
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
         while let Some((conn, since)) = idle.pop() {
-            if conn.is_open() && since.elapsed() < self.settings.idle_timeout {
+            if !conn.sender.is_closed() && since.elapsed() < self.settings.idle_timeout {
                 return Some(conn);
             }
         }
         None
-    }
-
-    /// Puts `conn` on the idle stack (if there is room), its wakes going to the sweeper.
-    fn park(&self, conn: Conn) {
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE {
-            conn.driven.relay().park(&self.sweeper);
-            idle.push((conn, Instant::now()));
-        }
-    }
-
-    /// Polls every idle connection once (one the target closed ends there) and closes those
-    /// that ended or outstayed `idle_timeout`.
-    fn sweep(&self) {
-        let idle_timeout = self.settings.idle_timeout;
-        self.idle.lock().retain_mut(|(conn, since)| {
-            conn.driven.relay().park(&self.sweeper);
-            conn.driven.settle();
-            conn.is_open() && since.elapsed() < idle_timeout
-        });
     }
 
     /// Idle connections (tests).
@@ -303,7 +242,7 @@ impl TargetPool {
 
     /// Keeps `conn` for the next request if it is done both ways; closes it otherwise.
     fn checkin(&self, conn: Conn) {
-        if !conn.is_open() {
+        if conn.sender.is_closed() {
             return;
         }
         if !conn.shared.request_sent.load(Ordering::Acquire) {
@@ -312,7 +251,10 @@ impl TargetPool {
             conn.close();
             return;
         }
-        self.park(conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
     }
 
     /// Whether requests go to the target over HTTP/2 (`None`: not known yet, see
@@ -345,7 +287,10 @@ impl TargetPool {
         } else {
             self.proto.store(PROTO_HTTP1, Ordering::Relaxed);
             if let Ok(conn) = self.h1_handshake(io).await {
-                self.park(conn);
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push((conn, Instant::now()));
+                }
             }
             false
         }
@@ -465,6 +410,7 @@ impl TargetPool {
             waiting: AtomicBool::new(false),
             idle: Mutex::new(IdleBound::new()),
             request_body_idle: self.settings.request_body_idle,
+            task: None,
         });
         req.body_mut().attach(&shared);
         let resp = sender.send_request(req).await.map_err(|e| self.classify(e))?;
@@ -487,9 +433,14 @@ impl TargetPool {
             .handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        })
+        .abort_handle();
         Ok(Conn {
             sender,
-            driven: Driven::new(conn),
             shared: Arc::new(ConnShared {
                 request_sent: AtomicBool::new(true),
                 remaining: AtomicU64::new(0),
@@ -497,6 +448,7 @@ impl TargetPool {
                 waiting: AtomicBool::new(false),
                 idle: Mutex::new(IdleBound::new()),
                 request_body_idle: self.settings.request_body_idle,
+                task: Some(task),
             }),
         })
     }
@@ -527,8 +479,7 @@ impl TargetPool {
                 // connection serves it, which is nearly always.
                 None => (crate::boxed_future::boxed(|| self.connect()).await?, true),
             };
-            let ready = std::future::poll_fn(|cx| conn.driven.poll_with(cx, |cx| conn.sender.poll_ready(cx))).await;
-            if ready.is_err() {
+            if conn.sender.ready().await.is_err() {
                 if fresh {
                     return Err(UpstreamError::Connect(std::io::Error::other(
                         "connection closed at once",
@@ -537,15 +488,7 @@ impl TargetPool {
                 continue;
             }
             req.body_mut().attach(&conn.shared);
-            // Handed over quietly: the connection is polled right after.
-            let sending = conn.driven.quietly(|| conn.sender.try_send_request(req));
-            let mut sending = std::pin::pin!(sending);
-            match std::future::poll_fn(|cx| {
-                conn.driven
-                    .poll_with(cx, |cx| std::future::Future::poll(sending.as_mut(), cx))
-            })
-            .await
-            {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let home = Some((conn, self.clone()));
                     return Ok(resp.map(|inner| PooledBody {
@@ -746,13 +689,7 @@ impl Body for PooledBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let mut inner = this.inner;
-        // The connection is driven here, by the task that reads the body.
-        let polled = match this.home.as_mut() {
-            Some((conn, _)) => conn.driven.poll_with(cx, |cx| inner.as_mut().poll_frame(cx)),
-            None => inner.as_mut().poll_frame(cx),
-        };
-        match polled {
+        match this.inner.poll_frame(cx) {
             Poll::Pending => {
                 // Polled only until the end, while the connection is still here.
                 let Some(bound) = this.home.as_ref().map(|(_, pool)| pool.settings.response_body_idle) else {
@@ -875,8 +812,8 @@ mod tests {
             .expect("write the response");
     }
 
-    /// An idle connection is polled by nobody; when the target closes its side, the pool's
-    /// sweeper closes ours (the target reads end of stream) and drops it from the stack.
+    /// When the target closes an idle connection, the gateway closes its side at once (the
+    /// target reads end of stream) and never hands that connection out again.
     #[tokio::test]
     async fn an_idle_connection_the_target_closes_is_closed_and_dropped() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -901,11 +838,11 @@ mod tests {
             closed_rx.await.unwrap(),
             "the gateway never closed its side of the idle connection"
         );
-        assert_eq!(pool.idle_count(), 0, "the closed connection stayed in the pool");
+        assert!(pool.checkout().is_none(), "the closed connection was handed out");
     }
 
-    /// Many requests on one pooled connection: each finds it ready, and the responses come
-    /// back in order (the connection is driven by each request in turn).
+    /// Many requests in turn on one pooled connection: each finds it ready and gets its own
+    /// response.
     #[tokio::test]
     async fn one_connection_serves_request_after_request() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
