@@ -398,18 +398,29 @@ impl Gateway {
         }
         let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let path = route.upstream_path(pq);
-        // Origin-form (path and query only): the connection already names the target.
-        let uri = Uri::builder().path_and_query(path.as_ref()).build();
-        let Ok(uri) = uri else {
-            return (
-                json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "request target cannot be forwarded",
-                    &[],
-                ),
-                None,
-            );
+        // Origin-form (path and query only): the connection already names the target. A
+        // request that came in origin-form and keeps its path keeps its URI as it is (`None`):
+        // building it again would parse and copy the same bytes.
+        let kept = path.as_ref() == pq
+            && parts.uri.scheme().is_none()
+            && parts.uri.authority().is_none()
+            && parts.uri.path_and_query().is_some();
+        let uri = match kept {
+            true => None,
+            false => match Uri::builder().path_and_query(path.as_ref()).build() {
+                Ok(uri) => Some(uri),
+                Err(_) => {
+                    return (
+                        json_error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "request target cannot be forwarded",
+                            &[],
+                        ),
+                        None,
+                    )
+                }
+            },
         };
         // The host the client asked for: its Host, or an HTTP/1.0 absolute target's authority.
         let sent_host = parts.headers.get(header::HOST);
@@ -543,7 +554,9 @@ impl Gateway {
             }
             parts.version = http::Version::HTTP_2;
         } else {
-            parts.uri = uri;
+            if let Some(uri) = uri {
+                parts.uri = uri;
+            }
             parts.version = http::Version::HTTP_11;
         }
         // Upstream login: the credential onto the request, and what a retry after a refresh needs.
