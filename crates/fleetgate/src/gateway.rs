@@ -93,6 +93,16 @@ impl Worker {
     }
 }
 
+/// 400 for a request whose target cannot be put into the upstream's URI.
+fn unforwardable_target() -> Response<GatewayBody> {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "request target cannot be forwarded",
+        &[],
+    )
+}
+
 impl Gateway {
     /// The route for a checked request: its Host (or, without one, an absolute target's host)
     /// and its normalised path.
@@ -409,17 +419,7 @@ impl Gateway {
             true => None,
             false => match Uri::builder().path_and_query(path.as_ref()).build() {
                 Ok(uri) => Some(uri),
-                Err(_) => {
-                    return (
-                        json_error(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "request target cannot be forwarded",
-                            &[],
-                        ),
-                        None,
-                    )
-                }
+                Err(_) => return (unforwardable_target(), None),
             },
         };
         // The host the client asked for: its Host, or an HTTP/1.0 absolute target's authority.
@@ -540,17 +540,7 @@ impl Gateway {
                 .build();
             match absolute {
                 Ok(u) => parts.uri = u,
-                Err(_) => {
-                    return (
-                        json_error(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "request target cannot be forwarded",
-                            &[],
-                        ),
-                        None,
-                    )
-                }
+                Err(_) => return (unforwardable_target(), None),
             }
             parts.version = http::Version::HTTP_2;
         } else {
